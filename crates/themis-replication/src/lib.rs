@@ -1,0 +1,25 @@
+//! Themis replication: the facade over every replication crate.
+//!
+//! Depend on this crate to get the whole toolkit; each layer is re-exported as a module
+//! under its own name, and [`prelude`] brings the types most programs use into scope.
+//! This crate holds no logic of its own.
+//!
+//! ```
+//! use themis_replication::prelude::*;
+//!
+//! let hlc = Hlc::new(NodeId(1));
+//! let (first, second) = (hlc.now(), hlc.now());
+//! assert!(first < second);
+//!
+//! // The crates are also reachable by name.
+//! let mut clock = themis_replication::clock::VectorClock::new();
+//! clock.increment(NodeId(1))?;
+//! # Ok::<(), themis_replication::clock::ClockError>(())
+//! ```
+
+pub use themis_clock as clock;
+
+/// The types most users of the toolkit need, for a glob import.
+pub mod prelude {
+    pub use themis_clock::{CausalOrder, ClockError, Hlc, NodeId, PhysicalClock, Timestamp, VectorClock};
+}

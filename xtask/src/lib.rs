@@ -1,0 +1,5 @@
+//! Repository automation behind `cargo xtask`. Kept as a library so the layer check can be
+//! tested against fixture workspaces.
+
+pub mod ci;
+pub mod layers;
