@@ -29,7 +29,7 @@ fn hlc(c: &mut Criterion) {
     let uhlc_sender = uhlc::HLC::default();
     let uhlc_remote = uhlc_sender.new_timestamp();
     group.bench_function("uhlc", |b| {
-        b.iter(|| black_box(theirs.update_with_timestamp(black_box(&uhlc_remote))))
+        b.iter(|| black_box(theirs.update_with_timestamp(black_box(&uhlc_remote))));
     });
     group.finish();
 }

@@ -11,7 +11,7 @@ use crate::timestamp::{LOGICAL_BITS, MAX_PHYSICAL_MS, NodeId, Timestamp};
 pub const DEFAULT_MAX_OFFSET: Duration = Duration::from_millis(500);
 /// The largest maximum offset accepted. A larger one would let one bad peer push every
 /// clock in the cluster a day into the future.
-pub const MAX_OFFSET_LIMIT: Duration = Duration::from_secs(24 * 60 * 60);
+pub const MAX_OFFSET_LIMIT: Duration = Duration::from_hours(24);
 
 /// A hybrid logical clock (Kulkarni et al., "Logical Physical Clocks", 2014).
 ///

@@ -95,6 +95,7 @@ impl VectorClock {
     }
 
     /// The `(node, counter)` pairs in node order.
+    #[must_use]
     pub fn iter(&self) -> impl ExactSizeIterator<Item = (NodeId, u64)> + '_ {
         self.entries.iter().copied()
     }

@@ -6,10 +6,10 @@ use std::thread;
 
 use themis_clock::{Hlc, ManualClock, NodeId, PhysicalClock, SystemClock};
 
-fn hammer<C: PhysicalClock + 'static>(hlc: Arc<Hlc<C>>, threads: usize, per_thread: usize) {
+fn hammer<C: PhysicalClock + 'static>(hlc: &Arc<Hlc<C>>, threads: usize, per_thread: usize) {
     let handles: Vec<_> = (0..threads)
         .map(|_| {
-            let hlc = Arc::clone(&hlc);
+            let hlc = Arc::clone(hlc);
             thread::spawn(move || (0..per_thread).map(|_| hlc.now()).collect::<Vec<_>>())
         })
         .collect();
@@ -28,12 +28,12 @@ fn hammer<C: PhysicalClock + 'static>(hlc: Arc<Hlc<C>>, threads: usize, per_thre
 
 #[test]
 fn threads_get_unique_increasing_timestamps_on_the_system_clock() {
-    hammer(Arc::new(Hlc::with_clock(NodeId(1), SystemClock)), 8, 50_000);
+    hammer(&Arc::new(Hlc::with_clock(NodeId(1), SystemClock)), 8, 50_000);
 }
 
 #[test]
 fn threads_get_unique_increasing_timestamps_on_a_frozen_clock() {
     // A clock that never moves forces every timestamp through the logical counter and
     // its carry into the physical part.
-    hammer(Arc::new(Hlc::with_clock(NodeId(1), ManualClock::new(1_000))), 8, 50_000);
+    hammer(&Arc::new(Hlc::with_clock(NodeId(1), ManualClock::new(1_000))), 8, 50_000);
 }

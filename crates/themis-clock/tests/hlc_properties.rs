@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use proptest::prelude::*;
-use themis_clock::{ClockError, Hlc, ManualClock, NodeId, Timestamp};
+use themis_clock::{ClockError, Hlc, ManualClock, NodeId, PhysicalClock, Timestamp};
 
 /// What the wall clock does before the next reading: anything a real one can do.
 #[derive(Debug, Clone)]
@@ -28,7 +28,6 @@ fn wall() -> impl Strategy<Value = Wall> {
 }
 
 fn apply(clock: &ManualClock, step: &Wall) {
-    use themis_clock::PhysicalClock;
     match *step {
         Wall::Stay => {}
         Wall::Forward(ms) => clock.advance_ms(ms),
@@ -71,7 +70,6 @@ proptest! {
             apply(&wall_clock, step);
             let next = hlc.now();
             prop_assert!(next > last, "{next} after {last} with wall step {step:?}");
-            use themis_clock::PhysicalClock;
             prop_assert!(next.physical_ms() >= wall_clock.now_ms().min(themis_clock::MAX_PHYSICAL_MS));
             prop_assert_eq!(hlc.last(), next);
             last = next;
