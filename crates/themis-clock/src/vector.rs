@@ -121,6 +121,29 @@ impl VectorClock {
         }
     }
 
+    /// Raises the counter of `node` to at least `counter` (a no-op if it is already there)
+    /// and returns the counter after the call. This is a one-entry [`merge`](Self::merge).
+    pub fn raise(&mut self, node: NodeId, counter: u64) -> Result<u64, ClockError> {
+        match self.entries.binary_search_by_key(&node, |&(n, _)| n) {
+            Ok(at) => {
+                let current = &mut self.entries[at].1;
+                *current = (*current).max(counter);
+                Ok(*current)
+            }
+            Err(_) if counter == 0 => Ok(0),
+            Err(at) => {
+                if self.entries.len() >= self.max_entries {
+                    return Err(ClockError::TooManyEntries {
+                        max_entries: self.max_entries,
+                        attempted: self.entries.len() + 1,
+                    });
+                }
+                self.entries.insert(at, (node, counter));
+                Ok(counter)
+            }
+        }
+    }
+
     /// Takes the pointwise maximum with `other`. If the result would exceed this clock's
     /// bound, returns [`ClockError::TooManyEntries`] and leaves the clock unchanged.
     pub fn merge(&mut self, other: &VectorClock) -> Result<(), ClockError> {
@@ -339,6 +362,17 @@ mod tests {
         assert_eq!(c.increment(NodeId(2)).unwrap(), 2);
         assert_eq!(c.increment(NodeId(3)), Err(ClockError::TooManyEntries { max_entries: 2, attempted: 3 }));
         assert_eq!(c, clock(&[(1, 1), (2, 2)]));
+    }
+
+    #[test]
+    fn raise_only_moves_forwards_and_respects_the_bound() {
+        let mut c = VectorClock::with_max_entries(1);
+        assert_eq!(c.raise(NodeId(1), 0), Ok(0));
+        assert!(c.is_empty(), "a zero counter is absence");
+        assert_eq!(c.raise(NodeId(1), 5), Ok(5));
+        assert_eq!(c.raise(NodeId(1), 3), Ok(5));
+        assert_eq!(c.raise(NodeId(2), 1), Err(ClockError::TooManyEntries { max_entries: 1, attempted: 2 }));
+        assert_eq!(c, clock(&[(1, 5)]));
     }
 
     #[test]
