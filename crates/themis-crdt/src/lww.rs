@@ -13,7 +13,11 @@ use crate::error::CrdtError;
 /// picks the same winner.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LwwRegister<T> {
-    current: Option<(T, Timestamp)>,
+    /// `None` before the first write.
+    value: Option<T>,
+    /// The current value's timestamp; [`Timestamp::ZERO`] before the first write. Kept
+    /// outside the `Option` so that merge compares one integer first.
+    timestamp: Timestamp,
 }
 
 /// A write to an LWW-Register: the value and its timestamp.
@@ -27,7 +31,7 @@ pub struct LwwOp<T> {
 
 impl<T> Default for LwwRegister<T> {
     fn default() -> Self {
-        LwwRegister { current: None }
+        LwwRegister { value: None, timestamp: Timestamp::ZERO }
     }
 }
 
@@ -49,20 +53,27 @@ impl<T: Clone> LwwRegister<T> {
     /// The current value.
     #[must_use]
     pub fn get(&self) -> Option<&T> {
-        self.current.as_ref().map(|(v, _)| v)
+        self.value.as_ref()
     }
 
     /// The timestamp of the current value.
     #[must_use]
     pub fn timestamp(&self) -> Option<Timestamp> {
-        self.current.as_ref().map(|&(_, ts)| ts)
+        self.value.as_ref().map(|_| self.timestamp)
+    }
+
+    /// Whether a write at `timestamp` replaces the current value. Equal timestamps denote
+    /// the same write (an HLC never issues one twice), so the current value stays, which
+    /// keeps merge idempotent. A write at `Timestamp::ZERO` still fills an empty register.
+    #[inline]
+    fn wins(&self, timestamp: Timestamp) -> bool {
+        timestamp > self.timestamp || self.value.is_none()
     }
 
     fn write(&mut self, op: &LwwOp<T>) {
-        // Equal timestamps denote the same write (an HLC never issues one twice), so
-        // keeping the current value is correct and keeps merge idempotent.
-        if self.timestamp().is_none_or(|ts| op.timestamp > ts) {
-            self.current = Some((op.value.clone(), op.timestamp));
+        if self.wins(op.timestamp) {
+            self.value = Some(op.value.clone());
+            self.timestamp = op.timestamp;
         }
     }
 }
@@ -71,8 +82,12 @@ impl<T: Clone + PartialEq> Crdt for LwwRegister<T> {
     type Op = LwwOp<T>;
 
     fn merge(&mut self, other: &Self) -> Result<(), CrdtError> {
-        if let Some((value, timestamp)) = &other.current {
-            self.write(&LwwOp { value: value.clone(), timestamp: *timestamp });
+        // Compare first, clone only the winner.
+        if let Some(value) = &other.value
+            && self.wins(other.timestamp)
+        {
+            self.value = Some(value.clone());
+            self.timestamp = other.timestamp;
         }
         Ok(())
     }

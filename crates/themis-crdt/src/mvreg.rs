@@ -55,6 +55,7 @@ impl<T: Clone> MvRegister<T> {
     }
 
     /// The current values: one, or several concurrent siblings (empty before any write).
+    #[must_use]
     pub fn values(&self) -> impl ExactSizeIterator<Item = &T> {
         self.values.iter().map(|(_, v)| v)
     }

@@ -128,15 +128,12 @@ impl<K: Ord + Clone, V: Crdt> Crdt for OrMap<K, V> {
 
     fn merge(&mut self, other: &Self) -> Result<(), CrdtError> {
         for (key, (theirs, their_value)) in &other.entries {
-            match self.entries.get_mut(key) {
-                Some((live, value)) => {
-                    *live = merge_dots(live, &self.seen, theirs, &other.seen);
-                    value.merge(their_value)?;
-                }
-                None => {
-                    let live = theirs.iter().copied().filter(|d| !self.seen.contains(*d)).collect();
-                    self.entries.insert(key.clone(), (live, their_value.clone()));
-                }
+            if let Some((live, value)) = self.entries.get_mut(key) {
+                *live = merge_dots(live, &self.seen, theirs, &other.seen);
+                value.merge(their_value)?;
+            } else {
+                let live = theirs.iter().copied().filter(|d| !self.seen.contains(*d)).collect();
+                self.entries.insert(key.clone(), (live, their_value.clone()));
             }
         }
         for (key, (live, _)) in &mut self.entries {

@@ -93,6 +93,7 @@ impl<T: Ord + Clone> OrSet<T> {
     }
 
     /// The elements, in order.
+    #[must_use]
     pub fn iter(&self) -> impl ExactSizeIterator<Item = &T> {
         self.entries.keys()
     }
@@ -115,15 +116,19 @@ impl<T: Ord + Clone> OrSet<T> {
         match op {
             OrSetOp::Add { element, dot, replaces } => {
                 let unseen = !self.seen.contains(dot);
-                let live = self.entries.entry(element).or_default();
+                let live = self.entries.entry(element.clone()).or_default();
                 live.retain(|d| *d == dot || !replaces.contains(d));
                 if unseen {
                     let at = live.partition_point(|d| *d < dot);
                     live.insert(at, dot);
                 }
+                if live.is_empty() {
+                    // A stale add (its dot already seen and replaced): the element's last
+                    // live dots were the ones it replaces.
+                    self.entries.remove(&element);
+                }
                 self.seen.insert(dot)?;
                 replaces.into_iter().try_for_each(|d| self.seen.insert(d))?;
-                self.entries.retain(|_, live| !live.is_empty());
             }
             OrSetOp::Remove { element, dots } => {
                 if let Some(live) = self.entries.get_mut(&element) {

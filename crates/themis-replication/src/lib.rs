@@ -23,5 +23,7 @@ pub use themis_crdt as crdt;
 /// The types most users of the toolkit need, for a glob import.
 pub mod prelude {
     pub use themis_clock::{CausalOrder, ClockError, Hlc, NodeId, PhysicalClock, Timestamp, VectorClock};
-    pub use themis_crdt::{ConflictResolver, Crdt, CrdtError, GCounter, LwwRegister, OrSet, PnCounter, Resolution, Strategy};
+    pub use themis_crdt::{
+        ConflictResolver, Crdt, CrdtError, GCounter, LwwRegister, OrSet, PnCounter, Resolution, Strategy,
+    };
 }
