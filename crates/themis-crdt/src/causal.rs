@@ -108,6 +108,25 @@ pub struct ReadContext {
     pub(crate) seen: CausalContext,
 }
 
+impl ReadContext {
+    /// The dots of `live` that the read saw: what an observed-remove deletes.
+    pub(crate) fn observed(&self, live: &[Dot]) -> Vec<Dot> {
+        live.iter().copied().filter(|d| self.seen.contains(*d)).collect()
+    }
+}
+
+/// Applies an add of `dot` replacing `replaces` to one key's live dots (sorted): the
+/// delta merge of `{key: [dot]}` with context `replaces + dot`. `seen` is the context
+/// *before* the add is recorded; a dot already seen is a duplicate or was superseded, so
+/// it is not re-inserted.
+pub(crate) fn add_dot(live: &mut Vec<Dot>, seen: &CausalContext, dot: Dot, replaces: &[Dot]) {
+    live.retain(|d| *d == dot || !replaces.contains(d));
+    if !seen.contains(dot) {
+        let at = live.partition_point(|d| *d < dot);
+        live.insert(at, dot);
+    }
+}
+
 /// The causal merge of one key's dots (the "dot store" join): a dot survives if both sides
 /// have it, or if one side has it and the other has not seen it (so has not removed it).
 pub(crate) fn merge_dots(

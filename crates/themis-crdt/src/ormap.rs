@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use themis_clock::NodeId;
 
 use crate::Crdt;
-use crate::causal::{CausalContext, Dot, ReadContext, merge_dots};
+use crate::causal::{CausalContext, Dot, ReadContext, add_dot, merge_dots};
 use crate::error::CrdtError;
 
 /// A map from keys to CRDT values with add-wins keys.
@@ -84,7 +84,7 @@ impl<K: Ord + Clone, V: Crdt> OrMap<K, V> {
     /// Removes the presence of `key` that `read` saw. `None` if there was nothing to remove.
     pub fn remove(&mut self, key: &K, read: &ReadContext) -> Result<Option<OrMapOp<K, V::Op>>, CrdtError> {
         let Some((live, _)) = self.entries.get(key) else { return Ok(None) };
-        let dots: Vec<Dot> = live.iter().copied().filter(|d| read.seen.contains(*d)).collect();
+        let dots = read.observed(live);
         if dots.is_empty() {
             return Ok(None);
         }
@@ -147,13 +147,8 @@ impl<K: Ord + Clone, V: Crdt> Crdt for OrMap<K, V> {
     fn apply(&mut self, op: Self::Op) -> Result<(), CrdtError> {
         match op {
             OrMapOp::Update { key, dot, replaces, op } => {
-                let unseen = !self.seen.contains(dot);
                 let (live, value) = self.entries.entry(key).or_insert_with(|| (Vec::new(), V::default()));
-                live.retain(|d| *d == dot || !replaces.contains(d));
-                if unseen {
-                    let at = live.partition_point(|d| *d < dot);
-                    live.insert(at, dot);
-                }
+                add_dot(live, &self.seen, dot, &replaces);
                 value.apply(op)?;
                 self.seen.insert(dot)?;
                 replaces.into_iter().try_for_each(|d| self.seen.insert(d))

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use themis_clock::NodeId;
 
 use crate::Crdt;
-use crate::causal::{CausalContext, Dot, ReadContext, check_dots, merge_dots};
+use crate::causal::{CausalContext, Dot, ReadContext, add_dot, check_dots, merge_dots};
 use crate::error::CrdtError;
 
 /// An add-wins observed-remove set.
@@ -71,7 +71,7 @@ impl<T: Ord + Clone> OrSet<T> {
     /// none (nothing to ship).
     pub fn remove(&mut self, element: &T, read: &ReadContext) -> Result<Option<OrSetOp<T>>, CrdtError> {
         let Some(live) = self.entries.get(element) else { return Ok(None) };
-        let dots: Vec<Dot> = live.iter().copied().filter(|d| read.seen.contains(*d)).collect();
+        let dots = read.observed(live);
         if dots.is_empty() {
             return Ok(None);
         }
@@ -115,13 +115,8 @@ impl<T: Ord + Clone> OrSet<T> {
     fn apply_op(&mut self, op: OrSetOp<T>) -> Result<(), CrdtError> {
         match op {
             OrSetOp::Add { element, dot, replaces } => {
-                let unseen = !self.seen.contains(dot);
                 let live = self.entries.entry(element.clone()).or_default();
-                live.retain(|d| *d == dot || !replaces.contains(d));
-                if unseen {
-                    let at = live.partition_point(|d| *d < dot);
-                    live.insert(at, dot);
-                }
+                add_dot(live, &self.seen, dot, &replaces);
                 if live.is_empty() {
                     // A stale add (its dot already seen and replaced): the element's last
                     // live dots were the ones it replaces.
