@@ -15,6 +15,10 @@ pub enum CrdtError {
         /// The node whose counter is saturated.
         node: NodeId,
     },
+    /// A register write carried [`themis_clock::Timestamp::ZERO`], which an HLC never issues
+    /// and which an LWW-Register reserves for "never written".
+    #[error("an LWW-Register write needs a non-zero HLC timestamp (got Timestamp::ZERO)")]
+    ZeroTimestamp,
     /// Decoded CRDT state breaks an invariant of its type.
     #[error("invalid {what}: {reason}")]
     InvalidState {

@@ -11,13 +11,44 @@ use crate::error::CrdtError;
 /// Writes take a [`Timestamp`], never a raw integer, so the winner is decided by hybrid
 /// time with the node id as tie-break: two distinct writes never tie, and every replica
 /// picks the same winner.
+///
+/// [`Timestamp::ZERO`] is reserved for "never written" (an HLC never issues it), so a
+/// write at it is refused with [`CrdtError::ZeroTimestamp`] rather than dropped, and merge
+/// is a single comparison of timestamps.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "LwwState<T>", bound(deserialize = "T: Deserialize<'de>"))]
 pub struct LwwRegister<T> {
     /// `None` before the first write.
     value: Option<T>,
-    /// The current value's timestamp; [`Timestamp::ZERO`] before the first write. Kept
-    /// outside the `Option` so that merge compares one integer first.
+    /// The current value's timestamp; [`Timestamp::ZERO`] exactly when `value` is `None`.
+    /// Kept outside the `Option` so that merge compares one integer and nothing else.
     timestamp: Timestamp,
+}
+
+/// The wire form of [`LwwRegister`], validated on decode.
+#[derive(Deserialize)]
+struct LwwState<T> {
+    value: Option<T>,
+    timestamp: Timestamp,
+}
+
+impl<T> TryFrom<LwwState<T>> for LwwRegister<T> {
+    type Error = CrdtError;
+
+    fn try_from(state: LwwState<T>) -> Result<Self, CrdtError> {
+        if state.value.is_some() == (state.timestamp == Timestamp::ZERO) {
+            return Err(CrdtError::InvalidState {
+                what: "LWW-Register",
+                reason: format!(
+                    "a value must carry a non-zero timestamp and an empty register the zero one, \
+                     found {} value at {}",
+                    if state.value.is_some() { "a" } else { "no" },
+                    state.timestamp
+                ),
+            });
+        }
+        Ok(LwwRegister { value: state.value, timestamp: state.timestamp })
+    }
 }
 
 /// A write to an LWW-Register: the value and its timestamp.
@@ -44,10 +75,14 @@ impl<T: Clone> LwwRegister<T> {
 
     /// Writes `value` at `timestamp` (it wins if newer than the current value) and returns
     /// the operation to ship.
-    pub fn set(&mut self, value: T, timestamp: Timestamp) -> LwwOp<T> {
+    ///
+    /// # Errors
+    /// [`CrdtError::ZeroTimestamp`] for a write at [`Timestamp::ZERO`], which an HLC never
+    /// issues and which the register reserves for "never written".
+    pub fn set(&mut self, value: T, timestamp: Timestamp) -> Result<LwwOp<T>, CrdtError> {
         let op = LwwOp { value, timestamp };
-        self.write(&op);
-        op
+        self.write(&op)?;
+        Ok(op)
     }
 
     /// The current value.
@@ -62,19 +97,17 @@ impl<T: Clone> LwwRegister<T> {
         self.value.as_ref().map(|_| self.timestamp)
     }
 
-    /// Whether a write at `timestamp` replaces the current value. Equal timestamps denote
-    /// the same write (an HLC never issues one twice), so the current value stays, which
-    /// keeps merge idempotent. A write at `Timestamp::ZERO` still fills an empty register.
-    #[inline]
-    fn wins(&self, timestamp: Timestamp) -> bool {
-        timestamp > self.timestamp || self.value.is_none()
-    }
-
-    fn write(&mut self, op: &LwwOp<T>) {
-        if self.wins(op.timestamp) {
+    /// Applies a write if it is newer. Equal timestamps denote the same write (an HLC never
+    /// issues one twice), so the current value stays, which keeps merge idempotent.
+    fn write(&mut self, op: &LwwOp<T>) -> Result<(), CrdtError> {
+        if op.timestamp == Timestamp::ZERO {
+            return Err(CrdtError::ZeroTimestamp);
+        }
+        if op.timestamp > self.timestamp {
             self.value = Some(op.value.clone());
             self.timestamp = op.timestamp;
         }
+        Ok(())
     }
 }
 
@@ -82,18 +115,75 @@ impl<T: Clone + PartialEq> Crdt for LwwRegister<T> {
     type Op = LwwOp<T>;
 
     fn merge(&mut self, other: &Self) -> Result<(), CrdtError> {
-        // Compare first, clone only the winner.
-        if let Some(value) = &other.value
-            && self.wins(other.timestamp)
-        {
-            self.value = Some(value.clone());
+        // Compare first, clone only the winner. A newer timestamp is never ZERO, so `other`
+        // holds a value whenever it wins (the invariant decode enforces).
+        if other.timestamp > self.timestamp {
+            self.value.clone_from(&other.value);
             self.timestamp = other.timestamp;
         }
         Ok(())
     }
 
     fn apply(&mut self, op: LwwOp<T>) -> Result<(), CrdtError> {
-        self.write(&op);
-        Ok(())
+        self.write(&op)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use themis_clock::NodeId;
+
+    use super::*;
+
+    fn at(ms: u64, node: u64) -> Timestamp {
+        Timestamp::from_parts(ms, 0, NodeId(node)).unwrap()
+    }
+
+    #[test]
+    fn newest_write_wins_and_node_breaks_ties() {
+        let mut a = LwwRegister::new();
+        a.set("old", at(5, 1)).unwrap();
+        a.set("new", at(7, 1)).unwrap();
+        a.set("stale", at(6, 9)).unwrap();
+        assert_eq!(a.get(), Some(&"new"));
+        let mut b = LwwRegister::new();
+        b.set("tie-high-node", at(7, 2)).unwrap();
+        a.merge(&b).unwrap();
+        assert_eq!(a.get(), Some(&"tie-high-node"));
+        assert_eq!(a.timestamp(), Some(at(7, 2)));
+    }
+
+    #[test]
+    fn a_write_at_zero_is_refused_not_dropped() {
+        let mut r = LwwRegister::new();
+        assert_eq!(r.set(1u8, Timestamp::ZERO), Err(CrdtError::ZeroTimestamp));
+        assert_eq!(r.apply(LwwOp { value: 1u8, timestamp: Timestamp::ZERO }), Err(CrdtError::ZeroTimestamp));
+        assert_eq!(r.get(), None);
+    }
+
+    #[test]
+    fn merging_an_empty_register_changes_nothing() {
+        let mut r = LwwRegister::new();
+        r.set(3u8, at(1, 1)).unwrap();
+        r.merge(&LwwRegister::new()).unwrap();
+        assert_eq!(r.get(), Some(&3));
+        let mut empty = LwwRegister::<u8>::new();
+        empty.merge(&LwwRegister::new()).unwrap();
+        assert_eq!(empty, LwwRegister::new());
+    }
+
+    #[test]
+    fn decode_rejects_a_value_without_a_timestamp_and_a_timestamp_without_a_value() {
+        let value_at_zero = postcard::to_allocvec(&(Some(1u8), Timestamp::ZERO)).unwrap();
+        assert!(postcard::from_bytes::<LwwRegister<u8>>(&value_at_zero).is_err());
+        let empty_at_five = postcard::to_allocvec(&(None::<u8>, at(5, 1))).unwrap();
+        assert!(postcard::from_bytes::<LwwRegister<u8>>(&empty_at_five).is_err());
+        let json = serde_json::json!({ "value": 1, "timestamp": Timestamp::ZERO }).to_string();
+        let err = serde_json::from_str::<LwwRegister<u8>>(&json).unwrap_err().to_string();
+        assert!(err.contains("non-zero timestamp"), "{err}");
+        let mut good = LwwRegister::new();
+        good.set(1u8, at(5, 1)).unwrap();
+        let bytes = postcard::to_allocvec(&good).unwrap();
+        assert_eq!(postcard::from_bytes::<LwwRegister<u8>>(&bytes).unwrap(), good);
     }
 }

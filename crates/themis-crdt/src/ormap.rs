@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use themis_clock::NodeId;
 
 use crate::Crdt;
-use crate::causal::{CausalContext, Dot, ReadContext, add_dot, merge_dots};
+use crate::causal::{CausalContext, Dot, ReadContext, add_dot, check_dots, merge_dots};
 use crate::error::CrdtError;
 
 /// A map from keys to CRDT values with add-wins keys.
@@ -18,8 +18,9 @@ use crate::error::CrdtError;
 /// lost. A key that is removed and later updated again therefore shows its whole history
 /// (a counter continues from its total); use a fresh key when a reset is wanted.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "OrMapRepr<K, V>", into = "OrMapRepr<K, V>")]
 #[serde(bound(
-    serialize = "K: Serialize, V: Serialize",
+    serialize = "K: Ord + Clone + Serialize, V: Clone + Serialize",
     deserialize = "K: Ord + Deserialize<'de>, V: Deserialize<'de>"
 ))]
 pub struct OrMap<K: Ord, V> {
@@ -50,6 +51,37 @@ pub enum OrMapOp<K, O> {
         /// The removed dots.
         dots: Vec<Dot>,
     },
+}
+
+/// The wire form of [`OrMap`]: entries as a sequence, so that decoding sees (and rejects)
+/// duplicate or unordered keys instead of letting a map silently keep the last one.
+#[derive(Serialize, Deserialize)]
+struct OrMapRepr<K, V> {
+    entries: Vec<(K, (Vec<Dot>, V))>,
+    seen: CausalContext,
+}
+
+impl<K: Ord, V> TryFrom<OrMapRepr<K, V>> for OrMap<K, V> {
+    type Error = CrdtError;
+
+    fn try_from(repr: OrMapRepr<K, V>) -> Result<Self, CrdtError> {
+        if !repr.entries.windows(2).all(|w| w[0].0 < w[1].0) {
+            return Err(CrdtError::InvalidState {
+                what: "OR-Map",
+                reason: "keys are not strictly increasing".into(),
+            });
+        }
+        for (_, (dots, _)) in &repr.entries {
+            check_dots("OR-Map", dots, &repr.seen)?;
+        }
+        Ok(OrMap { entries: repr.entries.into_iter().collect(), seen: repr.seen })
+    }
+}
+
+impl<K: Ord, V> From<OrMap<K, V>> for OrMapRepr<K, V> {
+    fn from(map: OrMap<K, V>) -> Self {
+        OrMapRepr { entries: map.entries.into_iter().collect(), seen: map.seen }
+    }
 }
 
 impl<K: Ord, V> Default for OrMap<K, V> {
@@ -179,5 +211,30 @@ mod tests {
         a.update(NodeId(1), "likes", |c| c.increment(NodeId(1), 3)).unwrap();
         b.merge(&a).unwrap();
         assert_eq!(b.get(&"likes").map(GCounter::value), Some(5));
+    }
+
+    #[test]
+    fn decode_round_trips_and_rejects_duplicate_keys_and_unseen_dots() {
+        let mut map: OrMap<String, GCounter> = OrMap::new();
+        map.update(NodeId(1), "a".to_string(), |c| c.increment(NodeId(1), 1)).unwrap();
+        map.update(NodeId(2), "b".to_string(), |c| c.increment(NodeId(2), 4)).unwrap();
+        let bytes = postcard::to_allocvec(&map).unwrap();
+        assert_eq!(postcard::from_bytes::<OrMap<String, GCounter>>(&bytes).unwrap(), map);
+
+        let repr = |map: &OrMap<String, GCounter>| OrMapRepr::from(map.clone());
+        let mut duplicate = repr(&map);
+        duplicate.entries[1].0 = "a".to_string();
+        let err =
+            postcard::from_bytes::<OrMap<String, GCounter>>(&postcard::to_allocvec(&duplicate).unwrap())
+                .unwrap_err();
+        assert!(matches!(err, postcard::Error::SerdeDeCustom), "{err}");
+        assert!(
+            OrMap::try_from(duplicate).unwrap_err().to_string().contains("keys are not strictly increasing")
+        );
+
+        let mut unseen = repr(&map);
+        unseen.entries[0].1.0 = vec![Dot { node: NodeId(7), counter: 1 }];
+        let err = OrMap::try_from(unseen).unwrap_err().to_string();
+        assert!(err.contains("missing from the causal context"), "{err}");
     }
 }

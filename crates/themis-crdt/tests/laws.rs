@@ -114,7 +114,7 @@ proptest! {
 
     #[test]
     fn lww_register(h in history()) {
-        check::<LwwRegister<u8>>(&h, |r, node, choice, s| vec![r.set(choice, stamp(node, choice, s))])?;
+        check::<LwwRegister<u8>>(&h, |r, node, choice, s| vec![r.set(choice, stamp(node, choice, s)).unwrap()])?;
     }
 
     #[test]
