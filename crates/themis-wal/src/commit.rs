@@ -1,0 +1,363 @@
+//! Group commit: many writers enqueue encoded records; one flusher writes everything queued
+//! with one `write` and one `fdatasync`, then wakes every writer the sync covered.
+//!
+//! The coordinator knows nothing of files: the flusher drives a [`Sink`], which the WAL
+//! implements with segment files and the loom tests with a model of durable storage.
+
+use crate::entry::{Lsn, LsnRange, NewEntry};
+use crate::error::WalError;
+use crate::record;
+use crate::sync::{Condvar, Mutex, MutexGuard, lock, wait};
+
+/// Where the flusher puts bytes.
+pub(crate) trait Sink {
+    /// Writes `bytes`, which hold whole records; the first has LSN `first`, and `offsets`
+    /// gives each record's start within `bytes`.
+    fn write(&mut self, first: Lsn, bytes: &[u8], offsets: &[u32]) -> Result<(), WalError>;
+    /// Makes everything written durable.
+    fn sync(&mut self) -> Result<(), WalError>;
+}
+
+/// What a writer waits for before it is told "done".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AckOn {
+    /// After the `fdatasync` that covers the records.
+    Durable,
+    /// After the `write` (the fsync policy syncs later, or never).
+    Written,
+}
+
+/// Progress of the log, as published to waiters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Progress {
+    /// Every LSN up to this one has been handed to the operating system.
+    pub written: Lsn,
+    /// Every LSN up to this one is durable (fdatasync returned).
+    pub durable: Lsn,
+}
+
+#[derive(Debug)]
+pub(crate) struct State {
+    /// The LSN the next enqueued record gets.
+    next_lsn: Lsn,
+    /// Encoded records waiting for the flusher.
+    queue: Vec<u8>,
+    /// Start of each queued record within `queue`.
+    offsets: Vec<u32>,
+    /// LSN of the first queued record.
+    queue_first: Lsn,
+    progress: Progress,
+    /// Whether the flusher holds a batch it has not published yet.
+    flushing: bool,
+    /// Written but not yet synced (interval policy).
+    dirty: bool,
+    /// Set when a write or sync failed, or the log was closed: no further writes.
+    closed: Option<String>,
+}
+
+/// The shared state of writers and the flusher.
+#[derive(Debug)]
+pub(crate) struct Coordinator {
+    state: Mutex<State>,
+    /// Signalled when the queue gains records or the log closes (the flusher waits on it).
+    work: Condvar,
+    /// Signalled when progress is published or queue space frees (writers wait on it).
+    done: Condvar,
+    max_queue_bytes: usize,
+    max_record_bytes: usize,
+}
+
+impl Coordinator {
+    pub(crate) fn new(next_lsn: Lsn, max_queue_bytes: usize, max_record_bytes: usize) -> Coordinator {
+        let last = next_lsn - 1;
+        Coordinator {
+            state: Mutex::new(State {
+                next_lsn,
+                queue: Vec::new(),
+                offsets: Vec::new(),
+                queue_first: next_lsn,
+                progress: Progress { written: last, durable: last },
+                flushing: false,
+                dirty: false,
+                closed: None,
+            }),
+            work: Condvar::new(),
+            done: Condvar::new(),
+            max_queue_bytes,
+            max_record_bytes,
+        }
+    }
+
+    /// Checks sizes before anything is queued, so a rejected batch leaves no trace.
+    fn encoded_size(&self, entries: &[NewEntry]) -> Result<usize, WalError> {
+        let mut total = 0usize;
+        for entry in entries {
+            let size = record::encoded_len(entry.payload.len());
+            if size > self.max_record_bytes {
+                return Err(WalError::RecordTooLarge { size, max: self.max_record_bytes });
+            }
+            total += size;
+        }
+        Ok(total)
+    }
+
+    /// Enqueues `entries` (all or nothing), blocking while the queue is full, and returns
+    /// their LSNs. With `expect_first`, fails unless the batch would start at that LSN.
+    pub(crate) fn enqueue(
+        &self,
+        entries: &[NewEntry],
+        expect_first: Option<Lsn>,
+    ) -> Result<LsnRange, WalError> {
+        let mut state = lock(&self.state);
+        loop {
+            match self.try_enqueue_locked(&mut state, entries, expect_first)? {
+                Some(range) => return Ok(range),
+                None => state = wait(&self.done, state),
+            }
+        }
+    }
+
+    /// Like [`enqueue`](Self::enqueue) but returns `Ok(None)` instead of blocking on a
+    /// full queue.
+    pub(crate) fn try_enqueue(
+        &self,
+        entries: &[NewEntry],
+        expect_first: Option<Lsn>,
+    ) -> Result<Option<LsnRange>, WalError> {
+        let mut state = lock(&self.state);
+        self.try_enqueue_locked(&mut state, entries, expect_first)
+    }
+
+    fn try_enqueue_locked(
+        &self,
+        state: &mut State,
+        entries: &[NewEntry],
+        expect_first: Option<Lsn>,
+    ) -> Result<Option<LsnRange>, WalError> {
+        if entries.is_empty() {
+            return Err(WalError::Config("an append needs at least one entry".into()));
+        }
+        let size = self.encoded_size(entries)?;
+        if let Some(reason) = &state.closed {
+            return Err(WalError::Closed(reason.clone()));
+        }
+        if let Some(expected) = expect_first
+            && expected != state.next_lsn
+        {
+            return Err(WalError::LsnMismatch { expected, next: state.next_lsn });
+        }
+        if size > self.max_queue_bytes {
+            return Err(WalError::BatchTooLarge { size, max: self.max_queue_bytes });
+        }
+        if state.queue.len() + size > self.max_queue_bytes {
+            return Ok(None);
+        }
+        if state.queue.is_empty() {
+            state.queue_first = state.next_lsn;
+        }
+        let first = state.next_lsn;
+        for entry in entries {
+            state.offsets.push(state.queue.len() as u32);
+            record::encode(&mut state.queue, state.next_lsn, entry);
+            state.next_lsn += 1;
+        }
+        self.work.notify_one();
+        Ok(Some(LsnRange { first, last: state.next_lsn - 1 }))
+    }
+
+    /// Blocks until `lsn` is acknowledged under `ack`, or the log fails.
+    pub(crate) fn wait_for(&self, lsn: Lsn, ack: AckOn) -> Result<Progress, WalError> {
+        let mut state = lock(&self.state);
+        loop {
+            let reached = match ack {
+                AckOn::Durable => state.progress.durable,
+                AckOn::Written => state.progress.written,
+            };
+            if reached >= lsn {
+                return Ok(state.progress);
+            }
+            if let Some(reason) = &state.closed {
+                return Err(WalError::Closed(reason.clone()));
+            }
+            state = wait(&self.done, state);
+        }
+    }
+
+    /// The current progress.
+    pub(crate) fn progress(&self) -> Progress {
+        lock(&self.state).progress
+    }
+
+    /// Why the log refuses writes, if it does.
+    pub(crate) fn closed(&self) -> Option<String> {
+        lock(&self.state).closed.clone()
+    }
+
+    /// The LSN the next append gets.
+    pub(crate) fn next_lsn(&self) -> Lsn {
+        lock(&self.state).next_lsn
+    }
+
+    /// Stops the log: queued records are still flushed, new appends fail with `reason`.
+    pub(crate) fn close(&self, reason: &str) {
+        let mut state = lock(&self.state);
+        if state.closed.is_none() {
+            state.closed = Some(reason.to_string());
+        }
+        self.work.notify_all();
+        self.done.notify_all();
+    }
+
+    /// Waits until nothing is queued or in flight and returns the locked state, so that
+    /// the caller (truncation) changes the log with every writer held off.
+    pub(crate) fn quiesce(&self) -> Quiesced<'_> {
+        let mut state = lock(&self.state);
+        while !state.queue.is_empty() || state.flushing {
+            state = wait(&self.done, state);
+        }
+        Quiesced { state, coordinator: self }
+    }
+
+    /// One step of the flusher: waits for work (or, under an interval rule, for the next
+    /// sync to fall due), writes it, syncs when the rule says so, and publishes. Returns
+    /// `false` once the log is closed and drained.
+    pub(crate) fn flush_once(&self, sink: &mut impl Sink, rule: &mut SyncRule) -> bool {
+        let mut state = lock(&self.state);
+        while state.queue.is_empty() {
+            if state.closed.is_some() && !state.dirty {
+                return false;
+            }
+            match rule {
+                SyncRule::Every { interval, last } if state.dirty => {
+                    let due = *last + *interval;
+                    let now = std::time::Instant::now();
+                    if now >= due || state.closed.is_some() {
+                        break;
+                    }
+                    state =
+                        self.work.wait_timeout(state, due - now).map_or_else(|e| e.into_inner().0, |r| r.0);
+                }
+                _ => state = wait(&self.work, state),
+            }
+        }
+        let first = state.queue_first;
+        let bytes = std::mem::take(&mut state.queue);
+        let offsets = std::mem::take(&mut state.offsets);
+        let last = first + offsets.len() as u64 - 1;
+        let have_batch = !offsets.is_empty();
+        state.flushing = true;
+        let closing = state.closed.is_some();
+        // The queue is empty again: producers blocked on a full queue may go on.
+        self.done.notify_all();
+        drop(state);
+
+        let mut result = Ok(());
+        let mut written = None;
+        if have_batch {
+            result = sink.write(first, &bytes, &offsets);
+            if result.is_ok() {
+                written = Some(last);
+            }
+        }
+        let mut synced = false;
+        let never = matches!(rule, SyncRule::Never);
+        if result.is_ok() && (rule.sync_due() || (closing && !never)) {
+            result = sink.sync();
+            synced = result.is_ok();
+        }
+
+        let mut state = lock(&self.state);
+        state.flushing = false;
+        if let Some(last) = written {
+            state.progress.written = last;
+            state.dirty = !never;
+        }
+        if synced {
+            state.progress.durable = state.progress.written;
+            state.dirty = false;
+        }
+        if let Err(err) = result {
+            // After a failed write or fsync the page cache may hold bytes that will never
+            // reach the disk; acknowledging anything later would be a lie, so stop.
+            state.closed.get_or_insert_with(|| format!("flush failed: {err}"));
+            // Nothing will be synced any more; a dirty flag would keep the flusher waiting
+            // for a sync that never comes (found by the loom model).
+            state.dirty = false;
+        }
+        self.done.notify_all();
+        true
+    }
+}
+
+/// When the flusher syncs: the fsync policy as the coordinator sees it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum SyncRule {
+    /// After every write (group commit).
+    Always,
+    /// Never (tests only).
+    Never,
+    /// When `interval` has passed since the `last` sync.
+    Every {
+        /// The interval.
+        interval: std::time::Duration,
+        /// When the last sync happened.
+        last: std::time::Instant,
+    },
+}
+
+impl SyncRule {
+    fn sync_due(&mut self) -> bool {
+        match self {
+            SyncRule::Always => true,
+            SyncRule::Never => false,
+            SyncRule::Every { interval, last } => {
+                let now = std::time::Instant::now();
+                let due = now.duration_since(*last) >= *interval;
+                if due {
+                    *last = now;
+                }
+                due
+            }
+        }
+    }
+}
+
+/// The coordinator's state, locked with nothing queued or in flight.
+pub(crate) struct Quiesced<'a> {
+    state: MutexGuard<'a, State>,
+    coordinator: &'a Coordinator,
+}
+
+impl Quiesced<'_> {
+    /// The next LSN.
+    pub(crate) fn next_lsn(&self) -> Lsn {
+        self.state.next_lsn
+    }
+
+    /// Whether the log refuses writes.
+    pub(crate) fn closed(&self) -> Option<&str> {
+        self.state.closed.as_deref()
+    }
+
+    /// After a suffix truncation: the log now ends at `last`, which is durable.
+    pub(crate) fn reset_to(&mut self, last: Lsn) {
+        let state = &mut *self.state;
+        state.next_lsn = last + 1;
+        state.queue_first = last + 1;
+        state.progress.written = last;
+        state.progress.durable = last;
+        state.dirty = false;
+    }
+}
+
+impl Drop for Quiesced<'_> {
+    fn drop(&mut self) {
+        self.coordinator.done.notify_all();
+    }
+}
+
+impl std::fmt::Debug for Quiesced<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Quiesced").field("next_lsn", &self.state.next_lsn).finish()
+    }
+}

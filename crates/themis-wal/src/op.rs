@@ -1,0 +1,364 @@
+//! The logical document operations every upper layer shares: what a data entry's payload
+//! holds. Versioned and hand-framed (little-endian, `u32` length prefixes):
+//!
+//! ```text
+//! op     = version:u8 (1) kind:u8 origin:u64 txn:u64 body
+//! body   = insert | update | upsert (kinds 1, 2, 3): collection:str key:bytes value:bytes
+//!        | delete (4): collection:str key:bytes
+//!        | ddl (5): statement:str schema_version:u64
+//!        | begin (6) | commit (7): empty
+//! str    = len:u32 utf-8 bytes        bytes = len:u32 bytes
+//! batch  = count:u32 (len:u32 op){count}
+//! ```
+//!
+//! Decoding checks every length against the bytes present before slicing, allocates
+//! nothing sized by a stored length, and rejects trailing bytes: an unknown version or
+//! kind is an [`OpError`], never a panic.
+
+use bytes::{BufMut, Bytes};
+use themis_clock::NodeId;
+
+/// The format version this crate writes.
+pub const OP_VERSION: u8 = 1;
+
+/// A document operation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Op {
+    /// The node where the operation originated (for loop prevention and conflicts).
+    pub origin: NodeId,
+    /// The transaction it belongs to (0: none).
+    pub txn: u64,
+    /// What it does.
+    pub kind: OpKind,
+}
+
+/// What an [`Op`] does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OpKind {
+    /// Create a document that must not exist.
+    Insert {
+        /// The collection.
+        collection: String,
+        /// The document key.
+        key: Bytes,
+        /// The document.
+        value: Bytes,
+    },
+    /// Replace a document that must exist.
+    Update {
+        /// The collection.
+        collection: String,
+        /// The document key.
+        key: Bytes,
+        /// The new document.
+        value: Bytes,
+    },
+    /// Create or replace a document.
+    Upsert {
+        /// The collection.
+        collection: String,
+        /// The document key.
+        key: Bytes,
+        /// The document.
+        value: Bytes,
+    },
+    /// Remove a document.
+    Delete {
+        /// The collection.
+        collection: String,
+        /// The document key.
+        key: Bytes,
+    },
+    /// A schema change.
+    Ddl {
+        /// The statement.
+        statement: String,
+        /// The schema version it produces.
+        schema_version: u64,
+    },
+    /// Start of transaction `txn`.
+    Begin,
+    /// Commit of transaction `txn`.
+    Commit,
+}
+
+impl OpKind {
+    fn code(&self) -> u8 {
+        match self {
+            OpKind::Insert { .. } => 1,
+            OpKind::Update { .. } => 2,
+            OpKind::Upsert { .. } => 3,
+            OpKind::Delete { .. } => 4,
+            OpKind::Ddl { .. } => 5,
+            OpKind::Begin => 6,
+            OpKind::Commit => 7,
+        }
+    }
+
+    /// The (collection, key) it touches, for dependency tracking.
+    #[must_use]
+    pub fn target(&self) -> Option<(&str, &Bytes)> {
+        match self {
+            OpKind::Insert { collection, key, .. }
+            | OpKind::Update { collection, key, .. }
+            | OpKind::Upsert { collection, key, .. }
+            | OpKind::Delete { collection, key } => Some((collection, key)),
+            OpKind::Ddl { .. } | OpKind::Begin | OpKind::Commit => None,
+        }
+    }
+}
+
+/// Why bytes are not a valid operation.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpError {
+    /// A version this build does not know.
+    #[error("unknown op format version {0} (this build reads version {OP_VERSION})")]
+    UnknownVersion(u8),
+    /// A kind this build does not know.
+    #[error("unknown op kind {0}")]
+    UnknownKind(u8),
+    /// The bytes end inside a field.
+    #[error("op truncated: {field} needs {needed} bytes at offset {offset}, {available} remain")]
+    Truncated {
+        /// The field being read.
+        field: &'static str,
+        /// Where.
+        offset: usize,
+        /// Bytes it needs.
+        needed: u64,
+        /// Bytes present.
+        available: usize,
+    },
+    /// A string field is not UTF-8.
+    #[error("op field {field} at offset {offset} is not UTF-8")]
+    NotUtf8 {
+        /// The field.
+        field: &'static str,
+        /// Where.
+        offset: usize,
+    },
+    /// Bytes follow the last field.
+    #[error("{0} unexpected bytes after the op")]
+    Trailing(usize),
+    /// A field is longer than the `u32` length prefix allows.
+    #[error("op field {0} is longer than 4 GiB")]
+    TooLong(&'static str),
+}
+
+impl Op {
+    /// Appends the encoding to `out`.
+    pub fn encode_into(&self, out: &mut Vec<u8>) -> Result<(), OpError> {
+        out.put_u8(OP_VERSION);
+        out.put_u8(self.kind.code());
+        out.put_u64_le(self.origin.0);
+        out.put_u64_le(self.txn);
+        match &self.kind {
+            OpKind::Insert { collection, key, value }
+            | OpKind::Update { collection, key, value }
+            | OpKind::Upsert { collection, key, value } => {
+                put_field(out, "collection", collection.as_bytes())?;
+                put_field(out, "key", key)?;
+                put_field(out, "value", value)?;
+            }
+            OpKind::Delete { collection, key } => {
+                put_field(out, "collection", collection.as_bytes())?;
+                put_field(out, "key", key)?;
+            }
+            OpKind::Ddl { statement, schema_version } => {
+                put_field(out, "statement", statement.as_bytes())?;
+                out.put_u64_le(*schema_version);
+            }
+            OpKind::Begin | OpKind::Commit => {}
+        }
+        Ok(())
+    }
+
+    /// The encoding.
+    pub fn encode(&self) -> Result<Bytes, OpError> {
+        let mut out = Vec::new();
+        self.encode_into(&mut out)?;
+        Ok(out.into())
+    }
+
+    /// Decodes exactly one op; keys and values are slices of `bytes`.
+    pub fn decode(bytes: &Bytes) -> Result<Op, OpError> {
+        let mut r = Reader { bytes, at: 0 };
+        let op = r.op()?;
+        r.finish()?;
+        Ok(op)
+    }
+}
+
+/// Encodes a batch of ops (one data entry's payload).
+pub fn encode_batch(ops: &[Op]) -> Result<Bytes, OpError> {
+    let mut out = Vec::new();
+    out.put_u32_le(u32::try_from(ops.len()).map_err(|_| OpError::TooLong("batch"))?);
+    for op in ops {
+        let at = out.len();
+        out.put_u32_le(0);
+        op.encode_into(&mut out)?;
+        let len = u32::try_from(out.len() - at - 4).map_err(|_| OpError::TooLong("op"))?;
+        out[at..at + 4].copy_from_slice(&len.to_le_bytes());
+    }
+    Ok(out.into())
+}
+
+/// Decodes a batch written by [`encode_batch`].
+pub fn decode_batch(bytes: &Bytes) -> Result<Vec<Op>, OpError> {
+    let mut r = Reader { bytes, at: 0 };
+    let count = r.u32("count")?;
+    // Each op takes at least 22 bytes, so the count cannot ask for more than the input holds.
+    let mut ops = Vec::with_capacity((count as usize).min(bytes.len() / 22));
+    for _ in 0..count {
+        let body = r.field("op")?;
+        ops.push(Op::decode(&body)?);
+    }
+    r.finish()?;
+    Ok(ops)
+}
+
+fn put_field(out: &mut Vec<u8>, field: &'static str, bytes: &[u8]) -> Result<(), OpError> {
+    out.put_u32_le(u32::try_from(bytes.len()).map_err(|_| OpError::TooLong(field))?);
+    out.put_slice(bytes);
+    Ok(())
+}
+
+struct Reader<'a> {
+    bytes: &'a Bytes,
+    at: usize,
+}
+
+impl Reader<'_> {
+    fn take(&mut self, field: &'static str, n: u64) -> Result<Bytes, OpError> {
+        let available = self.bytes.len() - self.at;
+        if n > available as u64 {
+            return Err(OpError::Truncated { field, offset: self.at, needed: n, available });
+        }
+        let n = n as usize;
+        let out = self.bytes.slice(self.at..self.at + n);
+        self.at += n;
+        Ok(out)
+    }
+
+    fn u8(&mut self, field: &'static str) -> Result<u8, OpError> {
+        Ok(self.take(field, 1)?[0])
+    }
+
+    fn u32(&mut self, field: &'static str) -> Result<u32, OpError> {
+        Ok(u32::from_le_bytes(self.take(field, 4)?[..].try_into().expect("4 bytes")))
+    }
+
+    fn u64(&mut self, field: &'static str) -> Result<u64, OpError> {
+        Ok(u64::from_le_bytes(self.take(field, 8)?[..].try_into().expect("8 bytes")))
+    }
+
+    fn field(&mut self, field: &'static str) -> Result<Bytes, OpError> {
+        let len = self.u32(field)?;
+        self.take(field, u64::from(len))
+    }
+
+    fn string(&mut self, field: &'static str) -> Result<String, OpError> {
+        let offset = self.at;
+        let bytes = self.field(field)?;
+        String::from_utf8(bytes.to_vec()).map_err(|_| OpError::NotUtf8 { field, offset })
+    }
+
+    fn op(&mut self) -> Result<Op, OpError> {
+        let version = self.u8("version")?;
+        if version != OP_VERSION {
+            return Err(OpError::UnknownVersion(version));
+        }
+        let code = self.u8("kind")?;
+        if !(1..=7).contains(&code) {
+            return Err(OpError::UnknownKind(code));
+        }
+        let origin = NodeId(self.u64("origin")?);
+        let txn = self.u64("txn")?;
+        let kind = match code {
+            1..=3 => {
+                let collection = self.string("collection")?;
+                let key = self.field("key")?;
+                let value = self.field("value")?;
+                match code {
+                    1 => OpKind::Insert { collection, key, value },
+                    2 => OpKind::Update { collection, key, value },
+                    _ => OpKind::Upsert { collection, key, value },
+                }
+            }
+            4 => OpKind::Delete { collection: self.string("collection")?, key: self.field("key")? },
+            5 => OpKind::Ddl {
+                statement: self.string("statement")?,
+                schema_version: self.u64("schema_version")?,
+            },
+            6 => OpKind::Begin,
+            _ => OpKind::Commit,
+        };
+        Ok(Op { origin, txn, kind })
+    }
+
+    fn finish(&self) -> Result<(), OpError> {
+        match self.bytes.len() - self.at {
+            0 => Ok(()),
+            n => Err(OpError::Trailing(n)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn all_kinds() -> Vec<Op> {
+        let b = |s: &'static str| Bytes::from_static(s.as_bytes());
+        let kinds = vec![
+            OpKind::Insert { collection: "users".into(), key: b("u1"), value: b("{\"n\":1}") },
+            OpKind::Update { collection: "users".into(), key: b("u1"), value: b("{}") },
+            OpKind::Upsert { collection: "c".into(), key: b(""), value: b("") },
+            OpKind::Delete { collection: "users".into(), key: b("u1") },
+            OpKind::Ddl { statement: "CREATE COLLECTION x".into(), schema_version: 4 },
+            OpKind::Begin,
+            OpKind::Commit,
+        ];
+        kinds.into_iter().enumerate().map(|(i, kind)| Op { origin: NodeId(3), txn: i as u64, kind }).collect()
+    }
+
+    #[test]
+    fn every_kind_round_trips_alone_and_in_a_batch() {
+        for op in all_kinds() {
+            assert_eq!(Op::decode(&op.encode().unwrap()).unwrap(), op);
+        }
+        let batch = encode_batch(&all_kinds()).unwrap();
+        assert_eq!(decode_batch(&batch).unwrap(), all_kinds());
+    }
+
+    #[test]
+    fn bad_input_is_a_typed_error() {
+        let good = all_kinds()[0].encode().unwrap().to_vec();
+        let mut v2 = good.clone();
+        v2[0] = 2;
+        assert_eq!(Op::decode(&v2.into()), Err(OpError::UnknownVersion(2)));
+        let mut k9 = good.clone();
+        k9[1] = 9;
+        assert_eq!(Op::decode(&k9.into()), Err(OpError::UnknownKind(9)));
+        for cut in 0..good.len() {
+            let err = Op::decode(&Bytes::copy_from_slice(&good[..cut])).unwrap_err();
+            assert!(matches!(err, OpError::Truncated { .. }), "cut {cut}: {err}");
+        }
+        let mut trailing = good.clone();
+        trailing.push(0);
+        assert_eq!(Op::decode(&trailing.into()), Err(OpError::Trailing(1)));
+        let mut bad_utf8 = good;
+        bad_utf8[22] = 0xff;
+        assert!(matches!(Op::decode(&bad_utf8.into()), Err(OpError::NotUtf8 { field: "collection", .. })));
+        let huge_count = Bytes::from_static(&[0xff, 0xff, 0xff, 0xff]);
+        assert!(matches!(decode_batch(&huge_count), Err(OpError::Truncated { field: "op", .. })));
+    }
+
+    #[test]
+    fn targets_name_collection_and_key() {
+        let ops = all_kinds();
+        assert_eq!(ops[0].kind.target().map(|(c, k)| (c, &k[..])), Some(("users", &b"u1"[..])));
+        assert_eq!(ops[4].kind.target(), None);
+    }
+}

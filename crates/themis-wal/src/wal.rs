@@ -1,0 +1,738 @@
+//! The log: configuration, the flusher thread, reads, truncation and retention holds.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use themis_clock::{Hlc, PhysicalClock, Timestamp};
+use tokio::sync::watch;
+
+use crate::commit::{AckOn, Coordinator, Progress, Sink, SyncRule};
+use crate::entry::{Entry, Lsn, LsnRange, NewEntry};
+use crate::error::WalError;
+use crate::record::{self, RECORD_HEADER_LEN};
+use crate::recovery::{self, RecoveryMode, RecoveryReport, fsync_dir};
+use crate::segment::{self, HEADER_LEN, SKIPPED, SegmentHeader};
+
+/// When appended bytes are made durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FsyncPolicy {
+    /// Group commit: an append returns once an `fdatasync` covers it.
+    #[default]
+    Always,
+    /// An append returns once written; the flusher syncs at most this many milliseconds
+    /// after a write. A crash can lose up to that much acknowledged data.
+    Interval(u64),
+    /// Never sync (tests only): a crash can lose anything the OS had not written back.
+    Never,
+}
+
+/// A source of HLC timestamps (segment creation times).
+pub type ClockFn = Arc<dyn Fn() -> Timestamp + Send + Sync>;
+
+/// How a log is laid out and written.
+#[derive(Clone)]
+pub struct WalConfig {
+    /// Segment size in bytes (a segment is sealed when the next record would pass it).
+    /// Default 64 MiB; 4 KiB to 4 GiB.
+    pub segment_bytes: u64,
+    /// Largest record, framing included. Default 16 MiB. Enforced on write and on read.
+    pub max_record_bytes: usize,
+    /// Bound on bytes queued for the flusher; appenders wait beyond it. Also the largest
+    /// single write, and so the most of the tail a crash can tear. Default 32 MiB; at
+    /// least `max_record_bytes`.
+    pub max_queue_bytes: usize,
+    /// When bytes are synced.
+    pub fsync: FsyncPolicy,
+    /// What opening does with damaged records.
+    pub recovery: RecoveryMode,
+    /// Timestamps for segment headers.
+    pub clock: ClockFn,
+}
+
+impl std::fmt::Debug for WalConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WalConfig")
+            .field("segment_bytes", &self.segment_bytes)
+            .field("max_record_bytes", &self.max_record_bytes)
+            .field("max_queue_bytes", &self.max_queue_bytes)
+            .field("fsync", &self.fsync)
+            .field("recovery", &self.recovery)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for WalConfig {
+    fn default() -> Self {
+        let hlc = Arc::new(Hlc::new(themis_clock::NodeId(0)));
+        WalConfig {
+            segment_bytes: 64 << 20,
+            max_record_bytes: 16 << 20,
+            max_queue_bytes: 32 << 20,
+            fsync: FsyncPolicy::Always,
+            recovery: RecoveryMode::default(),
+            clock: Arc::new(move || hlc.now()),
+        }
+    }
+}
+
+impl WalConfig {
+    /// Takes segment timestamps from `hlc`.
+    #[must_use]
+    pub fn with_hlc<C: PhysicalClock + Send + Sync + 'static>(mut self, hlc: Arc<Hlc<C>>) -> Self {
+        self.clock = Arc::new(move || hlc.now());
+        self
+    }
+
+    /// Checks every bound, naming the field and the value on failure.
+    pub fn validate(&self) -> Result<(), WalError> {
+        let fail = |msg: String| Err(WalError::Config(msg));
+        if !(4096..=u64::from(u32::MAX)).contains(&self.segment_bytes) {
+            return fail(format!("segment_bytes = {} is outside 4096..=4294967295", self.segment_bytes));
+        }
+        let largest = self.segment_bytes as usize - HEADER_LEN;
+        if !(RECORD_HEADER_LEN + 1..=largest).contains(&self.max_record_bytes) {
+            return fail(format!(
+                "max_record_bytes = {} is outside {}..={largest} (a record must fit in a segment)",
+                self.max_record_bytes,
+                RECORD_HEADER_LEN + 1
+            ));
+        }
+        if self.max_queue_bytes < self.max_record_bytes || self.max_queue_bytes > u32::MAX as usize {
+            return fail(format!(
+                "max_queue_bytes = {} must be at least max_record_bytes ({}) and at most 4294967295",
+                self.max_queue_bytes, self.max_record_bytes
+            ));
+        }
+        if self.fsync == FsyncPolicy::Interval(0) {
+            return fail("fsync = Interval(0): use Always for a sync after every write".into());
+        }
+        Ok(())
+    }
+}
+
+/// One segment as the index knows it.
+#[derive(Debug)]
+struct SegmentInfo {
+    id: u64,
+    first_lsn: Lsn,
+    path: PathBuf,
+    /// A read handle; readers clone it and read without holding the index lock.
+    file: Arc<File>,
+    /// Record offsets by `lsn - first_lsn` ([`SKIPPED`] for a lost LSN).
+    offsets: Vec<u32>,
+    /// Bytes of valid data (where the next record goes).
+    len: u64,
+}
+
+impl SegmentInfo {
+    fn next_lsn(&self) -> Lsn {
+        self.first_lsn + self.offsets.len() as u64
+    }
+}
+
+#[derive(Debug, Default)]
+struct Index {
+    /// Oldest first; the last is the active segment.
+    segments: Vec<SegmentInfo>,
+}
+
+impl Index {
+    fn first_lsn(&self) -> Lsn {
+        self.segments.first().map_or(1, |s| s.first_lsn)
+    }
+
+    fn last_lsn(&self) -> Lsn {
+        self.segments.last().map_or(0, |s| s.next_lsn() - 1)
+    }
+
+    fn locate(&self, lsn: Lsn) -> Result<&SegmentInfo, WalError> {
+        let out_of_range = || WalError::OutOfRange { lsn, first: self.first_lsn(), last: self.last_lsn() };
+        if lsn < self.first_lsn() || lsn > self.last_lsn() {
+            return Err(out_of_range());
+        }
+        let at = self.segments.partition_point(|s| s.first_lsn <= lsn);
+        self.segments.get(at.wrapping_sub(1)).ok_or_else(out_of_range)
+    }
+}
+
+/// The flusher's side: the active segment file.
+struct Writer {
+    dir: PathBuf,
+    active: File,
+    active_id: u64,
+    active_len: u64,
+    /// Records in the active segment.
+    active_records: u64,
+    config: WalConfig,
+    index: Arc<RwLock<Index>>,
+}
+
+impl Writer {
+    /// Seals the active segment and starts segment `id + 1` at `first_lsn`: the old file is
+    /// synced, the new one is written under a temporary name, synced, renamed, and the
+    /// directory synced, so a crash leaves either no new segment or a complete header.
+    fn rotate(&mut self, first_lsn: Lsn) -> Result<(), WalError> {
+        let sync = self.config.fsync != FsyncPolicy::Never;
+        if sync {
+            self.active.sync_data().map_err(WalError::io("fdatasync", self.path(self.active_id)))?;
+        }
+        let id = self.active_id + 1;
+        let (file, read) = create_segment(&self.dir, id, first_lsn, &self.config, sync)?;
+        self.active = file;
+        self.active_id = id;
+        self.active_len = HEADER_LEN as u64;
+        self.active_records = 0;
+        write_index(&self.index).segments.push(SegmentInfo {
+            id,
+            first_lsn,
+            path: self.path(id),
+            file: Arc::new(read),
+            offsets: Vec::new(),
+            len: HEADER_LEN as u64,
+        });
+        Ok(())
+    }
+
+    fn path(&self, id: u64) -> PathBuf {
+        self.dir.join(segment::file_name(id))
+    }
+}
+
+impl Sink for Writer {
+    fn write(&mut self, first: Lsn, bytes: &[u8], offsets: &[u32]) -> Result<(), WalError> {
+        let mut i = 0;
+        while i < offsets.len() {
+            let start = offsets[i] as usize;
+            let end_of = |k: usize| offsets.get(k + 1).map_or(bytes.len(), |&o| o as usize);
+            if self.active_records > 0
+                && self.active_len + (end_of(i) - start) as u64 > self.config.segment_bytes
+            {
+                self.rotate(first + i as u64)?;
+            }
+            // Take records while they fit (at least one).
+            let mut j = i + 1;
+            while j < offsets.len()
+                && self.active_len + (end_of(j) - start) as u64 <= self.config.segment_bytes
+            {
+                j += 1;
+            }
+            let chunk = &bytes[start..end_of(j - 1)];
+            let path = self.path(self.active_id);
+            self.active.write_all_at(chunk, self.active_len).map_err(WalError::io("write", &path))?;
+            let base = self.active_len;
+            {
+                let mut index = write_index(&self.index);
+                let seg = index.segments.last_mut().expect("an active segment");
+                seg.offsets
+                    .extend(offsets[i..j].iter().map(|&o| (base + u64::from(o) - start as u64) as u32));
+                seg.len = base + chunk.len() as u64;
+            }
+            self.active_len += chunk.len() as u64;
+            self.active_records += (j - i) as u64;
+            i = j;
+        }
+        Ok(())
+    }
+
+    fn sync(&mut self) -> Result<(), WalError> {
+        self.active.sync_data().map_err(WalError::io("fdatasync", self.path(self.active_id)))
+    }
+}
+
+/// The writer behind a mutex: the flusher and truncation take turns.
+struct SharedWriter(Arc<Mutex<Writer>>);
+
+impl Sink for SharedWriter {
+    fn write(&mut self, first: Lsn, bytes: &[u8], offsets: &[u32]) -> Result<(), WalError> {
+        lock(&self.0).write(first, bytes, offsets)
+    }
+
+    fn sync(&mut self) -> Result<(), WalError> {
+        lock(&self.0).sync()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn write_index(index: &RwLock<Index>) -> std::sync::RwLockWriteGuard<'_, Index> {
+    index.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn read_index(index: &RwLock<Index>) -> std::sync::RwLockReadGuard<'_, Index> {
+    index.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Creates segment `id` durably; returns the append handle and a read handle.
+fn create_segment(
+    dir: &Path,
+    id: u64,
+    first_lsn: Lsn,
+    config: &WalConfig,
+    sync: bool,
+) -> Result<(File, File), WalError> {
+    let path = dir.join(segment::file_name(id));
+    let tmp = dir.join(format!("{}.tmp", segment::file_name(id)));
+    let header = SegmentHeader {
+        id,
+        first_lsn,
+        created: (config.clock)(),
+        tail_window: config.max_queue_bytes as u32,
+    };
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&tmp)
+        .map_err(WalError::io("create", &tmp))?;
+    file.write_all_at(&header.encode(), 0).map_err(WalError::io("write", &tmp))?;
+    if sync {
+        file.sync_all().map_err(WalError::io("fsync", &tmp))?;
+    }
+    fs::rename(&tmp, &path).map_err(WalError::io("rename", &tmp))?;
+    if sync {
+        fsync_dir(dir)?;
+    }
+    let read = File::open(&path).map_err(WalError::io("open", &path))?;
+    Ok((file, read))
+}
+
+struct Shared {
+    dir: PathBuf,
+    config: WalConfig,
+    coordinator: Arc<Coordinator>,
+    writer: Arc<Mutex<Writer>>,
+    index: Arc<RwLock<Index>>,
+    progress: watch::Receiver<Progress>,
+    progress_tx: Arc<watch::Sender<Progress>>,
+    holds: Mutex<BTreeMap<String, Lsn>>,
+    flusher: Mutex<Option<JoinHandle<()>>>,
+    ack: AckOn,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        self.coordinator.close("the WAL was dropped");
+        if let Some(flusher) = lock(&self.flusher).take() {
+            let _ = flusher.join();
+        }
+    }
+}
+
+/// A durable, segmented write-ahead log. Cheap to clone; every clone is the same log.
+#[derive(Clone)]
+pub struct Wal {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Wal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let index = read_index(&self.shared.index);
+        f.debug_struct("Wal")
+            .field("dir", &self.shared.dir)
+            .field("first_lsn", &index.first_lsn())
+            .field("last_lsn", &index.last_lsn())
+            .field("segments", &index.segments.len())
+            .finish()
+    }
+}
+
+impl Wal {
+    /// Opens (creating if needed) the log in `dir`, recovering it as
+    /// `config.recovery` says.
+    pub fn open(dir: impl AsRef<Path>, config: WalConfig) -> Result<(Wal, RecoveryReport), WalError> {
+        config.validate()?;
+        let dir = dir.as_ref().to_path_buf();
+        fs::create_dir_all(&dir).map_err(WalError::io("create directory", &dir))?;
+        let (recovered, report) = recovery::recover(&dir, config.recovery, config.max_record_bytes)?;
+        let sync = config.fsync != FsyncPolicy::Never;
+        let mut index = Index::default();
+        for r in recovered {
+            index.segments.push(SegmentInfo {
+                id: r.id,
+                first_lsn: r.scan.header.first_lsn,
+                path: r.path,
+                file: r.file,
+                len: r.scan.valid_len,
+                offsets: r.scan.offsets,
+            });
+        }
+        if index.segments.is_empty() {
+            let (_, read) = create_segment(&dir, 1, 1, &config, sync)?;
+            index.segments.push(SegmentInfo {
+                id: 1,
+                first_lsn: 1,
+                path: dir.join(segment::file_name(1)),
+                file: Arc::new(read),
+                offsets: Vec::new(),
+                len: HEADER_LEN as u64,
+            });
+        }
+        let last = index.segments.last().expect("one segment");
+        let active =
+            OpenOptions::new().write(true).open(&last.path).map_err(WalError::io("open", &last.path))?;
+        let next_lsn = last.next_lsn();
+        let writer = Writer {
+            dir: dir.clone(),
+            active,
+            active_id: last.id,
+            active_len: last.len,
+            active_records: last.offsets.len() as u64,
+            config: config.clone(),
+            index: Arc::default(),
+        };
+        let index = Arc::new(RwLock::new(index));
+        let writer = Arc::new(Mutex::new(Writer { index: index.clone(), ..writer }));
+        let coordinator =
+            Arc::new(Coordinator::new(next_lsn, config.max_queue_bytes, config.max_record_bytes));
+        let start = Progress { written: next_lsn - 1, durable: next_lsn - 1 };
+        let (progress_tx, progress) = watch::channel(start);
+        let progress_tx = Arc::new(progress_tx);
+        let mut rule = match config.fsync {
+            FsyncPolicy::Always => SyncRule::Always,
+            FsyncPolicy::Never => SyncRule::Never,
+            FsyncPolicy::Interval(ms) => {
+                SyncRule::Every { interval: Duration::from_millis(ms), last: Instant::now() }
+            }
+        };
+        let flusher = {
+            let coordinator = coordinator.clone();
+            let mut sink = SharedWriter(writer.clone());
+            let tx = progress_tx.clone();
+            std::thread::Builder::new()
+                .name("themis-wal-flush".into())
+                .spawn(move || {
+                    while coordinator.flush_once(&mut sink, &mut rule) {
+                        tx.send_replace(coordinator.progress());
+                    }
+                    tx.send_replace(coordinator.progress());
+                })
+                .map_err(WalError::io("spawn flusher thread", &dir))?
+        };
+        let ack = if config.fsync == FsyncPolicy::Always { AckOn::Durable } else { AckOn::Written };
+        let shared = Shared {
+            dir,
+            config,
+            coordinator,
+            writer,
+            index,
+            progress,
+            progress_tx,
+            holds: Mutex::default(),
+            flusher: Mutex::new(Some(flusher)),
+            ack,
+        };
+        Ok((Wal { shared: Arc::new(shared) }, report))
+    }
+
+    /// Appends `entries` as one batch and returns their LSNs once the fsync policy
+    /// acknowledges them (under [`FsyncPolicy::Always`]: once durable). Blocks while the
+    /// queue is full.
+    pub fn append(&self, entries: &[NewEntry]) -> Result<LsnRange, WalError> {
+        let range = self.shared.coordinator.enqueue(entries, None)?;
+        self.shared.coordinator.wait_for(range.last, self.shared.ack)?;
+        Ok(range)
+    }
+
+    /// Like [`append`](Self::append), but fails with [`WalError::LsnMismatch`] unless the
+    /// batch starts at `first` (a Raft follower appending the leader's entries).
+    pub fn append_at(&self, first: Lsn, entries: &[NewEntry]) -> Result<LsnRange, WalError> {
+        let range = self.shared.coordinator.enqueue(entries, Some(first))?;
+        self.shared.coordinator.wait_for(range.last, self.shared.ack)?;
+        Ok(range)
+    }
+
+    /// Queues `entries` and returns their LSNs without waiting for the write; pair with
+    /// [`wait_durable`](Self::wait_durable). Blocks only while the queue is full.
+    pub fn submit(&self, entries: &[NewEntry]) -> Result<LsnRange, WalError> {
+        self.shared.coordinator.enqueue(entries, None)
+    }
+
+    /// Blocks until `lsn` is durable.
+    pub fn wait_durable(&self, lsn: Lsn) -> Result<(), WalError> {
+        self.shared.coordinator.wait_for(lsn, AckOn::Durable).map(|_| ())
+    }
+
+    /// [`append`](Self::append) for async callers: never blocks a runtime thread.
+    pub async fn append_async(&self, entries: &[NewEntry]) -> Result<LsnRange, WalError> {
+        let mut progress = self.shared.progress.clone();
+        let range = loop {
+            progress.borrow_and_update();
+            if let Some(range) = self.shared.coordinator.try_enqueue(entries, None)? {
+                break range;
+            }
+            // The queue frees when the flusher takes it, before it publishes progress.
+            let _ = progress.changed().await;
+        };
+        match self.shared.ack {
+            AckOn::Durable => self.durable_async(range.last).await?,
+            AckOn::Written => self.wait_progress(range.last, |p| p.written).await?,
+        }
+        Ok(range)
+    }
+
+    /// Waits (async) until `lsn` is durable: followers of the tail wait with
+    /// `durable_async(x + 1)` for "an LSN above x is durable".
+    pub async fn durable_async(&self, lsn: Lsn) -> Result<(), WalError> {
+        self.wait_progress(lsn, |p| p.durable).await
+    }
+
+    async fn wait_progress(&self, lsn: Lsn, field: fn(&Progress) -> Lsn) -> Result<(), WalError> {
+        let mut progress = self.shared.progress.clone();
+        loop {
+            if field(&progress.borrow_and_update()) >= lsn {
+                return Ok(());
+            }
+            // Checked after the borrow, so a failure published in between is not missed.
+            if let Some(reason) = self.shared.coordinator.closed() {
+                return Err(WalError::Closed(reason));
+            }
+            if progress.changed().await.is_err() {
+                return Err(WalError::Closed("the flusher stopped".into()));
+            }
+        }
+    }
+
+    /// Written and durable LSNs.
+    #[must_use]
+    pub fn progress(&self) -> Progress {
+        self.shared.coordinator.progress()
+    }
+
+    /// The last LSN durable on disk.
+    #[must_use]
+    pub fn durable_lsn(&self) -> Lsn {
+        self.progress().durable
+    }
+
+    /// The first LSN held (after prefix truncation).
+    #[must_use]
+    pub fn first_lsn(&self) -> Lsn {
+        read_index(&self.shared.index).first_lsn()
+    }
+
+    /// The last LSN written (readable); 0 when nothing was ever written.
+    #[must_use]
+    pub fn last_lsn(&self) -> Lsn {
+        read_index(&self.shared.index).last_lsn()
+    }
+
+    /// The LSN the next append gets.
+    #[must_use]
+    pub fn next_lsn(&self) -> Lsn {
+        self.shared.coordinator.next_lsn()
+    }
+
+    /// The directory of the log.
+    #[must_use]
+    pub fn dir(&self) -> &Path {
+        &self.shared.dir
+    }
+
+    /// The entry at `lsn`.
+    pub fn read(&self, lsn: Lsn) -> Result<Entry, WalError> {
+        let mut entries = self.read_range(lsn, 0)?;
+        Ok(entries.swap_remove(0))
+    }
+
+    /// Entries from `from` on, up to about `max_bytes` of records (always at least one),
+    /// all from one segment, with one read. Payloads share one buffer.
+    pub fn read_range(&self, from: Lsn, max_bytes: usize) -> Result<Vec<Entry>, WalError> {
+        let (file, path, id, start, end, count) = {
+            let index = read_index(&self.shared.index);
+            let seg = index.locate(from)?;
+            let first = (from - seg.first_lsn) as usize;
+            if seg.offsets[first] == SKIPPED {
+                return Err(WalError::Skipped { lsn: from });
+            }
+            let start = u64::from(seg.offsets[first]);
+            let mut k = first + 1;
+            let end_of = |k: usize| seg.offsets.get(k).map_or(seg.len, |&o| u64::from(o));
+            while k < seg.offsets.len()
+                && seg.offsets[k] != SKIPPED
+                && end_of(k + 1) - start <= max_bytes as u64
+            {
+                k += 1;
+            }
+            (seg.file.clone(), seg.path.clone(), seg.id, start, end_of(k), k - first)
+        };
+        let mut buf = vec![0u8; (end - start) as usize];
+        file.read_exact_at(&mut buf, start).map_err(WalError::io("read", &path))?;
+        let buf = Bytes::from(buf);
+        let mut entries = Vec::with_capacity(count);
+        let mut at = 0;
+        for i in 0..count {
+            let lsn = from + i as u64;
+            let corrupt = |reason: String| WalError::Corrupt {
+                segment: id,
+                offset: start + at as u64,
+                lsn: Some(lsn),
+                reason,
+            };
+            let (entry, size) = record::decode(&buf, at, self.shared.config.max_record_bytes)
+                .map_err(|e| corrupt(e.to_string()))?;
+            if entry.lsn != lsn {
+                return Err(corrupt(format!("record holds LSN {}", entry.lsn)));
+            }
+            entries.push(entry);
+            at += size;
+        }
+        Ok(entries)
+    }
+
+    /// An iterator over the entries from `from` to the last written LSN (as of each
+    /// refill), reading `chunk_bytes` at a time.
+    #[must_use]
+    pub fn reader(&self, from: Lsn, chunk_bytes: usize) -> WalReader {
+        WalReader { wal: self.clone(), next: from, chunk_bytes, buffered: Vec::new().into_iter() }
+    }
+
+    /// Removes every entry after `after` (Raft dropping a conflicting suffix); durable when
+    /// it returns. Waits for queued appends to be written first.
+    pub fn truncate_suffix(&self, after: Lsn) -> Result<(), WalError> {
+        let mut quiesced = self.shared.coordinator.quiesce();
+        if let Some(reason) = quiesced.closed() {
+            return Err(WalError::Closed(reason.to_string()));
+        }
+        let last = quiesced.next_lsn() - 1;
+        if after >= last {
+            return Ok(());
+        }
+        let mut writer = lock(&self.shared.writer);
+        let mut index = write_index(&self.shared.index);
+        if after + 1 < index.first_lsn() {
+            return Err(WalError::Truncate(format!(
+                "suffix after LSN {after} reaches below the first LSN held, {}",
+                index.first_lsn()
+            )));
+        }
+        // Newest segment first, so a crash midway leaves a log that ends cleanly.
+        let mut deleted = false;
+        while index.segments.len() > 1 && index.segments.last().is_some_and(|s| s.first_lsn > after) {
+            let seg = index.segments.pop().expect("checked");
+            fs::remove_file(&seg.path).map_err(WalError::io("remove", &seg.path))?;
+            deleted = true;
+        }
+        if deleted {
+            fsync_dir(&self.shared.dir)?;
+        }
+        let seg = index.segments.last_mut().expect("one segment");
+        let keep = (after + 1 - seg.first_lsn) as usize;
+        let new_len = seg.offsets.get(keep).map_or(seg.len, |&o| u64::from(o));
+        let file = OpenOptions::new().write(true).open(&seg.path).map_err(WalError::io("open", &seg.path))?;
+        file.set_len(new_len).map_err(WalError::io("truncate", &seg.path))?;
+        file.sync_all().map_err(WalError::io("fsync", &seg.path))?;
+        seg.offsets.truncate(keep);
+        seg.len = new_len;
+        writer.active = file;
+        writer.active_id = seg.id;
+        writer.active_len = new_len;
+        writer.active_records = keep as u64;
+        drop(index);
+        drop(writer);
+        quiesced.reset_to(after);
+        drop(quiesced);
+        self.shared.progress_tx.send_replace(self.shared.coordinator.progress());
+        Ok(())
+    }
+
+    /// Deletes whole segments whose entries all lie below `below`, and below every
+    /// retention hold; never the active segment. Returns the first LSN now held.
+    pub fn truncate_prefix(&self, below: Lsn) -> Result<Lsn, WalError> {
+        let limit = lock(&self.shared.holds).values().copied().fold(below, Lsn::min);
+        let _writer = lock(&self.shared.writer);
+        let mut index = write_index(&self.shared.index);
+        let mut removed = 0;
+        while index.segments.len() > removed + 1 && index.segments[removed + 1].first_lsn <= limit {
+            let path = &index.segments[removed].path;
+            fs::remove_file(path).map_err(WalError::io("remove", path))?;
+            removed += 1;
+        }
+        if removed > 0 {
+            index.segments.drain(..removed);
+            fsync_dir(&self.shared.dir)?;
+        }
+        Ok(index.first_lsn())
+    }
+
+    /// Registers (or moves) the retention hold `name`: prefix truncation keeps every entry
+    /// from `lsn` on until the hold moves or is released. Holds live in memory; their
+    /// owners (replication slots, the archiver) persist their positions and re-register
+    /// at start.
+    pub fn set_hold(&self, name: &str, lsn: Lsn) {
+        lock(&self.shared.holds).insert(name.to_string(), lsn);
+    }
+
+    /// Releases the hold `name`; returns where it was.
+    pub fn release_hold(&self, name: &str) -> Option<Lsn> {
+        lock(&self.shared.holds).remove(name)
+    }
+
+    /// The holds, by name.
+    #[must_use]
+    pub fn holds(&self) -> BTreeMap<String, Lsn> {
+        lock(&self.shared.holds).clone()
+    }
+
+    /// The segment files, oldest first, with the first LSN of each.
+    #[must_use]
+    pub fn segments(&self) -> Vec<(PathBuf, Lsn)> {
+        read_index(&self.shared.index).segments.iter().map(|s| (s.path.clone(), s.first_lsn)).collect()
+    }
+
+    /// Stops accepting appends, flushes (and syncs, unless the policy is `Never`) what is
+    /// queued, and waits for the flusher to finish.
+    pub fn close(&self) -> Result<(), WalError> {
+        self.shared.coordinator.close("the WAL was closed");
+        if let Some(flusher) = lock(&self.shared.flusher).take() {
+            flusher.join().map_err(|_| WalError::Closed("the flusher thread panicked".into()))?;
+        }
+        Ok(())
+    }
+}
+
+/// Iterates over a log's entries; see [`Wal::reader`].
+#[derive(Debug)]
+pub struct WalReader {
+    wal: Wal,
+    next: Lsn,
+    chunk_bytes: usize,
+    buffered: std::vec::IntoIter<Entry>,
+}
+
+impl Iterator for WalReader {
+    type Item = Result<Entry, WalError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if let Some(entry) = self.buffered.next() {
+            return Some(Ok(entry));
+        }
+        if self.next > self.wal.last_lsn() {
+            return None;
+        }
+        match self.wal.read_range(self.next, self.chunk_bytes) {
+            Ok(entries) => {
+                self.next += entries.len() as u64;
+                self.buffered = entries.into_iter();
+                self.buffered.next().map(Ok)
+            }
+            Err(WalError::Skipped { lsn }) => {
+                self.next = lsn + 1;
+                Some(Err(WalError::Skipped { lsn }))
+            }
+            Err(err) => {
+                // Stop after reporting: the same read would fail again.
+                self.next = Lsn::MAX;
+                Some(Err(err))
+            }
+        }
+    }
+}
