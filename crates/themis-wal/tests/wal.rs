@@ -1,0 +1,215 @@
+//! The log through its public API, on real files.
+
+mod common;
+
+use std::sync::Arc;
+use std::thread;
+
+use bytes::Bytes;
+use common::{assert_holds, entry_for, payload, small_config, write_log};
+use themis_clock::{NodeId, Timestamp};
+use themis_wal::{FsyncPolicy, NewEntry, Wal, WalConfig, WalError};
+
+#[test]
+fn entries_survive_reopen_across_many_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    write_log(dir.path(), 500);
+    let (wal, report) = Wal::open(dir.path(), small_config()).unwrap();
+    assert!(report.segments > 10, "{report:?}");
+    assert_eq!((report.entries, report.last_lsn), (500, 500));
+    assert!(report.truncated.is_empty() && report.skipped.is_empty());
+    assert_holds(&wal, 1, 500);
+    let batch = wal.read_range(10, 1000).unwrap();
+    assert!(!batch.is_empty() && batch.len() < 500, "one segment, bounded by bytes");
+    assert_eq!(batch[0].lsn, 10);
+    // Appends continue after the last LSN.
+    assert_eq!(wal.append(&[entry_for(501)]).unwrap().first, 501);
+}
+
+#[test]
+fn concurrent_writers_get_unique_lsns_and_every_acknowledged_entry_is_readable() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _) = Wal::open(dir.path(), small_config()).unwrap();
+    let threads: Vec<_> = (0..8u64)
+        .map(|t| {
+            let wal = wal.clone();
+            thread::spawn(move || {
+                (0..50u64)
+                    .map(|i| {
+                        let body = Bytes::from(format!("writer {t} entry {i}"));
+                        let range = wal.append(&[NewEntry::data(Timestamp::ZERO, body.clone())]).unwrap();
+                        assert!(wal.durable_lsn() >= range.last, "acknowledged before durable");
+                        (range.first, body)
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let mut acked: Vec<_> = threads.into_iter().flat_map(|t| t.join().unwrap()).collect();
+    acked.sort();
+    assert_eq!(acked.len(), 400);
+    for (i, (lsn, body)) in acked.iter().enumerate() {
+        assert_eq!(*lsn, i as u64 + 1, "LSNs are dense and unique");
+        assert_eq!(&wal.read(*lsn).unwrap().payload, body);
+    }
+}
+
+#[test]
+fn a_batch_gets_a_contiguous_range_and_append_at_checks_the_position() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _) = Wal::open(dir.path(), small_config()).unwrap();
+    let range = wal.append(&[entry_for(1), entry_for(2), entry_for(3)]).unwrap();
+    assert_eq!((range.first, range.last), (1, 3));
+    let err = wal.append_at(7, &[entry_for(7)]).unwrap_err();
+    assert!(matches!(err, WalError::LsnMismatch { expected: 7, next: 4 }), "{err}");
+    assert_eq!(wal.append_at(4, &[entry_for(4)]).unwrap().first, 4);
+    assert_holds(&wal, 1, 4);
+}
+
+#[test]
+fn oversized_records_and_batches_are_refused_and_leave_no_trace() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _) = Wal::open(dir.path(), small_config()).unwrap();
+    let big = NewEntry::data(Timestamp::ZERO, vec![0u8; 4000]);
+    assert!(matches!(wal.append(&[big]).unwrap_err(), WalError::RecordTooLarge { size: 4044, max: 2048 }));
+    let many: Vec<_> = (0..100).map(|_| NewEntry::data(Timestamp::ZERO, vec![1u8; 1000])).collect();
+    assert!(matches!(wal.append(&many).unwrap_err(), WalError::BatchTooLarge { max: 65536, .. }));
+    assert!(matches!(wal.append(&[]).unwrap_err(), WalError::Config(_)));
+    assert_eq!(wal.next_lsn(), 1);
+    assert_eq!(wal.append(&[entry_for(1)]).unwrap().first, 1);
+}
+
+#[test]
+fn reads_outside_the_log_are_typed_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    write_log(dir.path(), 3);
+    let (wal, _) = Wal::open(dir.path(), small_config()).unwrap();
+    for lsn in [0, 4, u64::MAX] {
+        let err = wal.read(lsn).unwrap_err();
+        assert!(matches!(err, WalError::OutOfRange { first: 1, last: 3, .. }), "{lsn}: {err}");
+    }
+    assert_eq!(wal.reader(4, 100).count(), 0);
+}
+
+#[test]
+fn suffix_truncation_is_durable_and_appends_continue_from_it() {
+    let dir = tempfile::tempdir().unwrap();
+    write_log(dir.path(), 300);
+    let (wal, _) = Wal::open(dir.path(), small_config()).unwrap();
+    let before = wal.segments().len();
+    wal.truncate_suffix(120).unwrap();
+    assert!(wal.segments().len() < before);
+    assert_holds(&wal, 1, 120);
+    assert_eq!(wal.durable_lsn(), 120);
+    assert_eq!(wal.append(&[entry_for(121), entry_for(122)]).unwrap().first, 121);
+    wal.truncate_suffix(122).unwrap(); // nothing after 122: no change
+    wal.close().unwrap();
+    drop(wal);
+    let (wal, report) = Wal::open(dir.path(), small_config()).unwrap();
+    assert!(report.truncated.is_empty(), "{report:?}");
+    assert_holds(&wal, 1, 122);
+    wal.truncate_suffix(0).unwrap();
+    assert_eq!((wal.first_lsn(), wal.last_lsn(), wal.next_lsn()), (1, 0, 1));
+}
+
+#[test]
+fn prefix_truncation_deletes_whole_segments_and_honours_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    write_log(dir.path(), 300);
+    let (wal, _) = Wal::open(dir.path(), small_config()).unwrap();
+    wal.set_hold("slot-a", 100);
+    let first = wal.truncate_prefix(250).unwrap();
+    assert!(first <= 100 && first > 1, "hold at 100 keeps it: first is {first}");
+    assert_eq!(wal.first_lsn(), first);
+    assert!(matches!(wal.read(first - 1), Err(WalError::OutOfRange { .. })));
+    assert_eq!(wal.release_hold("slot-a"), Some(100));
+    let first = wal.truncate_prefix(250).unwrap();
+    assert!(first <= 250 && first > 200, "first is {first}");
+    assert_holds(&wal, first, 300);
+    // The active segment always stays, even when everything is below the limit.
+    wal.truncate_prefix(u64::MAX).unwrap();
+    assert_eq!(wal.segments().len(), 1);
+    let err = wal.truncate_suffix(wal.first_lsn().saturating_sub(5)).unwrap_err();
+    assert!(matches!(err, WalError::Truncate(_)), "{err}");
+    drop(wal);
+    let (wal, _) = Wal::open(dir.path(), small_config()).unwrap();
+    assert_eq!(wal.last_lsn(), 300);
+}
+
+#[test]
+fn invalid_configuration_names_the_field_and_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        (WalConfig { segment_bytes: 100, ..WalConfig::default() }, "segment_bytes = 100"),
+        (WalConfig { max_record_bytes: 10, ..WalConfig::default() }, "max_record_bytes = 10"),
+        (WalConfig { max_queue_bytes: 1024, ..WalConfig::default() }, "max_queue_bytes = 1024"),
+        (WalConfig { fsync: FsyncPolicy::Interval(0), ..WalConfig::default() }, "Interval(0)"),
+    ];
+    for (config, needle) in cases {
+        let err = Wal::open(dir.path(), config).unwrap_err().to_string();
+        assert!(err.contains(needle), "{err}");
+    }
+}
+
+#[test]
+fn interval_policy_acknowledges_on_write_and_syncs_soon_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = WalConfig { fsync: FsyncPolicy::Interval(20), ..small_config() };
+    let (wal, _) = Wal::open(dir.path(), config).unwrap();
+    let range = wal.append(&[entry_for(1)]).unwrap();
+    assert!(wal.progress().written >= range.last);
+    wal.wait_durable(range.last).unwrap();
+    assert!(wal.durable_lsn() >= 1);
+}
+
+#[test]
+fn async_appends_and_tail_waits() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _) = Wal::open(dir.path(), small_config()).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let follower = {
+            let wal = wal.clone();
+            tokio::spawn(async move { wal.durable_async(20).await })
+        };
+        for lsn in 1..=20 {
+            assert_eq!(wal.append_async(&[entry_for(lsn)]).await.unwrap().first, lsn);
+        }
+        follower.await.unwrap().unwrap();
+    });
+    assert_holds(&wal, 1, 20);
+}
+
+#[test]
+fn a_small_queue_applies_backpressure_without_losing_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = WalConfig { max_queue_bytes: 2048, ..small_config() };
+    let (wal, _) = Wal::open(dir.path(), config).unwrap();
+    let wal = Arc::new(wal);
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            let wal = wal.clone();
+            thread::spawn(move || {
+                for _ in 0..50 {
+                    wal.submit(&[NewEntry::data(Timestamp::ZERO, vec![9u8; 500])]).unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    wal.wait_durable(200).unwrap();
+    assert_eq!(wal.reader(1, 1 << 20).filter(|e| e.as_ref().unwrap().payload.len() == 500).count(), 200);
+}
+
+#[test]
+fn closed_log_refuses_appends_with_a_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _) = Wal::open(dir.path(), small_config()).unwrap();
+    wal.append(&[NewEntry::data(Timestamp::from_parts(1, 0, NodeId(2)).unwrap(), payload(1))]).unwrap();
+    wal.close().unwrap();
+    let err = wal.append(&[entry_for(2)]).unwrap_err();
+    assert!(err.to_string().contains("closed"), "{err}");
+    assert_holds(&wal, 1, 1);
+}
