@@ -555,7 +555,11 @@ impl Wal {
             }
             let start = u64::from(seg.offsets[first]);
             let mut k = first + 1;
-            let end_of = |k: usize| seg.offsets.get(k).map_or(seg.len, |&o| u64::from(o));
+            // Where the record before index `k` ends at the latest: the next known offset
+            // (a skipped region after it is read along and ignored).
+            let end_of = |k: usize| {
+                seg.offsets.get(k..).and_then(|rest| rest.iter().find(|&&o| o != SKIPPED)).map_or(seg.len, |&o| u64::from(o))
+            };
             while k < seg.offsets.len()
                 && seg.offsets[k] != SKIPPED
                 && end_of(k + 1) - start <= max_bytes as u64
