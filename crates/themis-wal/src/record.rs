@@ -34,7 +34,7 @@ pub const fn encoded_len(payload_len: usize) -> usize {
 
 /// Appends the record for `entry` at `lsn` to `buf`. The caller has checked the size
 /// against the maximum (the length field is a `u32`).
-pub(crate) fn encode(buf: &mut Vec<u8>, lsn: Lsn, entry: &NewEntry) {
+pub fn encode(buf: &mut Vec<u8>, lsn: Lsn, entry: &NewEntry) {
     let start = buf.len();
     let len = (FIXED_BODY + entry.payload.len()) as u32;
     buf.reserve(RECORD_HEADER_LEN + entry.payload.len());
