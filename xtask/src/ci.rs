@@ -35,6 +35,8 @@ enum Action {
     Commands(Vec<Cmd>),
     /// Run the layer check in-process.
     Layers,
+    /// Run every fuzz target for this many seconds.
+    Fuzz(u64),
     /// The step has nothing to check yet; say why.
     NotApplicable(String),
 }
@@ -167,6 +169,19 @@ fn plan(root: &Path, budget: Budget) -> Result<Vec<Step>> {
         Step { name: "loom", action: loom_action },
         Step { name: "fuzz-corpus replay", action: fuzz_action },
         Step {
+            name: "fuzz",
+            action: if !fuzz_manifest.exists() {
+                Action::NotApplicable("no fuzz/ workspace".into())
+            } else if crate::fuzz::nightly_available() {
+                Action::Fuzz(match budget {
+                    Budget::Ci => 60,
+                    Budget::Full => 600,
+                })
+            } else {
+                Action::NotApplicable("no nightly toolchain; the corpus replay above still ran".into())
+            },
+        },
+        Step {
             name: "bench build",
             action: Action::Commands(vec![Cmd::cargo(&["bench", "--locked", "--workspace", "--no-run"])]),
         },
@@ -176,6 +191,12 @@ fn plan(root: &Path, budget: Budget) -> Result<Vec<Step>> {
 fn execute(root: &Path, step: &Step) -> Result<Outcome> {
     match &step.action {
         Action::NotApplicable(why) => Ok(Outcome::NotApplicable(why.clone())),
+        Action::Fuzz(seconds) => {
+            for target in crate::fuzz::targets(root)? {
+                crate::fuzz::run(root, &target, *seconds)?;
+            }
+            Ok(Outcome::Passed)
+        }
         Action::Layers => {
             let count = layers::check(&root.join("Cargo.toml"), &root.join("xtask/layers.toml"))?;
             println!("    {count} workspace members follow the layer table");
@@ -203,6 +224,7 @@ fn rerun_hint(step: &Step) -> String {
     match &step.action {
         Action::Commands(cmds) => cmds.iter().map(Cmd::display).collect::<Vec<_>>().join(" && "),
         Action::Layers => "cargo xtask layers".into(),
+        Action::Fuzz(seconds) => format!("cargo xtask fuzz <target> --seconds {seconds}"),
         Action::NotApplicable(_) => "(nothing to rerun)".into(),
     }
 }

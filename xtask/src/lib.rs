@@ -2,4 +2,5 @@
 //! tested against fixture workspaces.
 
 pub mod ci;
+pub mod fuzz;
 pub mod layers;

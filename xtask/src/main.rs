@@ -3,15 +3,16 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use xtask::{ci, layers};
+use xtask::{ci, fuzz, layers};
 
 const HELP: &str = "\
 cargo xtask <task>
 
 tasks:
-  ci [--full]                    fmt, clippy, layers, tests, loom, fuzz-corpus replay, bench build;
+  ci [--full]                    fmt, clippy, layers, tests, loom, fuzz-corpus replay, fuzz (nightly), bench build;
                                  --full runs the slow suites with their long budgets
   layers [--manifest-path PATH]  check dependency edges against xtask/layers.toml
+  fuzz <target> [--seconds N]    run a cargo-fuzz target on nightly (default 60 s)
   help                           this text
 ";
 
@@ -24,6 +25,14 @@ fn main() -> ExitCode {
         ["ci", "--full"] => ci::run(&root, ci::Budget::Full),
         ["layers"] => layers_task(&root.join("Cargo.toml"), &root),
         ["layers", "--manifest-path", manifest] => layers_task(Path::new(manifest), &root),
+        ["fuzz", target] => fuzz::run(&root, target, 60),
+        ["fuzz", target, "--seconds", seconds] => {
+            let Ok(seconds) = seconds.parse() else {
+                eprintln!("--seconds takes a whole number, got {seconds:?}");
+                return ExitCode::from(2);
+            };
+            fuzz::run(&root, target, seconds)
+        }
         [] | ["help" | "--help" | "-h"] => {
             print!("{HELP}");
             Ok(())

@@ -558,7 +558,10 @@ impl Wal {
             // Where the record before index `k` ends at the latest: the next known offset
             // (a skipped region after it is read along and ignored).
             let end_of = |k: usize| {
-                seg.offsets.get(k..).and_then(|rest| rest.iter().find(|&&o| o != SKIPPED)).map_or(seg.len, |&o| u64::from(o))
+                seg.offsets
+                    .get(k..)
+                    .and_then(|rest| rest.iter().find(|&&o| o != SKIPPED))
+                    .map_or(seg.len, |&o| u64::from(o))
             };
             while k < seg.offsets.len()
                 && seg.offsets[k] != SKIPPED

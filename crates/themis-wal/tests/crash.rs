@@ -18,7 +18,12 @@ const DIR_VAR: &str = "THEMIS_WAL_CRASH_DIR";
 
 fn config() -> WalConfig {
     // Small segments, so kills also land during rotation.
-    WalConfig { segment_bytes: 64 << 10, max_record_bytes: 8 << 10, max_queue_bytes: 1 << 20, ..WalConfig::default() }
+    WalConfig {
+        segment_bytes: 64 << 10,
+        max_record_bytes: 8 << 10,
+        max_queue_bytes: 1 << 20,
+        ..WalConfig::default()
+    }
 }
 
 fn body(thread: u64, counter: u64) -> Vec<u8> {
@@ -62,7 +67,8 @@ fn sigkill_never_loses_an_acknowledged_entry() {
     if std::env::var(DIR_VAR).is_ok() {
         return;
     }
-    let seed = std::env::var("THEMIS_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| fastrand::u64(..));
+    let seed =
+        std::env::var("THEMIS_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| fastrand::u64(..));
     let mut rng = fastrand::Rng::with_seed(seed);
     let kills = if std::env::var("THEMIS_TEST_BUDGET").as_deref() == Ok("full") { 100 } else { 12 };
     let dir = tempfile::tempdir().unwrap();
@@ -100,11 +106,14 @@ fn sigkill_never_loses_an_acknowledged_entry() {
         reader.join().unwrap();
         let mut this_run = 0;
         for line in std::iter::once(first).chain(rx.try_iter()) {
-            let parts: Vec<u64> = line.strip_prefix("ack ").map_or_else(Vec::new, |rest| {
-                rest.split(' ').map(|p| p.parse().unwrap()).collect()
-            });
+            let parts: Vec<u64> = line
+                .strip_prefix("ack ")
+                .map_or_else(Vec::new, |rest| rest.split(' ').map(|p| p.parse().unwrap()).collect());
             if let [lsn, t, counter] = parts[..] {
-                assert!(acked.insert(lsn, (t, counter)).is_none(), "seed {seed}: LSN {lsn} acknowledged twice");
+                assert!(
+                    acked.insert(lsn, (t, counter)).is_none(),
+                    "seed {seed}: LSN {lsn} acknowledged twice"
+                );
                 this_run += 1;
             }
         }
@@ -113,11 +122,15 @@ fn sigkill_never_loses_an_acknowledged_entry() {
         let context = format!("seed {seed} kill {kill}");
         let (wal, report) = Wal::open(dir.path(), config()).unwrap_or_else(|e| panic!("{context}: {e}"));
         for (&lsn, &(t, counter)) in &acked {
-            let entry = wal.read(lsn).unwrap_or_else(|e| panic!("{context}: acknowledged LSN {lsn} lost: {e}"));
+            let entry =
+                wal.read(lsn).unwrap_or_else(|e| panic!("{context}: acknowledged LSN {lsn} lost: {e}"));
             assert_eq!(&entry.payload[..], &body(t, counter)[..], "{context}: LSN {lsn} changed");
         }
         // Everything up to the tail reads cleanly, and nothing follows it.
-        let count = wal.reader(wal.first_lsn(), 1 << 20).map(|e| e.unwrap_or_else(|e| panic!("{context}: {e}"))).count();
+        let count = wal
+            .reader(wal.first_lsn(), 1 << 20)
+            .map(|e| e.unwrap_or_else(|e| panic!("{context}: {e}")))
+            .count();
         assert_eq!(count as u64, wal.last_lsn(), "{context}");
         assert!(report.skipped.is_empty(), "{context}: {report:?}");
         torn_tails += report.truncated.len();

@@ -229,7 +229,8 @@ fn random_bit_flips_are_caught_by_every_mode() {
         let len = fs::metadata(&files[file_no]).unwrap().len();
         let offset = rng.u64(..len);
         let bit = rng.u8(..8);
-        let context = format!("seed {seed} case {case}: flip bit {bit} at {offset} of segment {}", file_no + 1);
+        let context =
+            format!("seed {seed} case {case}: flip bit {bit} at {offset} of segment {}", file_no + 1);
         for mode in [
             RecoveryMode::TolerateCorruptedTail,
             RecoveryMode::AbsoluteConsistency,
@@ -252,7 +253,11 @@ fn random_bit_flips_are_caught_by_every_mode() {
                     }
                     match mode {
                         RecoveryMode::TolerateCorruptedTail => {
-                            assert_eq!(file_no + 1, files.len(), "{context}: only the last segment has a tail");
+                            assert_eq!(
+                                file_no + 1,
+                                files.len(),
+                                "{context}: only the last segment has a tail"
+                            );
                             assert_eq!(report.truncated.len(), 1, "{context}");
                         }
                         RecoveryMode::PointInTime => assert!(!report.truncated.is_empty(), "{context}"),
@@ -274,4 +279,3 @@ fn copy_dir(from: &Path, to: &Path) {
         fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
     }
 }
-

@@ -22,7 +22,12 @@ pub fn entry_for(lsn: Lsn) -> NewEntry {
 
 /// Small segments so that tests cross many of them.
 pub fn small_config() -> WalConfig {
-    WalConfig { segment_bytes: 4096, max_record_bytes: 2048, max_queue_bytes: 64 << 10, ..WalConfig::default() }
+    WalConfig {
+        segment_bytes: 4096,
+        max_record_bytes: 2048,
+        max_queue_bytes: 64 << 10,
+        ..WalConfig::default()
+    }
 }
 
 pub fn config_with(mode: RecoveryMode) -> WalConfig {
