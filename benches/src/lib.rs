@@ -29,6 +29,16 @@ pub enum Target {
     NotSlowerThan(f64),
     /// Ours must take less than this many nanoseconds per iteration.
     UnderNs(f64),
+    /// Ours must process at least `min_per_sec` items per second, where one iteration
+    /// processes `per_iter` of them (records, bytes).
+    AtLeastPerSec {
+        /// Items one iteration processes.
+        per_iter: f64,
+        /// The bar, in items per second.
+        min_per_sec: f64,
+        /// What the items are, for the report ("records", "B").
+        unit: &'static str,
+    },
 }
 
 /// One of ours-versus-baseline pair of criterion benchmark ids (`group/function[/param]`).
@@ -65,6 +75,15 @@ pub fn report(started: SystemTime, comparisons: &[Comparison<'_>]) {
                     format!("ratio >= {min:.2}: {}", if ratio >= min { "MET" } else { "MISSED" })
                 }
                 Target::UnderNs(max) => format!("< {max} ns: {}", if ours < max { "MET" } else { "MISSED" }),
+                Target::AtLeastPerSec { per_iter, min_per_sec, unit } => {
+                    let rate = per_iter / (ours / 1e9);
+                    format!(
+                        "{} {unit}/s >= {}: {}",
+                        human_rate(rate),
+                        human_rate(min_per_sec),
+                        if rate >= min_per_sec { "MET" } else { "MISSED" }
+                    )
+                }
             })
             .collect();
         println!(
@@ -108,5 +127,17 @@ fn human_ns(ns: f64) -> String {
         format!("{:.2} µs", ns / 1_000.0)
     } else {
         format!("{:.2} ms", ns / 1_000_000.0)
+    }
+}
+
+fn human_rate(rate: f64) -> String {
+    if rate >= 1e9 {
+        format!("{:.2} G", rate / 1e9)
+    } else if rate >= 1e6 {
+        format!("{:.2} M", rate / 1e6)
+    } else if rate >= 1e3 {
+        format!("{:.1} k", rate / 1e3)
+    } else {
+        format!("{rate:.0}")
     }
 }

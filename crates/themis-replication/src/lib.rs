@@ -19,6 +19,7 @@
 
 pub use themis_clock as clock;
 pub use themis_crdt as crdt;
+pub use themis_wal as wal;
 
 /// The types most users of the toolkit need, for a glob import.
 pub mod prelude {
@@ -26,4 +27,5 @@ pub mod prelude {
     pub use themis_crdt::{
         ConflictResolver, Crdt, CrdtError, GCounter, LwwRegister, OrSet, PnCounter, Resolution, Strategy,
     };
+    pub use themis_wal::{Entry, EntryKind, FsyncPolicy, Lsn, NewEntry, RecoveryMode, Wal, WalConfig, WalError};
 }
