@@ -72,7 +72,7 @@ fn durable_append(c: &mut Criterion) {
     group.sample_size(10).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(4));
     for size in SIZES {
         for writers in WRITERS {
-            let id = format!("{size}B/{writers}w");
+            let id = format!("{size}B_{writers}w");
             // One iteration: every writer appends one record, durably.
             group.throughput(Throughput::Elements(writers as u64));
             let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
@@ -179,8 +179,8 @@ fn main() {
             WRITERS.iter().map(move |&w| {
                 (
                     format!("durable append {size} B, {w} writers"),
-                    format!("wal_append/themis/{size}B/{w}w"),
-                    format!("wal_append/raw_fdatasync/{size}B/{w}w"),
+                    format!("wal_append/themis/{size}B_{w}w"),
+                    format!("wal_append/raw_fdatasync/{size}B_{w}w"),
                     size,
                     w,
                 )

@@ -27,5 +27,7 @@ pub mod prelude {
     pub use themis_crdt::{
         ConflictResolver, Crdt, CrdtError, GCounter, LwwRegister, OrSet, PnCounter, Resolution, Strategy,
     };
-    pub use themis_wal::{Entry, EntryKind, FsyncPolicy, Lsn, NewEntry, RecoveryMode, Wal, WalConfig, WalError};
+    pub use themis_wal::{
+        Entry, EntryKind, FsyncPolicy, Lsn, NewEntry, RecoveryMode, Wal, WalConfig, WalError,
+    };
 }

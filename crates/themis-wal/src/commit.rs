@@ -49,6 +49,10 @@ pub(crate) struct State {
     progress: Progress,
     /// Whether the flusher holds a batch it has not published yet.
     flushing: bool,
+    /// Appends (calls, not records) in the queue.
+    batches: u32,
+    /// Appends the previous flush carried: how many writers the flusher expects back.
+    last_batches: u32,
     /// Written but not yet synced (interval policy).
     dirty: bool,
     /// Set when a write or sync failed, or the log was closed: no further writes.
@@ -65,10 +69,18 @@ pub(crate) struct Coordinator {
     done: Condvar,
     max_queue_bytes: usize,
     max_record_bytes: usize,
+    /// How long the flusher may wait for the writers of its previous batch to come back
+    /// (PostgreSQL's `commit_delay`, with `commit_siblings` learned from the last batch).
+    commit_delay: std::time::Duration,
 }
 
 impl Coordinator {
-    pub(crate) fn new(next_lsn: Lsn, max_queue_bytes: usize, max_record_bytes: usize) -> Coordinator {
+    pub(crate) fn new(
+        next_lsn: Lsn,
+        max_queue_bytes: usize,
+        max_record_bytes: usize,
+        commit_delay: std::time::Duration,
+    ) -> Coordinator {
         let last = next_lsn - 1;
         Coordinator {
             state: Mutex::new(State {
@@ -78,6 +90,8 @@ impl Coordinator {
                 queue_first: next_lsn,
                 progress: Progress { written: last, durable: last },
                 flushing: false,
+                batches: 0,
+                last_batches: 0,
                 dirty: false,
                 closed: None,
             }),
@@ -85,6 +99,7 @@ impl Coordinator {
             done: Condvar::new(),
             max_queue_bytes,
             max_record_bytes,
+            commit_delay,
         }
     }
 
@@ -161,6 +176,7 @@ impl Coordinator {
             record::encode(&mut state.queue, state.next_lsn, entry);
             state.next_lsn += 1;
         }
+        state.batches += 1;
         self.work.notify_one();
         Ok(Some(LsnRange { first, last: state.next_lsn - 1 }))
     }
@@ -240,6 +256,24 @@ impl Coordinator {
                 _ => state = wait(&self.work, state),
             }
         }
+        // Group commit works only if the batch is a group: right after a sync, the writers
+        // it released are still on their way back. Give them up to `commit_delay` to
+        // rejoin, as many as the last batch had, unless the queue is half full.
+        if !self.commit_delay.is_zero() && !state.queue.is_empty() && matches!(rule, SyncRule::Always) {
+            let deadline = std::time::Instant::now() + self.commit_delay;
+            while state.batches < state.last_batches
+                && state.closed.is_none()
+                && state.queue.len() < self.max_queue_bytes / 2
+            {
+                let now = std::time::Instant::now();
+                if now >= deadline {
+                    break;
+                }
+                state =
+                    self.work.wait_timeout(state, deadline - now).map_or_else(|e| e.into_inner().0, |r| r.0);
+            }
+        }
+        state.last_batches = std::mem::take(&mut state.batches);
         let first = state.queue_first;
         let bytes = std::mem::take(&mut state.queue);
         let offsets = std::mem::take(&mut state.offsets);

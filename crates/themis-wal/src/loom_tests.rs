@@ -61,7 +61,8 @@ fn run(writers: usize, per_writer: usize, max_queue: usize, fail_sync: bool) {
     let mut builder = loom::model::Builder::new();
     builder.preemption_bound = Some(3);
     builder.check(move || {
-        let coordinator = Arc::new(Coordinator::new(1, max_queue, 1 << 16));
+        // No commit delay: loom does not model time, and the delay only postpones a flush.
+        let coordinator = Arc::new(Coordinator::new(1, max_queue, 1 << 16, std::time::Duration::ZERO));
         let disk = Arc::new(Disk::default());
         let flusher = {
             let coordinator = coordinator.clone();

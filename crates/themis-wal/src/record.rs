@@ -90,7 +90,7 @@ impl std::fmt::Display for RecordError {
                 write!(f, "record needs {needed} bytes but only {available} remain")
             }
             RecordError::BadLength { size, max } => {
-                write!(f, "record length {size} is outside {}..={max}", RECORD_HEADER_LEN)
+                write!(f, "record length {size} is outside {RECORD_HEADER_LEN}..={max}")
             }
             RecordError::Checksum { stored, computed } => {
                 write!(f, "checksum mismatch: stored {stored:#010x}, computed {computed:#010x}")

@@ -206,18 +206,16 @@ pub fn scan(file: &Bytes, max_record: usize, on_bad: OnBadRecord) -> Result<Segm
                 scan.stopped = Some(bad);
                 break;
             }
-            OnBadRecord::Skip => match resync(file, offset + 1, lsn, max_record) {
-                Some((next, next_lsn)) => {
-                    bad.len = (next - offset) as u64;
-                    scan.skipped.push(bad);
-                    scan.offsets.resize(scan.offsets.len() + (next_lsn - lsn) as usize, SKIPPED);
-                    offset = next;
-                }
-                None => {
+            OnBadRecord::Skip => {
+                let Some((next, next_lsn)) = resync(file, offset + 1, lsn, max_record) else {
                     scan.skipped.push(bad);
                     break;
-                }
-            },
+                };
+                bad.len = (next - offset) as u64;
+                scan.skipped.push(bad);
+                scan.offsets.resize(scan.offsets.len() + (next_lsn - lsn) as usize, SKIPPED);
+                offset = next;
+            }
         }
     }
     Ok(scan)

@@ -49,6 +49,10 @@ pub struct WalConfig {
     pub max_queue_bytes: usize,
     /// When bytes are synced.
     pub fsync: FsyncPolicy,
+    /// Longest the flusher waits, under `Always`, for the writers of its previous batch to
+    /// rejoin before it syncs a smaller group (PostgreSQL's `commit_delay`). Default
+    /// 200 µs; zero turns it off; at most 100 ms.
+    pub commit_delay: Duration,
     /// What opening does with damaged records.
     pub recovery: RecoveryMode,
     /// Timestamps for segment headers.
@@ -62,6 +66,7 @@ impl std::fmt::Debug for WalConfig {
             .field("max_record_bytes", &self.max_record_bytes)
             .field("max_queue_bytes", &self.max_queue_bytes)
             .field("fsync", &self.fsync)
+            .field("commit_delay", &self.commit_delay)
             .field("recovery", &self.recovery)
             .finish_non_exhaustive()
     }
@@ -75,6 +80,7 @@ impl Default for WalConfig {
             max_record_bytes: 16 << 20,
             max_queue_bytes: 32 << 20,
             fsync: FsyncPolicy::Always,
+            commit_delay: Duration::from_micros(200),
             recovery: RecoveryMode::default(),
             clock: Arc::new(move || hlc.now()),
         }
@@ -108,6 +114,9 @@ impl WalConfig {
                 "max_queue_bytes = {} must be at least max_record_bytes ({}) and at most 4294967295",
                 self.max_queue_bytes, self.max_record_bytes
             ));
+        }
+        if self.commit_delay > Duration::from_millis(100) {
+            return fail(format!("commit_delay = {:?} is above the 100 ms limit", self.commit_delay));
         }
         if self.fsync == FsyncPolicy::Interval(0) {
             return fail("fsync = Interval(0): use Always for a sync after every write".into());
@@ -391,8 +400,12 @@ impl Wal {
         };
         let index = Arc::new(RwLock::new(index));
         let writer = Arc::new(Mutex::new(Writer { index: index.clone(), ..writer }));
-        let coordinator =
-            Arc::new(Coordinator::new(next_lsn, config.max_queue_bytes, config.max_record_bytes));
+        let coordinator = Arc::new(Coordinator::new(
+            next_lsn,
+            config.max_queue_bytes,
+            config.max_record_bytes,
+            config.commit_delay,
+        ));
         let start = Progress { written: next_lsn - 1, durable: next_lsn - 1 };
         let (progress_tx, progress) = watch::channel(start);
         let progress_tx = Arc::new(progress_tx);
@@ -679,6 +692,7 @@ impl Wal {
     }
 
     /// Releases the hold `name`; returns where it was.
+    #[allow(clippy::must_use_candidate, reason = "releasing is the point; where the hold was is extra")]
     pub fn release_hold(&self, name: &str) -> Option<Lsn> {
         lock(&self.shared.holds).remove(name)
     }

@@ -134,7 +134,8 @@ fn skip_corrupted_keeps_the_rest_and_reports_each_skipped_record() {
 #[test]
 fn segment_level_damage_is_a_typed_error() {
     // Wrong magic, unknown version, a missing segment, one that does not follow.
-    let setups: [(&str, fn(&[PathBuf])); 4] = [
+    type Damage = fn(&[PathBuf]);
+    let setups: [(&str, Damage); 4] = [
         ("wrong magic", |s| flip(&s[1], 0, 0)),
         ("unknown format version 3", |s| {
             let mut bytes = fs::read(&s[1]).unwrap();
