@@ -88,7 +88,8 @@ pub fn wal_segment_recover(data: &[u8]) {
         return;
     }
     for recovery in [RecoveryMode::TolerateCorruptedTail, RecoveryMode::SkipCorrupted] {
-        let config = WalConfig { segment_bytes: 1 << 16, max_record_bytes: 1 << 15, recovery, ..WalConfig::default() };
+        let config =
+            WalConfig { segment_bytes: 1 << 16, max_record_bytes: 1 << 15, recovery, ..WalConfig::default() };
         match Wal::open(dir.path(), config) {
             Ok((wal, _)) => {
                 for entry in wal.reader(wal.first_lsn(), 1 << 16) {

@@ -34,7 +34,11 @@ fn write_seed_corpus() {
     let header = SegmentHeader { id: 1, first_lsn: 1, created: ts, tail_window: 1 << 20 };
     let mut segment = header.encode().to_vec();
     for lsn in 1..=3 {
-        record::encode(&mut segment, lsn, &NewEntry::data(ts, Bytes::from(vec![lsn as u8; 10 * lsn as usize])));
+        record::encode(
+            &mut segment,
+            lsn,
+            &NewEntry::data(ts, Bytes::from(vec![lsn as u8; 10 * lsn as usize])),
+        );
     }
     write("wal_segment_recover", "three_records", &segment);
     write("wal_segment_recover", "torn_tail", &segment[..segment.len() - 5]);
@@ -48,10 +52,18 @@ fn write_seed_corpus() {
         Op {
             origin: NodeId(1),
             txn: 7,
-            kind: OpKind::Upsert { collection: "users".into(), key: Bytes::from_static(b"u1"), value: Bytes::from_static(b"{}") },
+            kind: OpKind::Upsert {
+                collection: "users".into(),
+                key: Bytes::from_static(b"u1"),
+                value: Bytes::from_static(b"{}"),
+            },
         },
         Op { origin: NodeId(1), txn: 7, kind: OpKind::Commit },
-        Op { origin: NodeId(1), txn: 0, kind: OpKind::Ddl { statement: "CREATE x".into(), schema_version: 2 } },
+        Op {
+            origin: NodeId(1),
+            txn: 0,
+            kind: OpKind::Ddl { statement: "CREATE x".into(), schema_version: 2 },
+        },
     ];
     write("wal_op_decode", "upsert", &ops[0].encode().unwrap());
     write("wal_op_decode", "batch", &op::encode_batch(&ops).unwrap());
