@@ -389,17 +389,17 @@ impl Wal {
         let active =
             OpenOptions::new().write(true).open(&last.path).map_err(WalError::io("open", &last.path))?;
         let next_lsn = last.next_lsn();
-        let writer = Writer {
+        let (active_id, active_len, active_records) = (last.id, last.len, last.offsets.len() as u64);
+        let index = Arc::new(RwLock::new(index));
+        let writer = Arc::new(Mutex::new(Writer {
             dir: dir.clone(),
             active,
-            active_id: last.id,
-            active_len: last.len,
-            active_records: last.offsets.len() as u64,
+            active_id,
+            active_len,
+            active_records,
             config: config.clone(),
-            index: Arc::default(),
-        };
-        let index = Arc::new(RwLock::new(index));
-        let writer = Arc::new(Mutex::new(Writer { index: index.clone(), ..writer }));
+            index: index.clone(),
+        }));
         let coordinator = Arc::new(Coordinator::new(
             next_lsn,
             config.max_queue_bytes,

@@ -141,7 +141,8 @@ fn segment_level_damage_is_a_typed_error() {
             let mut bytes = fs::read(&s[1]).unwrap();
             let mut header = SegmentHeader::decode(&bytes).unwrap().encode();
             header[8] = 3;
-            let crc = crc32c_of(&header[..60]);
+            // Recompute the checksum so that only the version is wrong.
+            let crc = crc32c::crc32c(&header[..60]);
             header[60..].copy_from_slice(&crc.to_le_bytes());
             bytes[..HEADER_LEN].copy_from_slice(&header);
             fs::write(&s[1], bytes).unwrap();
@@ -164,11 +165,6 @@ fn segment_level_damage_is_a_typed_error() {
             assert!(err.contains(needle), "{mode:?}: {err}");
         }
     }
-}
-
-/// The header checksum, recomputed to forge a header that is valid but for one field.
-fn crc32c_of(bytes: &[u8]) -> u32 {
-    crc32c::crc32c(bytes)
 }
 
 #[test]
