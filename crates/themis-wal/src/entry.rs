@@ -63,6 +63,20 @@ pub struct Entry {
     pub payload: Bytes,
 }
 
+impl Entry {
+    /// The entry without its LSN, to append elsewhere (a follower appending what it
+    /// received); the payload is shared, not copied.
+    #[must_use]
+    pub fn to_new(&self) -> NewEntry {
+        NewEntry {
+            term: self.term,
+            timestamp: self.timestamp,
+            kind: self.kind,
+            payload: self.payload.clone(),
+        }
+    }
+}
+
 /// An entry to append: everything but the LSN, which the log assigns.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewEntry {

@@ -476,20 +476,42 @@ impl Wal {
 
     /// [`append`](Self::append) for async callers: never blocks a runtime thread.
     pub async fn append_async(&self, entries: &[NewEntry]) -> Result<LsnRange, WalError> {
+        let range = self.enqueue_async(entries, None).await?;
+        self.wait_ack(range.last).await?;
+        Ok(range)
+    }
+
+    /// [`append_at`](Self::append_at) for async callers.
+    pub async fn append_at_async(&self, first: Lsn, entries: &[NewEntry]) -> Result<LsnRange, WalError> {
+        let range = self.enqueue_async(entries, Some(first)).await?;
+        self.wait_ack(range.last).await?;
+        Ok(range)
+    }
+
+    /// Queues `entries`, which must start at `first`, and returns once they are queued
+    /// (not yet durable): a receiver pipelines appends this way and acknowledges what
+    /// [`durable_async`](Self::durable_async) reports. Waits (async) while the queue is full.
+    pub async fn submit_at_async(&self, first: Lsn, entries: &[NewEntry]) -> Result<LsnRange, WalError> {
+        self.enqueue_async(entries, Some(first)).await
+    }
+
+    async fn enqueue_async(&self, entries: &[NewEntry], first: Option<Lsn>) -> Result<LsnRange, WalError> {
         let mut progress = self.shared.progress.clone();
-        let range = loop {
+        loop {
             progress.borrow_and_update();
-            if let Some(range) = self.shared.coordinator.try_enqueue(entries, None)? {
-                break range;
+            if let Some(range) = self.shared.coordinator.try_enqueue(entries, first)? {
+                return Ok(range);
             }
             // The queue frees when the flusher takes it, before it publishes progress.
             let _ = progress.changed().await;
-        };
-        match self.shared.ack {
-            AckOn::Durable => self.durable_async(range.last).await?,
-            AckOn::Written => self.wait_progress(range.last, |p| p.written).await?,
         }
-        Ok(range)
+    }
+
+    async fn wait_ack(&self, lsn: Lsn) -> Result<(), WalError> {
+        match self.shared.ack {
+            AckOn::Durable => self.durable_async(lsn).await,
+            AckOn::Written => self.wait_progress(lsn, |p| p.written).await,
+        }
     }
 
     /// Waits (async) until `lsn` is durable: followers of the tail wait with
@@ -559,6 +581,19 @@ impl Wal {
     /// Entries from `from` on, up to about `max_bytes` of records (always at least one),
     /// all from one segment, with one read. Payloads share one buffer.
     pub fn read_range(&self, from: Lsn, max_bytes: usize) -> Result<Vec<Entry>, WalError> {
+        self.read_checked(from, max_bytes).map(|(_, entries)| entries)
+    }
+
+    /// The records from `from` on as they are on disk (framing and CRCs included), up to
+    /// about `max_bytes` (always at least one record), all from one segment. Every record
+    /// is checked before it is returned. The shipper sends these bytes unchanged.
+    pub fn read_raw(&self, from: Lsn, max_bytes: usize) -> Result<RawRecords, WalError> {
+        let (bytes, entries) = self.read_checked(from, max_bytes)?;
+        let last = entries.last().map_or(from, |e| e.lsn);
+        Ok(RawRecords { range: LsnRange { first: from, last }, bytes })
+    }
+
+    fn read_checked(&self, from: Lsn, max_bytes: usize) -> Result<(Bytes, Vec<Entry>), WalError> {
         let (file, path, id, start, end, count) = {
             let index = read_index(&self.shared.index);
             let seg = index.locate(from)?;
@@ -605,7 +640,8 @@ impl Wal {
             entries.push(entry);
             at += size;
         }
-        Ok(entries)
+        // A skipped region read along at the end is not part of the records returned.
+        Ok((buf.slice(..at), entries))
     }
 
     /// An iterator over the entries from `from` to the last written LSN (as of each
@@ -718,6 +754,15 @@ impl Wal {
         }
         Ok(())
     }
+}
+
+/// Records exactly as the log holds them; see [`Wal::read_raw`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawRecords {
+    /// The LSNs they hold.
+    pub range: LsnRange,
+    /// The encoded records, back to back.
+    pub bytes: Bytes,
 }
 
 /// Iterates over a log's entries; see [`Wal::reader`].
