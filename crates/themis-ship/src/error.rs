@@ -93,6 +93,8 @@ pub enum RefuseCode {
     Identity = 4,
     /// The request cannot be served (for example, an LSN the WAL no longer holds).
     Unavailable = 5,
+    /// The dialer sent plaintext to a node that requires TLS.
+    TlsRequired = 6,
     /// A code this build does not know.
     Other = 0xffff,
 }
@@ -107,6 +109,7 @@ impl RefuseCode {
             3 => RefuseCode::UnknownNode,
             4 => RefuseCode::Identity,
             5 => RefuseCode::Unavailable,
+            6 => RefuseCode::TlsRequired,
             _ => RefuseCode::Other,
         }
     }

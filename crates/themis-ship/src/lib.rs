@@ -6,6 +6,8 @@ pub mod apply;
 pub mod codec;
 pub mod error;
 pub mod frame;
+pub mod tls;
+pub mod transport;
 
 pub use apply::{
     Applier, ApplyError, ApplyStats, ApplyTask, Change, DumpRow, MemoryStateMachine, ParallelApplier,
