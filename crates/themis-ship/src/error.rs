@@ -136,6 +136,9 @@ pub enum ShipError {
         peer: SocketAddr,
         /// What rustls said.
         reason: String,
+        /// Whether it is about trust (certificates, versions), which retrying cannot fix,
+        /// rather than a damaged record.
+        permanent: bool,
     },
     /// A plaintext peer reached a node that requires TLS.
     #[error(
@@ -202,6 +205,16 @@ pub enum ShipError {
         /// The peer's address.
         peer: SocketAddr,
     },
+    /// The follower needs entries the WAL no longer holds: it needs a snapshot first.
+    #[error("{peer} needs LSN {needed}, but this WAL starts at {first}")]
+    BehindRetention {
+        /// The follower's address.
+        peer: SocketAddr,
+        /// The LSN it needs next.
+        needed: Lsn,
+        /// The first LSN held.
+        first: Lsn,
+    },
     /// A shipped range is not where the WAL can take it.
     #[error("received LSN {got} where {expected} was expected")]
     Gap {
@@ -230,8 +243,9 @@ impl ShipError {
     #[must_use]
     pub fn is_permanent(&self) -> bool {
         match self {
-            ShipError::Tls { .. }
-            | ShipError::PlaintextPeer { .. }
+            ShipError::Tls { permanent, .. } => *permanent,
+            ShipError::PlaintextPeer { .. }
+            | ShipError::BehindRetention { .. }
             | ShipError::TlsPeer { .. }
             | ShipError::UnknownNode { .. }
             | ShipError::Config(_)

@@ -6,6 +6,7 @@ pub mod apply;
 pub mod codec;
 pub mod error;
 pub mod frame;
+pub mod ship;
 pub mod tls;
 pub mod transport;
 

@@ -249,7 +249,14 @@ fn tls_error(peer: SocketAddr, e: &rustls::Error) -> ShipError {
         rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType) => {
             ShipError::PlaintextPeer { peer }
         }
-        other => ShipError::Tls { peer, reason: other.to_string() },
+        // A record that fails its MAC was damaged in transit: retry on a new connection.
+        rustls::Error::DecryptError
+        | rustls::Error::AlertReceived(
+            rustls::AlertDescription::BadRecordMac
+            | rustls::AlertDescription::DecryptError
+            | rustls::AlertDescription::DecodeError,
+        ) => ShipError::Tls { peer, reason: e.to_string(), permanent: false },
+        other => ShipError::Tls { peer, reason: other.to_string(), permanent: true },
     }
 }
 

@@ -566,6 +566,12 @@ impl Wal {
         self.shared.coordinator.next_lsn()
     }
 
+    /// The settings the log was opened with.
+    #[must_use]
+    pub fn config(&self) -> &WalConfig {
+        &self.shared.config
+    }
+
     /// The directory of the log.
     #[must_use]
     pub fn dir(&self) -> &Path {

@@ -1,0 +1,727 @@
+//! WAL streaming: a [`WalShipper`] on the node that has the entries, a [`WalReceiver`] on
+//! the node that needs them.
+//!
+//! The shipper dials; the receiver's welcome carries the last LSN it holds, and the
+//! stream starts right after it, so a reconnect resumes with no gap and no duplicate.
+//! Entries frames carry the WAL records exactly as they are on disk; the receiver checks
+//! every record's CRC and LSN and appends them at the same LSNs, pipelined: it queues
+//! each batch and acknowledges the highest durable LSN, batched per interval or per N
+//! frames. The shipper keeps at most `max_in_flight_bytes` unacknowledged and sends
+//! heartbeats when idle; either side gives up on a silent peer after `peer_timeout`.
+//!
+//! Payload layouts (inside frames, little-endian):
+//!
+//! ```text
+//! entries   = first_lsn:u64 count:u32 record{count}      (records as in the WAL)
+//! ack       = durable_lsn:u64
+//! heartbeat = last_lsn:u64
+//! segment   = the whole segment file
+//! welcome   = last_lsn:u64                                (Purpose::Ship)
+//! ```
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes};
+use themis_clock::NodeId;
+use themis_wal::segment::{self, OnBadRecord};
+use themis_wal::{Entry, Lsn, LsnRange, NewEntry, Wal, record};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::codec::{CodecChoice, CodecStats, Compressor};
+use crate::error::{FrameError, ShipError};
+use crate::frame::{self, FrameKind};
+use crate::transport::{Connection, FrameWriter, Incoming, Purpose, Transport};
+
+/// Settings of shipping, on both sides.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShipConfig {
+    /// How entries frames are compressed (default LZ4).
+    pub codec: CodecChoice,
+    /// Bytes of records per entries frame (default 1 MiB).
+    pub max_batch_bytes: usize,
+    /// Bytes sent and not yet acknowledged before the shipper waits (default 16 MiB).
+    pub max_in_flight_bytes: usize,
+    /// Heartbeat period on an idle stream (default 100 ms).
+    pub heartbeat_interval: Duration,
+    /// A peer silent this long is dropped (default 1 s).
+    pub peer_timeout: Duration,
+    /// The receiver acknowledges at least this often while entries arrive (default 2 ms)…
+    pub ack_interval: Duration,
+    /// …or after this many frames, whichever comes first (default 8).
+    pub ack_every_frames: u64,
+    /// First reconnect delay (default 50 ms), doubled per failure up to `backoff_max`.
+    pub backoff_initial: Duration,
+    /// Longest reconnect delay (default 5 s). Each delay is jittered by ±25%.
+    pub backoff_max: Duration,
+}
+
+impl Default for ShipConfig {
+    fn default() -> Self {
+        ShipConfig {
+            codec: CodecChoice::default(),
+            max_batch_bytes: 1 << 20,
+            max_in_flight_bytes: 16 << 20,
+            heartbeat_interval: Duration::from_millis(100),
+            peer_timeout: Duration::from_secs(1),
+            ack_interval: Duration::from_millis(2),
+            ack_every_frames: 8,
+            backoff_initial: Duration::from_millis(50),
+            backoff_max: Duration::from_secs(5),
+        }
+    }
+}
+
+impl ShipConfig {
+    /// Checks every setting; the message names the setting and the value.
+    pub fn validate(&self) -> Result<(), ShipError> {
+        let bad = |m: String| Err(ShipError::Config(m));
+        self.codec.validate().map_err(ShipError::Config)?;
+        if self.max_batch_bytes < 4096 || self.max_batch_bytes > 64 << 20 {
+            return bad(format!(
+                "max_batch_bytes = {}: must be between 4 KiB and 64 MiB",
+                self.max_batch_bytes
+            ));
+        }
+        if self.max_in_flight_bytes < self.max_batch_bytes {
+            return bad(format!(
+                "max_in_flight_bytes = {}: must be at least max_batch_bytes ({})",
+                self.max_in_flight_bytes, self.max_batch_bytes
+            ));
+        }
+        if self.heartbeat_interval.is_zero() || self.heartbeat_interval >= self.peer_timeout {
+            return bad(format!(
+                "heartbeat_interval = {:?}: must be above zero and below peer_timeout ({:?})",
+                self.heartbeat_interval, self.peer_timeout
+            ));
+        }
+        if self.ack_interval.is_zero() || self.ack_interval >= self.peer_timeout {
+            return bad(format!(
+                "ack_interval = {:?}: must be above zero and below peer_timeout",
+                self.ack_interval
+            ));
+        }
+        if self.ack_every_frames == 0 {
+            return bad("ack_every_frames = 0: must be at least 1".into());
+        }
+        if self.backoff_initial.is_zero() || self.backoff_initial > self.backoff_max {
+            return bad(format!(
+                "backoff_initial = {:?}: must be above zero and at most backoff_max ({:?})",
+                self.backoff_initial, self.backoff_max
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Encodes an entries payload from records read with [`Wal::read_raw`].
+#[must_use]
+pub fn encode_entries(range: LsnRange, records: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(12 + records.len());
+    out.put_u64_le(range.first);
+    out.put_u32_le((range.last - range.first + 1) as u32);
+    out.put_slice(records);
+    out
+}
+
+/// Decodes an entries payload: every record's CRC is checked, LSNs must run from
+/// `first_lsn` without a gap, and the count must match.
+pub fn decode_entries(payload: &Bytes, max_record: usize) -> Result<Vec<Entry>, FrameError> {
+    let bad = |reason: String| FrameError::Payload { kind: "entries", reason };
+    if payload.len() < 12 {
+        return Err(bad(format!("{} bytes, shorter than the 12-byte prefix", payload.len())));
+    }
+    let first = u64::from_le_bytes(payload[..8].try_into().expect("8 bytes"));
+    let count = u32::from_le_bytes(payload[8..12].try_into().expect("4 bytes")) as usize;
+    // Each record takes at least a header, so the count cannot ask for more than is there.
+    let mut entries = Vec::with_capacity(count.min(payload.len() / record::RECORD_HEADER_LEN));
+    let mut at = 12;
+    while at < payload.len() {
+        let (entry, size) =
+            record::decode(payload, at, max_record).map_err(|e| bad(format!("record at {at}: {e}")))?;
+        let expected = first + entries.len() as u64;
+        if entry.lsn != expected {
+            return Err(bad(format!("record at {at} holds LSN {}, expected {expected}", entry.lsn)));
+        }
+        entries.push(entry);
+        at += size;
+    }
+    if entries.len() != count {
+        return Err(bad(format!("{} records where the prefix says {count}", entries.len())));
+    }
+    Ok(entries)
+}
+
+fn lsn_payload(lsn: Lsn) -> [u8; 8] {
+    lsn.to_le_bytes()
+}
+
+fn read_lsn(kind: &'static str, payload: &Bytes) -> Result<Lsn, FrameError> {
+    let bytes: [u8; 8] = payload[..].try_into().map_err(|_| FrameError::Payload {
+        kind,
+        reason: format!("{} bytes where an 8-byte LSN belongs", payload.len()),
+    })?;
+    Ok(u64::from_le_bytes(bytes))
+}
+
+/// Encoded entries frames shared by every stream of one WAL: a batch compressed for one
+/// follower is sent to the others without compressing or copying it again.
+#[derive(Debug)]
+pub struct BatchCache {
+    inner: Mutex<CacheInner>,
+}
+
+#[derive(Debug)]
+struct CacheInner {
+    by_first: HashMap<Lsn, (LsnRange, Bytes)>,
+    order: VecDeque<Lsn>,
+    capacity: usize,
+    compressor: Compressor,
+    scratch: Vec<u8>,
+    hits: u64,
+}
+
+impl BatchCache {
+    /// A cache of up to `capacity` frames compressed with `codec`.
+    pub fn new(codec: CodecChoice, capacity: usize) -> Result<BatchCache, ShipError> {
+        let compressor = Compressor::new(codec).map_err(ShipError::Config)?;
+        Ok(BatchCache {
+            inner: Mutex::new(CacheInner {
+                by_first: HashMap::new(),
+                order: VecDeque::new(),
+                capacity: capacity.max(1),
+                compressor,
+                scratch: Vec::new(),
+                hits: 0,
+            }),
+        })
+    }
+
+    /// The frame for the records from `from` (at most `max_bytes`), encoded once.
+    pub fn frame(&self, wal: &Wal, from: Lsn, max_bytes: usize) -> Result<(LsnRange, Bytes), ShipError> {
+        let mut c = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(hit) = c.by_first.get(&from).cloned() {
+            c.hits += 1;
+            return Ok(hit);
+        }
+        let raw = wal.read_raw(from, max_bytes)?;
+        let payload = encode_entries(raw.range, &raw.bytes);
+        let CacheInner { compressor, scratch, .. } = &mut *c;
+        let frame = frame::encode(FrameKind::Entries, &payload, compressor, scratch);
+        if c.order.len() >= c.capacity
+            && let Some(old) = c.order.pop_front()
+        {
+            c.by_first.remove(&old);
+        }
+        c.order.push_back(from);
+        c.by_first.insert(from, (raw.range, frame.clone()));
+        Ok((raw.range, frame))
+    }
+
+    /// Drops frames holding LSNs at or above `lsn` (after the WAL's suffix was truncated).
+    pub fn invalidate_from(&self, lsn: Lsn) {
+        let mut c = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        c.by_first.retain(|_, (range, _)| range.last < lsn);
+        let CacheInner { order, by_first, .. } = &mut *c;
+        order.retain(|first| by_first.contains_key(first));
+    }
+
+    /// Compression counters, and frames served from the cache.
+    #[must_use]
+    pub fn stats(&self) -> (CodecStats, u64) {
+        let c = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        (c.compressor.stats(), c.hits)
+    }
+}
+
+/// What a shipper's stream to one follower is doing.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ShipStatus {
+    /// Whether a stream is up.
+    pub connected: bool,
+    /// The highest LSN sent.
+    pub sent_lsn: Lsn,
+    /// The highest LSN the follower reported durable.
+    pub acked_lsn: Lsn,
+    /// Connections made.
+    pub connections: u64,
+    /// Frame bytes sent.
+    pub bytes_sent: u64,
+    /// The last error that ended a stream.
+    pub last_error: Option<String>,
+}
+
+/// Streams a WAL to followers; see the module docs.
+#[derive(Debug, Clone)]
+pub struct WalShipper {
+    wal: Wal,
+    transport: Transport,
+    cache: Arc<BatchCache>,
+    config: Arc<ShipConfig>,
+}
+
+impl WalShipper {
+    /// A shipper of `wal` over `transport`.
+    pub fn new(wal: Wal, transport: Transport, config: ShipConfig) -> Result<WalShipper, ShipError> {
+        config.validate()?;
+        let cache = Arc::new(BatchCache::new(config.codec.clone(), 64)?);
+        Ok(WalShipper { wal, transport, cache, config: Arc::new(config) })
+    }
+
+    /// The shared frame cache (its statistics, or invalidation after a truncation).
+    #[must_use]
+    pub fn cache(&self) -> &Arc<BatchCache> {
+        &self.cache
+    }
+
+    /// Streams to `follower` at `addr` until `shutdown` turns true, reconnecting after
+    /// transient failures with exponential backoff and jitter; returns the first
+    /// permanent failure. `status` is updated as the stream moves. `seed` drives the
+    /// jitter, so a test can replay it.
+    pub async fn run(
+        &self,
+        follower: NodeId,
+        addr: SocketAddr,
+        status: &watch::Sender<ShipStatus>,
+        mut shutdown: watch::Receiver<bool>,
+        seed: u64,
+    ) -> Result<(), ShipError> {
+        let mut rng = fastrand::Rng::with_seed(seed);
+        let mut delay = self.config.backoff_initial;
+        loop {
+            if *shutdown.borrow() {
+                return Ok(());
+            }
+            let before = status.borrow().acked_lsn;
+            let result = self.stream(follower, addr, status, shutdown.clone()).await;
+            status.send_modify(|s| {
+                s.connected = false;
+                s.last_error = result.as_ref().err().map(ToString::to_string);
+            });
+            match result {
+                Ok(()) => return Ok(()),
+                Err(e) if e.is_permanent() => return Err(e),
+                Err(e) => tracing::debug!(follower = follower.0, error = %e, "stream ended; reconnecting"),
+            }
+            if status.borrow().acked_lsn > before {
+                // The stream made progress: start the backoff over.
+                delay = self.config.backoff_initial;
+            }
+            let jittered = delay.mul_f64(0.75 + rng.f64() * 0.5);
+            tokio::select! {
+                () = tokio::time::sleep(jittered) => {}
+                _ = shutdown.changed() => {}
+            }
+            delay = (delay * 2).min(self.config.backoff_max);
+        }
+    }
+
+    /// One connection: handshake, then stream until an error or shutdown.
+    pub async fn stream(
+        &self,
+        follower: NodeId,
+        addr: SocketAddr,
+        status: &watch::Sender<ShipStatus>,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> Result<(), ShipError> {
+        let (conn, welcome) = self.transport.connect(addr, follower, Purpose::Ship, Bytes::new()).await?;
+        let follower_last =
+            read_lsn("welcome", &welcome).map_err(|source| ShipError::Frame { peer: addr, source })?;
+        let mut next = follower_last + 1;
+        if next < self.wal.first_lsn() {
+            return Err(ShipError::BehindRetention { peer: addr, needed: next, first: self.wal.first_lsn() });
+        }
+        if follower_last > self.wal.last_lsn() {
+            return Err(ShipError::Protocol {
+                peer: addr,
+                reason: format!(
+                    "the follower holds LSN {follower_last}, beyond this WAL's last {}",
+                    self.wal.last_lsn()
+                ),
+            });
+        }
+        status.send_modify(|s| {
+            s.connected = true;
+            s.connections += 1;
+            s.sent_lsn = follower_last;
+            s.acked_lsn = follower_last;
+        });
+        let Connection { reader, mut writer, peer, .. } = conn;
+        // Acknowledgements arrive on their own task, so the loop below can select on them.
+        let (mut ack_rx, _stop_acks) = read_acks(reader, self.config.peer_timeout, follower_last);
+        let mut in_flight: VecDeque<(Lsn, usize)> = VecDeque::new();
+        let mut in_flight_bytes = 0usize;
+        let mut acked = follower_last;
+        let mut heartbeat = tokio::time::interval_at(
+            Instant::now() + self.config.heartbeat_interval,
+            self.config.heartbeat_interval,
+        );
+        let mut sent_since_tick = false;
+        loop {
+            let room = in_flight_bytes < self.config.max_in_flight_bytes;
+            tokio::select! {
+                biased;
+                _ = shutdown.changed() => {
+                    if *shutdown.borrow() {
+                        let _ = writer.shutdown().await;
+                        return Ok(());
+                    }
+                }
+                changed = ack_rx.changed() => {
+                    if changed.is_err() {
+                        return Err(ShipError::Closed { peer });
+                    }
+                    let lsn = match &*ack_rx.borrow_and_update() {
+                        Ok(lsn) => *lsn,
+                        Err(reason) => return Err(ShipError::Protocol { peer, reason: reason.clone() }),
+                    };
+                    if lsn < acked || lsn > status.borrow().sent_lsn {
+                        return Err(ShipError::Protocol { peer, reason: format!("acknowledged LSN {lsn} outside {acked}..={}", status.borrow().sent_lsn) });
+                    }
+                    acked = lsn;
+                    while in_flight.front().is_some_and(|&(last, _)| last <= acked) {
+                        in_flight_bytes -= in_flight.pop_front().map_or(0, |(_, n)| n);
+                    }
+                    status.send_modify(|s| s.acked_lsn = acked);
+                }
+                durable = self.wal.durable_async(next), if room => {
+                    durable?;
+                    // Send what is durable, in frames of up to max_batch_bytes, while the
+                    // window has room; flush once for the lot.
+                    while next <= self.wal.durable_lsn() && in_flight_bytes < self.config.max_in_flight_bytes {
+                        let (range, frame) = self.cache.frame(&self.wal, next, self.config.max_batch_bytes)?;
+                        writer.write(&frame).await?;
+                        in_flight.push_back((range.last, frame.len()));
+                        in_flight_bytes += frame.len();
+                        next = range.last + 1;
+                    }
+                    writer.flush().await?;
+                    sent_since_tick = true;
+                    let bytes = writer.bytes();
+                    status.send_modify(|s| {
+                        s.sent_lsn = next - 1;
+                        s.bytes_sent = bytes;
+                    });
+                }
+                _ = heartbeat.tick() => {
+                    if !sent_since_tick {
+                        writer.send(&frame::encode_plain(FrameKind::Heartbeat, &lsn_payload(self.wal.durable_lsn()))).await?;
+                    }
+                    sent_since_tick = false;
+                }
+            }
+        }
+    }
+
+    /// Sends one whole sealed segment to `follower`, whose WAL must end right before the
+    /// segment's first LSN, and waits until the follower acknowledges all of it.
+    pub async fn ship_segment(
+        &self,
+        path: &Path,
+        follower: NodeId,
+        addr: SocketAddr,
+    ) -> Result<LsnRange, ShipError> {
+        let file =
+            std::fs::read(path).map_err(|source| ShipError::Io { op: "read segment", peer: addr, source })?;
+        let file = Bytes::from(file);
+        let max_record = self.wal.config().max_record_bytes;
+        let scan = segment::scan(&file, max_record, OnBadRecord::Stop)
+            .map_err(|reason| ShipError::Config(format!("{}: not a segment: {reason}", path.display())))?;
+        if let Some(bad) = scan.stopped {
+            return Err(ShipError::Config(format!(
+                "{}: damaged at offset {}: {}",
+                path.display(),
+                bad.offset,
+                bad.reason
+            )));
+        }
+        if scan.offsets.is_empty() {
+            return Err(ShipError::Config(format!("{}: the segment holds no records", path.display())));
+        }
+        let range = LsnRange { first: scan.header.first_lsn, last: scan.next_lsn() - 1 };
+        if file.len() > self.transport.config().max_frame {
+            return Err(ShipError::Config(format!(
+                "{}: {} bytes do not fit in a frame of at most {} (max_frame)",
+                path.display(),
+                file.len(),
+                self.transport.config().max_frame
+            )));
+        }
+        let (conn, welcome) = self.transport.connect(addr, follower, Purpose::Ship, Bytes::new()).await?;
+        let Connection { mut reader, mut writer, peer, .. } = conn;
+        let last = read_lsn("welcome", &welcome).map_err(|source| ShipError::Frame { peer, source })?;
+        if last + 1 != range.first {
+            return Err(ShipError::Gap { expected: last + 1, got: range.first });
+        }
+        let mut compressor = Compressor::new(self.config.codec.clone()).map_err(ShipError::Config)?;
+        writer.send(&frame::encode(FrameKind::Segment, &file, &mut compressor, &mut Vec::new())).await?;
+        loop {
+            let frame = tokio::time::timeout(self.config.peer_timeout * 10, reader.recv()).await.map_err(
+                |_| ShipError::Timeout {
+                    peer,
+                    what: "segment acknowledgement",
+                    millis: 10 * self.config.peer_timeout.as_millis() as u64,
+                },
+            )??;
+            if frame.kind == FrameKind::Ack
+                && read_lsn("ack", &frame.payload).map_err(|source| ShipError::Frame { peer, source })?
+                    >= range.last
+            {
+                let _ = writer.shutdown().await;
+                return Ok(range);
+            }
+        }
+    }
+}
+
+/// The receiver's latest acknowledged LSN, or why its stream broke.
+type AckWatch = watch::Receiver<Result<Lsn, String>>;
+
+/// Reads the receiver's frames on a task of their own and publishes each acknowledged LSN,
+/// or why the stream broke.
+fn read_acks(
+    mut reader: crate::transport::FrameReader,
+    peer_timeout: Duration,
+    initial: Lsn,
+) -> (AckWatch, AbortOnDrop<()>) {
+    let (ack_tx, ack_rx) = watch::channel(Ok(initial));
+    let task = tokio::spawn(async move {
+        loop {
+            let frame = match tokio::time::timeout(peer_timeout, reader.recv()).await {
+                Ok(Ok(frame)) => frame,
+                Ok(Err(e)) => {
+                    let _ = ack_tx.send(Err(e.to_string()));
+                    return;
+                }
+                Err(_) => {
+                    let _ =
+                        ack_tx.send(Err(format!("no acknowledgement or heartbeat within {peer_timeout:?}")));
+                    return;
+                }
+            };
+            match frame.kind {
+                FrameKind::Ack => match read_lsn("ack", &frame.payload) {
+                    Ok(lsn) => {
+                        if ack_tx.send(Ok(lsn)).is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        let _ = ack_tx.send(Err(e.to_string()));
+                        return;
+                    }
+                },
+                FrameKind::Heartbeat => {}
+                other => {
+                    let _ = ack_tx.send(Err(format!("unexpected {other:?} frame from the receiver")));
+                    return;
+                }
+            }
+        }
+    });
+    (ack_rx, AbortOnDrop(task))
+}
+
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// What a receiver has taken in.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReceiveStats {
+    /// Frames received.
+    pub frames: u64,
+    /// Entries appended.
+    pub entries: u64,
+    /// Bytes received on the wire.
+    pub bytes: u64,
+    /// Acknowledgements sent.
+    pub acks: u64,
+}
+
+/// Appends shipped entries to a local WAL; see the module docs.
+#[derive(Debug, Clone)]
+pub struct WalReceiver {
+    wal: Wal,
+    config: Arc<ShipConfig>,
+}
+
+impl WalReceiver {
+    /// A receiver into `wal`.
+    pub fn new(wal: Wal, config: ShipConfig) -> Result<WalReceiver, ShipError> {
+        config.validate()?;
+        Ok(WalReceiver { wal, config: Arc::new(config) })
+    }
+
+    /// Serves one accepted connection (its hello must be for [`Purpose::Ship`]) until the
+    /// shipper closes it or it fails. Entries are appended at the LSNs they carry: a gap
+    /// or a duplicate is an error and nothing of that frame is appended.
+    pub async fn serve(&self, incoming: Incoming) -> Result<ReceiveStats, ShipError> {
+        if incoming.hello.purpose != Purpose::Ship {
+            let reason = format!("this endpoint receives WAL streams, not {:?}", incoming.hello.purpose);
+            incoming.refuse(crate::error::RefuseCode::Unavailable, &reason).await?;
+            return Err(ShipError::Config(reason));
+        }
+        let last = self.wal.next_lsn() - 1;
+        let conn = incoming.welcome(&lsn_payload(last)).await?;
+        let Connection { mut reader, writer, peer, .. } = conn;
+        let mut next = last + 1;
+        let mut stats = ReceiveStats::default();
+        let (frames_tx, frames_rx) = watch::channel(0u64);
+        let acker =
+            tokio::spawn(acknowledge(self.wal.clone(), writer, Arc::clone(&self.config), last, frames_rx));
+        let _stop_acker = AbortOnDrop(acker);
+        let max_record = self.wal.config().max_record_bytes;
+        loop {
+            let frame = match tokio::time::timeout(self.config.peer_timeout, reader.recv()).await {
+                Ok(Ok(frame)) => frame,
+                Ok(Err(ShipError::Closed { .. })) => return Ok(stats),
+                Ok(Err(e)) => return Err(e),
+                Err(_) => {
+                    return Err(ShipError::Timeout {
+                        peer,
+                        what: "frame",
+                        millis: self.config.peer_timeout.as_millis() as u64,
+                    });
+                }
+            };
+            stats.frames += 1;
+            stats.bytes = reader.bytes();
+            let entries = match frame.kind {
+                FrameKind::Entries => decode_entries(&frame.payload, max_record)
+                    .map_err(|source| ShipError::Frame { peer, source })?,
+                FrameKind::Segment => segment_entries(&frame.payload, max_record)
+                    .map_err(|source| ShipError::Frame { peer, source })?,
+                FrameKind::Heartbeat => continue,
+                other => {
+                    return Err(ShipError::Protocol {
+                        peer,
+                        reason: format!("unexpected {other:?} frame from the shipper"),
+                    });
+                }
+            };
+            let Some(first) = entries.first().map(|e| e.lsn) else { continue };
+            if first != next {
+                return Err(ShipError::Gap { expected: next, got: first });
+            }
+            let news: Vec<NewEntry> = entries.iter().map(Entry::to_new).collect();
+            let range = self.wal.submit_at_async(first, &news).await?;
+            next = range.last + 1;
+            stats.entries += news.len() as u64;
+            frames_tx.send_modify(|n| *n += 1);
+        }
+    }
+}
+
+/// The entries of a whole segment file shipped in one frame.
+fn segment_entries(file: &Bytes, max_record: usize) -> Result<Vec<Entry>, FrameError> {
+    let bad = |reason: String| FrameError::Payload { kind: "segment", reason };
+    let scan = segment::scan(file, max_record, OnBadRecord::Stop).map_err(bad)?;
+    if let Some(stop) = scan.stopped {
+        return Err(bad(format!("damaged at offset {}: {}", stop.offset, stop.reason)));
+    }
+    let mut entries = Vec::with_capacity(scan.offsets.len());
+    for &offset in &scan.offsets {
+        let (entry, _) = record::decode(file, offset as usize, max_record).map_err(|e| bad(e.to_string()))?;
+        entries.push(entry);
+    }
+    Ok(entries)
+}
+
+/// The receiver's acknowledging task: sends the durable LSN when it advances, batched per
+/// `ack_interval` or `ack_every_frames`, and heartbeats when idle.
+async fn acknowledge(
+    wal: Wal,
+    mut writer: FrameWriter,
+    config: Arc<ShipConfig>,
+    mut acked: Lsn,
+    mut frames: watch::Receiver<u64>,
+) -> Result<(), ShipError> {
+    let mut frames_at_ack = 0;
+    let mut last_send = Instant::now();
+    loop {
+        tokio::select! {
+            durable = wal.durable_async(acked + 1) => {
+                durable?;
+                // Batch: wait until the interval has passed or enough frames arrived.
+                let due = last_send + config.ack_interval;
+                while Instant::now() < due && *frames.borrow() - frames_at_ack < config.ack_every_frames {
+                    tokio::select! {
+                        () = tokio::time::sleep_until(due) => {}
+                        _ = frames.changed() => {}
+                    }
+                }
+                acked = wal.durable_lsn();
+                frames_at_ack = *frames.borrow();
+                writer.send(&frame::encode_plain(FrameKind::Ack, &lsn_payload(acked))).await?;
+                last_send = Instant::now();
+            }
+            () = tokio::time::sleep_until(last_send + config.heartbeat_interval) => {
+                writer.send(&frame::encode_plain(FrameKind::Heartbeat, &lsn_payload(acked))).await?;
+                last_send = Instant::now();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_settings_name_themselves() {
+        let ok = ShipConfig::default();
+        ok.validate().unwrap();
+        for (config, needle) in [
+            (ShipConfig { max_batch_bytes: 10, ..ok.clone() }, "max_batch_bytes = 10"),
+            (ShipConfig { max_in_flight_bytes: 4096, ..ok.clone() }, "max_in_flight_bytes = 4096"),
+            (ShipConfig { heartbeat_interval: Duration::from_secs(2), ..ok.clone() }, "heartbeat_interval"),
+            (ShipConfig { ack_every_frames: 0, ..ok.clone() }, "ack_every_frames = 0"),
+            (
+                ShipConfig {
+                    codec: CodecChoice::Fixed(crate::codec::Codec::Zstd { level: 30 }),
+                    ..ok.clone()
+                },
+                "zstd level 30",
+            ),
+        ] {
+            let err = config.validate().unwrap_err().to_string();
+            assert!(err.contains(needle), "{err}");
+        }
+    }
+
+    #[test]
+    fn entries_payloads_are_checked() {
+        let mut records = Vec::new();
+        let entry = |lsn: u64| {
+            NewEntry::data(
+                themis_clock::Timestamp::from_parts(lsn, 0, NodeId(1)).unwrap(),
+                Bytes::from(vec![lsn as u8; 40]),
+            )
+        };
+        for lsn in 5..=7 {
+            record::encode(&mut records, lsn, &entry(lsn));
+        }
+        let good = Bytes::from(encode_entries(LsnRange { first: 5, last: 7 }, &records));
+        let lsns: Vec<_> = decode_entries(&good, 1 << 20).unwrap().iter().map(|e| e.lsn).collect();
+        assert_eq!(lsns, [5, 6, 7]);
+        // Wrong first LSN, wrong count, a flipped payload bit, a cut: all errors.
+        let mut wrong_first = good.to_vec();
+        wrong_first[0] = 4;
+        let mut wrong_count = good.to_vec();
+        wrong_count[8] = 2;
+        let mut flipped = good.to_vec();
+        flipped[60] ^= 1;
+        for bad in [wrong_first, wrong_count, flipped, good[..good.len() - 1].to_vec(), good[..5].to_vec()] {
+            assert!(decode_entries(&Bytes::from(bad), 1 << 20).is_err());
+        }
+    }
+}
