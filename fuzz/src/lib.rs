@@ -9,6 +9,7 @@ pub const TARGETS: &[(&str, fn(&[u8]))] = &[
     ("wal_record_decode", wal_record_decode),
     ("wal_segment_recover", wal_segment_recover),
     ("wal_op_decode", wal_op_decode),
+    ("frame_decode", frame_decode),
 ];
 
 /// Timestamps from bytes and from text: decoding never panics, and whatever decodes
@@ -116,5 +117,34 @@ pub fn wal_op_decode(data: &[u8]) {
     }
     if let Ok(batch) = op::decode_batch(&bytes) {
         assert_eq!(op::encode_batch(&batch).expect("a decoded batch encodes"), bytes, "batch round-trip");
+    }
+}
+
+/// Replication frames: decoding never panics and never allocates past the maximum frame
+/// size; a decoded payload has the declared length; payloads that decode are handed to
+/// the decoders of their kind (hello, entries), which must not panic either.
+pub fn frame_decode(data: &[u8]) {
+    use themis_ship::frame::{self, FrameKind};
+    use themis_ship::transport::Hello;
+
+    const MAX: usize = 1 << 20;
+    let bytes = bytes::Bytes::copy_from_slice(data);
+    let mut decompressor = themis_ship::Decompressor::new();
+    if let Ok(Some((frame, used))) = frame::decode(&bytes, MAX, &mut decompressor) {
+        assert!(used <= data.len() && frame.payload.len() <= MAX);
+        assert_eq!(frame.wire_len, used);
+        match frame.kind {
+            FrameKind::Hello => {
+                if let Ok(hello) = Hello::decode(&frame.payload) {
+                    assert_eq!(Hello::decode(&hello.encode()).ok(), Some(hello), "hello round-trip");
+                }
+            }
+            FrameKind::Entries => {
+                if let Ok(entries) = themis_ship::ship::decode_entries(&frame.payload, 1 << 16) {
+                    assert!(entries.windows(2).all(|w| w[1].lsn == w[0].lsn + 1), "dense LSNs");
+                }
+            }
+            _ => {}
+        }
     }
 }

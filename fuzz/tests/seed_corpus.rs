@@ -69,4 +69,32 @@ fn write_seed_corpus() {
     write("wal_op_decode", "batch", &op::encode_batch(&ops).unwrap());
     write("wal_op_decode", "unknown_kind", &[1, 99, 0, 0]);
     write("wal_op_decode", "huge_count", &[0xff, 0xff, 0xff, 0xff, 1]);
+
+    // Replication frames: one of each codec, a hello, an entries frame, and damaged ones.
+    use themis_ship::frame::{FrameKind, encode, encode_plain};
+    use themis_ship::{Codec, CodecChoice, Compressor};
+    let mut records = Vec::new();
+    for lsn in 1..=3 {
+        record::encode(&mut records, lsn, &NewEntry::data(ts, Bytes::from(format!("{{\"id\":{lsn}}}"))));
+    }
+    let entries = themis_ship::ship::encode_entries(themis_wal::LsnRange { first: 1, last: 3 }, &records);
+    for codec in [Codec::None, Codec::Lz4, Codec::Zstd { level: 1 }, Codec::Snappy] {
+        let mut c = Compressor::new(CodecChoice::Fixed(codec)).unwrap();
+        let frame = encode(FrameKind::Entries, &entries, &mut c, &mut Vec::new());
+        write("frame_decode", &format!("entries_{}", codec.id()), &frame);
+    }
+    let hello = themis_ship::transport::Hello {
+        protocol: 1,
+        cluster: "c".into(),
+        node: NodeId(2),
+        purpose: themis_ship::transport::Purpose::Ship,
+        extra: Bytes::new(),
+    };
+    let frame = encode_plain(FrameKind::Hello, &hello.encode());
+    write("frame_decode", "hello", &frame);
+    write("frame_decode", "truncated", &frame[..frame.len() - 3]);
+    let mut flipped = frame.to_vec();
+    flipped[30] ^= 1;
+    write("frame_decode", "bad_crc", &flipped);
+    write("frame_decode", "tls_client_hello", &[0x16, 0x03, 0x01, 0x00, 0xc4, 0x01]);
 }
