@@ -19,6 +19,7 @@
 
 pub use themis_clock as clock;
 pub use themis_crdt as crdt;
+pub use themis_ship as ship;
 pub use themis_wal as wal;
 
 /// The types most users of the toolkit need, for a glob import.
@@ -26,6 +27,10 @@ pub mod prelude {
     pub use themis_clock::{CausalOrder, ClockError, Hlc, NodeId, PhysicalClock, Timestamp, VectorClock};
     pub use themis_crdt::{
         ConflictResolver, Crdt, CrdtError, GCounter, LwwRegister, OrSet, PnCounter, Resolution, Strategy,
+    };
+    pub use themis_ship::{
+        Applier, Codec, CodecChoice, MemoryStateMachine, ParallelApplier, SerialApplier, ShipConfig,
+        ShipError, StateMachine, Transport, TransportConfig, WalReceiver, WalShipper,
     };
     pub use themis_wal::{
         Entry, EntryKind, FsyncPolicy, Lsn, NewEntry, RecoveryMode, Wal, WalConfig, WalError,

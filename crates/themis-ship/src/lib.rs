@@ -65,8 +65,8 @@ pub mod tls;
 pub mod transport;
 
 pub use apply::{
-    Applier, ApplyError, ApplyStats, ApplyTask, Change, DumpRow, MemoryStateMachine, ParallelApplier, ParallelConfig,
-    SerialApplier, StateMachine,
+    Applier, ApplyError, ApplyStats, ApplyTask, Change, DumpRow, MemoryStateMachine, ParallelApplier,
+    ParallelConfig, SerialApplier, StateMachine,
 };
 pub use codec::{AutoConfig, Codec, CodecChoice, CodecStats, Compressor, Decompressor};
 pub use error::{FrameError, RefuseCode, ShipError};
