@@ -388,11 +388,11 @@ impl WalShipper {
                     }
                     status.send_modify(|s| s.acked_lsn = acked);
                 }
-                durable = self.wal.durable_async(next), if room => {
+                durable = self.wal.acknowledged_async(next), if room => {
                     durable?;
                     // Send what is durable, in frames of up to max_batch_bytes, while the
                     // window has room; flush once for the lot.
-                    while next <= self.wal.durable_lsn() && in_flight_bytes < self.config.max_in_flight_bytes {
+                    while next <= self.wal.acknowledged_lsn() && in_flight_bytes < self.config.max_in_flight_bytes {
                         let (range, frame) = self.cache.frame(&self.wal, next, self.config.max_batch_bytes)?;
                         writer.write(&frame).await?;
                         in_flight.push_back((range.last, frame.len()));
@@ -409,7 +409,7 @@ impl WalShipper {
                 }
                 _ = heartbeat.tick() => {
                     if !sent_since_tick {
-                        writer.send(&frame::encode_plain(FrameKind::Heartbeat, &lsn_payload(self.wal.durable_lsn()))).await?;
+                        writer.send(&frame::encode_plain(FrameKind::Heartbeat, &lsn_payload(self.wal.acknowledged_lsn()))).await?;
                     }
                     sent_since_tick = false;
                 }
@@ -636,7 +636,8 @@ fn segment_entries(file: &Bytes, max_record: usize) -> Result<Vec<Entry>, FrameE
     Ok(entries)
 }
 
-/// The receiver's acknowledging task: sends the durable LSN when it advances, batched per
+/// The receiver's acknowledging task: sends the acknowledged LSN (durable under
+/// `FsyncPolicy::Always`, written under the others) when it advances, batched per
 /// `ack_interval` or `ack_every_frames`, and heartbeats when idle.
 async fn acknowledge(
     wal: Wal,
@@ -649,7 +650,7 @@ async fn acknowledge(
     let mut last_send = Instant::now();
     loop {
         tokio::select! {
-            durable = wal.durable_async(acked + 1) => {
+            durable = wal.acknowledged_async(acked + 1) => {
                 durable?;
                 // Batch: wait until the interval has passed or enough frames arrived.
                 let due = last_send + config.ack_interval;
@@ -659,7 +660,7 @@ async fn acknowledge(
                         _ = frames.changed() => {}
                     }
                 }
-                acked = wal.durable_lsn();
+                acked = wal.acknowledged_lsn();
                 frames_at_ack = *frames.borrow();
                 writer.send(&frame::encode_plain(FrameKind::Ack, &lsn_payload(acked))).await?;
                 last_send = Instant::now();

@@ -109,6 +109,16 @@ struct Shipping {
     task: JoinHandle<Result<(), ShipError>>,
 }
 
+impl Shipping {
+    /// Stops the shipper cleanly and the follower's server, then compares the logs.
+    async fn finish(self, server: JoinHandle<()>, leader: &Wal, follower: &Wal) {
+        self.stop.send(true).unwrap();
+        self.task.await.unwrap().unwrap();
+        server.abort();
+        assert_same(leader, follower);
+    }
+}
+
 fn start_shipping(shipper: &WalShipper, follower: NodeId, addr: SocketAddr) -> Shipping {
     let (status_tx, status) = watch::channel(ShipStatus::default());
     let (stop, stop_rx) = watch::channel(false);
@@ -145,10 +155,7 @@ async fn a_follower_catches_up_and_tails_over_tls() {
     assert_eq!(status.connections, 1, "{status:?}");
     let (codec, _) = shipper.cache().stats();
     assert!(codec.ratio() < 0.6, "JSON documents compress: ratio {}", codec.ratio());
-    shipping.stop.send(true).unwrap();
-    shipping.task.await.unwrap().unwrap();
-    server.abort();
-    assert_same(&leader, &follower);
+    shipping.finish(server, &leader, &follower).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -184,10 +191,7 @@ async fn a_restarted_follower_resumes_without_gap_or_duplicate() {
     more.await.unwrap();
     wait_acked(&mut shipping.status, 3000).await;
     assert!(shipping.status.borrow().connections >= 2);
-    shipping.stop.send(true).unwrap();
-    shipping.task.await.unwrap().unwrap();
-    server.abort();
-    assert_same(&leader, &follower);
+    shipping.finish(server, &leader, &follower).await;
 }
 
 /// Forwards connections to `upstream`, flipping one bit of the shipper's bytes once
@@ -243,10 +247,7 @@ async fn survives_a_flipped_bit(leader_transport: Transport, follower_transport:
     assert!(flipped.load(Ordering::SeqCst), "the proxy corrupted the stream");
     let status = shipping.status.borrow().clone();
     assert!(status.connections >= 2, "the corrupt connection was dropped and replaced: {status:?}");
-    shipping.stop.send(true).unwrap();
-    shipping.task.await.unwrap().unwrap();
-    server.abort();
-    assert_same(&leader, &follower);
+    shipping.finish(server, &leader, &follower).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

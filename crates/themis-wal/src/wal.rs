@@ -507,6 +507,23 @@ impl Wal {
         }
     }
 
+    /// Waits (async) until `lsn` is acknowledged under the fsync policy: durable under
+    /// [`FsyncPolicy::Always`], written otherwise. What a receiver acknowledges upstream.
+    pub async fn acknowledged_async(&self, lsn: Lsn) -> Result<(), WalError> {
+        self.wait_ack(lsn).await
+    }
+
+    /// The last LSN acknowledged under the fsync policy (see
+    /// [`acknowledged_async`](Self::acknowledged_async)).
+    #[must_use]
+    pub fn acknowledged_lsn(&self) -> Lsn {
+        let progress = self.progress();
+        match self.shared.ack {
+            AckOn::Durable => progress.durable,
+            AckOn::Written => progress.written,
+        }
+    }
+
     async fn wait_ack(&self, lsn: Lsn) -> Result<(), WalError> {
         match self.shared.ack {
             AckOn::Durable => self.durable_async(lsn).await,
