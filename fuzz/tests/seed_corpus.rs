@@ -90,7 +90,7 @@ fn write_seed_corpus() {
         purpose: themis_ship::transport::Purpose::Ship,
         extra: Bytes::new(),
     };
-    let frame = encode_plain(FrameKind::Hello, &hello.encode());
+    let frame = encode_plain(FrameKind::Hello, &hello.encode().unwrap());
     write("frame_decode", "hello", &frame);
     write("frame_decode", "truncated", &frame[..frame.len() - 3]);
     let mut flipped = frame.to_vec();

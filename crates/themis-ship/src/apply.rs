@@ -470,16 +470,13 @@ impl<S: StateMachine> ParallelApplier<S> {
         })
     }
 
-    fn key_hash(&self, collection: &str, key: &[u8]) -> u64 {
-        let mut h = self.hasher.build_hasher();
-        collection.hash(&mut h);
-        key.hash(&mut h);
-        h.finish()
-    }
-
     fn schedule(&mut self, task: ApplyTask) -> Result<(), ApplyError> {
-        let mut keys: Vec<u64> =
-            task.ops.iter().filter_map(|op| op.kind.target()).map(|(c, k)| self.key_hash(c, k)).collect();
+        let mut keys: Vec<u64> = task
+            .ops
+            .iter()
+            .filter_map(|op| op.kind.target())
+            .map(|(c, k)| key_hash(&self.hasher, c, k))
+            .collect();
         keys.sort_unstable();
         keys.dedup();
         let barrier = task.is_barrier();
@@ -537,6 +534,15 @@ impl<S: StateMachine> ParallelApplier<S> {
         }
         Ok(())
     }
+}
+
+/// The hash of a (collection, key) pair: the parallel applier's dependency key and the
+/// memory store's shard selector. A collision only adds a needless wait.
+fn key_hash(hasher: &RandomState, collection: &str, key: &[u8]) -> u64 {
+    let mut h = hasher.build_hasher();
+    collection.hash(&mut h);
+    key.hash(&mut h);
+    h.finish()
 }
 
 fn worker<S: StateMachine>(shared: &Shared, machine: &S) {
@@ -696,10 +702,7 @@ impl MemoryStateMachine {
     }
 
     fn shard_of(&self, collection: &str, key: &[u8]) -> usize {
-        let mut h = self.hasher.build_hasher();
-        collection.hash(&mut h);
-        key.hash(&mut h);
-        (h.finish() % self.shards.len() as u64) as usize
+        (key_hash(&self.hasher, collection, key) % self.shards.len() as u64) as usize
     }
 
     /// The current value of a document.

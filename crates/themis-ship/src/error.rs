@@ -232,9 +232,6 @@ pub enum ShipError {
     /// Certificates could not be made, read or used.
     #[error("certificate: {0}")]
     Certificate(String),
-    /// The local side was shut down.
-    #[error("shut down")]
-    Shutdown,
 }
 
 impl ShipError {
@@ -249,8 +246,7 @@ impl ShipError {
             | ShipError::TlsPeer { .. }
             | ShipError::UnknownNode { .. }
             | ShipError::Config(_)
-            | ShipError::Certificate(_)
-            | ShipError::Shutdown => true,
+            | ShipError::Certificate(_) => true,
             ShipError::Refused { code, .. } => *code != RefuseCode::Unavailable,
             ShipError::Frame { source, .. } => {
                 matches!(source, FrameError::UnsupportedVersion(_) | FrameError::BadMagic(_))

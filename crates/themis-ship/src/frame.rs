@@ -203,8 +203,19 @@ pub fn decode(
     if buf.len() < len {
         return Ok(None);
     }
-    let wire = buf.slice(HEADER_LEN..len);
-    check_crc(buf, &header, &wire)?;
+    let frame = finish(buf, &header, buf.slice(HEADER_LEN..len), decompressor)?;
+    Ok(Some((frame, len)))
+}
+
+/// Completes a frame whose header (`header_bytes`, decoded as `header`) and wire payload
+/// are in hand: checks the CRC, then decompresses to exactly `raw_len` bytes.
+pub fn finish(
+    header_bytes: &[u8],
+    header: &FrameHeader,
+    wire: Bytes,
+    decompressor: &mut Decompressor,
+) -> Result<Frame, FrameError> {
+    check_crc(header_bytes, header, &wire)?;
     let payload = if header.codec == Codec::None {
         wire
     } else {
@@ -212,7 +223,7 @@ pub fn decode(
         decompressor.decompress(header.codec, &wire, header.raw_len, &mut out)?;
         Bytes::from(out)
     };
-    Ok(Some((Frame { kind: header.kind, codec: header.codec, payload, wire_len: len }, len)))
+    Ok(Frame { kind: header.kind, codec: header.codec, payload, wire_len: header.frame_len() })
 }
 
 fn u32_at(bytes: &[u8], at: usize) -> u32 {

@@ -428,21 +428,12 @@ impl WalShipper {
         let file =
             std::fs::read(path).map_err(|source| ShipError::Io { op: "read segment", peer: addr, source })?;
         let file = Bytes::from(file);
-        let max_record = self.wal.config().max_record_bytes;
-        let scan = segment::scan(&file, max_record, OnBadRecord::Stop)
-            .map_err(|reason| ShipError::Config(format!("{}: not a segment: {reason}", path.display())))?;
-        if let Some(bad) = scan.stopped {
-            return Err(ShipError::Config(format!(
-                "{}: damaged at offset {}: {}",
-                path.display(),
-                bad.offset,
-                bad.reason
-            )));
-        }
-        if scan.offsets.is_empty() {
+        let entries = segment_entries(&file, self.wal.config().max_record_bytes)
+            .map_err(|e| ShipError::Config(format!("{}: {e}", path.display())))?;
+        let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
             return Err(ShipError::Config(format!("{}: the segment holds no records", path.display())));
-        }
-        let range = LsnRange { first: scan.header.first_lsn, last: scan.next_lsn() - 1 };
+        };
+        let range = LsnRange { first: first.lsn, last: last.lsn };
         if file.len() > self.transport.config().max_frame {
             return Err(ShipError::Config(format!(
                 "{}: {} bytes do not fit in a frame of at most {} (max_frame)",
@@ -543,8 +534,6 @@ pub struct ReceiveStats {
     pub entries: u64,
     /// Bytes received on the wire.
     pub bytes: u64,
-    /// Acknowledgements sent.
-    pub acks: u64,
 }
 
 /// Appends shipped entries to a local WAL; see the module docs.

@@ -71,17 +71,20 @@ pub struct Hello {
 }
 
 impl Hello {
-    /// `protocol:u16 node:u64 purpose:u8 cluster_len:u16 cluster extra…`
-    #[must_use]
-    pub fn encode(&self) -> Bytes {
+    /// `protocol:u16 node:u64 purpose:u8 cluster_len:u16 cluster extra…`. A cluster name
+    /// longer than a `u16` can count is an error, not a truncation.
+    pub fn encode(&self) -> Result<Bytes, FrameError> {
+        let len = u16::try_from(self.cluster.len()).map_err(|_| {
+            payload_err("hello", format!("cluster name of {} bytes exceeds 65535", self.cluster.len()))
+        })?;
         let mut out = BytesMut::with_capacity(13 + self.cluster.len() + self.extra.len());
         out.put_u16_le(self.protocol);
         out.put_u64_le(self.node.0);
         out.put_u8(self.purpose as u8);
-        out.put_u16_le(self.cluster.len() as u16);
+        out.put_u16_le(len);
         out.put_slice(self.cluster.as_bytes());
         out.put_slice(&self.extra);
-        out.freeze()
+        Ok(out.freeze())
     }
 
     /// Decodes a hello payload.
@@ -305,17 +308,9 @@ impl FrameReader {
         let h = FrameHeader::decode(&header, self.max_frame).map_err(frame_err)?;
         let mut wire = BytesMut::zeroed(h.wire_len);
         self.io.read_exact(&mut wire).await.map_err(|e| io_error("read", peer, e))?;
-        let wire = wire.freeze();
-        frame::check_crc(&header, &h, &wire).map_err(frame_err)?;
+        let frame = frame::finish(&header, &h, wire.freeze(), &mut self.decompressor).map_err(frame_err)?;
         self.bytes += h.frame_len() as u64;
-        let payload = if h.codec == crate::codec::Codec::None {
-            wire
-        } else {
-            let mut out = Vec::new();
-            self.decompressor.decompress(h.codec, &wire, h.raw_len, &mut out).map_err(frame_err)?;
-            Bytes::from(out)
-        };
-        Ok(Frame { kind: h.kind, codec: h.codec, payload, wire_len: h.frame_len() })
+        Ok(frame)
     }
 
     /// The first bytes are not a frame: TLS from a TLS peer, or another protocol.
@@ -517,7 +512,8 @@ impl Transport {
                 purpose,
                 extra,
             };
-            conn.writer.send(&frame::encode_plain(FrameKind::Hello, &hello.encode())).await?;
+            let hello = hello.encode().map_err(|e| ShipError::Config(e.to_string()))?;
+            conn.writer.send(&frame::encode_plain(FrameKind::Hello, &hello)).await?;
             let answer = conn.reader.recv().await?;
             match answer.kind {
                 FrameKind::Welcome => {
@@ -713,14 +709,16 @@ mod tests {
             purpose: Purpose::Ship,
             extra: Bytes::from_static(b"xyz"),
         };
-        assert_eq!(Hello::decode(&hello.encode()).unwrap(), hello);
-        let bytes = hello.encode();
+        assert_eq!(Hello::decode(&hello.encode().unwrap()).unwrap(), hello);
+        let bytes = hello.encode().unwrap();
         for cut in 0..13 + 4 {
             assert!(Hello::decode(&bytes.slice(..cut)).is_err(), "cut {cut}");
         }
         let mut bad = bytes.to_vec();
         bad[10] = 9;
         assert!(Hello::decode(&Bytes::from(bad)).unwrap_err().to_string().contains("unknown purpose 9"));
+        let long = Hello { cluster: "x".repeat(70_000), ..hello };
+        assert!(long.encode().unwrap_err().to_string().contains("70000 bytes"));
     }
 
     #[test]

@@ -131,17 +131,35 @@ fn open(dir: &Path) -> Wal {
     Wal::open(dir, wal_config()).unwrap().0
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_follower_catches_up_and_tails_over_tls() {
+/// A leader log holding entries `1..=entries`, an empty follower log served on
+/// `follower_transport`, and a shipper from one to the other.
+struct Pair {
+    /// The leader's and the follower's directories: bind them, or they are deleted.
+    dirs: (tempfile::TempDir, tempfile::TempDir),
+    leader: Wal,
+    follower: Wal,
+    addr: SocketAddr,
+    server: JoinHandle<()>,
+    shipper: WalShipper,
+}
+
+async fn pair(leader_transport: Transport, follower_transport: &Transport, entries: Lsn) -> Pair {
     let (leader_dir, follower_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let pki = Pki::new();
     let leader = open(leader_dir.path());
-    append(&leader, 1, 3000);
+    append(&leader, 1, entries);
     let follower = open(follower_dir.path());
-    let listener = pki.transport(2, &[1, 2]).bind(any_port()).await.unwrap();
+    let listener = follower_transport.bind(any_port()).await.unwrap();
     let addr = listener.local_addr().unwrap();
     let server = serve(listener, follower.clone());
-    let shipper = WalShipper::new(leader.clone(), pki.transport(1, &[1, 2]), ship_config()).unwrap();
+    let shipper = WalShipper::new(leader.clone(), leader_transport, ship_config()).unwrap();
+    Pair { dirs: (leader_dir, follower_dir), leader, follower, addr, server, shipper }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_catches_up_and_tails_over_tls() {
+    let pki = Pki::new();
+    let Pair { leader, follower, addr, server, shipper, dirs: _dirs } =
+        pair(pki.transport(1, &[1, 2]), &pki.transport(2, &[1, 2]), 3000).await;
     let mut shipping = start_shipping(&shipper, NodeId(2), addr);
     wait_acked(&mut shipping.status, 3000).await;
     // Tailing: new entries flow as they become durable.
@@ -160,16 +178,10 @@ async fn a_follower_catches_up_and_tails_over_tls() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_follower_resumes_without_gap_or_duplicate() {
-    let (leader_dir, follower_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let pki = Pki::new();
-    let leader = open(leader_dir.path());
-    append(&leader, 1, 2000);
-    let follower = open(follower_dir.path());
     let follower_transport = pki.transport(2, &[1, 2]);
-    let listener = follower_transport.bind(any_port()).await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server = serve(listener, follower.clone());
-    let shipper = WalShipper::new(leader.clone(), pki.transport(1, &[1, 2]), ship_config()).unwrap();
+    let Pair { leader, follower, addr, server, shipper, dirs: (_leader_dir, follower_dir) } =
+        pair(pki.transport(1, &[1, 2]), &follower_transport, 2000).await;
     let mut shipping = start_shipping(&shipper, NodeId(2), addr);
     wait_acked(&mut shipping.status, 500).await;
     // The follower goes away mid-stream: its process (server, log) ends.
@@ -233,15 +245,9 @@ async fn faulty_proxy(upstream: SocketAddr, corrupt_after: u64) -> (SocketAddr, 
 }
 
 async fn survives_a_flipped_bit(leader_transport: Transport, follower_transport: Transport) {
-    let (leader_dir, follower_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let leader = open(leader_dir.path());
-    append(&leader, 1, 3000);
-    let follower = open(follower_dir.path());
-    let listener = follower_transport.bind(any_port()).await.unwrap();
-    let upstream = listener.local_addr().unwrap();
-    let server = serve(listener, follower.clone());
+    let Pair { leader, follower, addr: upstream, server, shipper, dirs: _dirs } =
+        pair(leader_transport, &follower_transport, 3000).await;
     let (proxy, flipped) = faulty_proxy(upstream, 40_000).await;
-    let shipper = WalShipper::new(leader.clone(), leader_transport, ship_config()).unwrap();
     let mut shipping = start_shipping(&shipper, NodeId(2), proxy);
     wait_acked(&mut shipping.status, 3000).await;
     assert!(flipped.load(Ordering::SeqCst), "the proxy corrupted the stream");
@@ -267,17 +273,11 @@ async fn a_bit_flipped_inside_tls_is_caught_and_the_stream_resumes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sealed_segment_ships_whole() {
-    let (leader_dir, follower_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let pki = Pki::new();
-    let leader = open(leader_dir.path());
-    append(&leader, 1, 6000);
+    let Pair { leader, follower, addr, server, shipper, dirs: _dirs } =
+        pair(pki.transport(1, &[1, 2]), &pki.transport(2, &[1, 2]), 6000).await;
     let segments = leader.segments();
     assert!(segments.len() >= 3, "{segments:?}");
-    let follower = open(follower_dir.path());
-    let listener = pki.transport(2, &[1, 2]).bind(any_port()).await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server = serve(listener, follower.clone());
-    let shipper = WalShipper::new(leader.clone(), pki.transport(1, &[1, 2]), ship_config()).unwrap();
     let first = shipper.ship_segment(&segments[0].0, NodeId(2), addr).await.unwrap();
     assert_eq!(first.first, 1);
     assert_eq!(follower.durable_lsn(), first.last);
@@ -294,17 +294,11 @@ async fn a_sealed_segment_ships_whole() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_behind_retention_is_a_permanent_error() {
-    let (leader_dir, follower_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let pki = Pki::new();
-    let leader = open(leader_dir.path());
-    append(&leader, 1, 6000);
+    let Pair { leader, follower, addr, server, shipper, dirs: _dirs } =
+        pair(pki.transport(1, &[1, 2]), &pki.transport(2, &[1, 2]), 6000).await;
     let dropped_below = leader.truncate_prefix(3000).unwrap();
     assert!(dropped_below > 1);
-    let follower = open(follower_dir.path());
-    let listener = pki.transport(2, &[1, 2]).bind(any_port()).await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server = serve(listener, follower.clone());
-    let shipper = WalShipper::new(leader.clone(), pki.transport(1, &[1, 2]), ship_config()).unwrap();
     let shipping = start_shipping(&shipper, NodeId(2), addr);
     let err = shipping.task.await.unwrap().unwrap_err();
     assert!(matches!(err, ShipError::BehindRetention { needed: 1, .. }), "{err}");
