@@ -136,7 +136,11 @@ pub fn frame_decode(data: &[u8]) {
         match frame.kind {
             FrameKind::Hello => {
                 if let Ok(hello) = Hello::decode(&frame.payload) {
-                    assert_eq!(hello.encode().ok().and_then(|b| Hello::decode(&b).ok()), Some(hello), "hello round-trip");
+                    assert_eq!(
+                        hello.encode().ok().and_then(|b| Hello::decode(&b).ok()),
+                        Some(hello),
+                        "hello round-trip"
+                    );
                 }
             }
             FrameKind::Entries => {
