@@ -13,6 +13,9 @@ tasks:
                                  --full runs the slow suites with their long budgets
   layers [--manifest-path PATH]  check dependency edges against xtask/layers.toml
   fuzz <target> [--seconds N]    run a cargo-fuzz target on nightly (default 60 s)
+  sim [--seeds N] [--nodes K[,K..]] [--seed S]
+                                 run the Raft cluster simulator (release build): N seeds per
+                                 size (default 1000, sizes 3,5,7), or replay seed S
   help                           this text
 ";
 
@@ -25,6 +28,7 @@ fn main() -> ExitCode {
         ["ci", "--full"] => ci::run(&root, ci::Budget::Full),
         ["layers"] => layers_task(&root.join("Cargo.toml"), &root),
         ["layers", "--manifest-path", manifest] => layers_task(Path::new(manifest), &root),
+        ["sim", rest @ ..] => sim_task(&root, rest),
         ["fuzz", target] => fuzz::run(&root, target, 60),
         ["fuzz", target, "--seconds", seconds] => {
             let Ok(seconds) = seconds.parse() else {
@@ -54,6 +58,39 @@ fn main() -> ExitCode {
 fn layers_task(manifest: &Path, root: &Path) -> anyhow::Result<()> {
     let count = layers::check(manifest, &root.join("xtask/layers.toml"))?;
     println!("{count} workspace members follow the layer table");
+    Ok(())
+}
+
+/// `cargo xtask sim`: the simulation test in release mode with the seeds and sizes asked.
+fn sim_task(root: &Path, args: &[&str]) -> anyhow::Result<()> {
+    let mut env = vec![("THEMIS_SIM_SEEDS", "1000".to_string()), ("THEMIS_SIM_NODES", "3,5,7".to_string())];
+    let mut rest = args;
+    while let [flag, value, tail @ ..] = rest {
+        let key = match *flag {
+            "--seeds" => "THEMIS_SIM_SEEDS",
+            "--nodes" => "THEMIS_SIM_NODES",
+            "--seed" => "THEMIS_SIM_SEED",
+            other => anyhow::bail!("unknown sim flag {other:?}; see `cargo xtask help`"),
+        };
+        if value.split(',').any(|v| v.trim().parse::<u64>().is_err()) {
+            anyhow::bail!("{flag} takes a number (--nodes a comma-separated list), got {value:?}");
+        }
+        env.retain(|(k, _)| *k != key);
+        env.push((key, (*value).to_string()));
+        rest = tail;
+    }
+    if let [dangling] = rest {
+        anyhow::bail!("{dangling} needs a value");
+    }
+    let status = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["test", "--release", "-p", "themis-raft", "--test", "sim", "--", "--nocapture"])
+        .envs(env)
+        .current_dir(root)
+        .status()?;
+    anyhow::ensure!(
+        status.success(),
+        "the simulation failed (the seed and replay command are printed above)"
+    );
     Ok(())
 }
 

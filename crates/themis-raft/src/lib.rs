@@ -78,6 +78,8 @@ mod config;
 mod error;
 mod log;
 mod message;
+#[cfg(feature = "mutation")]
+pub mod mutation;
 mod progress;
 mod quorum;
 mod raft;

@@ -78,6 +78,9 @@ pub(crate) struct Progress {
     pub(crate) last_contact_tick: u64,
     /// The highest heartbeat round it answered.
     pub(crate) acked_round: u64,
+    /// `match_lsn` when the previous heartbeat answer came: a full pipeline that has not
+    /// moved between two answers lost a message.
+    pub(crate) match_at_heartbeat: Lsn,
     pub(crate) inflights: Inflights,
 }
 
@@ -93,6 +96,7 @@ impl Progress {
             recent_active: true,
             last_contact_tick: now_tick,
             acked_round: 0,
+            match_at_heartbeat: Lsn::MAX,
             inflights: Inflights::default(),
         }
     }
@@ -156,6 +160,21 @@ impl Progress {
         true
     }
 
+    /// A heartbeat answer arrived: the link works. A full pipeline that made no progress
+    /// since the previous answer lost an append; resend from the match (Probe). Returns
+    /// whether it did.
+    pub(crate) fn on_heartbeat_answer(&mut self, max_msgs: usize, max_bytes: u64) -> bool {
+        self.probe_sent = false;
+        let stalled = self.state == ProgressState::Replicate
+            && self.inflights.full(max_msgs, max_bytes)
+            && self.match_lsn == self.match_at_heartbeat;
+        self.match_at_heartbeat = self.match_lsn;
+        if stalled {
+            self.become_probe();
+        }
+        stalled
+    }
+
     /// Whether the leader must hold off sending appends.
     pub(crate) fn is_paused(&self, max_msgs: usize, max_bytes: u64) -> bool {
         match self.state {
@@ -209,6 +228,18 @@ mod tests {
         progress.inflights.free_to(5);
         assert!(!progress.is_paused(2, 100));
         assert_eq!(progress.next_lsn, 10);
+    }
+
+    #[test]
+    fn a_stalled_pipeline_falls_back_to_probing() {
+        let mut progress = Progress::new(1, 0);
+        progress.become_replicate();
+        progress.sent_entries(Some(5), 10);
+        progress.sent_entries(Some(9), 10);
+        assert!(!progress.on_heartbeat_answer(2, 100), "first answer: just remembers the match");
+        assert!(progress.on_heartbeat_answer(2, 100), "no progress between two answers");
+        assert_eq!(progress.state, ProgressState::Probe);
+        assert_eq!(progress.next_lsn, 1);
     }
 
     #[test]

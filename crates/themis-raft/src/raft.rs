@@ -24,6 +24,22 @@ use crate::types::{AckPolicy, ConfState, ReadOnlyOption, ReadState, ReplicationM
 const MAX_QUEUED_READS: usize = 4096;
 const MAX_ROUNDS: usize = 1024;
 
+#[cfg(feature = "mutation")]
+use crate::mutation::{Mutation, active as mutated};
+
+#[cfg(not(feature = "mutation"))]
+#[derive(Clone, Copy)]
+enum Mutation {
+    DoubleCountVote,
+}
+
+/// Without the `mutation` feature no rule is ever broken, and this folds away.
+#[cfg(not(feature = "mutation"))]
+#[inline(always)]
+fn mutated(_: Mutation) -> bool {
+    false
+}
+
 /// The injected source of entry timestamps (an HLC in production, a simulated one in tests).
 pub(crate) type TimeSource = Box<dyn Fn() -> Timestamp + Send>;
 
@@ -177,6 +193,9 @@ impl<S: Storage> Raft<S> {
     /// Applies configuration entries up to the commit LSN, in order.
     fn apply_committed_configs(&mut self) -> Result<(), RaftError> {
         let committed = self.log.committed;
+        if committed <= self.config_applied {
+            return Ok(());
+        }
         let due: Vec<Lsn> = self.config_lsns.range(self.config_applied + 1..=committed).copied().collect();
         for lsn in due {
             let entries = self.log.slice(lsn, lsn + 1, u64::MAX)?;
@@ -503,6 +522,12 @@ impl<S: Storage> Raft<S> {
             return Ok(());
         }
         self.votes.insert(m.from, claim.granted);
+        if mutated(Mutation::DoubleCountVote) && claim.granted {
+            let phantom = self.conf.all_voters().into_iter().find(|id| !self.votes.contains_key(id));
+            if let Some(phantom) = phantom {
+                self.votes.insert(phantom, true);
+            }
+        }
         match quorum::vote_result(&self.conf, &self.votes) {
             VoteResult::Won if self.role == Role::PreCandidate => self.campaign(false, false),
             VoteResult::Won => self.become_leader(),
@@ -773,7 +798,7 @@ impl<S: Storage> Raft<S> {
             }
             Body::HeartbeatResponse { round } => {
                 let pr = self.progress.get_mut(&from).expect("checked above");
-                pr.probe_sent = false;
+                pr.on_heartbeat_answer(self.config.max_inflight_msgs, self.config.max_inflight_bytes);
                 pr.acked_round = pr.acked_round.max(round);
                 let behind = pr.match_lsn < self.log.last_lsn()?;
                 if behind {

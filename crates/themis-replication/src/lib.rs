@@ -19,6 +19,7 @@
 
 pub use themis_clock as clock;
 pub use themis_crdt as crdt;
+pub use themis_raft as raft;
 pub use themis_ship as ship;
 pub use themis_wal as wal;
 
@@ -28,6 +29,7 @@ pub mod prelude {
     pub use themis_crdt::{
         ConflictResolver, Crdt, CrdtError, GCounter, LwwRegister, OrSet, PnCounter, Resolution, Strategy,
     };
+    pub use themis_raft::{AckPolicy, Config as RaftConfig, RawNode, Ready, ReplicationMode};
     pub use themis_ship::{
         Applier, Codec, CodecChoice, MemoryStateMachine, ParallelApplier, SerialApplier, ShipConfig,
         ShipError, StateMachine, Transport, TransportConfig, WalReceiver, WalShipper,

@@ -1,0 +1,183 @@
+//! A Wing–Gong–Lowe linearizability checker for a key-value register history.
+//!
+//! Linearizability is compositional (Herlihy & Wing), so each key is checked on its own.
+//! For one key, a depth-first search tries to order the operations: an operation may go
+//! next if it was invoked before every remaining completed operation returned, and its
+//! result agrees with the register's value. Visited (set of linearized operations, value)
+//! pairs are memoized (Lowe's refinement), which keeps the search polynomial on the
+//! histories a simulator produces. An operation that never returned (its client gave up,
+//! its leader crashed) may take effect at any point after its invocation, or not at all.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+
+/// What an operation did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum OpKind {
+    /// Wrote a value.
+    Write(u64),
+    /// Read a value (`None`: the key was absent).
+    Read(Option<u64>),
+}
+
+/// One operation of a history, with simulated invocation and return times.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Op {
+    /// The key.
+    pub key: u64,
+    /// What it did.
+    pub kind: OpKind,
+    /// When the client invoked it.
+    pub invoke: u64,
+    /// When it returned; `None` if it never did.
+    pub ret: Option<u64>,
+}
+
+/// A history that cannot be linearized.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotLinearizable {
+    /// The key whose history fails.
+    pub key: u64,
+    /// That key's operations, in invocation order.
+    pub ops: Vec<Op>,
+}
+
+impl fmt::Display for NotLinearizable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "the history of key {} is not linearizable:", self.key)?;
+        for op in &self.ops {
+            let ret = op.ret.map_or_else(|| "never".to_string(), |t| t.to_string());
+            writeln!(f, "  {:?} invoked {} returned {}", op.kind, op.invoke, ret)?;
+        }
+        Ok(())
+    }
+}
+
+/// Checks a whole history, key by key.
+pub fn check(history: &[Op]) -> Result<(), NotLinearizable> {
+    let mut by_key: BTreeMap<u64, Vec<Op>> = BTreeMap::new();
+    for op in history {
+        // A read that never returned constrains nothing.
+        if op.ret.is_none() && matches!(op.kind, OpKind::Read(_)) {
+            continue;
+        }
+        by_key.entry(op.key).or_default().push(*op);
+    }
+    for (key, mut ops) in by_key {
+        ops.sort_by_key(|op| op.invoke);
+        if !check_register(&ops) {
+            return Err(NotLinearizable { key, ops });
+        }
+    }
+    Ok(())
+}
+
+/// Whether one register's history (sorted by invocation) is linearizable.
+fn check_register(ops: &[Op]) -> bool {
+    let words = ops.len().div_ceil(64);
+    let mut search =
+        Search { ops, seen: HashSet::new(), required: ops.iter().filter(|op| op.ret.is_some()).count() };
+    search.dfs(&mut vec![0u64; words], None, 0)
+}
+
+struct Search<'a> {
+    ops: &'a [Op],
+    seen: HashSet<(Vec<u64>, Option<u64>)>,
+    /// Completed operations; all must be linearized.
+    required: usize,
+}
+
+impl Search<'_> {
+    fn dfs(&mut self, done: &mut Vec<u64>, value: Option<u64>, completed_done: usize) -> bool {
+        if completed_done == self.required {
+            return true;
+        }
+        if !self.seen.insert((done.clone(), value)) {
+            return false;
+        }
+        let is_done = |done: &[u64], i: usize| done[i / 64] & (1 << (i % 64)) != 0;
+        // The earliest return among remaining completed operations bounds what may go next.
+        let horizon = self
+            .ops
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !is_done(done, *i))
+            .filter_map(|(_, op)| op.ret)
+            .min()
+            .unwrap_or(u64::MAX);
+        for i in 0..self.ops.len() {
+            let op = self.ops[i];
+            if is_done(done, i) || op.invoke > horizon {
+                continue;
+            }
+            let next = match op.kind {
+                OpKind::Write(v) => Some(v),
+                OpKind::Read(seen) if seen == value => value,
+                OpKind::Read(_) => continue,
+            };
+            done[i / 64] |= 1 << (i % 64);
+            let completed = completed_done + usize::from(op.ret.is_some());
+            if self.dfs(done, next, completed) {
+                return true;
+            }
+            done[i / 64] &= !(1 << (i % 64));
+        }
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn w(v: u64, invoke: u64, ret: u64) -> Op {
+        Op { key: 0, kind: OpKind::Write(v), invoke, ret: Some(ret) }
+    }
+
+    fn r(v: Option<u64>, invoke: u64, ret: u64) -> Op {
+        Op { key: 0, kind: OpKind::Read(v), invoke, ret: Some(ret) }
+    }
+
+    #[test]
+    fn sequential_and_concurrent_histories_pass() {
+        check(&[w(1, 0, 10), r(Some(1), 20, 30), w(2, 40, 50), r(Some(2), 60, 70)]).unwrap();
+        // A read concurrent with a write may see either value.
+        check(&[w(1, 0, 10), w(2, 20, 50), r(Some(1), 25, 30), r(Some(2), 40, 60)]).unwrap();
+        check(&[r(None, 0, 5), w(1, 10, 20)]).unwrap();
+    }
+
+    #[test]
+    fn a_lost_write_is_caught() {
+        let err = check(&[w(1, 0, 10), r(None, 20, 30)]).unwrap_err();
+        assert_eq!(err.key, 0);
+        assert!(err.to_string().contains("Read(None)"), "{err}");
+    }
+
+    #[test]
+    fn a_stale_read_is_caught() {
+        assert!(check(&[w(1, 0, 10), w(2, 20, 30), r(Some(1), 40, 50)]).is_err());
+    }
+
+    #[test]
+    fn reads_cannot_go_back_in_time() {
+        // Both writes overlap both reads, but once a read saw 2 a later read cannot see 1
+        // again unless a write of 1 could come between.
+        assert!(check(&[w(1, 0, 10), w(2, 5, 100), r(Some(2), 20, 30), r(Some(1), 40, 50)]).is_err());
+    }
+
+    #[test]
+    fn a_write_that_never_returned_may_or_may_not_take_effect() {
+        let pending = Op { key: 0, kind: OpKind::Write(7), invoke: 15, ret: None };
+        check(&[w(1, 0, 10), pending, r(Some(7), 20, 30)]).unwrap();
+        check(&[w(1, 0, 10), pending, r(Some(1), 20, 30)]).unwrap();
+        // But not before it was invoked.
+        assert!(check(&[w(1, 0, 10), r(Some(7), 11, 12), pending]).is_err());
+    }
+
+    #[test]
+    fn keys_are_checked_independently() {
+        let other = Op { key: 1, kind: OpKind::Read(Some(9)), invoke: 0, ret: Some(1) };
+        let err = check(&[w(1, 0, 10), other]).unwrap_err();
+        assert_eq!(err.key, 1);
+    }
+}
