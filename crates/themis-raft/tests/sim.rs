@@ -20,6 +20,17 @@ fn seeds() -> Vec<u64> {
     (0..count).collect()
 }
 
+/// One seed; a slow one is reported, since the CI budget is per size.
+fn timed(seed: u64, nodes: usize) -> Result<SimReport, Violation> {
+    let started = std::time::Instant::now();
+    let result = run_seed(seed, nodes);
+    let elapsed = started.elapsed();
+    if elapsed > std::time::Duration::from_secs(2) {
+        eprintln!("  slow: seed {seed} with {nodes} nodes took {:.1} s", elapsed.as_secs_f64());
+    }
+    result
+}
+
 fn run_all(nodes: usize) -> Vec<SimReport> {
     let seeds = seeds();
     let threads = std::thread::available_parallelism().map_or(1, usize::from).min(4);
