@@ -40,7 +40,7 @@ fn run_all(nodes: usize) -> Vec<SimReport> {
         let handles: Vec<_> = chunks
             .into_iter()
             .map(|chunk| {
-                scope.spawn(move || chunk.into_iter().map(|seed| run_seed(seed, nodes)).collect::<Vec<_>>())
+                scope.spawn(move || chunk.into_iter().map(|seed| timed(seed, nodes)).collect::<Vec<_>>())
             })
             .collect();
         handles.into_iter().flat_map(|h| h.join().expect("simulation thread")).collect()
