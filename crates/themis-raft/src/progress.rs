@@ -160,13 +160,14 @@ impl Progress {
         true
     }
 
-    /// A heartbeat answer arrived: the link works. A full pipeline that made no progress
-    /// since the previous answer lost an append; resend from the match (Probe). Returns
-    /// whether it did.
-    pub(crate) fn on_heartbeat_answer(&mut self, max_msgs: usize, max_bytes: u64) -> bool {
+    /// A heartbeat answer arrived: the link works. Appends in flight that made no progress
+    /// since the previous answer were lost (a healthy link answers them within a heartbeat
+    /// interval); resend from the match (Probe). Returns whether it did. A false alarm
+    /// costs a duplicate append, which followers ignore.
+    pub(crate) fn on_heartbeat_answer(&mut self) -> bool {
         self.probe_sent = false;
         let stalled = self.state == ProgressState::Replicate
-            && self.inflights.full(max_msgs, max_bytes)
+            && self.inflights.len() > 0
             && self.match_lsn == self.match_at_heartbeat;
         self.match_at_heartbeat = self.match_lsn;
         if stalled {
@@ -231,13 +232,13 @@ mod tests {
     }
 
     #[test]
-    fn a_stalled_pipeline_falls_back_to_probing() {
+    fn appends_unanswered_across_two_heartbeats_fall_back_to_probing() {
         let mut progress = Progress::new(1, 0);
         progress.become_replicate();
         progress.sent_entries(Some(5), 10);
         progress.sent_entries(Some(9), 10);
-        assert!(!progress.on_heartbeat_answer(2, 100), "first answer: just remembers the match");
-        assert!(progress.on_heartbeat_answer(2, 100), "no progress between two answers");
+        assert!(!progress.on_heartbeat_answer(), "first answer: just remembers the match");
+        assert!(progress.on_heartbeat_answer(), "no progress between two answers");
         assert_eq!(progress.state, ProgressState::Probe);
         assert_eq!(progress.next_lsn, 1);
     }

@@ -153,6 +153,13 @@ impl<S: Storage> Raft<S> {
             clock,
             config,
         };
+        // A node that ever saw a term may have promised a leader not to vote for election_tick
+        // ticks, and forgot when it crashed: it keeps the promise from its start. A node at
+        // term 0 never promised anything (heartbeat answers leave only after the term is
+        // durable).
+        if raft.term == 0 {
+            raft.leader_contact_elapsed = raft.config.election_tick;
+        }
         raft.config_applied = raft.log.first_lsn()? - 1;
         raft.scan_config_entries(raft.log.first_lsn()?)?;
         raft.apply_committed_configs()?;
@@ -648,7 +655,9 @@ impl<S: Storage> Raft<S> {
                 let last = self.log.last_lsn()?;
                 self.log.commit_to(commit.min(last));
                 self.on_commit()?;
-                self.msgs.push(Message {
+                // After persist: the answer renews the leader's lease, a promise this node
+                // must still keep after a crash, so its term must be durable first.
+                self.msgs_after_persist.push(Message {
                     from: self.id,
                     to: m.from,
                     term: self.term,
@@ -785,7 +794,9 @@ impl<S: Storage> Raft<S> {
                     if self.maybe_commit()? {
                         self.bcast_append()?;
                     } else if was_paused {
-                        self.send_append(from, false)?;
+                        // It may have missed the commit broadcast while paused: one append,
+                        // even empty, carries the commit LSN.
+                        self.send_append(from, true)?;
                     }
                     // Keep the pipeline full while there is more to send.
                     while self.send_append(from, false)? {}
@@ -798,7 +809,7 @@ impl<S: Storage> Raft<S> {
             }
             Body::HeartbeatResponse { round } => {
                 let pr = self.progress.get_mut(&from).expect("checked above");
-                pr.on_heartbeat_answer(self.config.max_inflight_msgs, self.config.max_inflight_bytes);
+                pr.on_heartbeat_answer();
                 pr.acked_round = pr.acked_round.max(round);
                 let behind = pr.match_lsn < self.log.last_lsn()?;
                 if behind {

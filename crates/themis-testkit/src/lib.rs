@@ -15,4 +15,5 @@
 //! (`cargo xtask sim --seed S --nodes K`).
 
 pub mod linearizability;
+pub mod network;
 pub mod sim;
