@@ -8,6 +8,9 @@ use std::cell::Cell;
 pub enum Mutation {
     /// A granted vote counts as two voters (breaks election safety, Raft §5.2).
     DoubleCountVote,
+    /// The leader's lease lasts three election timeouts, past the voters' promise not to
+    /// elect anyone else (breaks lease safety).
+    LeaseOutlivesElection,
 }
 
 thread_local! {

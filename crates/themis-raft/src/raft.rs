@@ -31,6 +31,7 @@ use crate::mutation::{Mutation, active as mutated};
 #[derive(Clone, Copy)]
 enum Mutation {
     DoubleCountVote,
+    LeaseOutlivesElection,
 }
 
 /// Without the `mutation` feature no rule is ever broken, and this folds away.
@@ -1116,7 +1117,12 @@ impl<S: Storage> Raft<S> {
         let Some(&(_, sent)) = self.round_ticks.iter().find(|(round, _)| *round == acked) else {
             return false;
         };
-        sent + self.config.lease_ticks() > self.ticks
+        let lease_ticks = if mutated(Mutation::LeaseOutlivesElection) {
+            3 * self.config.election_tick
+        } else {
+            self.config.lease_ticks()
+        };
+        sent + lease_ticks > self.ticks
     }
 
     /// The highest heartbeat round a quorum acknowledged (this node counts as acking its

@@ -10,6 +10,7 @@ fn first_violation(mutation: Mutation, nodes: usize, seeds: u64) -> Option<Viola
     mutation::set(Some(mutation));
     let found = (0..seeds).find_map(|seed| {
         let mut config = SimConfig::new(seed, nodes);
+        config.lease_reads = true;
         // Elections are where a double-counted vote matters: more of them.
         config.faults.fault_every_ticks = 15;
         Simulation::new(config).run().err()
@@ -36,4 +37,12 @@ fn a_double_counted_vote_breaks_election_safety() {
         "{violation}"
     );
     assert!(violation.to_string().contains("cargo xtask sim --seed"), "the report says how to replay");
+}
+
+#[test]
+fn a_lease_longer_than_the_election_timeout_breaks_lease_safety() {
+    let violation = first_violation(Mutation::LeaseOutlivesElection, 3, 300)
+        .expect("the simulator missed a lease that outlives the voters' promise");
+    eprintln!("{violation}");
+    assert!(["lease safety", "linearizability"].contains(&violation.invariant), "{violation}");
 }

@@ -31,6 +31,8 @@ use crate::linearizability::{self, Op, OpKind};
 
 /// Simulated microseconds per nominal tick.
 const TICK_US: u64 = 10_000;
+/// Events between two log-matching checks (they compare every pair of logs) and at the end.
+const LOG_MATCHING_EVERY: u64 = 1000;
 
 /// What to simulate.
 #[derive(Debug, Clone)]
@@ -233,8 +235,6 @@ pub struct Simulation {
     committed: BTreeMap<Lsn, (u64, u64)>,
     /// Leader of each term.
     leaders: BTreeMap<u64, NodeId>,
-    /// Lease reads: the highest term that served one.
-    lease_term_max: u64,
     /// SYNC/SEMI_SYNC-acknowledged writes: LSN -> (term, digest).
     durable_acks: BTreeMap<Lsn, (u64, u64)>,
     next_value: u64,
@@ -287,6 +287,9 @@ fn decode_kv(data: &[u8]) -> BTreeMap<u64, u64> {
 }
 
 type Check = Result<(), Violation>;
+
+/// A log as (term, digest) by LSN.
+type Fingerprints = BTreeMap<Lsn, (u64, u64)>;
 
 /// Where the simulation is, for a violation raised while a node is borrowed.
 #[derive(Clone, Copy)]
@@ -364,7 +367,6 @@ impl Simulation {
             history: Vec::new(),
             committed: BTreeMap::new(),
             leaders: BTreeMap::new(),
-            lease_term_max: 0,
             durable_acks: BTreeMap::new(),
             next_value: 1,
             report: SimReport::default(),
@@ -449,6 +451,9 @@ impl Simulation {
             }
             self.handle(next.event)?;
             self.check_lease_and_leaders()?;
+            if self.steps.is_multiple_of(LOG_MATCHING_EVERY) {
+                self.check_log_matching()?;
+            }
             if self.healed && liveness_probe.is_none() {
                 liveness_probe = self.try_liveness_probe();
             }
@@ -473,7 +478,42 @@ impl Simulation {
         Err(self.violation("liveness", detail))
     }
 
+    /// Log matching (Raft §5.3): if two logs hold an entry with the same LSN and term, they
+    /// are identical up to it. Checked on what each node persisted.
+    fn check_log_matching(&self) -> Check {
+        let logs: Vec<(NodeId, Fingerprints)> = self
+            .nodes
+            .values()
+            .map(|n| (n.id, n.storage.rl().entries().iter().map(|e| (e.lsn, (e.term, digest(e)))).collect()))
+            .collect();
+        for (i, (a, log_a)) in logs.iter().enumerate() {
+            for (b, log_b) in &logs[i + 1..] {
+                // The highest LSN both hold with the same term.
+                let Some(agree) = log_a
+                    .iter()
+                    .rev()
+                    .find(|(lsn, (term, _))| log_b.get(lsn).is_some_and(|(t, _)| t == term))
+                else {
+                    continue;
+                };
+                let agree = *agree.0;
+                for (lsn, entry) in log_a.range(..=agree) {
+                    if let Some(other) = log_b.get(lsn)
+                        && other != entry
+                    {
+                        let detail = format!(
+                            "nodes {a} and {b} agree on LSN {agree} but differ at LSN {lsn}: {entry:?} vs {other:?}"
+                        );
+                        return Err(self.violation("log matching", detail));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn finish(mut self) -> Result<SimReport, Violation> {
+        self.check_log_matching()?;
         // Every SYNC/SEMI_SYNC acknowledgement must be in the final committed log.
         for (lsn, (term, hash)) in &self.durable_acks {
             match self.committed.get(lsn) {
@@ -659,15 +699,17 @@ impl Simulation {
                     node.confirmed.push((read.lsn, pending));
                 }
                 if read.lease {
+                    // Lease safety: while a lease is valid no newer leader may exist, so
+                    // no lease read may come from a term older than the newest leader's.
                     self.report.lease_reads += 1;
-                    if node_term < self.lease_term_max {
+                    let newest = self.leaders.keys().next_back().copied().unwrap_or(0);
+                    if node_term < newest {
                         let detail = format!(
-                            "node {id} served a lease read in term {node_term} after a term-{} leader did",
-                            self.lease_term_max
+                            "node {id} served a lease read in term {node_term} after node {} was elected in term {newest}",
+                            self.leaders[&newest]
                         );
                         return Err(self.violation("lease safety", detail));
                     }
-                    self.lease_term_max = node_term;
                 }
             }
             if let Some(ack) = ready.acknowledged {
