@@ -20,7 +20,7 @@ fn first_violation(mutation: Mutation, nodes: usize, seeds: u64) -> Option<Viola
 }
 
 #[test]
-fn a_double_counted_vote_breaks_election_safety() {
+fn a_double_counted_vote_is_caught() {
     let violation = first_violation(Mutation::DoubleCountVote, 5, 300)
         .expect("the simulator missed a double-counted vote");
     eprintln!("{violation}");
