@@ -10,6 +10,7 @@ pub const TARGETS: &[(&str, fn(&[u8]))] = &[
     ("wal_segment_recover", wal_segment_recover),
     ("wal_op_decode", wal_op_decode),
     ("frame_decode", frame_decode),
+    ("raft_message_decode", raft_message_decode),
 ];
 
 /// Timestamps from bytes and from text: decoding never panics, and whatever decodes
@@ -150,5 +151,23 @@ pub fn frame_decode(data: &[u8]) {
             }
             _ => {}
         }
+    }
+}
+
+/// Raft messages from the network: decoding never panics and respects its limits, and
+/// whatever decodes encodes back to bytes that decode to the same message.
+pub fn raft_message_decode(data: &[u8]) {
+    use themis_raft::wire::{self, WireLimits};
+
+    let limits = WireLimits {
+        max_entries: 1024,
+        max_record_bytes: 1 << 16,
+        max_snapshot_bytes: 1 << 20,
+        max_ctx_bytes: 1024,
+    };
+    let bytes = bytes::Bytes::copy_from_slice(data);
+    if let Ok(message) = wire::decode(&bytes, &limits) {
+        let again = bytes::Bytes::from(wire::encode(&message));
+        assert_eq!(wire::decode(&again, &limits).ok(), Some(message), "raft message round-trip");
     }
 }

@@ -98,3 +98,51 @@ fn write_seed_corpus() {
     write("frame_decode", "bad_crc", &flipped);
     write("frame_decode", "tls_client_hello", &[0x16, 0x03, 0x01, 0x00, 0xc4, 0x01]);
 }
+
+#[test]
+#[ignore = "writes files; run by hand after a format change"]
+fn write_raft_seed_corpus() {
+    use themis_raft::wire;
+    use themis_raft::{Body, Message, Signature, VoteClaim};
+    use themis_wal::{Entry, EntryKind};
+
+    let ts = Timestamp::from_parts(1_700_000_000_000, 1, NodeId(2)).unwrap();
+    let claim = VoteClaim {
+        cluster: "c".into(),
+        term: 2,
+        candidate: NodeId(1),
+        voter: NodeId(2),
+        last_lsn: 5,
+        last_term: 1,
+        pre_vote: false,
+        response: false,
+        granted: false,
+    };
+    let entries = (6..=8)
+        .map(|lsn| Entry {
+            lsn,
+            term: 2,
+            timestamp: ts,
+            kind: EntryKind::DATA,
+            payload: Bytes::from(vec![lsn as u8; 12]),
+        })
+        .collect();
+    let bodies = [
+        ("vote", Body::Vote { claim, signature: Signature(vec![7; 64]), force: false }),
+        ("append", Body::Append { prev_lsn: 5, prev_term: 1, entries, commit: 5 }),
+        ("append_response", Body::AppendResponse { reject: true, lsn: 5, hint_lsn: 3, hint_term: 1 }),
+        ("heartbeat", Body::Heartbeat { commit: 5, round: 9 }),
+        ("read_index", Body::ReadIndex { ctx: Bytes::from_static(b"ctx") }),
+    ];
+    for (name, body) in bodies {
+        let message = Message { from: NodeId(1), to: NodeId(2), term: 2, body };
+        let bytes = wire::encode(&message);
+        write("raft_message_decode", name, &bytes);
+        if name == "append" {
+            write("raft_message_decode", "append_truncated", &bytes[..bytes.len() - 5]);
+            let mut flipped = bytes.clone();
+            flipped[60] ^= 1;
+            write("raft_message_decode", "append_bad_crc", &flipped);
+        }
+    }
+}

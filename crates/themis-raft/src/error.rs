@@ -99,6 +99,14 @@ pub enum RaftError {
         /// What is wrong.
         reason: String,
     },
+    /// Bytes from the network are not a valid message.
+    #[error("invalid message bytes at offset {offset}: {reason}")]
+    Wire {
+        /// Where in the message.
+        offset: usize,
+        /// What is wrong.
+        reason: String,
+    },
     /// `advance` was called without a matching `ready`.
     #[error("advance called without an outstanding ready")]
     NoReady,

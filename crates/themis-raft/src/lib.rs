@@ -87,6 +87,7 @@ mod raw_node;
 mod signing;
 mod storage;
 mod types;
+pub mod wire;
 
 pub use confchange::{ConfigChange, MemberChange};
 pub use config::{Config, MAX_CLOCK_DRIFT_PPM};

@@ -137,7 +137,7 @@ impl Progress {
             self.match_lsn = lsn;
             self.probe_sent = false;
         }
-        self.next_lsn = self.next_lsn.max(lsn + 1);
+        self.next_lsn = self.next_lsn.max(lsn.saturating_add(1));
         moved
     }
 

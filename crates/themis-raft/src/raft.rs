@@ -811,7 +811,8 @@ impl<S: Storage> Raft<S> {
             Body::HeartbeatResponse { round } => {
                 let pr = self.progress.get_mut(&from).expect("checked above");
                 pr.on_heartbeat_answer();
-                pr.acked_round = pr.acked_round.max(round);
+                // A round this leader never sent counts as nothing.
+                pr.acked_round = pr.acked_round.max(round.min(self.round));
                 let behind = pr.match_lsn < self.log.last_lsn()?;
                 if behind {
                     self.send_append(from, false)?;

@@ -21,6 +21,7 @@ use std::fmt;
 
 use bytes::Bytes;
 use themis_clock::{NodeId, Timestamp};
+use themis_raft::wire::{self, WireLimits};
 use themis_raft::{
     AckPolicy, ConfState, Config, Ed25519Votes, MemStorage, MemberChange, Message, RawNode, ReadOnlyOption,
     ReplicationMode, Role, Snapshot, SnapshotMeta, Storage,
@@ -239,6 +240,8 @@ pub struct Simulation {
     durable_acks: BTreeMap<Lsn, (u64, u64)>,
     next_value: u64,
     report: SimReport,
+    /// The first message that did not survive encoding and decoding.
+    wire_failure: Option<String>,
 }
 
 fn digest(entry: &Entry) -> u64 {
@@ -370,6 +373,7 @@ impl Simulation {
             durable_acks: BTreeMap::new(),
             next_value: 1,
             report: SimReport::default(),
+            wire_failure: None,
         };
         for id in ids {
             sim.start_node(id);
@@ -450,6 +454,9 @@ impl Simulation {
                 self.heal();
             }
             self.handle(next.event)?;
+            if let Some(detail) = self.wire_failure.take() {
+                return Err(self.violation("wire round trip", detail));
+            }
             self.check_lease_and_leaders()?;
             if self.steps.is_multiple_of(LOG_MATCHING_EVERY) {
                 self.check_log_matching()?;
@@ -613,6 +620,16 @@ impl Simulation {
 
     fn send(&mut self, messages: Vec<Message>) {
         for message in messages {
+            // Every message crosses the wire format, as it would between processes: what
+            // arrives is what decoding the encoded bytes gives.
+            let bytes = Bytes::from(wire::encode(&message));
+            let message = match wire::decode(&bytes, &WireLimits::default()) {
+                Ok(decoded) if decoded == message => decoded,
+                other => {
+                    self.wire_failure.get_or_insert_with(|| format!("{message:?} came back as {other:?}"));
+                    continue;
+                }
+            };
             if self.blocked.contains(&(message.from, message.to)) {
                 continue;
             }
