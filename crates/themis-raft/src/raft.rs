@@ -295,6 +295,7 @@ impl<S: Storage> Raft<S> {
         self.lease_min_round = 0;
         self.uncommitted.clear();
         self.uncommitted_bytes = 0;
+        self.progress.clear();
     }
 
     pub(crate) fn become_follower(&mut self, term: u64, leader: Option<NodeId>) {
@@ -832,6 +833,10 @@ impl<S: Storage> Raft<S> {
     /// Sends the next append to `to` if its progress allows; returns whether it sent one
     /// carrying entries (or an empty one when `send_if_empty`).
     fn send_append(&mut self, to: NodeId, send_if_empty: bool) -> Result<bool, RaftError> {
+        if self.role != Role::Leader {
+            // Stepped down while handling this message (removed by a configuration).
+            return Ok(false);
+        }
         let Some(pr) = self.progress.get(&to) else { return Ok(false) };
         if pr.is_paused(self.config.max_inflight_msgs, self.config.max_inflight_bytes) {
             return Ok(false);
