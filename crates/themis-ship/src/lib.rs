@@ -60,6 +60,7 @@ pub mod apply;
 pub mod codec;
 pub mod error;
 pub mod frame;
+pub mod peer;
 pub mod ship;
 pub mod tls;
 pub mod transport;
@@ -71,5 +72,6 @@ pub use apply::{
 pub use codec::{AutoConfig, Codec, CodecChoice, CodecStats, Compressor, Decompressor};
 pub use error::{FrameError, RefuseCode, ShipError};
 pub use frame::{Frame, FrameHeader, FrameKind};
+pub use peer::{PeerConfig, PeerSender, PeerStatus, SendError, serve_messages};
 pub use ship::{ShipConfig, ShipStatus, WalReceiver, WalShipper};
 pub use transport::{Members, Security, Transport, TransportConfig};

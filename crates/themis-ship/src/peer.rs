@@ -1,0 +1,401 @@
+//! Per-peer message links for the layer above (Raft): a bounded send queue per peer, drained
+//! by a task that keeps one authenticated connection (purpose `Raft`) open, reconnecting with
+//! exponential backoff and jitter, pipelining frames, and sending heartbeats so a dead peer
+//! is noticed within `peer_timeout`. Messages are opaque `Message` frame payloads.
+//!
+//! A message queued while the link is down waits in the queue; messages written to a
+//! connection that then breaks are lost, which the layer above tolerates (Raft resends).
+//! The queue is bounded in messages and bytes: `try_send` refuses when full, so a slow or
+//! dead peer costs bounded memory and the caller decides what to drop.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use themis_clock::NodeId;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+use crate::codec::{CodecChoice, Compressor};
+use crate::error::ShipError;
+use crate::frame::{self, FrameKind};
+use crate::transport::{Connection, Incoming, Purpose, Transport};
+
+/// Settings of a peer link.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PeerConfig {
+    /// Messages queued per peer before `try_send` refuses (default 4096).
+    pub max_queue_msgs: usize,
+    /// Payload bytes queued per peer before `try_send` refuses (default 64 MiB).
+    pub max_queue_bytes: u64,
+    /// Frames written before a flush while the queue has more (default 64): pipelining.
+    pub max_frames_per_flush: usize,
+    /// How message frames are compressed (default LZ4 above 1 KiB).
+    pub codec: CodecChoice,
+    /// Heartbeat period on an idle link (default 100 ms).
+    pub heartbeat_interval: Duration,
+    /// A peer silent this long is reconnected (default 1 s).
+    pub peer_timeout: Duration,
+    /// First reconnect delay (default 50 ms), doubled per failure up to `backoff_max`.
+    pub backoff_initial: Duration,
+    /// Longest reconnect delay (default 5 s). Each delay is jittered by ±25%.
+    pub backoff_max: Duration,
+}
+
+impl Default for PeerConfig {
+    fn default() -> Self {
+        PeerConfig {
+            max_queue_msgs: 4096,
+            max_queue_bytes: 64 << 20,
+            max_frames_per_flush: 64,
+            codec: CodecChoice::default(),
+            heartbeat_interval: Duration::from_millis(100),
+            peer_timeout: Duration::from_secs(1),
+            backoff_initial: Duration::from_millis(50),
+            backoff_max: Duration::from_secs(5),
+        }
+    }
+}
+
+impl PeerConfig {
+    /// Checks every setting; the message names the setting and the value.
+    pub fn validate(&self) -> Result<(), ShipError> {
+        let bad = |m: String| Err(ShipError::Config(m));
+        self.codec.validate().map_err(ShipError::Config)?;
+        if self.max_queue_msgs == 0 || self.max_queue_bytes == 0 {
+            return bad(format!(
+                "max_queue_msgs = {}, max_queue_bytes = {}: both must be at least 1",
+                self.max_queue_msgs, self.max_queue_bytes
+            ));
+        }
+        if self.max_frames_per_flush == 0 {
+            return bad("max_frames_per_flush = 0: must be at least 1".into());
+        }
+        if self.heartbeat_interval.is_zero() || self.heartbeat_interval >= self.peer_timeout {
+            return bad(format!(
+                "heartbeat_interval = {:?}: must be above zero and below peer_timeout ({:?})",
+                self.heartbeat_interval, self.peer_timeout
+            ));
+        }
+        if self.backoff_initial.is_zero() || self.backoff_initial > self.backoff_max {
+            return bad(format!(
+                "backoff_initial = {:?}: must be above zero and at most backoff_max ({:?})",
+                self.backoff_initial, self.backoff_max
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// What a link has done, for status and health checks.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PeerStatus {
+    /// Whether a connection is up.
+    pub connected: bool,
+    /// Messages written to a connection.
+    pub sent_msgs: u64,
+    /// Connections made (the first and every reconnect).
+    pub connects: u64,
+    /// The last failure, if any.
+    pub last_error: Option<String>,
+}
+
+/// Why a message was not queued.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    /// The queue is at its bound: the peer is slow or unreachable.
+    #[error("the queue to node {peer} is full ({msgs} messages, {bytes} bytes)")]
+    Full {
+        /// The peer.
+        peer: NodeId,
+        /// Messages queued.
+        msgs: usize,
+        /// Bytes queued.
+        bytes: u64,
+    },
+    /// The link's task has ended (closed, or failed permanently).
+    #[error("the link to node {peer} is closed")]
+    Closed {
+        /// The peer.
+        peer: NodeId,
+    },
+}
+
+/// The sending end of a link to one peer.
+#[derive(Debug)]
+pub struct PeerSender {
+    peer: NodeId,
+    tx: mpsc::Sender<Bytes>,
+    /// Dropped with the sender: tells the task to stop even while it backs off.
+    _alive: watch::Sender<()>,
+    queued_bytes: Arc<AtomicU64>,
+    max_queue_bytes: u64,
+    status: watch::Receiver<PeerStatus>,
+}
+
+impl PeerSender {
+    /// Starts the link to `peer` at `addr` on the current tokio runtime. `seed` drives the
+    /// backoff jitter. The task ends when every `PeerSender` is dropped or the peer fails
+    /// permanently (authentication, version); its result says which.
+    pub fn spawn(
+        transport: Transport,
+        peer: NodeId,
+        addr: SocketAddr,
+        config: PeerConfig,
+        seed: u64,
+    ) -> Result<(PeerSender, tokio::task::JoinHandle<Result<(), ShipError>>), ShipError> {
+        config.validate()?;
+        let (tx, rx) = mpsc::channel(config.max_queue_msgs);
+        let queued_bytes = Arc::new(AtomicU64::new(0));
+        let (status_tx, status) = watch::channel(PeerStatus::default());
+        let max_queue_bytes = config.max_queue_bytes;
+        let (alive, alive_rx) = watch::channel(());
+        let link = Link {
+            transport,
+            peer,
+            addr,
+            config,
+            rx,
+            queued_bytes: queued_bytes.clone(),
+            status: status_tx,
+            alive: alive_rx,
+        };
+        let task = tokio::spawn(link.run(seed));
+        Ok((PeerSender { peer, tx, _alive: alive, queued_bytes, max_queue_bytes, status }, task))
+    }
+
+    /// Queues `payload` without waiting; refuses when the queue is full.
+    pub fn try_send(&self, payload: Bytes) -> Result<(), SendError> {
+        let len = payload.len() as u64;
+        let queued = self.queued_bytes.load(Ordering::Acquire);
+        if queued > 0 && queued + len > self.max_queue_bytes {
+            return Err(SendError::Full { peer: self.peer, msgs: self.queued_msgs(), bytes: queued });
+        }
+        self.queued_bytes.fetch_add(len, Ordering::AcqRel);
+        self.tx.try_send(payload).map_err(|err| {
+            self.queued_bytes.fetch_sub(len, Ordering::AcqRel);
+            match err {
+                mpsc::error::TrySendError::Full(_) => {
+                    SendError::Full { peer: self.peer, msgs: self.queued_msgs(), bytes: queued }
+                }
+                mpsc::error::TrySendError::Closed(_) => SendError::Closed { peer: self.peer },
+            }
+        })
+    }
+
+    fn queued_msgs(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+
+    /// The link's status now.
+    #[must_use]
+    pub fn status(&self) -> PeerStatus {
+        self.status.borrow().clone()
+    }
+
+    /// A receiver of status changes.
+    #[must_use]
+    pub fn watch(&self) -> watch::Receiver<PeerStatus> {
+        self.status.clone()
+    }
+}
+
+struct Link {
+    transport: Transport,
+    peer: NodeId,
+    addr: SocketAddr,
+    config: PeerConfig,
+    rx: mpsc::Receiver<Bytes>,
+    queued_bytes: Arc<AtomicU64>,
+    status: watch::Sender<PeerStatus>,
+    alive: watch::Receiver<()>,
+}
+
+/// How a connection ended.
+enum Ended {
+    /// Every sender is gone.
+    Closed,
+    /// The connection failed; reconnect unless permanent.
+    Failed(ShipError),
+}
+
+impl Link {
+    async fn run(mut self, seed: u64) -> Result<(), ShipError> {
+        let mut rng = fastrand::Rng::with_seed(seed);
+        let mut delay = self.config.backoff_initial;
+        loop {
+            let sent_before = self.status.borrow().sent_msgs;
+            let ended = match self.transport.connect(self.addr, self.peer, Purpose::Raft, Bytes::new()).await
+            {
+                Ok((conn, _)) => {
+                    self.status.send_modify(|s| {
+                        s.connected = true;
+                        s.connects += 1;
+                    });
+                    self.pump(conn).await
+                }
+                Err(err) => Ended::Failed(err),
+            };
+            self.status.send_modify(|s| s.connected = false);
+            match ended {
+                Ended::Closed => return Ok(()),
+                Ended::Failed(err) => {
+                    self.status.send_modify(|s| s.last_error = Some(err.to_string()));
+                    if err.is_permanent() {
+                        tracing::warn!(peer = %self.peer, error = %err, "peer link failed permanently");
+                        return Err(err);
+                    }
+                    tracing::debug!(peer = %self.peer, error = %err, "peer link down; reconnecting");
+                }
+            }
+            if self.status.borrow().sent_msgs > sent_before {
+                delay = self.config.backoff_initial;
+            }
+            let jittered = delay.mul_f64(0.75 + rng.f64() * 0.5);
+            // Wait out the backoff; if the sender is dropped meanwhile, stop.
+            tokio::select! {
+                () = tokio::time::sleep(jittered) => {}
+                changed = self.alive.changed() => if changed.is_err() { return Ok(()) },
+            }
+            delay = (delay * 2).min(self.config.backoff_max);
+        }
+    }
+
+    /// Drains the queue into one connection until it fails or every sender is gone.
+    async fn pump(&mut self, conn: Connection) -> Ended {
+        let Connection { mut reader, mut writer, peer, .. } = conn;
+        // The reader runs on its own (its `recv` is not cancel-safe); it reports when it
+        // last heard from the peer, and ends with the connection.
+        let heard = Arc::new(AtomicU64::new(0));
+        let started = Instant::now();
+        let reader_heard = heard.clone();
+        let reader_task = tokio::spawn(async move {
+            loop {
+                match reader.recv().await {
+                    Ok(frame) if frame.kind == FrameKind::Heartbeat => {
+                        reader_heard.store(started.elapsed().as_millis() as u64, Ordering::Release);
+                    }
+                    Ok(frame) => {
+                        return ShipError::Protocol {
+                            peer,
+                            reason: format!("unexpected {:?} frame on a message link", frame.kind),
+                        };
+                    }
+                    Err(err) => return err,
+                }
+            }
+        });
+        let result = self.write_loop(&mut writer, &heard, started).await;
+        reader_task.abort();
+        let _ = writer.shutdown().await;
+        result
+    }
+
+    async fn write_loop(
+        &mut self,
+        writer: &mut crate::transport::FrameWriter,
+        heard: &AtomicU64,
+        started: Instant,
+    ) -> Ended {
+        let mut compressor = match Compressor::new(self.config.codec.clone()) {
+            Ok(c) => c,
+            Err(reason) => return Ended::Failed(ShipError::Config(reason)),
+        };
+        let mut scratch = Vec::new();
+        let mut heartbeat = tokio::time::interval(self.config.heartbeat_interval);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let timeout_ms = self.config.peer_timeout.as_millis() as u64;
+        loop {
+            tokio::select! {
+                message = self.rx.recv() => {
+                    let Some(first) = message else { return Ended::Closed };
+                    let mut batch = vec![first];
+                    while batch.len() < self.config.max_frames_per_flush {
+                        match self.rx.try_recv() {
+                            Ok(next) => batch.push(next),
+                            Err(_) => break,
+                        }
+                    }
+                    let count = batch.len() as u64;
+                    for payload in batch {
+                        self.queued_bytes.fetch_sub(payload.len() as u64, Ordering::AcqRel);
+                        let frame = frame::encode(FrameKind::Message, &payload, &mut compressor, &mut scratch);
+                        if let Err(err) = writer.write(&frame).await {
+                            return Ended::Failed(err);
+                        }
+                    }
+                    if let Err(err) = writer.flush().await {
+                        return Ended::Failed(err);
+                    }
+                    self.status.send_modify(|s| s.sent_msgs += count);
+                }
+                _ = heartbeat.tick() => {
+                    let now_ms = started.elapsed().as_millis() as u64;
+                    if now_ms > timeout_ms && now_ms - heard.load(Ordering::Acquire) > timeout_ms {
+                        return Ended::Failed(ShipError::Timeout {
+                            peer: self.addr,
+                            what: "heartbeat from the peer",
+                            millis: timeout_ms,
+                        });
+                    }
+                    if let Err(err) = writer.send(&frame::encode_plain(FrameKind::Heartbeat, &[])).await {
+                        return Ended::Failed(err);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Serves one accepted message link (purpose `Raft`): welcomes it, then hands every
+/// message to `deliver` as (sender, payload), answering heartbeats, until the peer goes
+/// away (`Ok`) or breaks the protocol. Waits when `deliver` is full (backpressure reaches
+/// the sender's queue through TCP).
+pub async fn serve_messages(
+    incoming: Incoming,
+    deliver: mpsc::Sender<(NodeId, Bytes)>,
+    config: &PeerConfig,
+) -> Result<(), ShipError> {
+    if incoming.hello.purpose != Purpose::Raft {
+        let purpose = incoming.hello.purpose;
+        let node = incoming.hello.node;
+        incoming
+            .refuse(crate::error::RefuseCode::Unavailable, "this listener takes message links only")
+            .await?;
+        return Err(ShipError::Config(format!(
+            "node {node} opened a {purpose:?} link on a message listener"
+        )));
+    }
+    let conn = incoming.welcome(&[]).await?;
+    let Connection { mut reader, mut writer, peer, peer_node } = conn;
+    loop {
+        let frame = match tokio::time::timeout(config.peer_timeout, reader.recv()).await {
+            Ok(Ok(frame)) => frame,
+            Ok(Err(ShipError::Closed { .. })) => return Ok(()),
+            Ok(Err(err)) => return Err(err),
+            Err(_) => {
+                return Err(ShipError::Timeout {
+                    peer,
+                    what: "frame from the peer",
+                    millis: config.peer_timeout.as_millis() as u64,
+                });
+            }
+        };
+        match frame.kind {
+            FrameKind::Message => {
+                if deliver.send((peer_node, frame.payload)).await.is_err() {
+                    return Ok(());
+                }
+            }
+            FrameKind::Heartbeat => writer.send(&frame::encode_plain(FrameKind::Heartbeat, &[])).await?,
+            other => {
+                return Err(ShipError::Protocol {
+                    peer,
+                    reason: format!("unexpected {other:?} frame on a message link"),
+                });
+            }
+        }
+    }
+}
