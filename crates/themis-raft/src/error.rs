@@ -83,6 +83,12 @@ pub enum RaftError {
         /// The bound.
         max: u64,
     },
+    /// Too many reads wait for a heartbeat round or for the term's first commit.
+    #[error("{max} reads are already waiting; try again once they are answered")]
+    ReadsQueued {
+        /// The bound.
+        max: usize,
+    },
     /// A log entry could not be decoded (a corrupt configuration entry).
     #[error("entry at LSN {lsn}: {reason}")]
     Entry {
@@ -107,6 +113,9 @@ pub enum RaftError {
         /// What is wrong.
         reason: String,
     },
+    /// `ready` was called again before `advance` settled the previous one.
+    #[error("ready called while the previous ready is not yet advanced")]
+    ReadyOutstanding,
     /// `advance` was called without a matching `ready`.
     #[error("advance called without an outstanding ready")]
     NoReady,

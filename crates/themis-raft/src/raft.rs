@@ -113,6 +113,12 @@ impl<S: Storage> Raft<S> {
     ) -> Result<Self, RaftError> {
         config.validate()?;
         let initial = storage.initial_state()?;
+        if !initial.conf_state.voters.is_empty() {
+            // A node joining later may start with no membership and learn it from the
+            // leader; a bootstrap membership or policy must be valid.
+            initial.conf_state.validate()?;
+            initial.policy.validate(initial.conf_state.voters.len())?;
+        }
         let log = RaftLog::new(storage, config.applied)?;
         let mut raft = Raft {
             id: config.id,
@@ -509,16 +515,33 @@ impl<S: Storage> Raft<S> {
             self.vote = Some(m.from);
         }
         tracing::debug!(node = %self.id, candidate = %m.from, term = m.term, granted, pre_vote = claim.pre_vote, force, "vote");
+        // A granted pre-vote answers in the candidate's future term; anything else in ours.
         let term = if granted && claim.pre_vote { m.term } else { self.term };
+        self.answer_vote(m.from, claim, granted, term);
+        Ok(())
+    }
+
+    /// Signs and queues the answer to `claim`. After persist: a granted vote is a promise
+    /// that must survive a crash.
+    fn answer_vote(&mut self, candidate: NodeId, claim: &VoteClaim, granted: bool, term: u64) {
         let answer = VoteClaim { voter: self.id, response: true, granted, term, ..claim.clone() };
         let signature = self.signer.sign(&answer);
         self.msgs_after_persist.push(Message {
             from: self.id,
-            to: m.from,
+            to: candidate,
             term,
             body: Body::VoteResponse { claim: answer, signature },
         });
-        Ok(())
+    }
+
+    /// Queues `body` to `to`, in this node's term, to send at once.
+    fn send(&mut self, to: NodeId, body: Body) {
+        self.msgs.push(Message { from: self.id, to, term: self.term, body });
+    }
+
+    /// Queues `body` to `to`, in this node's term, to send once the `Ready` is persisted.
+    fn send_after_persist(&mut self, to: NodeId, body: Body) {
+        self.msgs_after_persist.push(Message { from: self.id, to, term: self.term, body });
     }
 
     fn handle_vote_response(&mut self, m: &Message, claim: &VoteClaim) -> Result<(), RaftError> {
@@ -596,28 +619,13 @@ impl<S: Storage> Raft<S> {
                     if self.config.check_quorum || self.config.pre_vote =>
                 {
                     // A stale leader: our higher term in the answer makes it step down.
-                    self.msgs.push(
-                        self.reply(
-                            &m,
-                            Body::AppendResponse { reject: true, lsn: 0, hint_lsn: 0, hint_term: 0 },
-                        ),
+                    self.send(
+                        m.from,
+                        Body::AppendResponse { reject: true, lsn: 0, hint_lsn: 0, hint_term: 0 },
                     );
                 }
                 Body::Vote { claim, .. } if claim.pre_vote => {
-                    let answer = VoteClaim {
-                        voter: self.id,
-                        response: true,
-                        granted: false,
-                        term: self.term,
-                        ..claim.clone()
-                    };
-                    let signature = self.signer.sign(&answer);
-                    self.msgs.push(Message {
-                        from: self.id,
-                        to: m.from,
-                        term: self.term,
-                        body: Body::VoteResponse { claim: answer, signature },
-                    });
+                    self.answer_vote(m.from, claim, false, self.term);
                 }
                 _ => {}
             }
@@ -642,10 +650,6 @@ impl<S: Storage> Raft<S> {
         }
     }
 
-    fn reply(&self, m: &Message, body: Body) -> Message {
-        Message { from: self.id, to: m.from, term: self.term, body }
-    }
-
     fn step_follower(&mut self, m: Message) -> Result<(), RaftError> {
         match m.body {
             Body::Append { prev_lsn, prev_term, entries, commit } => {
@@ -659,12 +663,7 @@ impl<S: Storage> Raft<S> {
                 self.on_commit()?;
                 // After persist: the answer renews the leader's lease, a promise this node
                 // must still keep after a crash, so its term must be durable first.
-                self.msgs_after_persist.push(Message {
-                    from: self.id,
-                    to: m.from,
-                    term: self.term,
-                    body: Body::HeartbeatResponse { round },
-                });
+                self.send_after_persist(m.from, Body::HeartbeatResponse { round });
                 Ok(())
             }
             Body::Snapshot(snapshot) => {
@@ -699,15 +698,9 @@ impl<S: Storage> Raft<S> {
         entries: &[Entry],
         commit: Lsn,
     ) -> Result<(), RaftError> {
-        let answer = |raft: &Self, reject, lsn, hint_lsn, hint_term| Message {
-            from: raft.id,
-            to: leader,
-            term: raft.term,
-            body: Body::AppendResponse { reject, lsn, hint_lsn, hint_term },
-        };
+        let accept = |lsn| Body::AppendResponse { reject: false, lsn, hint_lsn: 0, hint_term: 0 };
         if prev_lsn < self.log.committed {
-            let msg = answer(self, false, self.log.committed, 0, 0);
-            self.msgs_after_persist.push(msg);
+            self.send_after_persist(leader, accept(self.log.committed));
             return Ok(());
         }
         if let Some(last_new) = self.log.maybe_append(prev_lsn, prev_term, entries)? {
@@ -716,13 +709,14 @@ impl<S: Storage> Raft<S> {
             self.config_lsns.retain(|lsn| *lsn <= last);
             self.log.commit_to(commit.min(last_new));
             self.on_commit()?;
-            let msg = answer(self, false, last_new, 0, 0);
-            self.msgs_after_persist.push(msg);
+            self.send_after_persist(leader, accept(last_new));
         } else {
             let probe = prev_lsn.min(self.log.last_lsn()?);
             let (hint_lsn, hint_term) = self.log.find_conflict_by_term(probe, prev_term);
-            let msg = answer(self, true, prev_lsn, hint_lsn, hint_term);
-            self.msgs_after_persist.push(msg);
+            self.send_after_persist(
+                leader,
+                Body::AppendResponse { reject: true, lsn: prev_lsn, hint_lsn, hint_term },
+            );
         }
         Ok(())
     }
@@ -746,12 +740,10 @@ impl<S: Storage> Raft<S> {
             self.conf_version += 1;
             meta.lsn
         };
-        self.msgs_after_persist.push(Message {
-            from: self.id,
-            to: leader,
-            term: self.term,
-            body: Body::AppendResponse { reject: false, lsn, hint_lsn: 0, hint_term: 0 },
-        });
+        self.send_after_persist(
+            leader,
+            Body::AppendResponse { reject: false, lsn, hint_lsn: 0, hint_term: 0 },
+        );
         Ok(())
     }
 
@@ -827,7 +819,7 @@ impl<S: Storage> Raft<S> {
 
     fn send_timeout_now(&mut self, to: NodeId) {
         tracing::info!(node = %self.id, to = %to, "leadership transfer: sending TimeoutNow");
-        self.msgs.push(Message { from: self.id, to, term: self.term, body: Body::TimeoutNow });
+        self.send(to, Body::TimeoutNow);
     }
 
     /// Sends the next append to `to` if its progress allows; returns whether it sent one
@@ -859,12 +851,8 @@ impl<S: Storage> Raft<S> {
         let bytes: u64 = entries.iter().map(|e| e.payload.len() as u64).sum();
         let pr = self.progress.get_mut(&to).expect("checked above");
         pr.sent_entries(last, bytes);
-        self.msgs.push(Message {
-            from: self.id,
-            to,
-            term: self.term,
-            body: Body::Append { prev_lsn, prev_term, entries, commit: self.log.committed },
-        });
+        let commit = self.log.committed;
+        self.send(to, Body::Append { prev_lsn, prev_term, entries, commit });
         Ok(last.is_some())
     }
 
@@ -877,7 +865,7 @@ impl<S: Storage> Raft<S> {
         tracing::info!(node = %self.id, to = %to, lsn = snapshot.meta.lsn, "sending snapshot");
         let pr = self.progress.get_mut(&to).expect("caller checked");
         pr.become_snapshot(snapshot.meta.lsn);
-        self.msgs.push(Message { from: self.id, to, term: self.term, body: Body::Snapshot(snapshot) });
+        self.send(to, Body::Snapshot(snapshot));
         Ok(false)
     }
 
@@ -896,16 +884,14 @@ impl<S: Storage> Raft<S> {
             self.round_ticks.pop_front();
         }
         self.read_round_due = false;
-        for (id, pr) in &self.progress {
-            if *id == self.id {
-                continue;
-            }
-            self.msgs.push(Message {
-                from: self.id,
-                to: *id,
-                term: self.term,
-                body: Body::Heartbeat { commit: pr.match_lsn.min(self.log.committed), round: self.round },
-            });
+        let beats: Vec<(NodeId, Lsn)> = self
+            .progress
+            .iter()
+            .filter(|(id, _)| **id != self.id)
+            .map(|(id, pr)| (*id, pr.match_lsn.min(self.log.committed)))
+            .collect();
+        for (to, commit) in beats {
+            self.send(to, Body::Heartbeat { commit, round: self.round });
         }
     }
 
@@ -1143,12 +1129,7 @@ impl<S: Storage> Raft<S> {
         if self.role != Role::Leader {
             return match (from, self.leader) {
                 (None, Some(leader)) => {
-                    self.msgs.push(Message {
-                        from: self.id,
-                        to: leader,
-                        term: self.term,
-                        body: Body::ReadIndex { ctx },
-                    });
+                    self.send(leader, Body::ReadIndex { ctx });
                     Ok(())
                 }
                 _ => Err(RaftError::NotLeader { node: self.id, leader: self.leader }),
@@ -1158,10 +1139,7 @@ impl<S: Storage> Raft<S> {
             // The read index must be at least every commit of earlier terms, which this
             // leader only knows once its own no-op commits (dissertation §6.4).
             if self.reads_before_commit.len() >= MAX_QUEUED_READS {
-                return Err(RaftError::ProposalDropped {
-                    bytes: ctx.len() as u64,
-                    max: MAX_QUEUED_READS as u64,
-                });
+                return Err(RaftError::ReadsQueued { max: MAX_QUEUED_READS });
             }
             self.reads_before_commit.push((ctx, from));
             return Ok(());
@@ -1173,7 +1151,7 @@ impl<S: Storage> Raft<S> {
             return Ok(());
         }
         if self.pending_reads.len() >= MAX_QUEUED_READS {
-            return Err(RaftError::ProposalDropped { bytes: ctx.len() as u64, max: MAX_QUEUED_READS as u64 });
+            return Err(RaftError::ReadsQueued { max: MAX_QUEUED_READS });
         }
         self.pending_reads.push_back(PendingRead { ctx, from, lsn, round: self.round + 1 });
         if self.config.batch_appends {
@@ -1187,12 +1165,7 @@ impl<S: Storage> Raft<S> {
     fn answer_read(&mut self, ctx: Bytes, from: Option<NodeId>, lsn: Lsn, lease: bool) {
         match from {
             None => self.read_states.push(ReadState { ctx, lsn, lease }),
-            Some(to) => self.msgs.push(Message {
-                from: self.id,
-                to,
-                term: self.term,
-                body: Body::ReadIndexResponse { ctx, lsn: Some(lsn) },
-            }),
+            Some(to) => self.send(to, Body::ReadIndexResponse { ctx, lsn: Some(lsn) }),
         }
     }
 

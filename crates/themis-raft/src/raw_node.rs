@@ -252,10 +252,7 @@ impl<S: Storage> RawNode<S> {
     /// `ready`.
     pub fn ready(&mut self) -> Result<Ready, RaftError> {
         if self.handed.is_some() {
-            return Err(RaftError::Message {
-                from: self.raft.id,
-                reason: "ready called before advance".into(),
-            });
+            return Err(RaftError::ReadyOutstanding);
         }
         self.raft.flush()?;
         let raft = &mut self.raft;

@@ -3,10 +3,10 @@
 //! dissertation ("dissertation §") it checks.
 
 use bytes::Bytes;
-use themis_clock::NodeId;
+use themis_clock::{NodeId, Timestamp};
 use themis_raft::{
-    AckPolicy, Body, MemberChange, ProgressState, RaftError, ReadOnlyOption, ReplicationMode, Role,
-    Signature, Snapshot, SnapshotMeta, Storage,
+    AckPolicy, Body, ConfState, Config, MemStorage, MemberChange, ProgressState, RaftError, RawNode,
+    ReadOnlyOption, ReplicationMode, Role, Signature, Snapshot, SnapshotMeta, Storage,
 };
 use themis_testkit::network::Network;
 
@@ -33,20 +33,29 @@ fn a_candidate_with_a_majority_leads_and_commits_a_no_op() {
 fn a_voter_grants_one_vote_per_term() {
     // §5.2: each server votes for at most one candidate in a given term.
     let mut net = Network::new(&[1, 2, 3], &[], SEMI, |c| c.pre_vote = false);
-    net.cut(1, 3);
-    net.cut(2, 3);
-    net.node(1).campaign().unwrap();
-    net.node(2).campaign().unwrap();
-    // Node 3 hears both requests for term 1 through the harness only if connected; here it
-    // is cut, so 1 and 2 each have only their own vote: neither can win.
-    net.deliver();
-    assert_ne!(net.role(1), Role::Leader);
-    assert_ne!(net.role(2), Role::Leader);
-    net.heal();
-    // Both campaign again in term 2; node 3 votes for whichever asks first, once.
-    assert!(net.elect(1) || net.elect(2));
-    let leaders = [1, 2, 3].iter().filter(|id| net.role(**id) == Role::Leader).count();
-    assert_eq!(leaders, 1);
+    let mut requests = Vec::new();
+    for id in [1, 2] {
+        let node = net.node(id);
+        node.campaign().unwrap();
+        let ready = node.ready().unwrap();
+        requests.extend(ready.persisted_messages.into_iter().filter(|m| m.to == NodeId(3)));
+        node.advance().unwrap();
+    }
+    assert_eq!(requests.iter().map(|m| m.term).collect::<Vec<_>>(), [1, 1], "two candidates, one term");
+    for request in requests {
+        net.node(3).step(request).unwrap();
+    }
+    let ready = net.node(3).ready().unwrap();
+    let answers: Vec<(NodeId, bool)> = ready
+        .persisted_messages
+        .iter()
+        .filter_map(|m| match &m.body {
+            Body::VoteResponse { claim, .. } => Some((m.to, claim.granted)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(answers, [(NodeId(1), true), (NodeId(2), false)]);
+    assert_eq!(ready.hard_state.and_then(|h| h.vote), Some(NodeId(1)), "the vote is persisted");
 }
 
 #[test]
@@ -297,7 +306,11 @@ fn lease_reads_are_answered_at_once_only_while_the_lease_holds() {
     net.tick_all(2); // a heartbeat round acknowledged by a quorum
     assert!(net.node(1).status().lease_valid);
     net.node(1).read_index(&b"lease"[..]).unwrap();
-    let _ = net.node(1).ready().map(|r| assert!(r.read_states.iter().any(|r| r.lease)));
+    let ready = net.node(1).ready().unwrap();
+    assert!(
+        ready.read_states.iter().any(|r| r.lease && r.ctx == Bytes::from_static(b"lease")),
+        "answered at once"
+    );
     net.node(1).advance().unwrap();
     net.isolate(1);
     let lease = net.node(1).status();
@@ -354,4 +367,70 @@ fn appends_to_an_unresponsive_follower_are_bounded() {
     assert_eq!(third.state, ProgressState::Replicate);
     let appends = net.sent_where(|m| m.to == NodeId(3) && matches!(m.body, Body::Append { .. })).len();
     assert!(appends <= 5, "{appends} appends sent to an unresponsive follower");
+}
+
+#[test]
+fn reads_waiting_for_a_quorum_are_bounded() {
+    // A leader cut off from its followers cannot confirm reads; it queues at most 4096.
+    let mut net = three();
+    assert!(net.elect(1));
+    net.isolate(1);
+    for i in 0..4096u32 {
+        net.node(1).read_index(i.to_le_bytes().to_vec()).unwrap();
+    }
+    let err = net.node(1).read_index(&b"one more"[..]).unwrap_err();
+    assert!(matches!(err, RaftError::ReadsQueued { max: 4096 }), "{err}");
+}
+
+#[test]
+fn a_bootstrap_with_an_invalid_mode_or_membership_is_refused() {
+    let ids = [NodeId(1), NodeId(2), NodeId(3)];
+    let start = |conf: ConfState, policy| {
+        let storage = MemStorage::bootstrap(conf, policy);
+        let signer = Box::new(themis_testkit::network::signer(NodeId(1), &ids));
+        RawNode::new(Config::new(NodeId(1), "test"), storage, signer, || Timestamp::ZERO).map(|_| ())
+    };
+    let sync_zero = AckPolicy { mode: ReplicationMode::Sync, min_sync_replicas: 0 };
+    let err = start(ConfState::with_voters(ids), sync_zero).unwrap_err();
+    assert!(err.to_string().contains("SYNC with min_sync_replicas = 0"), "{err}");
+    let mut both = ConfState::with_voters(ids);
+    both.learners.insert(NodeId(2));
+    let err = start(both, SEMI).unwrap_err();
+    assert!(err.to_string().contains("node 2 is both a voter and a learner"), "{err}");
+    // A node that will join later starts with no membership at all.
+    start(ConfState::default(), SEMI).unwrap();
+}
+
+#[test]
+fn an_undecodable_configuration_entry_is_skipped_not_fatal() {
+    // Every node applies the same committed entries, so an entry no node can decode is
+    // skipped by all of them alike; the membership stays as it was.
+    let mut net = three();
+    assert!(net.elect(1));
+    let before = net.node(2).status().conf_state;
+    let entry = themis_wal::Entry {
+        lsn: 2,
+        term: 1,
+        timestamp: Timestamp::ZERO,
+        kind: themis_wal::EntryKind::CONFIG,
+        payload: Bytes::from_static(&[9, 9]),
+    };
+    let append = Body::Append { prev_lsn: 1, prev_term: 1, entries: vec![entry], commit: 2 };
+    net.node(2).step(themis_raft::Message { from: NodeId(1), to: NodeId(2), term: 1, body: append }).unwrap();
+    let status = net.node(2).status();
+    assert_eq!(status.hard_state.commit, 2);
+    assert_eq!(status.conf_state, before);
+}
+
+#[test]
+fn ready_and_advance_must_alternate() {
+    let mut net = three();
+    let node = net.node(1);
+    assert!(matches!(node.advance(), Err(RaftError::NoReady)));
+    node.campaign().unwrap();
+    node.ready().unwrap();
+    assert!(!node.has_ready(), "nothing more until the outstanding ready is advanced");
+    assert!(matches!(node.ready(), Err(RaftError::ReadyOutstanding)));
+    node.advance().unwrap();
+    assert!(matches!(node.advance(), Err(RaftError::NoReady)));
 }

@@ -57,6 +57,7 @@
 //! The frame and handshake layouts are in `docs/wire-protocol.md`.
 
 pub mod apply;
+mod backoff;
 pub mod codec;
 pub mod error;
 pub mod frame;

@@ -18,6 +18,7 @@ use themis_clock::NodeId;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
+use crate::backoff::{Backoff, check_timing};
 use crate::codec::{CodecChoice, Compressor};
 use crate::error::ShipError;
 use crate::frame::{self, FrameKind};
@@ -73,19 +74,7 @@ impl PeerConfig {
         if self.max_frames_per_flush == 0 {
             return bad("max_frames_per_flush = 0: must be at least 1".into());
         }
-        if self.heartbeat_interval.is_zero() || self.heartbeat_interval >= self.peer_timeout {
-            return bad(format!(
-                "heartbeat_interval = {:?}: must be above zero and below peer_timeout ({:?})",
-                self.heartbeat_interval, self.peer_timeout
-            ));
-        }
-        if self.backoff_initial.is_zero() || self.backoff_initial > self.backoff_max {
-            return bad(format!(
-                "backoff_initial = {:?}: must be above zero and at most backoff_max ({:?})",
-                self.backoff_initial, self.backoff_max
-            ));
-        }
-        Ok(())
+        check_timing(self.heartbeat_interval, self.peer_timeout, self.backoff_initial, self.backoff_max)
     }
 }
 
@@ -169,11 +158,13 @@ impl PeerSender {
     /// Queues `payload` without waiting; refuses when the queue is full.
     pub fn try_send(&self, payload: Bytes) -> Result<(), SendError> {
         let len = payload.len() as u64;
-        let queued = self.queued_bytes.load(Ordering::Acquire);
+        // Reserve first, then check: two threads sending at once cannot both slip under
+        // the bound. An empty queue takes any one message, however large.
+        let queued = self.queued_bytes.fetch_add(len, Ordering::AcqRel);
         if queued > 0 && queued + len > self.max_queue_bytes {
+            self.queued_bytes.fetch_sub(len, Ordering::AcqRel);
             return Err(SendError::Full { peer: self.peer, msgs: self.queued_msgs(), bytes: queued });
         }
-        self.queued_bytes.fetch_add(len, Ordering::AcqRel);
         self.tx.try_send(payload).map_err(|err| {
             self.queued_bytes.fetch_sub(len, Ordering::AcqRel);
             match err {
@@ -223,8 +214,7 @@ enum Ended {
 
 impl Link {
     async fn run(mut self, seed: u64) -> Result<(), ShipError> {
-        let mut rng = fastrand::Rng::with_seed(seed);
-        let mut delay = self.config.backoff_initial;
+        let mut backoff = Backoff::new(self.config.backoff_initial, self.config.backoff_max, seed);
         loop {
             let sent_before = self.status.borrow().sent_msgs;
             let ended = match self.transport.connect(self.addr, self.peer, Purpose::Raft, Bytes::new()).await
@@ -251,15 +241,14 @@ impl Link {
                 }
             }
             if self.status.borrow().sent_msgs > sent_before {
-                delay = self.config.backoff_initial;
+                // The link made progress: start the backoff over.
+                backoff.reset();
             }
-            let jittered = delay.mul_f64(0.75 + rng.f64() * 0.5);
             // Wait out the backoff; if the sender is dropped meanwhile, stop.
             tokio::select! {
-                () = tokio::time::sleep(jittered) => {}
+                () = tokio::time::sleep(backoff.next_delay()) => {}
                 changed = self.alive.changed() => if changed.is_err() { return Ok(()) },
             }
-            delay = (delay * 2).min(self.config.backoff_max);
         }
     }
 

@@ -32,6 +32,7 @@ use themis_wal::{Entry, Lsn, LsnRange, NewEntry, Wal, record};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::backoff::{Backoff, check_timing};
 use crate::codec::{CodecChoice, CodecStats, Compressor};
 use crate::error::{FrameError, ShipError};
 use crate::frame::{self, FrameKind};
@@ -93,12 +94,7 @@ impl ShipConfig {
                 self.max_in_flight_bytes, self.max_batch_bytes
             ));
         }
-        if self.heartbeat_interval.is_zero() || self.heartbeat_interval >= self.peer_timeout {
-            return bad(format!(
-                "heartbeat_interval = {:?}: must be above zero and below peer_timeout ({:?})",
-                self.heartbeat_interval, self.peer_timeout
-            ));
-        }
+        check_timing(self.heartbeat_interval, self.peer_timeout, self.backoff_initial, self.backoff_max)?;
         if self.ack_interval.is_zero() || self.ack_interval >= self.peer_timeout {
             return bad(format!(
                 "ack_interval = {:?}: must be above zero and below peer_timeout",
@@ -107,12 +103,6 @@ impl ShipConfig {
         }
         if self.ack_every_frames == 0 {
             return bad("ack_every_frames = 0: must be at least 1".into());
-        }
-        if self.backoff_initial.is_zero() || self.backoff_initial > self.backoff_max {
-            return bad(format!(
-                "backoff_initial = {:?}: must be above zero and at most backoff_max ({:?})",
-                self.backoff_initial, self.backoff_max
-            ));
         }
         Ok(())
     }
@@ -290,8 +280,7 @@ impl WalShipper {
         mut shutdown: watch::Receiver<bool>,
         seed: u64,
     ) -> Result<(), ShipError> {
-        let mut rng = fastrand::Rng::with_seed(seed);
-        let mut delay = self.config.backoff_initial;
+        let mut backoff = Backoff::new(self.config.backoff_initial, self.config.backoff_max, seed);
         loop {
             if *shutdown.borrow() {
                 return Ok(());
@@ -309,14 +298,12 @@ impl WalShipper {
             }
             if status.borrow().acked_lsn > before {
                 // The stream made progress: start the backoff over.
-                delay = self.config.backoff_initial;
+                backoff.reset();
             }
-            let jittered = delay.mul_f64(0.75 + rng.f64() * 0.5);
             tokio::select! {
-                () = tokio::time::sleep(jittered) => {}
+                () = tokio::time::sleep(backoff.next_delay()) => {}
                 _ = shutdown.changed() => {}
             }
-            delay = (delay * 2).min(self.config.backoff_max);
         }
     }
 

@@ -163,3 +163,21 @@ fn bad_settings_are_named() {
     let err = PeerConfig { max_queue_msgs: 0, ..PeerConfig::default() }.validate().unwrap_err();
     assert!(err.to_string().contains("max_queue_msgs = 0"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_listener_refuses_other_link_purposes() {
+    let pki = Pki::new();
+    let listener = pki.transport(2, &[1, 2]).bind(any_port()).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let acceptor = tokio::spawn(async move {
+        let incoming = listener.accept().await.unwrap().handshake().await.unwrap();
+        let (tx, _rx) = mpsc::channel(1);
+        serve_messages(incoming, tx, &fast()).await
+    });
+    let dialer = pki.transport(1, &[1, 2]);
+    let refused = dialer.connect(addr, NodeId(2), themis_ship::transport::Purpose::Ship, Bytes::new()).await;
+    let err = refused.expect_err("refused");
+    assert!(matches!(err, themis_ship::ShipError::Refused { .. }), "{err}");
+    let served = acceptor.await.unwrap().unwrap_err();
+    assert!(served.to_string().contains("node 1 opened a Ship link on a message listener"), "{served}");
+}

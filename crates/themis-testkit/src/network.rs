@@ -159,8 +159,7 @@ impl Network {
                 }
                 let Some(message) = filter(message) else { continue };
                 let to = message.to;
-                // A refused message is a test failure only if the test says so; the core
-                // reports misaddressed messages as errors, which this harness never sends.
+                // The harness only delivers well-addressed messages, so a step error is a bug.
                 self.nodes.get_mut(&to).expect("member").step(message).expect("step");
             }
         }

@@ -23,7 +23,7 @@ use bytes::Bytes;
 use themis_clock::{NodeId, Timestamp};
 use themis_raft::wire::{self, WireLimits};
 use themis_raft::{
-    AckPolicy, ConfState, Config, Ed25519Votes, MemStorage, MemberChange, Message, RawNode, ReadOnlyOption,
+    AckPolicy, ConfState, Config, MemStorage, MemberChange, Message, RawNode, ReadOnlyOption,
     ReplicationMode, Role, Snapshot, SnapshotMeta, Storage,
 };
 use themis_wal::{Entry, EntryKind, Lsn};
@@ -135,7 +135,7 @@ pub struct SimReport {
     pub crashes: u64,
     /// Partitions.
     pub partitions: u64,
-    /// Client writes and reads that completed.
+    /// Client writes that completed (committed, applied and acknowledged).
     pub writes_completed: u64,
     /// Reads that completed.
     pub reads_completed: u64,
@@ -186,7 +186,7 @@ impl Ord for Scheduled {
 /// A client operation waiting for its result.
 #[derive(Debug, Clone, Copy)]
 enum Pending {
-    Write { op: usize, term: u64, acked: bool, applied: bool },
+    Write { op: usize, term: u64, digest: u64, acked: bool, applied: bool },
     Read { op: usize, key: u64 },
 }
 
@@ -228,7 +228,8 @@ pub struct Simulation {
     steps: u64,
     queue: BinaryHeap<Reverse<Scheduled>>,
     nodes: BTreeMap<NodeId, SimNode>,
-    keys: BTreeMap<NodeId, Vec<u8>>,
+    /// Every node, member or spare; each knows every other's vote key.
+    ids: Vec<NodeId>,
     blocked: HashSet<(NodeId, NodeId)>,
     healed: bool,
     history: Vec<Op>,
@@ -245,9 +246,13 @@ pub struct Simulation {
 }
 
 fn digest(entry: &Entry) -> u64 {
+    digest_of(entry.kind, &entry.payload)
+}
+
+fn digest_of(kind: EntryKind, payload: &[u8]) -> u64 {
     // FNV-1a over the kind and payload: enough to tell entries apart in a simulation.
     let mut hash = 0xcbf2_9ce4_8422_2325u64;
-    for byte in std::iter::once(entry.kind.code()).chain(entry.payload.iter().copied()) {
+    for byte in std::iter::once(kind.code()).chain(payload.iter().copied()) {
         hash ^= u64::from(byte);
         hash = hash.wrapping_mul(0x0100_0000_01b3);
     }
@@ -324,13 +329,6 @@ impl Simulation {
         let total = cfg.nodes + cfg.spares;
         let ids: Vec<NodeId> = (1..=total as u64).map(NodeId).collect();
         let voters = ConfState::with_voters(ids[..cfg.nodes].iter().copied());
-        let mut keys = BTreeMap::new();
-        for id in &ids {
-            let mut seed = [0u8; 32];
-            seed[..8].copy_from_slice(&(cfg.seed ^ id.0.wrapping_mul(0x9e37_79b9)).to_le_bytes());
-            seed[8] = id.0 as u8;
-            keys.insert(*id, seed.to_vec());
-        }
         let mut nodes = BTreeMap::new();
         let drift = i64::from(cfg.faults.drift_ppm);
         for id in &ids {
@@ -364,7 +362,7 @@ impl Simulation {
             steps: 0,
             queue: BinaryHeap::new(),
             nodes,
-            keys,
+            ids: ids.clone(),
             blocked: HashSet::new(),
             healed: false,
             history: Vec::new(),
@@ -403,11 +401,7 @@ impl Simulation {
     }
 
     fn start_node(&mut self, id: NodeId) {
-        let mut signer = Ed25519Votes::from_seed(id, &self.keys[&id]).expect("32-byte seed");
-        for (peer, seed) in &self.keys {
-            let public = Ed25519Votes::from_seed(*peer, seed).expect("32-byte seed").public_key();
-            signer.add_peer(*peer, &public).expect("32-byte key");
-        }
+        let signer = crate::network::signer(id, &self.ids);
         let node = self.nodes.get_mut(&id).expect("known node");
         let mut config = Config::new(id, "sim");
         config.seed = self.cfg.seed.wrapping_mul(31).wrapping_add(id.0).wrapping_add(self.report.crashes);
@@ -457,7 +451,7 @@ impl Simulation {
             if let Some(detail) = self.wire_failure.take() {
                 return Err(self.violation("wire round trip", detail));
             }
-            self.check_lease_and_leaders()?;
+            self.check_election_safety()?;
             if self.steps.is_multiple_of(LOG_MATCHING_EVERY) {
                 self.check_log_matching()?;
             }
@@ -775,7 +769,9 @@ impl Simulation {
             && let Some((op, key, value)) = decode_write(&entry.payload)
         {
             node.kv.insert(key, value);
-            if let Some(Pending::Write { op: mine, term, acked, applied }) = node.writes.get_mut(&entry.lsn) {
+            if let Some(Pending::Write { op: mine, term, acked, applied, .. }) =
+                node.writes.get_mut(&entry.lsn)
+            {
                 if *mine == op && *term == entry.term {
                     *applied = true;
                     if *acked {
@@ -798,7 +794,8 @@ impl Simulation {
         let due: Vec<Lsn> = node.writes.range(..=lsn).map(|(l, _)| *l).collect();
         let mut newly_durable = Vec::new();
         for at in due {
-            let Some(Pending::Write { op, term: t, acked, applied }) = node.writes.get_mut(&at) else {
+            let Some(Pending::Write { op, term: t, digest, acked, applied }) = node.writes.get_mut(&at)
+            else {
                 continue;
             };
             if *t != term || *acked {
@@ -806,7 +803,7 @@ impl Simulation {
             }
             *acked = true;
             if durable_mode {
-                newly_durable.push((at, *op));
+                newly_durable.push((at, *digest));
             }
             if *applied {
                 self.history[*op].ret = Some(now);
@@ -814,18 +811,8 @@ impl Simulation {
                 self.report.writes_completed += 1;
             }
         }
-        for (at, op) in newly_durable {
-            let Some(Op { key, kind: OpKind::Write(value), .. }) = self.history.get(op).copied() else {
-                continue;
-            };
-            let entry = Entry {
-                lsn: at,
-                term,
-                timestamp: Timestamp::ZERO,
-                kind: EntryKind::DATA,
-                payload: encode_write(op, key, value),
-            };
-            self.durable_acks.insert(at, (term, digest(&entry)));
+        for (at, digest) in newly_durable {
+            self.durable_acks.insert(at, (term, digest));
             self.report.durable_acks += 1;
         }
     }
@@ -872,7 +859,7 @@ impl Simulation {
     }
 
     /// Election safety (Raft §5.2): at most one leader per term.
-    fn check_lease_and_leaders(&mut self) -> Check {
+    fn check_election_safety(&mut self) -> Check {
         for node in self.nodes.values() {
             if node.raw.is_none() || node.role != Role::Leader {
                 continue;
@@ -920,9 +907,11 @@ impl Simulation {
             let node = self.nodes.get_mut(&target).expect("alive");
             let raw = node.raw.as_mut().expect("alive");
             let term = raw.status().hard_state.term;
-            if let Ok(lsn) = raw.propose(encode_write(op, key, value)) {
+            let payload = encode_write(op, key, value);
+            let digest = digest_of(EntryKind::DATA, &payload);
+            if let Ok(lsn) = raw.propose(payload) {
                 self.history.push(Op { key, kind: OpKind::Write(value), invoke: now, ret: None });
-                node.writes.insert(lsn, Pending::Write { op, term, acked: false, applied: false });
+                node.writes.insert(lsn, Pending::Write { op, term, digest, acked: false, applied: false });
             }
         } else {
             let node = self.nodes.get_mut(&target).expect("alive");
@@ -1083,7 +1072,7 @@ impl Simulation {
 
     /// Compacts `id`'s log at its applied LSN (when it has applied everything it knows to be
     /// committed), so followers far behind need a snapshot.
-    pub fn compact(&mut self, id: NodeId) {
+    fn compact(&mut self, id: NodeId) {
         let node = self.nodes.get_mut(&id).expect("known node");
         let Some(raw) = node.raw.as_ref() else { return };
         let status = raw.status();
