@@ -55,4 +55,4 @@ pub use commit::Progress;
 pub use entry::{Entry, EntryKind, Lsn, LsnRange, NewEntry};
 pub use error::WalError;
 pub use recovery::{RecoveryMode, RecoveryReport, Skip, Truncation};
-pub use wal::{ClockFn, FsyncPolicy, RawRecords, Wal, WalConfig, WalReader};
+pub use wal::{ClockFn, FsyncPolicy, MAX_RESTART_LSN, RawRecords, Wal, WalConfig, WalReader};

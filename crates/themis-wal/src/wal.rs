@@ -32,6 +32,10 @@ pub enum FsyncPolicy {
     Never,
 }
 
+/// The highest LSN [`Wal::restart_at`] accepts (2^62, the wire limit), so LSN arithmetic
+/// never overflows.
+pub const MAX_RESTART_LSN: Lsn = 1 << 62;
+
 /// A source of HLC timestamps (segment creation times).
 pub type ClockFn = Arc<dyn Fn() -> Timestamp + Send + Sync>;
 
@@ -718,6 +722,65 @@ impl Wal {
         drop(index);
         drop(writer);
         quiesced.reset_to(after);
+        drop(quiesced);
+        self.shared.progress_tx.send_replace(self.shared.coordinator.progress());
+        Ok(())
+    }
+
+    /// Empties the log and continues it at `next` (a Raft follower that installed a
+    /// snapshot at `next - 1` beyond its log). Retention holds are not consulted: the
+    /// caller has made the snapshot durable first, so every entry dropped is covered.
+    ///
+    /// Crash-safe in this order: the old segments are removed oldest first and the
+    /// directory synced, then the new segment (the next id, starting at `next`) is created
+    /// durably. A crash midway leaves a contiguous suffix of the old log, or an empty
+    /// directory that opens as an empty log at LSN 1; either way the owner (the Raft
+    /// storage adapter) sees the log does not continue its snapshot and calls
+    /// `restart_at` again. Returns once durable.
+    pub fn restart_at(&self, next: Lsn) -> Result<(), WalError> {
+        if next == 0 || next > MAX_RESTART_LSN {
+            return Err(WalError::Truncate(format!("restart at LSN {next}: must be 1 to {MAX_RESTART_LSN}")));
+        }
+        let mut quiesced = self.shared.coordinator.quiesce();
+        if let Some(reason) = quiesced.closed() {
+            return Err(WalError::Closed(reason.to_string()));
+        }
+        let mut writer = lock(&self.shared.writer);
+        let mut index = write_index(&self.shared.index);
+        let sync = self.shared.config.fsync != FsyncPolicy::Never;
+        let id = writer.active_id + 1;
+        for seg in index.segments.drain(..) {
+            fs::remove_file(&seg.path).map_err(WalError::io("remove", &seg.path))?;
+        }
+        if sync {
+            fsync_dir(&self.shared.dir)?;
+        }
+        let (file, read) = match create_segment(&self.shared.dir, id, next, &self.shared.config, sync) {
+            Ok(handles) => handles,
+            Err(err) => {
+                // No segment is left to write to: the log closes (reopening recovers it).
+                drop(index);
+                drop(writer);
+                drop(quiesced);
+                self.shared.coordinator.close(&format!("restart at LSN {next} failed: {err}"));
+                return Err(err);
+            }
+        };
+        index.segments.push(SegmentInfo {
+            id,
+            first_lsn: next,
+            path: writer.path(id),
+            file: Arc::new(read),
+            offsets: Vec::new(),
+            len: HEADER_LEN as u64,
+        });
+        writer.active = file;
+        writer.active_id = id;
+        writer.active_len = HEADER_LEN as u64;
+        writer.active_records = 0;
+        drop(index);
+        drop(writer);
+        quiesced.reset_to(next - 1);
         drop(quiesced);
         self.shared.progress_tx.send_replace(self.shared.coordinator.progress());
         Ok(())

@@ -244,3 +244,29 @@ fn raw_reads_return_the_records_as_encoded_and_a_follower_reproduces_them() {
     let theirs = follower.read_raw(1, 1 << 20).unwrap();
     assert_eq!(theirs.bytes, wal.read_raw(1, theirs.bytes.len()).unwrap().bytes);
 }
+
+#[test]
+fn restart_empties_the_log_and_continues_at_the_given_lsn_across_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    write_log(dir.path(), 200);
+    let (wal, _) = Wal::open(dir.path(), small_config()).unwrap();
+    wal.set_hold("slot", 1);
+    wal.restart_at(1_001).unwrap();
+    assert_eq!((wal.first_lsn(), wal.last_lsn(), wal.durable_lsn()), (1_001, 1_000, 1_000));
+    assert_eq!(wal.segments().len(), 1, "every old segment is gone");
+    assert!(matches!(wal.read(5), Err(WalError::OutOfRange { lsn: 5, first: 1_001, .. })));
+    let err = wal.append_at(1_000, &[entry_for(1_000)]).unwrap_err();
+    assert!(matches!(err, WalError::LsnMismatch { .. }), "{err}");
+    wal.append_at(1_001, &[entry_for(1_001), entry_for(1_002)]).unwrap();
+    drop(wal);
+    let (wal, report) = Wal::open(dir.path(), small_config()).unwrap();
+    assert_eq!((report.entries, report.last_lsn), (2, 1_002));
+    assert_holds(&wal, 1_001, 1_002);
+    // Restarting below the log is allowed too (a snapshot that truncates a suffix).
+    wal.restart_at(3).unwrap();
+    assert_eq!(wal.append(&[entry_for(3)]).unwrap().first, 3);
+    for bad in [0, (1 << 62) + 1] {
+        let err = wal.restart_at(bad).unwrap_err();
+        assert!(err.to_string().contains(&format!("restart at LSN {bad}")), "{err}");
+    }
+}
