@@ -75,6 +75,7 @@
 
 mod confchange;
 mod config;
+pub mod durable;
 mod error;
 mod log;
 mod message;
@@ -91,6 +92,7 @@ pub mod wire;
 
 pub use confchange::{ConfigChange, MemberChange};
 pub use config::{Config, MAX_CLOCK_DRIFT_PPM};
+pub use durable::WalStorage;
 pub use error::{RaftError, StorageError};
 pub use message::{Body, Message};
 pub use progress::ProgressState;
