@@ -15,8 +15,8 @@ fn config() -> WalConfig {
     WalConfig { segment_bytes: 4096, max_record_bytes: 1024, max_queue_bytes: 4096, ..WalConfig::default() }
 }
 
-fn bootstrap() -> Option<(ConfState, AckPolicy)> {
-    Some((ConfState::with_voters([NodeId(1), NodeId(2), NodeId(3)]), AckPolicy::ASYNC))
+fn bootstrap() -> (ConfState, AckPolicy) {
+    (ConfState::with_voters([NodeId(1), NodeId(2), NodeId(3)]), AckPolicy::ASYNC)
 }
 
 fn entry(lsn: Lsn, term: u64) -> Entry {
@@ -34,7 +34,7 @@ fn entries(range: std::ops::RangeInclusive<Lsn>, term: u64) -> Vec<Entry> {
 }
 
 fn open(dir: &Path) -> WalStorage {
-    WalStorage::open(dir, config(), bootstrap()).unwrap().0
+    WalStorage::open(dir, config(), Some(bootstrap())).unwrap().0
 }
 
 fn snapshot_at(storage: &WalStorage, lsn: Lsn, data: &'static [u8]) -> Snapshot {
@@ -62,7 +62,7 @@ fn entries_terms_and_hard_state_survive_a_restart() {
     let storage = open(dir.path());
     let state = storage.initial_state().unwrap();
     assert_eq!(state.hard_state, HardState { term: 2, vote: Some(NodeId(3)), commit: 120 });
-    assert_eq!(state.conf_state, bootstrap().unwrap().0);
+    assert_eq!(state.conf_state, bootstrap().0);
     assert_eq!((storage.first_lsn().unwrap(), storage.last_lsn().unwrap()), (1, 150));
     assert_eq!((storage.term(0).unwrap(), storage.term(100).unwrap(), storage.term(101).unwrap()), (0, 1, 2));
     let read = storage.entries(90, 110, u64::MAX).unwrap();
@@ -181,11 +181,11 @@ fn damaged_state_files_are_typed_errors_naming_the_file() {
         let mut bad = good.clone();
         bad[i] ^= 0x40;
         std::fs::write(&hs_path, &bad).unwrap();
-        let err = WalStorage::open(dir.path(), config(), bootstrap()).unwrap_err();
+        let err = WalStorage::open(dir.path(), config(), Some(bootstrap())).unwrap_err();
         assert!(err.to_string().contains(needle) && err.to_string().contains("hard-state"), "{err}");
     }
     std::fs::write(&hs_path, &good[..10]).unwrap();
-    let err = WalStorage::open(dir.path(), config(), bootstrap()).unwrap_err();
+    let err = WalStorage::open(dir.path(), config(), Some(bootstrap())).unwrap_err();
     assert!(err.to_string().contains("shorter than the 20-byte frame"), "{err}");
     std::fs::write(&hs_path, encode_hard_state(&HardState::default())).unwrap();
 
@@ -194,7 +194,7 @@ fn damaged_state_files_are_typed_errors_naming_the_file() {
     let last = bad.len() - 1;
     bad[last] ^= 1;
     std::fs::write(&snap_path, &bad).unwrap();
-    let err = WalStorage::open(dir.path(), config(), bootstrap()).unwrap_err();
+    let err = WalStorage::open(dir.path(), config(), Some(bootstrap())).unwrap_err();
     assert!(err.to_string().contains("snapshot") && err.to_string().contains("CRC32C"), "{err}");
     std::fs::remove_file(&snap_path).unwrap();
     let err = WalStorage::open(dir.path(), config(), None).unwrap_err();
