@@ -75,6 +75,7 @@
 
 mod confchange;
 mod config;
+pub mod driver;
 pub mod durable;
 mod error;
 mod log;
@@ -92,13 +93,19 @@ pub mod wire;
 
 pub use confchange::{ConfigChange, MemberChange};
 pub use config::{Config, MAX_CLOCK_DRIFT_PPM};
+pub use driver::{
+    Driver, DriverConfig, DriverError, DriverStatus, FailoverEvent, HealthAlert, PeerInfo, ReplicaStatus,
+    ReplicationManager,
+};
 pub use durable::WalStorage;
 pub use error::{RaftError, StorageError};
 pub use message::{Body, Message};
 pub use progress::ProgressState;
 pub use quorum::{VoteResult, committed_lsn, is_quorum, vote_result};
 pub use raw_node::{Acknowledged, ProgressStatus, RawNode, Ready, Status};
-pub use signing::{ED25519_KEY_LEN, Ed25519Votes, Signature, VoteClaim, VoteRejections, VoteSigner};
+pub use signing::{
+    ED25519_KEY_LEN, Ed25519Votes, SharedVotes, Signature, VoteClaim, VoteRejections, VoteSigner,
+};
 pub use storage::{InitialState, MemStorage, MemStorageCore, Storage, limit_size};
 pub use types::{
     AckPolicy, ConfState, HardState, ReadOnlyOption, ReadState, ReplicationMode, Role, Snapshot,

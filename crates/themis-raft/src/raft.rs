@@ -806,9 +806,13 @@ impl<S: Storage> Raft<S> {
                 pr.on_heartbeat_answer();
                 // A round this leader never sent counts as nothing.
                 pr.acked_round = pr.acked_round.max(round.min(self.round));
+                let probing = pr.state == ProgressState::Probe;
                 let behind = pr.match_lsn < self.log.last_lsn()?;
                 if behind {
-                    self.send_append(from, false)?;
+                    // A probe goes out even empty: when the last probe or its answer was
+                    // lost and the leader has nothing new, only an empty append finds
+                    // where the follower's log ends.
+                    self.send_append(from, probing)?;
                 }
                 self.release_reads();
             }

@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::{Arc, RwLock};
 
 use ring::signature::{self, Ed25519KeyPair, KeyPair};
 use themis_clock::NodeId;
@@ -147,6 +148,40 @@ impl VoteSigner for Ed25519Votes {
         signature::UnparsedPublicKey::new(&signature::ED25519, public_key)
             .verify(&claim.signed_bytes(), &signature.0)
             .is_ok()
+    }
+}
+
+/// An [`Ed25519Votes`] shared between the core (which signs and verifies) and the driver
+/// (which learns peers' public keys as they connect). Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct SharedVotes(Arc<RwLock<Ed25519Votes>>);
+
+impl SharedVotes {
+    /// Shares `votes`.
+    #[must_use]
+    pub fn new(votes: Ed25519Votes) -> SharedVotes {
+        SharedVotes(Arc::new(RwLock::new(votes)))
+    }
+
+    /// This node's public key.
+    #[must_use]
+    pub fn public_key(&self) -> Vec<u8> {
+        self.0.read().unwrap_or_else(std::sync::PoisonError::into_inner).public_key()
+    }
+
+    /// Trusts `public_key` as `node`'s vote key (see [`Ed25519Votes::add_peer`]).
+    pub fn add_peer(&self, node: NodeId, public_key: &[u8]) -> Result<(), RaftError> {
+        self.0.write().unwrap_or_else(std::sync::PoisonError::into_inner).add_peer(node, public_key)
+    }
+}
+
+impl VoteSigner for SharedVotes {
+    fn sign(&self, claim: &VoteClaim) -> Signature {
+        self.0.read().unwrap_or_else(std::sync::PoisonError::into_inner).sign(claim)
+    }
+
+    fn verify(&self, signer: NodeId, claim: &VoteClaim, signature: &Signature) -> bool {
+        self.0.read().unwrap_or_else(std::sync::PoisonError::into_inner).verify(signer, claim, signature)
     }
 }
 

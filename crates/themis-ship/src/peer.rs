@@ -43,6 +43,9 @@ pub struct PeerConfig {
     pub backoff_initial: Duration,
     /// Longest reconnect delay (default 5 s). Each delay is jittered by ±25%.
     pub backoff_max: Duration,
+    /// Bytes sent in every hello on this link (the layer above introduces itself: Raft
+    /// sends its vote public key). Default empty; at most 4 KiB.
+    pub hello_extra: Bytes,
 }
 
 impl Default for PeerConfig {
@@ -56,6 +59,7 @@ impl Default for PeerConfig {
             peer_timeout: Duration::from_secs(1),
             backoff_initial: Duration::from_millis(50),
             backoff_max: Duration::from_secs(5),
+            hello_extra: Bytes::new(),
         }
     }
 }
@@ -70,6 +74,9 @@ impl PeerConfig {
                 "max_queue_msgs = {}, max_queue_bytes = {}: both must be at least 1",
                 self.max_queue_msgs, self.max_queue_bytes
             ));
+        }
+        if self.hello_extra.len() > 4096 {
+            return bad(format!("hello_extra is {} bytes: at most 4096", self.hello_extra.len()));
         }
         if self.max_frames_per_flush == 0 {
             return bad("max_frames_per_flush = 0: must be at least 1".into());
@@ -217,7 +224,10 @@ impl Link {
         let mut backoff = Backoff::new(self.config.backoff_initial, self.config.backoff_max, seed);
         loop {
             let sent_before = self.status.borrow().sent_msgs;
-            let ended = match self.transport.connect(self.addr, self.peer, Purpose::Raft, Bytes::new()).await
+            let ended = match self
+                .transport
+                .connect(self.addr, self.peer, Purpose::Raft, self.config.hello_extra.clone())
+                .await
             {
                 Ok((conn, _)) => {
                     self.status.send_modify(|s| {

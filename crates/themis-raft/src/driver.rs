@@ -1,0 +1,1133 @@
+//! The async driver: the I/O around a [`RawNode`]. It ticks from a timer, persists each
+//! `Ready` in a [`WalStorage`] (entries through the WAL's group commit, the hard state in
+//! its file), sends messages over themis-ship peer links (mutual TLS), applies committed
+//! entries on an applier thread through a themis-ship [`Applier`], answers each write by
+//! the acknowledgement mode's rule, takes snapshots and compacts the log, and watches
+//! replica health.
+//!
+//! [`ReplicationManager`] is the handle applications hold: writes, linearizable reads,
+//! elections, the acknowledgement mode, membership and leadership transfer, status,
+//! failover history and health alerts.
+//!
+//! One task owns the node and runs the loop: wait for a tick, a message, a command or a
+//! finished snapshot; take everything else already queued (so proposals that arrive
+//! together share one `Ready`, one WAL write and one append per follower); then work
+//! through the `Ready`. Applying runs on its own thread, fed in log order, so a slow
+//! state machine does not hold up replication.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use themis_clock::{NodeId, Timestamp};
+use themis_ship::{
+    Applier, ApplyError, ParallelApplier, ParallelConfig, PeerConfig, PeerSender, SendError, SerialApplier,
+    StateMachine, Transport, serve_messages,
+};
+use themis_wal::{Entry, EntryKind, Lsn};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+
+use crate::confchange::MemberChange;
+use crate::config::Config;
+use crate::durable::WalStorage;
+use crate::error::{RaftError, StorageError};
+use crate::message::{Body, Message};
+use crate::progress::ProgressState;
+use crate::raw_node::{RawNode, Ready};
+use crate::signing::SharedVotes;
+use crate::storage::Storage;
+use crate::types::{AckPolicy, ConfState, Role, Snapshot, SnapshotMeta};
+use crate::wire::{self, WireLimits};
+
+/// The entry kind that records a member's addresses in the log, so every node (and every
+/// node that joins later) learns where its peers are.
+pub const PEER_ENTRY: EntryKind = match EntryKind::new(4) {
+    Some(kind) => kind,
+    None => panic!("4 is a valid entry kind"),
+};
+
+/// A member's addresses, as the log records them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerInfo {
+    /// The node.
+    pub id: NodeId,
+    /// Where it accepts Raft links.
+    pub raft_addr: SocketAddr,
+    /// Opaque to the driver: the node layer stores its client address here.
+    pub meta: Vec<u8>,
+}
+
+/// Settings of a [`Driver`].
+#[derive(Debug, Clone)]
+pub struct DriverConfig {
+    /// The Raft core's settings.
+    pub raft: Config,
+    /// Wall time per tick (default 50 ms: with `heartbeat_tick` 2 and `election_tick` 10,
+    /// heartbeats every 100 ms and election timeouts of 500 to 1000 ms).
+    pub tick: Duration,
+    /// The bootstrap members' addresses (this node's own included).
+    pub peers: Vec<PeerInfo>,
+    /// Peer link settings.
+    pub peer: PeerConfig,
+    /// Bounds on decoded messages.
+    pub wire: WireLimits,
+    /// Take a snapshot and compact once this many entries follow the last snapshot
+    /// (default 100,000).
+    pub snapshot_entries: u64,
+    /// Applier threads: 1 applies serially, 2 to 64 in parallel by key (default 1).
+    pub apply_workers: usize,
+    /// Proposals waiting for acknowledgement before new ones are refused (default 65,536).
+    pub max_pending: usize,
+    /// A replica behind by more LSNs than this raises a lag alert (default 10,000).
+    pub lag_alert_lsns: u64,
+    /// A replica behind by more than this raises a lag alert (default 1 s).
+    pub lag_alert: Duration,
+}
+
+impl DriverConfig {
+    /// Defaults around `raft`, with `peers` as the bootstrap addresses.
+    #[must_use]
+    pub fn new(raft: Config, peers: Vec<PeerInfo>) -> DriverConfig {
+        DriverConfig {
+            raft,
+            tick: Duration::from_millis(50),
+            peers,
+            peer: PeerConfig::default(),
+            wire: WireLimits::default(),
+            snapshot_entries: 100_000,
+            apply_workers: 1,
+            max_pending: 65_536,
+            lag_alert_lsns: 10_000,
+            lag_alert: Duration::from_secs(1),
+        }
+    }
+
+    /// Checks every setting; the message names the setting and the value.
+    pub fn validate(&self) -> Result<(), DriverError> {
+        let bad = |m: String| Err(DriverError::Config(m));
+        self.raft.validate()?;
+        self.peer.validate().map_err(|e| DriverError::Config(e.to_string()))?;
+        if self.tick < Duration::from_millis(1) || self.tick > Duration::from_secs(10) {
+            return bad(format!("tick = {:?}: must be 1 ms to 10 s", self.tick));
+        }
+        if self.snapshot_entries < 16 {
+            return bad(format!("snapshot_entries = {}: must be at least 16", self.snapshot_entries));
+        }
+        if !(1..=64).contains(&self.apply_workers) {
+            return bad(format!("apply_workers = {}: must be 1 to 64", self.apply_workers));
+        }
+        if self.max_pending == 0 {
+            return bad("max_pending = 0: must be at least 1".into());
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for peer in &self.peers {
+            if !seen.insert(peer.id) {
+                return bad(format!("peers: node {} is listed twice", peer.id));
+            }
+        }
+        if !seen.contains(&self.raft.id) {
+            return bad(format!("peers: this node ({}) has no address", self.raft.id));
+        }
+        Ok(())
+    }
+}
+
+/// Why a driver call failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DriverError {
+    /// This node is not the leader; `leader` (with its addresses when known) is.
+    #[error("node {node} is not the leader (leader: {leader:?})")]
+    NotLeader {
+        /// This node.
+        node: NodeId,
+        /// The leader, if known.
+        leader: Option<NodeId>,
+        /// The leader's addresses, if known.
+        leader_info: Option<PeerInfo>,
+    },
+    /// Leadership changed before the write was acknowledged: it may or may not commit.
+    #[error("the outcome of LSN {lsn} is unknown: leadership changed before it was acknowledged")]
+    OutcomeUnknown {
+        /// The write's LSN.
+        lsn: Lsn,
+    },
+    /// Too many writes wait for acknowledgement.
+    #[error("{pending} writes are waiting for acknowledgement (the bound); retry later")]
+    Busy {
+        /// Writes waiting.
+        pending: usize,
+    },
+    /// The Raft core refused.
+    #[error(transparent)]
+    Raft(#[from] RaftError),
+    /// Storage failed; the driver stops.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// Applying failed; the driver stops.
+    #[error("apply: {0}")]
+    Apply(String),
+    /// A bad setting.
+    #[error("invalid driver configuration: {0}")]
+    Config(String),
+    /// The driver has stopped.
+    #[error("the driver has stopped: {0}")]
+    Stopped(String),
+}
+
+/// A member's replication, as the leader sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaStatus {
+    /// The member.
+    pub id: NodeId,
+    /// Whether it is a learner.
+    pub learner: bool,
+    /// The highest LSN known to match the leader's log.
+    pub match_lsn: Lsn,
+    /// LSNs behind the leader's last.
+    pub lag_lsns: u64,
+    /// How old the oldest entry it lacks is, in milliseconds (0 when caught up).
+    pub lag_ms: u64,
+    /// Milliseconds since it last answered.
+    pub last_contact_ms: u64,
+    /// Replication state: `Probe`, `Replicate` or `Snapshot`.
+    pub state: String,
+    /// Answering heartbeats and within the lag bounds.
+    pub healthy: bool,
+}
+
+/// A node's replication state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct DriverStatus {
+    /// This node.
+    pub id: NodeId,
+    /// `Leader`, `Follower`, `Candidate` or `PreCandidate`.
+    pub role: String,
+    /// The current term.
+    pub term: u64,
+    /// The leader, if known.
+    pub leader: Option<NodeId>,
+    /// The last LSN in the log.
+    pub last_lsn: Lsn,
+    /// The commit LSN.
+    pub commit_lsn: Lsn,
+    /// The LSN the state machine has applied.
+    pub applied_lsn: Lsn,
+    /// The leader's acknowledged LSN under the mode (0 elsewhere).
+    pub acknowledged_lsn: Lsn,
+    /// The acknowledgement policy, e.g. `SEMI_SYNC(min_sync_replicas=1)`.
+    pub mode: String,
+    /// Voters.
+    pub voters: Vec<NodeId>,
+    /// Learners.
+    pub learners: Vec<NodeId>,
+    /// Whether the leader holds a valid read lease.
+    pub lease_valid: bool,
+    /// Per replica, on the leader.
+    pub replicas: Vec<ReplicaStatus>,
+}
+
+/// A change of leader this node saw.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailoverEvent {
+    /// The term.
+    pub term: u64,
+    /// The new leader (None: leaderless).
+    pub leader: Option<NodeId>,
+    /// The previous leader.
+    pub previous: Option<NodeId>,
+    /// Milliseconds since the driver started.
+    pub at_ms: u64,
+}
+
+/// A health problem the leader noticed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HealthAlert {
+    /// A replica missed two heartbeat intervals.
+    MissingHeartbeats {
+        /// The replica.
+        id: NodeId,
+        /// Milliseconds since it last answered.
+        silent_ms: u64,
+    },
+    /// A replica is further behind than the lag bounds.
+    Lagging {
+        /// The replica.
+        id: NodeId,
+        /// LSNs behind.
+        lag_lsns: u64,
+        /// Age of the oldest entry it lacks.
+        lag_ms: u64,
+    },
+    /// A replica is healthy again.
+    Recovered {
+        /// The replica.
+        id: NodeId,
+    },
+}
+
+type Reply<T> = oneshot::Sender<Result<T, DriverError>>;
+
+enum Command {
+    Propose { kind: EntryKind, payload: Bytes, reply: Reply<Lsn> },
+    Read { reply: Reply<Lsn> },
+    Campaign { reply: Reply<()> },
+    SetPolicy { policy: AckPolicy, reply: Reply<Lsn> },
+    Membership { change: MemberChange, reply: Reply<Lsn> },
+    Transfer { to: NodeId, reply: Reply<()> },
+    Peer { id: NodeId, reply: oneshot::Sender<Option<PeerInfo>> },
+    Shutdown,
+}
+
+enum ApplyMsg {
+    Entries(Vec<Entry>),
+    Restore { lsn: Lsn, data: Bytes },
+    Snapshot { lsn: Lsn, reply: oneshot::Sender<Result<Bytes, DriverError>> },
+}
+
+/// What the driver stores as snapshot data: the members' addresses and the state
+/// machine's image, at one LSN.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct DriverSnapshot {
+    peers: Vec<PeerInfo>,
+    machine: Vec<u8>,
+}
+
+impl DriverSnapshot {
+    fn decode(data: &Bytes) -> Result<DriverSnapshot, DriverError> {
+        if data.is_empty() {
+            return Ok(DriverSnapshot::default());
+        }
+        postcard::from_bytes(data)
+            .map_err(|e| DriverError::Storage(StorageError::Other(format!("snapshot data: {e}"))))
+    }
+}
+
+/// The handle to a running node's replication. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct ReplicationManager {
+    id: NodeId,
+    commands: mpsc::Sender<Command>,
+    applied: watch::Receiver<Result<Lsn, String>>,
+    status: watch::Receiver<DriverStatus>,
+    history: Arc<std::sync::Mutex<VecDeque<FailoverEvent>>>,
+    alerts: broadcast::Sender<HealthAlert>,
+}
+
+impl ReplicationManager {
+    async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, DriverError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands.send(make(tx)).await.map_err(|_| DriverError::Stopped("the loop has ended".into()))?;
+        rx.await.map_err(|_| DriverError::Stopped("the loop dropped the request".into()))?
+    }
+
+    /// This node's id.
+    #[must_use]
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// Writes `payload` (an op batch for the state machine) and returns its LSN once the
+    /// acknowledgement mode's rule is met. Fails with [`DriverError::NotLeader`] on a
+    /// follower.
+    pub async fn propose(&self, payload: Bytes) -> Result<Lsn, DriverError> {
+        self.call(|reply| Command::Propose { kind: EntryKind::DATA, payload, reply }).await
+    }
+
+    /// A linearizable read point: returns an LSN once the state machine has applied it;
+    /// reading the state machine then sees every write acknowledged before the call
+    /// (lease or `ReadIndex`, as the Raft config says).
+    pub async fn read_index(&self) -> Result<Lsn, DriverError> {
+        let lsn = self.call(|reply| Command::Read { reply }).await?;
+        self.wait_applied(lsn).await?;
+        Ok(lsn)
+    }
+
+    /// Waits until the state machine has applied `lsn` (a session read's token).
+    pub async fn wait_applied(&self, lsn: Lsn) -> Result<(), DriverError> {
+        let mut applied = self.applied.clone();
+        loop {
+            match &*applied.borrow_and_update() {
+                Ok(at) if *at >= lsn => return Ok(()),
+                Ok(_) => {}
+                Err(e) => return Err(DriverError::Apply(e.clone())),
+            }
+            applied.changed().await.map_err(|_| DriverError::Stopped("the applier has ended".into()))?;
+        }
+    }
+
+    /// The LSN the state machine has applied.
+    #[must_use]
+    pub fn applied_lsn(&self) -> Lsn {
+        self.applied.borrow().clone().unwrap_or(0)
+    }
+
+    /// Starts an election on this node now.
+    pub async fn start_election(&self) -> Result<(), DriverError> {
+        self.call(|reply| Command::Campaign { reply }).await
+    }
+
+    /// Changes the acknowledgement mode for the whole cluster, through the log; returns
+    /// once the change is acknowledged (leader only).
+    pub async fn set_mode(&self, policy: AckPolicy) -> Result<Lsn, DriverError> {
+        self.call(|reply| Command::SetPolicy { policy, reply }).await
+    }
+
+    /// Adds `peer` as a learner: its addresses go into the log first, then the
+    /// membership change. Promote it with [`promote`](Self::promote) once it caught up.
+    pub async fn add_learner(&self, peer: PeerInfo) -> Result<Lsn, DriverError> {
+        let id = peer.id;
+        let payload = Bytes::from(postcard::to_stdvec(&peer).expect("peer info encodes"));
+        self.call(|reply| Command::Propose { kind: PEER_ENTRY, payload, reply }).await?;
+        self.call(|reply| Command::Membership { change: MemberChange::AddLearner(id), reply }).await
+    }
+
+    /// Makes learner `id` a voter (through joint consensus).
+    pub async fn promote(&self, id: NodeId) -> Result<Lsn, DriverError> {
+        self.call(|reply| Command::Membership { change: MemberChange::AddVoter(id), reply }).await
+    }
+
+    /// Removes member `id`.
+    pub async fn remove(&self, id: NodeId) -> Result<Lsn, DriverError> {
+        self.call(|reply| Command::Membership { change: MemberChange::Remove(id), reply }).await
+    }
+
+    /// Hands leadership to `to` once it has caught up.
+    pub async fn transfer_leadership(&self, to: NodeId) -> Result<(), DriverError> {
+        self.call(|reply| Command::Transfer { to, reply }).await
+    }
+
+    /// The addresses the log records for `id`.
+    pub async fn peer(&self, id: NodeId) -> Option<PeerInfo> {
+        let (tx, rx) = oneshot::channel();
+        self.commands.send(Command::Peer { id, reply: tx }).await.ok()?;
+        rx.await.ok().flatten()
+    }
+
+    /// Stops the driver: the loop ends after the work in hand, waiting writes fail with
+    /// [`DriverError::Stopped`], links close. Every handle then reports `Stopped`.
+    pub async fn shutdown(&self) {
+        let _ = self.commands.send(Command::Shutdown).await;
+    }
+
+    /// The replication state now.
+    #[must_use]
+    pub fn status(&self) -> DriverStatus {
+        self.status.borrow().clone()
+    }
+
+    /// A receiver of status updates (published every tick and on every change).
+    #[must_use]
+    pub fn watch_status(&self) -> watch::Receiver<DriverStatus> {
+        self.status.clone()
+    }
+
+    /// Leader changes this node saw, oldest first (the last 256).
+    #[must_use]
+    pub fn failover_history(&self) -> Vec<FailoverEvent> {
+        self.history.lock().unwrap_or_else(std::sync::PoisonError::into_inner).iter().cloned().collect()
+    }
+
+    /// Health alerts from now on.
+    #[must_use]
+    pub fn alerts(&self) -> broadcast::Receiver<HealthAlert> {
+        self.alerts.subscribe()
+    }
+}
+
+/// Starts replication. See the module documentation.
+#[derive(Debug)]
+pub struct Driver;
+
+impl Driver {
+    /// Starts the driver on the current tokio runtime: the loop task, the accept task on
+    /// `listener` and the applier thread over `machine`. `votes` signs this node's votes
+    /// and learns peers' keys from their hellos; `clock` stamps entries (an HLC's `now`).
+    /// The returned handle ends when the loop stops (storage or apply failure, or every
+    /// [`ReplicationManager`] dropped).
+    pub fn start<S: StateMachine>(
+        mut config: DriverConfig,
+        storage: WalStorage,
+        transport: Transport,
+        listener: themis_ship::transport::Listener,
+        machine: Arc<S>,
+        votes: SharedVotes,
+        clock: impl Fn() -> Timestamp + Send + Sync + 'static,
+    ) -> Result<(ReplicationManager, JoinHandle<Result<(), DriverError>>), DriverError> {
+        config.validate()?;
+        let id = config.raft.id;
+        config.peer.hello_extra = Bytes::from(votes.public_key());
+        let clock: Arc<dyn Fn() -> Timestamp + Send + Sync> = Arc::new(clock);
+        // Restore the state machine from the snapshot before the log replays after it.
+        let snapshot = storage.snapshot()?;
+        let restored = DriverSnapshot::decode(&snapshot.data)?;
+        if !restored.machine.is_empty() {
+            machine.restore(&Bytes::from(restored.machine)).map_err(|e| DriverError::Apply(e.to_string()))?;
+        }
+        config.raft.applied = snapshot.meta.lsn;
+        let node_clock = Arc::clone(&clock);
+        let node = RawNode::new(config.raft.clone(), storage.clone(), Box::new(votes.clone()), move || {
+            node_clock()
+        })?;
+
+        let (applied_tx, applied) = watch::channel(Ok(snapshot.meta.lsn));
+        let (apply_tx, apply_rx) = mpsc::channel(1024);
+        let workers = config.apply_workers;
+        std::thread::Builder::new()
+            .name(format!("themis-apply-{}", id.0))
+            .spawn(move || apply_thread(&machine, workers, apply_rx, &applied_tx))
+            .map_err(|e| DriverError::Apply(format!("spawn the applier thread: {e}")))?;
+
+        let (inbound_tx, inbound) = mpsc::channel(4096);
+        let accept = tokio::spawn(accept_loop(listener, inbound_tx, config.peer.clone(), votes));
+        let (commands_tx, commands) = mpsc::channel(config.max_pending.min(1 << 16));
+        let (status_tx, status) = watch::channel(DriverStatus::default());
+        let history = Arc::new(std::sync::Mutex::new(VecDeque::new()));
+        let (alerts, _) = broadcast::channel(256);
+        let mut peers = BTreeMap::new();
+        for info in restored.peers.into_iter().chain(config.peers.iter().cloned()) {
+            peers.entry(info.id).or_insert(Peer { info, sender: None, retry_at: None });
+        }
+        let mut driver = Loop {
+            id,
+            node,
+            storage,
+            transport,
+            config,
+            clock,
+            peers,
+            pending: BTreeMap::new(),
+            reads: HashMap::new(),
+            next_read: 0,
+            apply_tx,
+            applied: applied.clone(),
+            status_tx,
+            history: Arc::clone(&history),
+            alerts: alerts.clone(),
+            alerting: BTreeMap::new(),
+            started: Instant::now(),
+            last_leader: None,
+            snapshotting: None,
+            handed_lsn: snapshot.meta.lsn,
+        };
+        driver.sync_peers();
+        let handle = tokio::spawn(async move {
+            let result = driver.run(inbound, commands).await;
+            accept.abort();
+            if let Err(err) = &result {
+                tracing::error!(node = %driver.id, error = %err, "the replication driver stopped");
+            }
+            driver.fail_all(&result);
+            result
+        });
+        Ok((ReplicationManager { id, commands: commands_tx, applied, status, history, alerts }, handle))
+    }
+}
+
+async fn accept_loop(
+    listener: themis_ship::transport::Listener,
+    deliver: mpsc::Sender<(NodeId, Bytes)>,
+    config: PeerConfig,
+    votes: SharedVotes,
+) {
+    loop {
+        let pending = match listener.accept().await {
+            Ok(p) => p,
+            Err(err) => {
+                tracing::warn!(error = %err, "accept failed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let (deliver, config, votes) = (deliver.clone(), config.clone(), votes.clone());
+        tokio::spawn(async move {
+            let incoming = match pending.handshake().await {
+                Ok(incoming) => incoming,
+                Err(err) => {
+                    tracing::warn!(error = %err, "refused a peer link");
+                    return;
+                }
+            };
+            // The hello's extra bytes are the dialer's vote key; mutual TLS has already
+            // proved the dialer is the node it names.
+            if let Err(err) = votes.add_peer(incoming.hello.node, &incoming.hello.extra) {
+                tracing::warn!(peer = %incoming.hello.node, error = %err, "peer sent no usable vote key");
+            }
+            if let Err(err) = serve_messages(incoming, deliver, &config).await {
+                tracing::debug!(error = %err, "peer link ended");
+            }
+        });
+    }
+}
+
+fn apply_thread<S: StateMachine>(
+    machine: &Arc<S>,
+    workers: usize,
+    mut rx: mpsc::Receiver<ApplyMsg>,
+    published: &watch::Sender<Result<Lsn, String>>,
+) {
+    let mut queue: Box<dyn Applier> = if workers <= 1 {
+        Box::new(SerialApplier::new(Arc::clone(machine)))
+    } else {
+        match ParallelApplier::new(machine, ParallelConfig { workers, ..ParallelConfig::default() }) {
+            Ok(a) => Box::new(a),
+            Err(e) => {
+                let _ = published.send_replace(Err(e.to_string()));
+                return;
+            }
+        }
+    };
+    let fail = |published: &watch::Sender<Result<Lsn, String>>, e: &ApplyError| {
+        tracing::error!(error = %e, "applying failed; this node applies nothing more");
+        let _ = published.send_replace(Err(e.to_string()));
+    };
+    while let Some(msg) = rx.blocking_recv() {
+        match msg {
+            ApplyMsg::Entries(entries) => {
+                let Some(last) = entries.last().map(|e| e.lsn) else { continue };
+                let result = entries
+                    .iter()
+                    .filter(|e| e.kind == EntryKind::DATA)
+                    .try_for_each(|e| queue.submit_entry(e))
+                    .and_then(|()| queue.sync());
+                queue.take_changes();
+                match result {
+                    Ok(_) => {
+                        let _ = published.send_replace(Ok(last));
+                    }
+                    Err(e) => return fail(published, &e),
+                }
+            }
+            ApplyMsg::Restore { lsn, data } => {
+                let result = queue.sync().and_then(|_| machine.restore(&data));
+                match result {
+                    Ok(()) => {
+                        let _ = published.send_replace(Ok(lsn));
+                    }
+                    Err(e) => return fail(published, &e),
+                }
+            }
+            ApplyMsg::Snapshot { lsn, reply } => {
+                let result = queue.sync().and_then(|_| machine.snapshot());
+                let _ =
+                    reply.send(result.map_err(|e| DriverError::Apply(format!("snapshot at LSN {lsn}: {e}"))));
+            }
+        }
+    }
+}
+
+struct Peer {
+    info: PeerInfo,
+    sender: Option<PeerSender>,
+    /// When a link that ended (a permanent failure, such as a peer that did not admit
+    /// this node yet) is started again.
+    retry_at: Option<Instant>,
+}
+
+/// How long after a link ends for good it is started again.
+const LINK_RETRY: Duration = Duration::from_secs(1);
+
+struct Snapshotting {
+    lsn: Lsn,
+    conf_state: ConfState,
+    policy: AckPolicy,
+    peers: Vec<PeerInfo>,
+    reply: oneshot::Receiver<Result<Bytes, DriverError>>,
+}
+
+struct Loop {
+    id: NodeId,
+    node: RawNode<WalStorage>,
+    storage: WalStorage,
+    transport: Transport,
+    config: DriverConfig,
+    clock: Arc<dyn Fn() -> Timestamp + Send + Sync>,
+    peers: BTreeMap<NodeId, Peer>,
+    /// Writes waiting for acknowledgement: LSN → (term, reply).
+    pending: BTreeMap<Lsn, (u64, Reply<Lsn>)>,
+    reads: HashMap<u64, Reply<Lsn>>,
+    next_read: u64,
+    apply_tx: mpsc::Sender<ApplyMsg>,
+    applied: watch::Receiver<Result<Lsn, String>>,
+    status_tx: watch::Sender<DriverStatus>,
+    history: Arc<std::sync::Mutex<VecDeque<FailoverEvent>>>,
+    alerts: broadcast::Sender<HealthAlert>,
+    /// Replicas currently alerting.
+    alerting: BTreeMap<NodeId, bool>,
+    started: Instant,
+    last_leader: Option<NodeId>,
+    snapshotting: Option<Snapshotting>,
+    /// The last LSN handed to the applier.
+    handed_lsn: Lsn,
+}
+
+/// Most queued inputs taken per loop turn before the `Ready` is worked through.
+const MAX_BATCH: usize = 4096;
+
+impl Loop {
+    async fn run(
+        &mut self,
+        mut inbound: mpsc::Receiver<(NodeId, Bytes)>,
+        mut commands: mpsc::Receiver<Command>,
+    ) -> Result<(), DriverError> {
+        let mut ticker = tokio::time::interval(self.config.tick);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {
+                    self.node.tick()?;
+                    if self.peers.values().any(|p| p.retry_at.is_some_and(|at| at <= Instant::now())) {
+                        self.sync_peers();
+                    }
+                    self.publish_status();
+                }
+                msg = inbound.recv() => {
+                    let Some((from, bytes)) = msg else { return Err(DriverError::Stopped("inbound closed".into())) };
+                    self.step(from, &bytes);
+                }
+                cmd = commands.recv() => {
+                    match cmd {
+                        None | Some(Command::Shutdown) => return Ok(()),
+                        Some(cmd) => self.command(cmd),
+                    }
+                }
+                snap = wait_snapshot(&mut self.snapshotting) => {
+                    self.finish_snapshot(snap).await?;
+                }
+            }
+            for _ in 0..MAX_BATCH {
+                match inbound.try_recv() {
+                    Ok((from, bytes)) => self.step(from, &bytes),
+                    Err(_) => break,
+                }
+            }
+            for _ in 0..MAX_BATCH {
+                match commands.try_recv() {
+                    Ok(Command::Shutdown) => return Ok(()),
+                    Ok(cmd) => self.command(cmd),
+                    Err(_) => break,
+                }
+            }
+            while self.node.has_ready() {
+                let ready = self.node.ready()?;
+                self.handle_ready(ready).await?;
+            }
+            self.maybe_snapshot().await?;
+        }
+    }
+
+    fn step(&mut self, from: NodeId, bytes: &Bytes) {
+        match wire::decode(bytes, &self.config.wire) {
+            Ok(message) if message.from == from => {
+                if let Err(err) = self.node.step(message) {
+                    tracing::debug!(%from, error = %err, "message refused");
+                }
+            }
+            Ok(message) => {
+                tracing::warn!(link = %from, claims = %message.from, "a message names another sender; dropped");
+            }
+            Err(err) => tracing::warn!(%from, error = %err, "undecodable message dropped"),
+        }
+    }
+
+    fn not_leader(&self) -> DriverError {
+        let leader = self.node.status().soft_state.leader;
+        DriverError::NotLeader {
+            node: self.id,
+            leader,
+            leader_info: leader.and_then(|l| self.peers.get(&l)).map(|p| p.info.clone()),
+        }
+    }
+
+    fn command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Propose { kind, payload, reply } => {
+                let result = self.node.propose_entry(kind, payload);
+                self.track(result, reply);
+            }
+            Command::SetPolicy { policy, reply } => {
+                let result = self.node.set_policy(policy);
+                self.track(result, reply);
+            }
+            Command::Membership { change, reply } => {
+                let result = self.node.change_membership(vec![change]);
+                self.track(result, reply);
+            }
+            Command::Read { reply } => {
+                self.next_read += 1;
+                let id = self.next_read;
+                match self.node.read_index(Bytes::copy_from_slice(&id.to_le_bytes())) {
+                    Ok(()) => {
+                        self.reads.insert(id, reply);
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(self.refusal(e)));
+                    }
+                }
+            }
+            Command::Campaign { reply } => {
+                let _ = reply.send(self.node.campaign().map_err(DriverError::from));
+            }
+            Command::Transfer { to, reply } => {
+                let _ = reply.send(self.node.transfer_leader(to).map_err(|e| self.refusal(e)));
+            }
+            Command::Peer { id, reply } => {
+                let _ = reply.send(self.peers.get(&id).map(|p| p.info.clone()));
+            }
+            Command::Shutdown => {}
+        }
+    }
+
+    fn refusal(&self, err: RaftError) -> DriverError {
+        match err {
+            RaftError::NotLeader { .. } => self.not_leader(),
+            other => DriverError::Raft(other),
+        }
+    }
+
+    fn track(&mut self, result: Result<Lsn, RaftError>, reply: Reply<Lsn>) {
+        match result {
+            Ok(_) if self.pending.len() >= self.config.max_pending => {
+                // Proposed already: the entry will commit; only the answer is refused.
+                let _ = reply.send(Err(DriverError::Busy { pending: self.pending.len() }));
+            }
+            Ok(lsn) => {
+                let term = self.node.status().hard_state.term;
+                self.pending.insert(lsn, (term, reply));
+            }
+            Err(e) => {
+                let _ = reply.send(Err(self.refusal(e)));
+            }
+        }
+    }
+
+    async fn handle_ready(&mut self, mut ready: Ready) -> Result<(), DriverError> {
+        if let Some(soft) = ready.soft_state {
+            self.on_soft_state(soft.role, soft.leader);
+        }
+        let messages = std::mem::take(&mut ready.messages);
+        self.send(messages);
+        if let Some(snapshot) = ready.snapshot.take() {
+            self.install(snapshot).await?;
+        }
+        if !ready.entries.is_empty() {
+            self.storage.append_async(&ready.entries).await?;
+        }
+        if let Some(hs) = ready.hard_state {
+            let storage = self.storage.clone();
+            spawn_blocking(move || storage.set_hard_state(hs)).await?;
+        }
+        let persisted = std::mem::take(&mut ready.persisted_messages);
+        self.send(persisted);
+        if !ready.committed_entries.is_empty() {
+            for entry in &ready.committed_entries {
+                if entry.kind == PEER_ENTRY {
+                    self.learn_peer(entry);
+                }
+            }
+            self.handed_lsn = ready.committed_entries.last().map_or(self.handed_lsn, |e| e.lsn);
+            self.apply_tx
+                .send(ApplyMsg::Entries(std::mem::take(&mut ready.committed_entries)))
+                .await
+                .map_err(|_| DriverError::Apply("the applier thread has ended".into()))?;
+        }
+        for read in ready.read_states.drain(..) {
+            let id = read.ctx.get(..8).map_or(0, |b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])));
+            if let Some(reply) = self.reads.remove(&id) {
+                let _ = reply.send(Ok(read.lsn));
+            }
+        }
+        if let Some(ack) = ready.acknowledged {
+            let done: Vec<Lsn> = self.pending.range(..=ack.lsn).map(|(lsn, _)| *lsn).collect();
+            for lsn in done {
+                if let Some((term, reply)) = self.pending.remove(&lsn) {
+                    let result =
+                        if term == ack.term { Ok(lsn) } else { Err(DriverError::OutcomeUnknown { lsn }) };
+                    let _ = reply.send(result);
+                }
+            }
+        }
+        if ready.conf_state.is_some() {
+            self.sync_peers();
+        }
+        self.node.advance()?;
+        if ready.soft_state.is_some() || ready.conf_state.is_some() {
+            self.publish_status();
+        }
+        Ok(())
+    }
+
+    fn on_soft_state(&mut self, role: Role, leader: Option<NodeId>) {
+        if role != Role::Leader {
+            // Writes this node proposed as leader may or may not commit under the next.
+            for (lsn, (_, reply)) in std::mem::take(&mut self.pending) {
+                let _ = reply.send(Err(DriverError::OutcomeUnknown { lsn }));
+            }
+            let error = self.not_leader();
+            for (_, reply) in self.reads.drain() {
+                let _ = reply.send(Err(error.clone()));
+            }
+        }
+        if leader != self.last_leader {
+            let event = FailoverEvent {
+                term: self.node.status().hard_state.term,
+                leader,
+                previous: self.last_leader,
+                at_ms: u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            };
+            tracing::info!(node = %self.id, term = event.term, leader = ?leader, "leader changed");
+            let mut history = self.history.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if history.len() == 256 {
+                history.pop_front();
+            }
+            history.push_back(event);
+            self.last_leader = leader;
+        }
+    }
+
+    fn send(&mut self, messages: Vec<Message>) {
+        for message in messages {
+            let to = message.to;
+            let is_snapshot = matches!(message.body, Body::Snapshot { .. });
+            let sent = match self.peers.get_mut(&to) {
+                Some(peer) => {
+                    match peer.sender.as_ref().map(|s| s.try_send(Bytes::from(wire::encode(&message)))) {
+                        Some(Ok(())) => true,
+                        Some(Err(SendError::Full { .. })) | None => false,
+                        Some(Err(SendError::Closed { .. })) => {
+                            peer.sender = None;
+                            peer.retry_at = Some(Instant::now() + LINK_RETRY);
+                            false
+                        }
+                    }
+                }
+                None => false,
+            };
+            if !sent {
+                self.node.report_unreachable(to);
+            }
+            if is_snapshot {
+                self.node.report_snapshot(to, sent);
+            }
+        }
+    }
+
+    fn learn_peer(&mut self, entry: &Entry) {
+        match postcard::from_bytes::<PeerInfo>(&entry.payload) {
+            Ok(info) => {
+                let id = info.id;
+                match self.peers.get_mut(&id) {
+                    Some(peer) if peer.info.raft_addr != info.raft_addr => {
+                        peer.info = info;
+                        peer.sender = None;
+                    }
+                    Some(peer) => peer.info = info,
+                    None => {
+                        self.peers.insert(id, Peer { info, sender: None, retry_at: None });
+                    }
+                }
+                self.sync_peers();
+            }
+            Err(e) => tracing::warn!(lsn = entry.lsn, error = %e, "undecodable peer entry ignored"),
+        }
+    }
+
+    /// Links to every member (and only members), and admits them at the transport.
+    fn sync_peers(&mut self) {
+        let members = self.node.status().conf_state.members();
+        let admitted = self.transport.members();
+        for (id, peer) in &mut self.peers {
+            let member = members.contains(id) || (members.is_empty() && *id != self.id);
+            if member {
+                admitted.add(*id);
+            } else {
+                admitted.remove(*id);
+            }
+            if *id == self.id {
+                continue;
+            }
+            if member && peer.sender.is_none() && peer.retry_at.is_none_or(|at| at <= Instant::now()) {
+                peer.retry_at = None;
+                match PeerSender::spawn(
+                    self.transport.clone(),
+                    *id,
+                    peer.info.raft_addr,
+                    self.config.peer.clone(),
+                    self.config.raft.seed ^ id.0,
+                ) {
+                    Ok((sender, _task)) => peer.sender = Some(sender),
+                    Err(e) => tracing::warn!(peer = %id, error = %e, "could not start the peer link"),
+                }
+            } else if !member {
+                peer.sender = None;
+            }
+        }
+    }
+
+    async fn install(&mut self, snapshot: Snapshot) -> Result<(), DriverError> {
+        let decoded = DriverSnapshot::decode(&snapshot.data)?;
+        let storage = self.storage.clone();
+        let lsn = snapshot.meta.lsn;
+        let to_install = snapshot.clone();
+        spawn_blocking(move || storage.install_snapshot(&to_install)).await?;
+        for info in decoded.peers {
+            self.peers.entry(info.id).or_insert(Peer { info, sender: None, retry_at: None });
+        }
+        self.sync_peers();
+        self.handed_lsn = lsn;
+        self.apply_tx
+            .send(ApplyMsg::Restore { lsn, data: Bytes::from(decoded.machine) })
+            .await
+            .map_err(|_| DriverError::Apply("the applier thread has ended".into()))
+    }
+
+    /// Asks the applier for a snapshot once enough entries follow the last one and
+    /// everything committed has been handed over (so the membership is the one at that LSN).
+    async fn maybe_snapshot(&mut self) -> Result<(), DriverError> {
+        if self.snapshotting.is_some() || self.storage.entries_since_snapshot() < self.config.snapshot_entries
+        {
+            return Ok(());
+        }
+        let status = self.node.status();
+        if status.hard_state.commit != self.handed_lsn || self.handed_lsn <= self.storage.snapshot_meta().lsn
+        {
+            return Ok(());
+        }
+        let lsn = self.handed_lsn;
+        let (tx, rx) = oneshot::channel();
+        self.apply_tx
+            .send(ApplyMsg::Snapshot { lsn, reply: tx })
+            .await
+            .map_err(|_| DriverError::Apply("the applier thread has ended".into()))?;
+        self.snapshotting = Some(Snapshotting {
+            lsn,
+            conf_state: status.conf_state,
+            policy: status.policy,
+            peers: self.peers.values().map(|p| p.info.clone()).collect(),
+            reply: rx,
+        });
+        Ok(())
+    }
+
+    async fn finish_snapshot(&mut self, machine: Result<Bytes, DriverError>) -> Result<(), DriverError> {
+        let Some(s) = self.snapshotting.take() else { return Ok(()) };
+        let machine = machine?;
+        let data = DriverSnapshot { peers: s.peers, machine: machine.to_vec() };
+        let data = Bytes::from(postcard::to_stdvec(&data).expect("a snapshot encodes"));
+        let term = self.storage.term(s.lsn)?;
+        let snapshot = Snapshot {
+            meta: SnapshotMeta { lsn: s.lsn, term, conf_state: s.conf_state, policy: s.policy },
+            data,
+        };
+        let storage = self.storage.clone();
+        spawn_blocking(move || storage.compact(&snapshot)).await?;
+        tracing::info!(node = %self.id, lsn = s.lsn, "snapshot taken; log compacted");
+        Ok(())
+    }
+
+    fn publish_status(&mut self) {
+        let status = self.node.status();
+        let last_lsn = status.last_lsn;
+        let now_ms = (self.clock)().physical_ms();
+        let tick_ms = u64::try_from(self.config.tick.as_millis()).unwrap_or(u64::MAX);
+        let silent_limit = 2 * self.config.raft.heartbeat_tick;
+        let lag_limit_ms = u64::try_from(self.config.lag_alert.as_millis()).unwrap_or(u64::MAX);
+        let mut replicas = Vec::new();
+        for (id, pr) in &status.progress {
+            let lag_lsns = last_lsn.saturating_sub(pr.match_lsn);
+            let lag_ms = if lag_lsns == 0 {
+                0
+            } else {
+                self.storage
+                    .entries(pr.match_lsn + 1, pr.match_lsn + 2, 0)
+                    .ok()
+                    .and_then(|e| e.first().map(|e| now_ms.saturating_sub(e.timestamp.physical_ms())))
+                    .unwrap_or(0)
+            };
+            let silent = pr.last_contact_ticks >= silent_limit;
+            let lagging = lag_lsns > self.config.lag_alert_lsns || lag_ms > lag_limit_ms;
+            let healthy = !silent && !lagging;
+            let was_alerting = self.alerting.get(id).copied().unwrap_or(false);
+            if !healthy && !was_alerting {
+                let alert = if silent {
+                    HealthAlert::MissingHeartbeats { id: *id, silent_ms: pr.last_contact_ticks * tick_ms }
+                } else {
+                    HealthAlert::Lagging { id: *id, lag_lsns, lag_ms }
+                };
+                tracing::warn!(node = %self.id, ?alert, "replica health alert");
+                let _ = self.alerts.send(alert);
+            } else if healthy && was_alerting {
+                let _ = self.alerts.send(HealthAlert::Recovered { id: *id });
+            }
+            self.alerting.insert(*id, !healthy);
+            replicas.push(ReplicaStatus {
+                id: *id,
+                learner: pr.learner,
+                match_lsn: pr.match_lsn,
+                lag_lsns,
+                lag_ms,
+                last_contact_ms: pr.last_contact_ticks * tick_ms,
+                state: match pr.state {
+                    ProgressState::Probe => "Probe",
+                    ProgressState::Replicate => "Replicate",
+                    ProgressState::Snapshot => "Snapshot",
+                }
+                .to_string(),
+                healthy,
+            });
+        }
+        if status.soft_state.role != Role::Leader {
+            self.alerting.clear();
+        }
+        let applied_lsn = self.applied.borrow().clone().unwrap_or(0);
+        self.status_tx.send_replace(DriverStatus {
+            id: self.id,
+            role: format!("{:?}", status.soft_state.role),
+            term: status.hard_state.term,
+            leader: status.soft_state.leader,
+            last_lsn,
+            commit_lsn: status.hard_state.commit,
+            applied_lsn,
+            acknowledged_lsn: status.acknowledged_lsn,
+            mode: status.policy.to_string(),
+            voters: status.conf_state.all_voters().into_iter().collect(),
+            learners: status.conf_state.learners.iter().copied().collect(),
+            lease_valid: status.lease_valid,
+            replicas,
+        });
+    }
+
+    fn fail_all(&mut self, result: &Result<(), DriverError>) {
+        let reason = match result {
+            Ok(()) => "the driver stopped".to_string(),
+            Err(e) => e.to_string(),
+        };
+        for (_, (_, reply)) in std::mem::take(&mut self.pending) {
+            let _ = reply.send(Err(DriverError::Stopped(reason.clone())));
+        }
+        for (_, reply) in self.reads.drain() {
+            let _ = reply.send(Err(DriverError::Stopped(reason.clone())));
+        }
+    }
+}
+
+async fn wait_snapshot(snapshotting: &mut Option<Snapshotting>) -> Result<Bytes, DriverError> {
+    match snapshotting {
+        Some(s) => (&mut s.reply)
+            .await
+            .unwrap_or_else(|_| Err(DriverError::Apply("the applier dropped a snapshot request".into()))),
+        None => std::future::pending().await,
+    }
+}
+
+async fn spawn_blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StorageError> + Send + 'static,
+) -> Result<T, DriverError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| DriverError::Stopped(format!("a storage task panicked: {e}")))?
+        .map_err(DriverError::Storage)
+}

@@ -1,0 +1,330 @@
+//! Three drivers in one process over loopback mutual TLS, each with its own WAL on disk:
+//! elections, writes in every mode read back everywhere, leader loss, membership changes,
+//! snapshots with compaction, a follower catching up from a snapshot, and health alerts.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use themis_clock::{Hlc, NodeId};
+use themis_raft::driver::{Driver, DriverConfig, HealthAlert, PeerInfo, ReplicationManager};
+use themis_raft::{
+    AckPolicy, ConfState, Config, DriverError, Ed25519Votes, ReplicationMode, SharedVotes, WalStorage,
+};
+use themis_ship::tls::{CertPem, TlsConfig, generate_ca, issue_node_cert};
+use themis_ship::{Members, MemoryStateMachine, Security, Transport, TransportConfig};
+use themis_wal::WalConfig;
+use themis_wal::op::{Op, OpKind, encode_batch};
+use tokio::task::JoinHandle;
+
+struct Node {
+    id: NodeId,
+    manager: Option<ReplicationManager>,
+    machine: Arc<MemoryStateMachine>,
+    handle: Option<JoinHandle<Result<(), DriverError>>>,
+    dir: tempfile::TempDir,
+    addr: std::net::SocketAddr,
+}
+
+impl Node {
+    fn manager(&self) -> &ReplicationManager {
+        self.manager.as_ref().expect("running")
+    }
+
+    async fn stop(&mut self) {
+        if let Some(manager) = self.manager.take() {
+            manager.shutdown().await;
+        }
+        if let Some(handle) = self.handle.take() {
+            let _ = handle.await;
+        }
+    }
+}
+
+struct Cluster {
+    ca: CertPem,
+    nodes: Vec<Node>,
+    peers: Vec<PeerInfo>,
+    snapshot_entries: u64,
+}
+
+fn put(key: &str, value: &str) -> Bytes {
+    let op = Op {
+        origin: NodeId(0),
+        txn: 0,
+        kind: OpKind::Upsert {
+            collection: "docs".into(),
+            key: Bytes::copy_from_slice(key.as_bytes()),
+            value: Bytes::copy_from_slice(value.as_bytes()),
+        },
+    };
+    encode_batch(&[op]).unwrap()
+}
+
+fn start_node(
+    id: NodeId,
+    dir: tempfile::TempDir,
+    (transport, listener): (Transport, themis_ship::transport::Listener),
+    peers: Vec<PeerInfo>,
+    bootstrap: ConfState,
+    snapshot_entries: u64,
+) -> Node {
+    let addr = listener.local_addr().unwrap();
+    let wal = WalConfig {
+        segment_bytes: 1 << 20,
+        max_record_bytes: 256 << 10,
+        max_queue_bytes: 1 << 20,
+        ..WalConfig::default()
+    };
+    let (storage, _) = WalStorage::open(dir.path(), wal, Some((bootstrap, AckPolicy::ASYNC))).unwrap();
+    let mut raft = Config::new(id, "driver-test");
+    raft.seed = id.0;
+    let mut config = DriverConfig::new(raft, peers);
+    config.tick = Duration::from_millis(20);
+    config.snapshot_entries = snapshot_entries;
+    let votes = SharedVotes::new(Ed25519Votes::from_seed(id, &[id.0 as u8; 32]).unwrap());
+    let machine = Arc::new(MemoryStateMachine::new());
+    let hlc = Arc::new(Hlc::new(id));
+    let (manager, handle) =
+        Driver::start(config, storage, transport, listener, machine.clone(), votes, move || hlc.now())
+            .unwrap();
+    Node { id, manager: Some(manager), machine, handle: Some(handle), dir, addr }
+}
+
+async fn bind(
+    ca: &CertPem,
+    id: NodeId,
+    members: &[NodeId],
+    addr: &str,
+) -> (Transport, themis_ship::transport::Listener) {
+    let cert = issue_node_cert(ca, id, &[]).unwrap();
+    let tls = TlsConfig::from_pem(&ca.cert, &cert.cert, &cert.key).unwrap();
+    let transport = Transport::new(
+        TransportConfig::new("driver-test", id, Security::Tls(tls)),
+        Members::new(members.iter().copied()),
+    )
+    .unwrap();
+    let listener = transport.bind(addr.parse().unwrap()).await.unwrap();
+    (transport, listener)
+}
+
+impl Cluster {
+    async fn start(n: u64, snapshot_entries: u64) -> Cluster {
+        let ca = generate_ca("driver-test").unwrap();
+        let mut listeners = Vec::new();
+        let mut peers = Vec::new();
+        let ids: Vec<NodeId> = (1..=n).map(NodeId).collect();
+        for &id in &ids {
+            let bound = bind(&ca, id, &ids, "127.0.0.1:0").await;
+            peers.push(PeerInfo { id, raft_addr: bound.1.local_addr().unwrap(), meta: vec![] });
+            listeners.push(bound);
+        }
+        let conf = ConfState::with_voters((1..=n).map(NodeId));
+        let mut nodes = Vec::new();
+        for (i, listener) in (1..=n).zip(listeners) {
+            let dir = tempfile::tempdir().unwrap();
+            nodes.push(start_node(NodeId(i), dir, listener, peers.clone(), conf.clone(), snapshot_entries));
+        }
+        Cluster { ca, nodes, peers, snapshot_entries }
+    }
+
+    async fn leader(&self) -> usize {
+        for _ in 0..500 {
+            for (i, node) in self.nodes.iter().enumerate() {
+                if let Some(m) = &node.manager
+                    && m.status().role == "Leader"
+                {
+                    return i;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("no leader within 5 s");
+    }
+
+    /// Restarts a stopped node on its directory (a crash and restart).
+    async fn restart(&mut self, index: usize) {
+        let node = &mut self.nodes[index];
+        assert!(node.manager.is_none());
+        let (id, addr) = (node.id, node.addr);
+        let dir = std::mem::replace(&mut node.dir, tempfile::tempdir().unwrap());
+        let ids: Vec<NodeId> = self.peers.iter().map(|p| p.id).collect();
+        let listener = bind(&self.ca, id, &ids, &addr.to_string()).await;
+        let conf = ConfState::with_voters(self.peers.iter().map(|p| p.id));
+        self.nodes[index] = start_node(id, dir, listener, self.peers.clone(), conf, self.snapshot_entries);
+    }
+}
+
+async fn write(manager: &ReplicationManager, key: &str, value: &str) -> u64 {
+    manager.propose(put(key, value)).await.unwrap()
+}
+
+async fn converge(nodes: &[&Node], key: &str, value: &str) {
+    for node in nodes {
+        for _ in 0..500 {
+            if node.machine.get("docs", key.as_bytes()).as_deref() == Some(value.as_bytes()) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if node.machine.get("docs", key.as_bytes()).is_none() {
+            for n in nodes {
+                eprintln!("{:?}", n.manager.as_ref().map(ReplicationManager::status));
+            }
+        }
+        assert_eq!(
+            node.machine.get("docs", key.as_bytes()).as_deref(),
+            Some(value.as_bytes()),
+            "node {} has {key}",
+            node.id
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_replicates_in_every_mode_and_survives_losing_its_leader() {
+    let mut cluster = Cluster::start(3, 100_000).await;
+    let leader = cluster.leader().await;
+    let lm = cluster.nodes[leader].manager().clone();
+    // A follower refuses writes and names the leader.
+    let follower = (leader + 1) % 3;
+    match cluster.nodes[follower].manager().propose(put("k", "v")).await {
+        Err(DriverError::NotLeader { leader: Some(l), leader_info: Some(info), .. }) => {
+            assert_eq!((l, info.id), (cluster.nodes[leader].id, cluster.nodes[leader].id));
+        }
+        other => panic!("expected NotLeader, got {other:?}"),
+    }
+    // Concurrent writes share Readies; each is acknowledged with its LSN.
+    let writes: Vec<_> = (0..200)
+        .map(|i| {
+            let m = lm.clone();
+            tokio::spawn(async move { m.propose(put(&format!("k{i}"), &format!("v{i}"))).await.unwrap() })
+        })
+        .collect();
+    let mut lsns = Vec::new();
+    for w in writes {
+        lsns.push(w.await.unwrap());
+    }
+    lsns.sort_unstable();
+    lsns.dedup();
+    assert_eq!(lsns.len(), 200);
+    for (mode, min) in
+        [(ReplicationMode::Async, 0), (ReplicationMode::Sync, 1), (ReplicationMode::SemiSync, 1)]
+    {
+        let policy = AckPolicy { mode, min_sync_replicas: min };
+        lm.set_mode(policy).await.unwrap();
+        let key = format!("mode-{mode:?}");
+        write(&lm, &key, "x").await;
+        let all: Vec<&Node> = cluster.nodes.iter().collect();
+        converge(&all, &key, "x").await;
+        for node in &cluster.nodes {
+            let status = node.manager().status();
+            assert_eq!(status.mode, policy.to_string(), "node {} sees the mode", node.id);
+        }
+    }
+    // Under SEMI_SYNC a write is acknowledged once committed, so a linearizable read on
+    // the leader and on a follower (forwarded) sees it.
+    let last = write(&lm, "last", "1").await;
+    let read = lm.read_index().await.unwrap();
+    assert!(read >= last);
+    let follower_read = cluster.nodes[follower].manager().read_index().await.unwrap();
+    assert!(follower_read >= last && cluster.nodes[follower].manager().applied_lsn() >= last);
+    // Status is published every tick.
+    let mut watch = lm.watch_status();
+    let status = tokio::time::timeout(Duration::from_secs(2), async {
+        loop {
+            let status = watch.borrow_and_update().clone();
+            if status.replicas.iter().all(|r| r.match_lsn >= last) {
+                return status;
+            }
+            watch.changed().await.unwrap();
+        }
+    })
+    .await
+    .expect("replicas caught up");
+    assert_eq!(status.replicas.len(), 2);
+    assert!(status.replicas.iter().all(|r| r.match_lsn >= last && r.healthy), "{status:?}");
+
+    // Lose the leader: another takes over and accepts writes; the old one restarts and catches up.
+    cluster.nodes[leader].stop().await;
+    let next = cluster.leader().await;
+    assert_ne!(next, leader);
+    let nm = cluster.nodes[next].manager().clone();
+    write(&nm, "after-failover", "yes").await;
+    assert!(nm.failover_history().iter().any(|e| e.leader == Some(cluster.nodes[next].id)));
+    cluster.restart(leader).await;
+    let all: Vec<&Node> = cluster.nodes.iter().collect();
+    converge(&all, "after-failover", "yes").await;
+    converge(&all, "k199", "v199").await;
+    for node in &mut cluster.nodes {
+        node.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_compact_the_log_and_a_new_learner_catches_up_from_one_then_is_promoted() {
+    let mut cluster = Cluster::start(3, 64).await;
+    let leader = cluster.leader().await;
+    let lm = cluster.nodes[leader].manager().clone();
+    for i in 0..300 {
+        write(&lm, &format!("k{i}"), &format!("v{i}")).await;
+    }
+    // The leader compacted: its WAL no longer starts at 1.
+    for _ in 0..200 {
+        if cluster.nodes[leader].manager().status().applied_lsn >= 300 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // A fourth node joins as a learner, gets a snapshot, catches up and is promoted.
+    let id = NodeId(4);
+    let mut ids: Vec<NodeId> = cluster.peers.iter().map(|p| p.id).collect();
+    ids.push(id);
+    let listener = bind(&cluster.ca, id, &ids, "127.0.0.1:0").await;
+    let info = PeerInfo { id, raft_addr: listener.1.local_addr().unwrap(), meta: b"client".to_vec() };
+    let mut peers = cluster.peers.clone();
+    peers.push(info.clone());
+    let mut join_conf = ConfState::with_voters(cluster.peers.iter().map(|p| p.id));
+    join_conf.learners.insert(id);
+    let node = start_node(id, tempfile::tempdir().unwrap(), listener, peers, join_conf, 64);
+    cluster.nodes.push(node);
+    lm.add_learner(info.clone()).await.unwrap();
+    let all: Vec<&Node> = cluster.nodes.iter().collect();
+    converge(&all, "k299", "v299").await;
+    assert_eq!(lm.peer(id).await, Some(info));
+    lm.promote(id).await.unwrap();
+    for _ in 0..300 {
+        if lm.status().voters.contains(&id) && !lm.status().learners.contains(&id) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(lm.status().voters.contains(&id), "{:?}", lm.status());
+    write(&lm, "with-four", "1").await;
+    let all: Vec<&Node> = cluster.nodes.iter().collect();
+    converge(&all, "with-four", "1").await;
+
+    // A follower goes silent: the leader raises a heartbeat alert within two intervals.
+    let mut alerts = lm.alerts();
+    let victim = (0..3).find(|&i| i != leader).unwrap();
+    let victim_id = cluster.nodes[victim].id;
+    cluster.nodes[victim].stop().await;
+    let alert = tokio::time::timeout(Duration::from_secs(3), async {
+        loop {
+            if let Ok(HealthAlert::MissingHeartbeats { id, silent_ms }) = alerts.recv().await
+                && id == victim_id
+            {
+                return silent_ms;
+            }
+        }
+    })
+    .await
+    .expect("an alert within 3 s");
+    assert!(alert >= 80, "two heartbeat intervals of 40 ms: {alert}");
+    // Remove it; the cluster keeps writing.
+    lm.remove(victim_id).await.unwrap();
+    write(&lm, "after-remove", "1").await;
+    for node in &mut cluster.nodes {
+        node.stop().await;
+    }
+}
