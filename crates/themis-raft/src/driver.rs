@@ -509,6 +509,7 @@ impl Driver {
             alerts: alerts.clone(),
             alerting: BTreeMap::new(),
             started: Instant::now(),
+            leading_since: None,
             last_leader: None,
             snapshotting: None,
             handed_lsn: snapshot.meta.lsn,
@@ -658,6 +659,9 @@ struct Loop {
     /// Replicas currently alerting.
     alerting: BTreeMap<NodeId, bool>,
     started: Instant,
+    /// When this node last became leader: replicas' match LSNs are unknown until they
+    /// answer, so lag is not judged for two heartbeat intervals.
+    leading_since: Option<Instant>,
     last_leader: Option<NodeId>,
     snapshotting: Option<Snapshotting>,
     /// The last LSN handed to the applier.
@@ -861,6 +865,7 @@ impl Loop {
     }
 
     fn on_soft_state(&mut self, role: Role, leader: Option<NodeId>) {
+        self.leading_since = (role == Role::Leader).then(Instant::now);
         if role != Role::Leader {
             // Writes this node proposed as leader may or may not commit under the next.
             for (lsn, (_, reply)) in std::mem::take(&mut self.pending) {
@@ -1035,6 +1040,9 @@ impl Loop {
         let tick_ms = u64::try_from(self.config.tick.as_millis()).unwrap_or(u64::MAX);
         let silent_limit = 2 * self.config.raft.heartbeat_tick;
         let lag_limit_ms = u64::try_from(self.config.lag_alert.as_millis()).unwrap_or(u64::MAX);
+        let settle =
+            self.config.tick * u32::try_from(2 * self.config.raft.heartbeat_tick).unwrap_or(u32::MAX);
+        let settled = self.leading_since.is_some_and(|at| at.elapsed() >= settle);
         let mut replicas = Vec::new();
         for (id, pr) in &status.progress {
             let lag_lsns = last_lsn.saturating_sub(pr.match_lsn);
@@ -1048,7 +1056,7 @@ impl Loop {
                     .unwrap_or(0)
             };
             let silent = pr.last_contact_ticks >= silent_limit;
-            let lagging = lag_lsns > self.config.lag_alert_lsns || lag_ms > lag_limit_ms;
+            let lagging = settled && (lag_lsns > self.config.lag_alert_lsns || lag_ms > lag_limit_ms);
             let healthy = !silent && !lagging;
             let was_alerting = self.alerting.get(id).copied().unwrap_or(false);
             if !healthy && !was_alerting {

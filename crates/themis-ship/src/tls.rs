@@ -105,6 +105,8 @@ pub struct TlsConfig {
     node: NodeId,
     server: Arc<ServerConfig>,
     client: Arc<ClientConfig>,
+    /// For the client API: this node's certificate, no client certificate asked.
+    client_api: Arc<ServerConfig>,
 }
 
 impl std::fmt::Debug for TlsConfig {
@@ -150,6 +152,12 @@ impl TlsConfig {
             .with_client_cert_verifier(verifier)
             .with_single_cert(chain.clone(), key.clone_key())
             .map_err(|e| cert_err("node certificate and key", e))?;
+        let client_api = ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| cert_err("TLS 1.3", e))?
+            .with_no_client_auth()
+            .with_single_cert(chain.clone(), key.clone_key())
+            .map_err(|e| cert_err("node certificate and key", e))?;
         let server_verifier = WebPkiServerVerifier::builder_with_provider(roots, provider())
             .build()
             .map_err(|e| cert_err("server verifier", e))?;
@@ -159,7 +167,12 @@ impl TlsConfig {
             .with_webpki_verifier(server_verifier)
             .with_client_auth_cert(chain, key)
             .map_err(|e| cert_err("node certificate and key", e))?;
-        Ok(TlsConfig { node, server: Arc::new(server), client: Arc::new(client) })
+        Ok(TlsConfig {
+            node,
+            server: Arc::new(server),
+            client: Arc::new(client),
+            client_api: Arc::new(client_api),
+        })
     }
 
     /// Reads the three PEM files; an error names the file that could not be read.
@@ -177,6 +190,13 @@ impl TlsConfig {
         self.node
     }
 
+    /// A TLS 1.3 acceptor for the client API: this node's certificate; clients are not
+    /// asked for one (they authenticate the node by the cluster CA).
+    #[must_use]
+    pub fn client_api_acceptor(&self) -> tokio_rustls::TlsAcceptor {
+        tokio_rustls::TlsAcceptor::from(Arc::clone(&self.client_api))
+    }
+
     pub(crate) fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
         tokio_rustls::TlsAcceptor::from(Arc::clone(&self.server))
     }
@@ -188,6 +208,27 @@ impl TlsConfig {
     pub(crate) fn server_name(node: NodeId) -> ServerName<'static> {
         ServerName::try_from(node_dns_name(node)).expect("node-<id>.themis is a valid DNS name")
     }
+}
+
+/// A TLS 1.3 connector for clients of the node API that trusts only the cluster CA in
+/// `ca_pem`.
+pub fn client_api_connector(ca_pem: &str) -> Result<tokio_rustls::TlsConnector, ShipError> {
+    let mut roots = RootCertStore::empty();
+    let mut any = false;
+    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        let cert = cert.map_err(|e| cert_err("CA certificate PEM", e))?;
+        roots.add(cert).map_err(|e| cert_err("CA certificate", e))?;
+        any = true;
+    }
+    if !any {
+        return Err(ShipError::Certificate("the CA file holds no certificate".into()));
+    }
+    let client = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| cert_err("TLS 1.3", e))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(client)))
 }
 
 /// Writes a CA and a certificate per node into `dir` as `ca.pem`, `ca.key`,

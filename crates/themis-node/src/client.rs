@@ -1,0 +1,326 @@
+//! The Rust client: one pipelined connection (many requests in flight, answers matched by
+//! id), TLS 1.3 against the cluster CA, and writes that follow a follower's redirect to
+//! the leader.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rustls_pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter, WriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::protocol::{Consistency, ErrorCode, Request, Response, read_frame, write_frame};
+
+/// Why a client call failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClientError {
+    /// Connecting or TLS failed.
+    #[error("connect to {addr}: {reason}")]
+    Connect {
+        /// The node.
+        addr: SocketAddr,
+        /// Why.
+        reason: String,
+    },
+    /// The connection broke with the request in flight.
+    #[error("the connection to {addr} broke: {reason}")]
+    Connection {
+        /// The node.
+        addr: SocketAddr,
+        /// Why.
+        reason: String,
+    },
+    /// The node answered with an error.
+    #[error("{code:?}: {message}")]
+    Server {
+        /// Its code.
+        code: ErrorCode,
+        /// Its message.
+        message: String,
+    },
+    /// No leader is known, or redirects did not reach one.
+    #[error("no leader reachable (last answer: leader {leader:?} at {addr:?})")]
+    NoLeader {
+        /// The leader named.
+        leader: Option<u64>,
+        /// Its address.
+        addr: Option<String>,
+    },
+    /// An answer of the wrong kind.
+    #[error("unexpected answer: {0}")]
+    Unexpected(String),
+}
+
+type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Response>>>>;
+
+/// A connection to one node.
+#[derive(Debug)]
+struct Conn {
+    addr: SocketAddr,
+    tx: mpsc::Sender<(u64, Request)>,
+    pending: Pending,
+    next: AtomicU64,
+}
+
+impl Conn {
+    async fn open(addr: SocketAddr, tls: Option<&tokio_rustls::TlsConnector>) -> Result<Conn, ClientError> {
+        let fail = |reason: String| ClientError::Connect { addr, reason };
+        let tcp = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr))
+            .await
+            .map_err(|_| fail("timed out".into()))?
+            .map_err(|e| fail(e.to_string()))?;
+        let _ = tcp.set_nodelay(true);
+        let pending: Pending = Arc::default();
+        let (tx, rx) = mpsc::channel(4096);
+        match tls {
+            Some(connector) => {
+                let name = ServerName::IpAddress(addr.ip().into());
+                let stream = connector.connect(name, tcp).await.map_err(|e| fail(format!("TLS: {e}")))?;
+                spawn_io(stream, addr, rx, pending.clone());
+            }
+            None => spawn_io(tcp, addr, rx, pending.clone()),
+        }
+        Ok(Conn { addr, tx, pending, next: AtomicU64::new(1) })
+    }
+
+    async fn call(&self, request: Request) -> Result<Response, ClientError> {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(id, tx);
+        let broke = |reason: &str| ClientError::Connection { addr: self.addr, reason: reason.to_string() };
+        self.tx.send((id, request)).await.map_err(|_| broke("the writer has stopped"))?;
+        rx.await.map_err(|_| broke("closed before the answer"))
+    }
+}
+
+fn spawn_io<S: AsyncRead + AsyncWrite + Send + 'static>(
+    stream: S,
+    addr: SocketAddr,
+    mut rx: mpsc::Receiver<(u64, Request)>,
+    pending: Pending,
+) {
+    let (mut reader, writer) = tokio::io::split(stream);
+    tokio::spawn(async move {
+        let mut writer: BufWriter<WriteHalf<S>> = BufWriter::new(writer);
+        while let Some((id, request)) = rx.recv().await {
+            if write_frame(&mut writer, id, &request).await.is_err() {
+                break;
+            }
+            while let Ok((id, request)) = rx.try_recv() {
+                if write_frame(&mut writer, id, &request).await.is_err() {
+                    return;
+                }
+            }
+            if writer.flush().await.is_err() {
+                break;
+            }
+        }
+    });
+    tokio::spawn(async move {
+        while let Ok(Some((id, response))) = read_frame::<_, Response>(&mut reader).await {
+            let waiter = pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&id);
+            if let Some(waiter) = waiter {
+                let _ = waiter.send(response);
+            } else if id == 0 {
+                // A connection-level error (a refusal): fail everything in flight.
+                tracing::warn!(%addr, ?response, "the node refused the connection");
+                break;
+            }
+        }
+        // Dropping the senders fails every call still waiting.
+        pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clear();
+    });
+}
+
+/// A client of a Themis cluster. Cheap to share (`Arc`); calls may run concurrently on
+/// one connection.
+pub struct Client {
+    tls: Option<tokio_rustls::TlsConnector>,
+    /// Every node address known (the seeds, then leaders learned from redirects).
+    addrs: Mutex<Vec<SocketAddr>>,
+    conn: tokio::sync::RwLock<Arc<Conn>>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client").field("tls", &self.tls.is_some()).finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// Connects to the node at `addr`. `ca_pem` is the cluster CA (TLS 1.3); `None` only
+    /// for a node running with `insecure_plaintext`.
+    pub async fn connect(addr: SocketAddr, ca_pem: Option<&str>) -> Result<Client, ClientError> {
+        Client::connect_any(&[addr], ca_pem).await
+    }
+
+    /// Connects to the first reachable node of `addrs`; calls that lose their node move
+    /// to the next reachable one. `ca_pem` as in [`connect`](Self::connect).
+    pub async fn connect_any(addrs: &[SocketAddr], ca_pem: Option<&str>) -> Result<Client, ClientError> {
+        let first = *addrs.first().ok_or(ClientError::NoLeader { leader: None, addr: None })?;
+        let tls = match ca_pem {
+            Some(pem) => Some(
+                themis_replication::ship::tls::client_api_connector(pem)
+                    .map_err(|e| ClientError::Connect { addr: first, reason: e.to_string() })?,
+            ),
+            None => None,
+        };
+        let mut last = None;
+        for &addr in addrs {
+            match Conn::open(addr, tls.as_ref()).await {
+                Ok(conn) => {
+                    return Ok(Client {
+                        tls,
+                        addrs: Mutex::new(addrs.to_vec()),
+                        conn: tokio::sync::RwLock::new(Arc::new(conn)),
+                    });
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.expect("at least one address was tried"))
+    }
+
+    /// After `failed` broke: connects to the next known node that answers.
+    async fn move_on(&self, failed: &Conn) -> bool {
+        let addrs = self.addrs.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        let start = addrs.iter().position(|a| *a == failed.addr).map_or(0, |p| p + 1);
+        for i in 0..addrs.len() {
+            let addr = addrs[(start + i) % addrs.len()];
+            if let Ok(next) = Conn::open(addr, self.tls.as_ref()).await {
+                *self.conn.write().await = Arc::new(next);
+                return true;
+            }
+        }
+        false
+    }
+
+    /// The node this client talks to now.
+    pub async fn addr(&self) -> SocketAddr {
+        self.conn.read().await.addr
+    }
+
+    /// Sends `request` to the current node as is (no redirect).
+    pub async fn call(&self, request: Request) -> Result<Response, ClientError> {
+        let conn = self.conn.read().await.clone();
+        conn.call(request).await
+    }
+
+    /// Sends a leader-only request, following redirects (up to 5 hops, waiting out
+    /// elections for up to 5 s).
+    pub async fn call_leader(&self, request: Request) -> Result<Response, ClientError> {
+        let mut last = (None, None);
+        for _ in 0..100 {
+            let conn = self.conn.read().await.clone();
+            let response = match conn.call(request.clone()).await {
+                Ok(r) => r,
+                Err(e) => {
+                    // The node is gone: the request's outcome is unknown unless it was
+                    // never sent, so only a request that may be repeated is retried.
+                    if !self.move_on(&conn).await {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    if matches!(request, Request::Put { .. } | Request::Delete { .. }) {
+                        return Err(e);
+                    }
+                    continue;
+                }
+            };
+            match response {
+                Response::NotLeader { leader, leader_addr } => {
+                    last = (leader, leader_addr.clone());
+                    match leader_addr.and_then(|a| a.parse::<SocketAddr>().ok()) {
+                        Some(addr) if addr != conn.addr => {
+                            {
+                                let mut addrs =
+                                    self.addrs.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                                if !addrs.contains(&addr) {
+                                    addrs.push(addr);
+                                }
+                            }
+                            if let Ok(next) = Conn::open(addr, self.tls.as_ref()).await {
+                                *self.conn.write().await = Arc::new(next);
+                                continue;
+                            }
+                            // The named leader is unreachable (it may have just failed).
+                            self.move_on(&conn).await;
+                        }
+                        _ => {}
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                other => return Ok(other),
+            }
+        }
+        Err(ClientError::NoLeader { leader: last.0, addr: last.1 })
+    }
+
+    /// Reconnects to `addr` (after the node failed).
+    pub async fn reconnect(&self, addr: SocketAddr) -> Result<(), ClientError> {
+        let conn = Conn::open(addr, self.tls.as_ref()).await?;
+        *self.conn.write().await = Arc::new(conn);
+        Ok(())
+    }
+
+    /// Creates or replaces `collection/id` with the JSON `value`; returns the session
+    /// token (the write's LSN).
+    pub async fn put(&self, collection: &str, id: &str, value: &[u8]) -> Result<u64, ClientError> {
+        let request = Request::Put { collection: collection.into(), id: id.into(), value: value.to_vec() };
+        written(self.call_leader(request).await?)
+    }
+
+    /// Deletes `collection/id`; returns the session token.
+    pub async fn delete(&self, collection: &str, id: &str) -> Result<u64, ClientError> {
+        written(self.call_leader(Request::Delete { collection: collection.into(), id: id.into() }).await?)
+    }
+
+    /// Reads `collection/id` from the current node with `consistency`.
+    pub async fn get(
+        &self,
+        collection: &str,
+        id: &str,
+        consistency: Consistency,
+    ) -> Result<Option<Vec<u8>>, ClientError> {
+        match self.call(Request::Get { collection: collection.into(), id: id.into(), consistency }).await? {
+            Response::Value { value, .. } => Ok(value),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// The current node's status document.
+    pub async fn status(&self) -> Result<serde_json::Value, ClientError> {
+        match self.call(Request::Status).await? {
+            Response::Status { json } => {
+                serde_json::from_str(&json).map_err(|e| ClientError::Unexpected(e.to_string()))
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Runs an admin request on the leader.
+    pub async fn admin(&self, request: Request) -> Result<(), ClientError> {
+        match self.call_leader(request).await? {
+            Response::Done => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+}
+
+fn written(response: Response) -> Result<u64, ClientError> {
+    match response {
+        Response::Written { lsn } => Ok(lsn),
+        other => Err(unexpected(other)),
+    }
+}
+
+fn unexpected(response: Response) -> ClientError {
+    match response {
+        Response::Error { code, message } => ClientError::Server { code, message },
+        Response::NotLeader { leader, leader_addr } => ClientError::NoLeader { leader, addr: leader_addr },
+        other => ClientError::Unexpected(format!("{other:?}")),
+    }
+}

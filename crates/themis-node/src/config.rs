@@ -1,0 +1,445 @@
+//! The node's configuration: TOML, validated at load, with environment overrides.
+//!
+//! Every rejected value is reported as `key = value: why`, so an operator sees which line
+//! to fix. Environment variables `THEMIS_<KEY>` override top-level and `replication.*`
+//! keys (`THEMIS_NODE_ID`, `THEMIS_DATA_DIR`, `THEMIS_REPLICATION_MODE`, ...).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use themis_replication::raft::{AckPolicy, ReplicationMode};
+
+/// A configuration value that cannot be used; the message names the key and the value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(pub String);
+
+fn bad<T>(message: String) -> Result<T, ConfigError> {
+    Err(ConfigError(message))
+}
+
+/// A member of the cluster as the configuration lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerConfig {
+    /// Its node id.
+    pub id: u64,
+    /// Where it accepts Raft links.
+    pub raft_addr: String,
+    /// Where it serves clients.
+    pub client_addr: String,
+}
+
+/// Certificates (PEM files).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    /// The cluster CA certificate.
+    pub ca: PathBuf,
+    /// This node's certificate.
+    pub cert: PathBuf,
+    /// This node's private key.
+    pub key: PathBuf,
+}
+
+/// Replication settings.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReplicationSection {
+    /// `sync`, `semi_sync` or `async` (default `semi_sync`).
+    pub mode: String,
+    /// Followers that must hold a write durably under `semi_sync` and `sync` (default 1).
+    pub min_sync_replicas: u32,
+    /// Heartbeat interval in ms (default 100).
+    pub heartbeat_ms: u64,
+    /// Shortest election timeout in ms (default 500); each election waits a random time
+    /// from it up to twice it.
+    pub election_timeout_ms: u64,
+    /// Snapshot and compact after this many entries (default 100,000).
+    pub snapshot_entries: u64,
+    /// Applier threads, 1 to 64 (default 1: serial).
+    pub apply_workers: usize,
+    /// `always` (group commit, default) or `never` (tests only: a crash can lose writes).
+    pub fsync: String,
+    /// Lag alert threshold in ms (default 1000).
+    pub lag_alert_ms: u64,
+}
+
+impl Default for ReplicationSection {
+    fn default() -> Self {
+        ReplicationSection {
+            mode: "semi_sync".into(),
+            min_sync_replicas: 1,
+            heartbeat_ms: 100,
+            election_timeout_ms: 500,
+            snapshot_entries: 100_000,
+            apply_workers: 1,
+            fsync: "always".into(),
+            lag_alert_ms: 1000,
+        }
+    }
+}
+
+/// The file as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    node_id: u64,
+    #[serde(default = "default_cluster")]
+    cluster: String,
+    data_dir: PathBuf,
+    raft_addr: String,
+    client_addr: String,
+    #[serde(default)]
+    insecure_plaintext: bool,
+    #[serde(default)]
+    join: bool,
+    tls: Option<TlsFiles>,
+    #[serde(default)]
+    replication: ReplicationSection,
+    #[serde(default)]
+    peers: Vec<PeerConfig>,
+}
+
+fn default_cluster() -> String {
+    "themis".into()
+}
+
+/// A validated node configuration.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// This node's id (at least 1).
+    pub node_id: u64,
+    /// The cluster name (peers of another cluster are refused).
+    pub cluster: String,
+    /// Where the WAL, hard state, snapshot and vote key live.
+    pub data_dir: PathBuf,
+    /// Raft listen address.
+    pub raft_addr: SocketAddr,
+    /// Client API listen address.
+    pub client_addr: SocketAddr,
+    /// No TLS anywhere (tests on one machine only; logged as a warning).
+    pub insecure_plaintext: bool,
+    /// Start as a learner joining a running cluster (the leader adds it).
+    pub join: bool,
+    /// Certificates; required unless `insecure_plaintext`.
+    pub tls: Option<TlsFiles>,
+    /// The acknowledgement policy at bootstrap.
+    pub policy: AckPolicy,
+    /// Heartbeat interval.
+    pub heartbeat: Duration,
+    /// Shortest election timeout.
+    pub election_timeout: Duration,
+    /// Snapshot threshold in entries.
+    pub snapshot_entries: u64,
+    /// Applier threads.
+    pub apply_workers: usize,
+    /// Whether appends are fsynced.
+    pub fsync: bool,
+    /// Lag alert threshold.
+    pub lag_alert: Duration,
+    /// The bootstrap members (this node included).
+    pub peers: Vec<(u64, SocketAddr, SocketAddr)>,
+}
+
+fn parse_addr(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
+    value.parse().map_err(|e| ConfigError(format!("{key} = {value:?}: not an IP address and port ({e})")))
+}
+
+impl NodeConfig {
+    /// Reads and validates `path`, applying `THEMIS_*` overrides from the environment.
+    pub fn load(path: &Path) -> Result<NodeConfig, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("config file {}: {e}", path.display())))?;
+        NodeConfig::parse(&text, |k| std::env::var(k).ok())
+    }
+
+    /// Parses and validates `text`; `env` looks up overrides (`THEMIS_<KEY>`).
+    pub fn parse(text: &str, env: impl Fn(&str) -> Option<String>) -> Result<NodeConfig, ConfigError> {
+        let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError(e.to_string()))?;
+        apply_env(&mut table, &env)?;
+        let raw = RawConfig::deserialize(toml::Value::Table(table))
+            .map_err(|e: toml::de::Error| ConfigError(e.to_string().trim().to_string()))?;
+        raw.validate()
+    }
+
+    /// The bootstrap membership's voters.
+    #[must_use]
+    pub fn peer_ids(&self) -> Vec<u64> {
+        self.peers.iter().map(|p| p.0).collect()
+    }
+}
+
+/// Keys the environment may override, with their TOML path.
+const ENV_KEYS: &[(&str, &[&str])] = &[
+    ("THEMIS_NODE_ID", &["node_id"]),
+    ("THEMIS_CLUSTER", &["cluster"]),
+    ("THEMIS_DATA_DIR", &["data_dir"]),
+    ("THEMIS_RAFT_ADDR", &["raft_addr"]),
+    ("THEMIS_CLIENT_ADDR", &["client_addr"]),
+    ("THEMIS_INSECURE_PLAINTEXT", &["insecure_plaintext"]),
+    ("THEMIS_JOIN", &["join"]),
+    ("THEMIS_REPLICATION_MODE", &["replication", "mode"]),
+    ("THEMIS_REPLICATION_MIN_SYNC_REPLICAS", &["replication", "min_sync_replicas"]),
+    ("THEMIS_REPLICATION_HEARTBEAT_MS", &["replication", "heartbeat_ms"]),
+    ("THEMIS_REPLICATION_ELECTION_TIMEOUT_MS", &["replication", "election_timeout_ms"]),
+    ("THEMIS_REPLICATION_FSYNC", &["replication", "fsync"]),
+];
+
+fn apply_env(table: &mut toml::Table, env: &impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+    for (var, path) in ENV_KEYS {
+        let Some(text) = env(var) else { continue };
+        // A number or boolean when it parses as one, else a string.
+        let value = if let Ok(n) = text.parse::<i64>() {
+            toml::Value::Integer(n)
+        } else if let Ok(b) = text.parse::<bool>() {
+            toml::Value::Boolean(b)
+        } else {
+            toml::Value::String(text.clone())
+        };
+        let mut at = &mut *table;
+        for key in &path[..path.len() - 1] {
+            let entry =
+                at.entry((*key).to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            at = entry.as_table_mut().ok_or_else(|| ConfigError(format!("{var}: {key} is not a table")))?;
+        }
+        at.insert(path[path.len() - 1].to_string(), value);
+    }
+    Ok(())
+}
+
+impl RawConfig {
+    #[allow(clippy::too_many_lines, reason = "one check per key, in file order")]
+    fn validate(self) -> Result<NodeConfig, ConfigError> {
+        if self.node_id == 0 {
+            return bad("node_id = 0: node ids start at 1".into());
+        }
+        if self.cluster.is_empty() || self.cluster.len() > 255 {
+            return bad(format!("cluster = {:?}: must be 1 to 255 bytes", self.cluster));
+        }
+        let raft_addr = parse_addr("raft_addr", &self.raft_addr)?;
+        let client_addr = parse_addr("client_addr", &self.client_addr)?;
+        let r = &self.replication;
+        let mode: ReplicationMode = match r.mode.to_ascii_lowercase().as_str() {
+            "sync" => ReplicationMode::Sync,
+            "semi_sync" | "semi-sync" | "semisync" => ReplicationMode::SemiSync,
+            "async" => ReplicationMode::Async,
+            _ => return bad(format!("replication.mode = {:?}: expected sync, semi_sync or async", r.mode)),
+        };
+        let policy = AckPolicy { mode, min_sync_replicas: r.min_sync_replicas };
+        if mode == ReplicationMode::Sync && r.min_sync_replicas == 0 {
+            return bad(
+                "replication.min_sync_replicas = 0 with replication.mode = \"sync\": SYNC needs at least 1"
+                    .into(),
+            );
+        }
+        if r.heartbeat_ms == 0 || r.heartbeat_ms > 60_000 {
+            return bad(format!("replication.heartbeat_ms = {}: must be 1 to 60000", r.heartbeat_ms));
+        }
+        if r.election_timeout_ms <= r.heartbeat_ms {
+            return bad(format!(
+                "replication.heartbeat_ms = {} is not below replication.election_timeout_ms = {}",
+                r.heartbeat_ms, r.election_timeout_ms
+            ));
+        }
+        if r.election_timeout_ms < 2 * r.heartbeat_ms || r.election_timeout_ms > 600_000 {
+            return bad(format!(
+                "replication.election_timeout_ms = {}: must be at least twice heartbeat_ms ({}) and at most 600000",
+                r.election_timeout_ms, r.heartbeat_ms
+            ));
+        }
+        if r.snapshot_entries < 16 {
+            return bad(format!(
+                "replication.snapshot_entries = {}: must be at least 16",
+                r.snapshot_entries
+            ));
+        }
+        if !(1..=64).contains(&r.apply_workers) {
+            return bad(format!("replication.apply_workers = {}: must be 1 to 64", r.apply_workers));
+        }
+        let fsync = match r.fsync.as_str() {
+            "always" => true,
+            "never" => false,
+            other => return bad(format!("replication.fsync = {other:?}: expected always or never")),
+        };
+        let mut peers = Vec::new();
+        for (i, p) in self.peers.iter().enumerate() {
+            if p.id == 0 {
+                return bad(format!("peers[{i}].id = 0: node ids start at 1"));
+            }
+            if peers.iter().any(|(id, _, _)| *id == p.id) {
+                return bad(format!("peers[{i}].id = {}: listed twice", p.id));
+            }
+            let raft = parse_addr(&format!("peers[{i}].raft_addr"), &p.raft_addr)?;
+            let client = parse_addr(&format!("peers[{i}].client_addr"), &p.client_addr)?;
+            peers.push((p.id, raft, client));
+        }
+        if !peers.iter().any(|(id, _, _)| *id == self.node_id) {
+            if self.join {
+                peers.push((self.node_id, raft_addr, client_addr));
+            } else {
+                return bad(format!(
+                    "peers: node_id = {} is not listed (list every bootstrap member)",
+                    self.node_id
+                ));
+            }
+        }
+        let voters = peers.len() - usize::from(self.join);
+        if mode != ReplicationMode::Async && r.min_sync_replicas as usize > voters.saturating_sub(1) {
+            return bad(format!(
+                "replication.min_sync_replicas = {}: the cluster has only {} other voters",
+                r.min_sync_replicas,
+                voters.saturating_sub(1)
+            ));
+        }
+        let tls = if self.insecure_plaintext {
+            None
+        } else {
+            let Some(tls) = self.tls else {
+                return bad(
+                    "tls: missing (give tls.ca, tls.cert and tls.key, or insecure_plaintext = true)".into()
+                );
+            };
+            for (key, path) in [("tls.ca", &tls.ca), ("tls.cert", &tls.cert), ("tls.key", &tls.key)] {
+                if let Err(e) = std::fs::File::open(path) {
+                    return bad(format!("{key} = {:?}: cannot be read ({e})", path.display().to_string()));
+                }
+            }
+            Some(tls)
+        };
+        check_writable(&self.data_dir)?;
+        Ok(NodeConfig {
+            node_id: self.node_id,
+            cluster: self.cluster,
+            data_dir: self.data_dir,
+            raft_addr,
+            client_addr,
+            insecure_plaintext: self.insecure_plaintext,
+            join: self.join,
+            tls,
+            policy,
+            heartbeat: Duration::from_millis(r.heartbeat_ms),
+            election_timeout: Duration::from_millis(r.election_timeout_ms),
+            snapshot_entries: r.snapshot_entries,
+            apply_workers: r.apply_workers,
+            fsync,
+            lag_alert: Duration::from_millis(r.lag_alert_ms),
+            peers,
+        })
+    }
+}
+
+fn check_writable(dir: &Path) -> Result<(), ConfigError> {
+    let fail = |e: std::io::Error| {
+        ConfigError(format!("data_dir = {:?}: not writable ({e})", dir.display().to_string()))
+    };
+    std::fs::create_dir_all(dir).map_err(fail)?;
+    let probe = dir.join(".write-probe");
+    std::fs::write(&probe, b"ok").map_err(fail)?;
+    std::fs::remove_file(&probe).map_err(fail)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base(dir: &Path) -> String {
+        format!(
+            r#"
+node_id = 1
+data_dir = "{}"
+raft_addr = "127.0.0.1:7001"
+client_addr = "127.0.0.1:8001"
+insecure_plaintext = true
+
+[replication]
+mode = "semi_sync"
+min_sync_replicas = 1
+
+[[peers]]
+id = 1
+raft_addr = "127.0.0.1:7001"
+client_addr = "127.0.0.1:8001"
+
+[[peers]]
+id = 2
+raft_addr = "127.0.0.1:7002"
+client_addr = "127.0.0.1:8002"
+
+[[peers]]
+id = 3
+raft_addr = "127.0.0.1:7003"
+client_addr = "127.0.0.1:8003"
+"#,
+            dir.display()
+        )
+    }
+
+    #[test]
+    fn a_good_file_loads_and_the_environment_overrides_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = NodeConfig::parse(&base(dir.path()), |_| None).unwrap();
+        assert_eq!(
+            (config.node_id, config.peers.len(), config.policy.mode),
+            (1, 3, ReplicationMode::SemiSync)
+        );
+        assert_eq!(config.election_timeout, Duration::from_millis(500));
+        let env = |k: &str| match k {
+            "THEMIS_REPLICATION_MODE" => Some("async".to_string()),
+            "THEMIS_CLIENT_ADDR" => Some("127.0.0.1:9999".to_string()),
+            _ => None,
+        };
+        let config = NodeConfig::parse(&base(dir.path()), env).unwrap();
+        assert_eq!(config.policy.mode, ReplicationMode::Async);
+        assert_eq!(config.client_addr.port(), 9999);
+    }
+
+    #[test]
+    fn every_bad_value_is_named_with_its_key_and_value() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = base(dir.path());
+        let cases = [
+            (
+                good.replace("mode = \"semi_sync\"", "mode = \"sync\"")
+                    .replace("min_sync_replicas = 1", "min_sync_replicas = 0"),
+                "min_sync_replicas = 0",
+            ),
+            (
+                good.replace("mode = \"semi_sync\"", "mode = \"eventually\""),
+                "replication.mode = \"eventually\"",
+            ),
+            (
+                good.replace("[replication]", "[replication]\nheartbeat_ms = 600"),
+                "heartbeat_ms = 600 is not below",
+            ),
+            (
+                good.replace(
+                    "client_addr = \"127.0.0.1:8001\"\ninsecure",
+                    "client_addr = \"nowhere\"\ninsecure",
+                ),
+                "client_addr = \"nowhere\"",
+            ),
+            (good.replace("insecure_plaintext = true", "insecure_plaintext = false"), "tls: missing"),
+            (
+                good.replace(
+                    "insecure_plaintext = true",
+                    "[tls]\nca = \"/nonexistent/ca.pem\"\ncert = \"c\"\nkey = \"k\"",
+                )
+                .replace("[tls]", "insecure_plaintext = false\n[tls]"),
+                "tls.ca = \"/nonexistent/ca.pem\"",
+            ),
+            (good.replace("min_sync_replicas = 1", "min_sync_replicas = 3"), "min_sync_replicas = 3"),
+            (good.replace("node_id = 1", "node_id = 9"), "node_id = 9 is not listed"),
+            (good.replace("node_id = 1", "node_id = 1\ncolour = 3"), "unknown field `colour`"),
+        ];
+        for (text, needle) in cases {
+            let err = NodeConfig::parse(&text, |_| None).unwrap_err();
+            assert!(err.to_string().contains(needle), "{needle}: {err}");
+        }
+        let env = |k: &str| (k == "THEMIS_DATA_DIR").then(|| "/proc/themis-cannot-write".to_string());
+        let err = NodeConfig::parse(&good, env).unwrap_err();
+        assert!(err.to_string().contains("data_dir = \"/proc/themis-cannot-write\": not writable"), "{err}");
+    }
+}

@@ -1,0 +1,29 @@
+//! The Themis node: a replicated JSON document store. It wires the WAL-backed Raft
+//! storage, the Raft driver, mutual-TLS peer links, the applier and an in-memory
+//! document store, and serves clients over TLS 1.3 with a small pipelined protocol.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use themis_node::{Client, Consistency, Node, NodeConfig};
+//!
+//! let config = NodeConfig::load(std::path::Path::new("node-1.toml"))?;
+//! let node = Node::start(&config).await?;
+//! let ca = std::fs::read_to_string("certs/ca.pem")?;
+//! let client = Client::connect(node.client_addr, Some(&ca)).await?;
+//! let token = client.put("users", "ada", br#"{"name":"Ada"}"#).await?;
+//! let doc = client.get("users", "ada", Consistency::Session(token)).await?;
+//! assert!(doc.is_some());
+//! # Ok(()) }
+//! ```
+
+pub mod client;
+pub mod config;
+pub mod protocol;
+pub mod server;
+pub mod store;
+
+pub use client::{Client, ClientError};
+pub use config::{ConfigError, NodeConfig};
+pub use protocol::{Consistency, ErrorCode, Request, Response};
+pub use server::{Node, NodeError};
+pub use store::DocStore;

@@ -1,0 +1,212 @@
+//! The client protocol: length-prefixed postcard frames over TLS 1.3, pipelined by
+//! request id (a client may send many requests before reading; answers come back in
+//! completion order, each carrying its request's id).
+//!
+//! ```text
+//! frame := length u32 LE (bytes after it, 9 .. MAX_FRAME) | request id u64 LE | body (postcard)
+//! ```
+//!
+//! The body is a [`Request`] from the client and a [`Response`] from the node. See
+//! `docs/client-protocol.md`.
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// Largest frame (length field's value) accepted.
+pub const MAX_FRAME: u32 = 16 << 20;
+/// Longest collection name or document id, in bytes.
+pub const MAX_NAME: usize = 255;
+
+/// How fresh a read must be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Consistency {
+    /// Linearizable: sees every write acknowledged before the read began (lease or
+    /// `ReadIndex`; a follower asks the leader).
+    Strong,
+    /// Sees at least the write whose token (LSN) is given: read-your-writes on any node.
+    Session(u64),
+    /// Whatever this node has applied.
+    Eventual,
+}
+
+/// A client request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// Creates or replaces a JSON document.
+    Put {
+        /// The collection.
+        collection: String,
+        /// The document id.
+        id: String,
+        /// The document, JSON text.
+        value: Vec<u8>,
+    },
+    /// Reads a document.
+    Get {
+        /// The collection.
+        collection: String,
+        /// The document id.
+        id: String,
+        /// How fresh.
+        consistency: Consistency,
+    },
+    /// Deletes a document.
+    Delete {
+        /// The collection.
+        collection: String,
+        /// The document id.
+        id: String,
+    },
+    /// The node's replication status, as JSON.
+    Status,
+    /// Changes the acknowledgement mode for the cluster (leader).
+    SetMode {
+        /// `sync`, `semi_sync` or `async`.
+        mode: String,
+        /// Followers that must hold a write.
+        min_sync_replicas: u32,
+    },
+    /// Adds a learner (leader).
+    AddLearner {
+        /// Its node id.
+        id: u64,
+        /// Its Raft address.
+        raft_addr: String,
+        /// Its client address.
+        client_addr: String,
+    },
+    /// Promotes a learner to voter (leader).
+    Promote {
+        /// The node.
+        id: u64,
+    },
+    /// Removes a member (leader).
+    Remove {
+        /// The node.
+        id: u64,
+    },
+    /// Hands leadership to a node (leader).
+    Transfer {
+        /// The node.
+        id: u64,
+    },
+    /// Starts an election on this node.
+    Campaign,
+}
+
+/// What went wrong, as a stable code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorCode {
+    /// The request is malformed (names, JSON, mode); the message says what.
+    BadRequest,
+    /// The write may or may not have happened (leadership changed); read to find out.
+    OutcomeUnknown,
+    /// Too many writes in flight; retry.
+    Busy,
+    /// The request timed out waiting for the cluster.
+    Timeout,
+    /// The node cannot serve (stopped, no leader); retry elsewhere.
+    Unavailable,
+    /// A cluster operation was refused (membership, transfer).
+    Refused,
+}
+
+/// A node's answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    /// The write is acknowledged under the cluster's mode; `lsn` is its session token.
+    Written {
+        /// The write's LSN.
+        lsn: u64,
+    },
+    /// A read's result.
+    Value {
+        /// The document, if it exists.
+        value: Option<Vec<u8>>,
+        /// The LSN the node had applied when it read.
+        applied_lsn: u64,
+    },
+    /// Writes (and admin requests) go to the leader.
+    NotLeader {
+        /// The leader, if known.
+        leader: Option<u64>,
+        /// The leader's client address, if known.
+        leader_addr: Option<String>,
+    },
+    /// JSON text.
+    Status {
+        /// The status document.
+        json: String,
+    },
+    /// Done (admin requests without a result).
+    Done,
+    /// An error.
+    Error {
+        /// Its code.
+        code: ErrorCode,
+        /// What was wrong.
+        message: String,
+    },
+}
+
+/// Why a frame could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum ProtocolError {
+    /// The connection failed or closed.
+    #[error("connection: {0}")]
+    Io(#[from] std::io::Error),
+    /// A frame broke the format.
+    #[error("bad frame: {0}")]
+    Frame(String),
+}
+
+/// Writes one frame.
+pub async fn write_frame<W: AsyncWrite + Unpin, T: Serialize>(
+    w: &mut W,
+    id: u64,
+    body: &T,
+) -> Result<(), ProtocolError> {
+    let body = postcard::to_stdvec(body).map_err(|e| ProtocolError::Frame(format!("encode: {e}")))?;
+    let len = u32::try_from(body.len() + 8).ok().filter(|l| *l <= MAX_FRAME).ok_or_else(|| {
+        ProtocolError::Frame(format!("a {}-byte body is above the {MAX_FRAME}-byte frame limit", body.len()))
+    })?;
+    let mut buf = Vec::with_capacity(12 + body.len());
+    buf.extend_from_slice(&len.to_le_bytes());
+    buf.extend_from_slice(&id.to_le_bytes());
+    buf.extend_from_slice(&body);
+    w.write_all(&buf).await?;
+    Ok(())
+}
+
+/// Reads one frame; `Ok(None)` at a clean end of stream.
+pub async fn read_frame<R: AsyncRead + Unpin, T: for<'de> Deserialize<'de>>(
+    r: &mut R,
+) -> Result<Option<(u64, T)>, ProtocolError> {
+    let mut head = [0u8; 4];
+    match r.read_exact(&mut head).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e.into()),
+    }
+    let len = u32::from_le_bytes(head);
+    if !(8..=MAX_FRAME).contains(&len) {
+        return Err(ProtocolError::Frame(format!("length {len} is outside 8..={MAX_FRAME}")));
+    }
+    let mut buf = vec![0u8; len as usize];
+    r.read_exact(&mut buf).await?;
+    let id = u64::from_le_bytes(buf[..8].try_into().expect("8 bytes"));
+    let body =
+        postcard::from_bytes(&buf[8..]).map_err(|e| ProtocolError::Frame(format!("request {id}: {e}")))?;
+    Ok(Some((id, body)))
+}
+
+/// Checks a collection name or document id.
+pub fn check_name(what: &str, name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > MAX_NAME {
+        return Err(format!("{what} {name:?}: must be 1 to {MAX_NAME} bytes"));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(format!("{what} {name:?}: control characters are not allowed"));
+    }
+    Ok(())
+}

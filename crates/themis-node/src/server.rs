@@ -1,0 +1,442 @@
+//! The node runtime: wires the WAL-backed Raft storage, the driver, the peer transport,
+//! the document store and the client API together.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use themis_replication::clock::{Hlc, NodeId};
+use themis_replication::raft::driver::{Driver, DriverConfig, PeerInfo, ReplicationManager};
+use themis_replication::raft::{
+    AckPolicy, ConfState, Config as RaftConfig, DriverError, Ed25519Votes, ReplicationMode, SharedVotes,
+    WalStorage,
+};
+use themis_replication::ship::tls::TlsConfig;
+use themis_replication::ship::{Members, Security, Transport, TransportConfig};
+use themis_replication::wal::op::{Op, OpKind, encode_batch};
+use themis_replication::wal::{FsyncPolicy, WalConfig};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::config::NodeConfig;
+use crate::protocol::{Consistency, ErrorCode, Request, Response, check_name, read_frame, write_frame};
+use crate::store::DocStore;
+
+/// Why a node could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// A file or socket failed; the message names it.
+    #[error("{0}")]
+    Io(String),
+    /// The replication layer failed.
+    #[error(transparent)]
+    Driver(#[from] DriverError),
+}
+
+/// How long a read waits for the cluster before it times out.
+const READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a write waits for its acknowledgement.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A running node.
+#[derive(Debug)]
+pub struct Node {
+    /// The replication handle.
+    pub manager: ReplicationManager,
+    /// The document store.
+    pub store: Arc<DocStore>,
+    /// Where the client API listens.
+    pub client_addr: SocketAddr,
+    driver: JoinHandle<Result<(), DriverError>>,
+    clients: JoinHandle<()>,
+}
+
+/// Loads this node's vote signing seed from `dir/vote-key`, creating it (32 random
+/// bytes, owner-only, fsynced) on first start. Peers learn the public key from the
+/// node's TLS-authenticated hello.
+fn vote_key(dir: &Path) -> Result<Vec<u8>, NodeError> {
+    let path = dir.join("vote-key");
+    match std::fs::read(&path) {
+        Ok(seed) if seed.len() == 32 => Ok(seed),
+        Ok(seed) => Err(NodeError::Io(format!("{}: {} bytes, expected 32", path.display(), seed.len()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut seed = [0u8; 32];
+            ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut seed)
+                .map_err(|_| NodeError::Io("the system random source failed".into()))?;
+            let tmp = dir.join("vote-key.tmp");
+            let io = |e: std::io::Error| NodeError::Io(format!("{}: {e}", tmp.display()));
+            {
+                use std::io::Write;
+                use std::os::unix::fs::OpenOptionsExt;
+                let mut f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .mode(0o600)
+                    .open(&tmp)
+                    .map_err(io)?;
+                f.write_all(&seed).map_err(io)?;
+                f.sync_all().map_err(io)?;
+            }
+            std::fs::rename(&tmp, &path).map_err(io)?;
+            std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
+            Ok(seed.to_vec())
+        }
+        Err(e) => Err(NodeError::Io(format!("{}: {e}", path.display()))),
+    }
+}
+
+impl Node {
+    /// Starts the node described by `config` on the current tokio runtime.
+    pub async fn start(config: &NodeConfig) -> Result<Node, NodeError> {
+        let id = NodeId(config.node_id);
+        let io = |what: &str, e: &dyn std::fmt::Display| NodeError::Io(format!("{what}: {e}"));
+        std::fs::create_dir_all(&config.data_dir)
+            .map_err(|e| io(&config.data_dir.display().to_string(), &e))?;
+        let (security, client_tls) = if let Some(files) = &config.tls {
+            let tls = TlsConfig::from_files(&files.ca, &files.cert, &files.key).map_err(|e| io("tls", &e))?;
+            if tls.node() != id {
+                return Err(NodeError::Io(format!(
+                    "tls.cert = {:?}: the certificate is for node {}, this is node {}",
+                    files.cert.display().to_string(),
+                    tls.node().0,
+                    id.0
+                )));
+            }
+            let acceptor = tls.client_api_acceptor();
+            (Security::Tls(tls), Some(acceptor))
+        } else {
+            tracing::warn!(node = %id, "insecure_plaintext = true: node links and clients are NOT encrypted or authenticated");
+            (Security::InsecurePlaintext, None)
+        };
+        let members = Members::new(config.peers.iter().map(|p| NodeId(p.0)));
+        let transport = Transport::new(TransportConfig::new(config.cluster.clone(), id, security), members)
+            .map_err(|e| io("transport", &e))?;
+        let listener = transport.bind(config.raft_addr).await.map_err(|e| io("raft_addr", &e))?;
+
+        let bootstrap_voters: Vec<NodeId> =
+            config.peers.iter().map(|p| NodeId(p.0)).filter(|p| !(config.join && *p == id)).collect();
+        let mut conf = ConfState::with_voters(bootstrap_voters);
+        if config.join {
+            conf.learners.insert(id);
+        }
+        let wal = WalConfig {
+            fsync: if config.fsync { FsyncPolicy::Always } else { FsyncPolicy::Never },
+            ..WalConfig::default()
+        };
+        let (storage, report) =
+            WalStorage::open(config.data_dir.join("raft"), wal, Some((conf, config.policy)))
+                .map_err(|e| io("raft storage", &e))?;
+        if !report.truncated.is_empty() {
+            tracing::warn!(node = %id, ?report, "the WAL had a torn tail, truncated at open");
+        }
+
+        let tick = (config.heartbeat / 2).max(Duration::from_millis(1));
+        let mut raft = RaftConfig::new(id, config.cluster.clone());
+        raft.heartbeat_tick = 2;
+        raft.election_tick = (config.election_timeout.as_millis() / tick.as_millis().max(1)).max(3) as u64;
+        raft.seed = u64::from_le_bytes(vote_key(&config.data_dir)?[..8].try_into().expect("8 bytes"));
+        let peers = config
+            .peers
+            .iter()
+            .map(|(pid, raft_addr, client_addr)| PeerInfo {
+                id: NodeId(*pid),
+                raft_addr: *raft_addr,
+                meta: client_addr.to_string().into_bytes(),
+            })
+            .collect();
+        let mut driver_config = DriverConfig::new(raft, peers);
+        driver_config.tick = tick;
+        driver_config.snapshot_entries = config.snapshot_entries;
+        driver_config.apply_workers = config.apply_workers;
+        driver_config.lag_alert = config.lag_alert;
+        driver_config.peer.heartbeat_interval = config.heartbeat;
+        driver_config.peer.peer_timeout = config.election_timeout;
+
+        let seed = vote_key(&config.data_dir)?;
+        let votes = SharedVotes::new(Ed25519Votes::from_seed(id, &seed).map_err(DriverError::from)?);
+        let store = Arc::new(DocStore::new());
+        let hlc = Arc::new(Hlc::new(id));
+        let (manager, driver) =
+            Driver::start(driver_config, storage, transport, listener, store.clone(), votes, move || {
+                hlc.now()
+            })?;
+
+        let client_listener = TcpListener::bind(config.client_addr)
+            .await
+            .map_err(|e| io(&format!("client_addr {}", config.client_addr), &e))?;
+        let client_addr = client_listener.local_addr().map_err(|e| io("client_addr", &e))?;
+        let clients =
+            tokio::spawn(accept_clients(client_listener, client_tls, manager.clone(), store.clone()));
+        tracing::info!(node = %id, raft = %config.raft_addr, client = %client_addr, "node started");
+        Ok(Node { manager, store, client_addr, driver, clients })
+    }
+
+    /// Runs until the driver stops; returns its result.
+    pub async fn wait(self) -> Result<(), NodeError> {
+        let result = self.driver.await;
+        self.clients.abort();
+        match result {
+            Ok(r) => r.map_err(NodeError::from),
+            Err(e) => Err(NodeError::Io(format!("the driver task failed: {e}"))),
+        }
+    }
+
+    /// Stops the node.
+    pub async fn shutdown(self) -> Result<(), NodeError> {
+        self.manager.shutdown().await;
+        self.wait().await
+    }
+}
+
+async fn accept_clients(
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    manager: ReplicationManager,
+    store: Arc<DocStore>,
+) {
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "client accept failed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let (tls, manager, store) = (tls.clone(), manager.clone(), store.clone());
+        tokio::spawn(async move {
+            let result = match tls {
+                Some(acceptor) => serve_tls(tcp, acceptor, manager, store).await,
+                None => serve(tcp, manager, store).await,
+            };
+            if let Err(e) = result {
+                tracing::debug!(%peer, error = %e, "client connection ended");
+            }
+        });
+    }
+}
+
+/// TLS records start with 0x16 (handshake); anything else is a plaintext client, which is
+/// told in plaintext why it is refused.
+async fn serve_tls(
+    mut tcp: TcpStream,
+    acceptor: tokio_rustls::TlsAcceptor,
+    manager: ReplicationManager,
+    store: Arc<DocStore>,
+) -> Result<(), String> {
+    let mut first = [0u8; 1];
+    let n = tcp.peek(&mut first).await.map_err(|e| e.to_string())?;
+    if n == 1 && first[0] != 0x16 {
+        let refusal = Response::Error {
+            code: ErrorCode::Unavailable,
+            message: "this port requires TLS 1.3; connect with the cluster CA".into(),
+        };
+        let _ = write_frame(&mut tcp, 0, &refusal).await;
+        let _ = tcp.shutdown().await;
+        return Err("a plaintext client was refused".into());
+    }
+    let stream = acceptor.accept(tcp).await.map_err(|e| format!("TLS handshake: {e}"))?;
+    serve(stream, manager, store).await
+}
+
+async fn serve<S: AsyncRead + AsyncWrite + Send + 'static>(
+    stream: S,
+    manager: ReplicationManager,
+    store: Arc<DocStore>,
+) -> Result<(), String> {
+    let (mut reader, writer) = tokio::io::split(stream);
+    let (tx, mut rx) = mpsc::channel::<(u64, Response)>(1024);
+    let writer_task = tokio::spawn(async move {
+        let mut writer = BufWriter::new(writer);
+        while let Some((id, response)) = rx.recv().await {
+            if write_frame(&mut writer, id, &response).await.is_err() {
+                return;
+            }
+            // Write everything already answered before flushing: one TLS record for many.
+            while let Ok((id, response)) = rx.try_recv() {
+                if write_frame(&mut writer, id, &response).await.is_err() {
+                    return;
+                }
+            }
+            if writer.flush().await.is_err() {
+                return;
+            }
+        }
+    });
+    let result = loop {
+        match read_frame::<_, Request>(&mut reader).await {
+            Ok(Some((id, request))) => {
+                let (tx, manager, store) = (tx.clone(), manager.clone(), store.clone());
+                tokio::spawn(async move {
+                    let response = handle(request, &manager, &store).await;
+                    let _ = tx.send((id, response)).await;
+                });
+            }
+            Ok(None) => break Ok(()),
+            Err(e) => {
+                let _ = tx
+                    .send((0, Response::Error { code: ErrorCode::BadRequest, message: e.to_string() }))
+                    .await;
+                break Err(e.to_string());
+            }
+        }
+    };
+    drop(tx);
+    let _ = writer_task.await;
+    result
+}
+
+fn bad_request(message: String) -> Response {
+    Response::Error { code: ErrorCode::BadRequest, message }
+}
+
+fn driver_error(e: DriverError) -> Response {
+    match e {
+        DriverError::NotLeader { leader, leader_info, .. } => Response::NotLeader {
+            leader: leader.map(|l| l.0),
+            leader_addr: leader_info.and_then(|i| String::from_utf8(i.meta).ok()),
+        },
+        DriverError::OutcomeUnknown { .. } => {
+            Response::Error { code: ErrorCode::OutcomeUnknown, message: e.to_string() }
+        }
+        DriverError::Busy { .. } => Response::Error { code: ErrorCode::Busy, message: e.to_string() },
+        DriverError::Raft(_) | DriverError::Config(_) => {
+            Response::Error { code: ErrorCode::Refused, message: e.to_string() }
+        }
+        _ => Response::Error { code: ErrorCode::Unavailable, message: e.to_string() },
+    }
+}
+
+async fn timed<T>(
+    limit: Duration,
+    what: &str,
+    f: impl Future<Output = Result<T, DriverError>>,
+) -> Result<T, Response> {
+    match tokio::time::timeout(limit, f).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(driver_error(e)),
+        Err(_) => Err(Response::Error {
+            code: ErrorCode::Timeout,
+            message: format!("{what} timed out after {limit:?}"),
+        }),
+    }
+}
+
+fn doc_op(kind: OpKind) -> Bytes {
+    encode_batch(&[Op { origin: NodeId(0), txn: 0, kind }]).expect("names and values were checked")
+}
+
+#[allow(clippy::too_many_lines, reason = "one arm per request kind, each short")]
+async fn handle(request: Request, manager: &ReplicationManager, store: &DocStore) -> Response {
+    match request {
+        Request::Put { collection, id, value } => {
+            if let Err(m) = check_name("collection", &collection).and_then(|()| check_name("id", &id)) {
+                return bad_request(m);
+            }
+            if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&value) {
+                return bad_request(format!("the document for {collection}/{id} is not JSON: {e}"));
+            }
+            let op =
+                OpKind::Upsert { collection, key: Bytes::from(id.into_bytes()), value: Bytes::from(value) };
+            match timed(WRITE_TIMEOUT, "the write", manager.propose(doc_op(op))).await {
+                Ok(lsn) => Response::Written { lsn },
+                Err(r) => r,
+            }
+        }
+        Request::Delete { collection, id } => {
+            if let Err(m) = check_name("collection", &collection).and_then(|()| check_name("id", &id)) {
+                return bad_request(m);
+            }
+            let op = OpKind::Delete { collection, key: Bytes::from(id.into_bytes()) };
+            match timed(WRITE_TIMEOUT, "the delete", manager.propose(doc_op(op))).await {
+                Ok(lsn) => Response::Written { lsn },
+                Err(r) => r,
+            }
+        }
+        Request::Get { collection, id, consistency } => {
+            if let Err(m) = check_name("collection", &collection).and_then(|()| check_name("id", &id)) {
+                return bad_request(m);
+            }
+            let ready = match consistency {
+                Consistency::Strong => {
+                    timed(READ_TIMEOUT, "the strong read", manager.read_index()).await.map(|_| ())
+                }
+                Consistency::Session(token) => {
+                    timed(READ_TIMEOUT, "the session read", manager.wait_applied(token)).await
+                }
+                Consistency::Eventual => Ok(()),
+            };
+            if let Err(r) = ready {
+                return r;
+            }
+            let applied_lsn = manager.applied_lsn();
+            Response::Value {
+                value: store.get(&collection, id.as_bytes()).map(|(v, _)| v.to_vec()),
+                applied_lsn,
+            }
+        }
+        Request::Status => {
+            let json = serde_json::json!({
+                "status": manager.status(),
+                "failovers": manager.failover_history(),
+            });
+            Response::Status { json: json.to_string() }
+        }
+        Request::SetMode { mode, min_sync_replicas } => {
+            let mode: ReplicationMode = match mode.parse() {
+                Ok(m) => m,
+                Err(e) => return bad_request(format!("mode = {mode:?}: {e}")),
+            };
+            match timed(
+                WRITE_TIMEOUT,
+                "the mode change",
+                manager.set_mode(AckPolicy { mode, min_sync_replicas }),
+            )
+            .await
+            {
+                Ok(_) => Response::Done,
+                Err(r) => r,
+            }
+        }
+        Request::AddLearner { id, raft_addr, client_addr } => {
+            let Ok(raft_addr) = raft_addr.parse() else {
+                return bad_request(format!("raft_addr = {raft_addr:?}: not an IP address and port"));
+            };
+            if client_addr.parse::<SocketAddr>().is_err() {
+                return bad_request(format!("client_addr = {client_addr:?}: not an IP address and port"));
+            }
+            let info = PeerInfo { id: NodeId(id), raft_addr, meta: client_addr.into_bytes() };
+            match timed(WRITE_TIMEOUT, "adding the learner", manager.add_learner(info)).await {
+                Ok(_) => Response::Done,
+                Err(r) => r,
+            }
+        }
+        Request::Promote { id } => {
+            match timed(WRITE_TIMEOUT, "the promotion", manager.promote(NodeId(id))).await {
+                Ok(_) => Response::Done,
+                Err(r) => r,
+            }
+        }
+        Request::Remove { id } => match timed(WRITE_TIMEOUT, "the removal", manager.remove(NodeId(id))).await
+        {
+            Ok(_) => Response::Done,
+            Err(r) => r,
+        },
+        Request::Transfer { id } => {
+            match timed(WRITE_TIMEOUT, "the transfer", manager.transfer_leadership(NodeId(id))).await {
+                Ok(()) => Response::Done,
+                Err(r) => r,
+            }
+        }
+        Request::Campaign => match timed(WRITE_TIMEOUT, "the election", manager.start_election()).await {
+            Ok(()) => Response::Done,
+            Err(r) => r,
+        },
+    }
+}

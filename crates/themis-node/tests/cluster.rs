@@ -1,0 +1,360 @@
+//! End to end with real processes: `themis-node` binaries on 127.0.0.1 with mutual TLS
+//! between them, TLS clients, real fsyncs, and SIGKILL.
+//!
+//! `THEMIS_TEST_BUDGET=full` repeats the leader kill 10 times and prints the p99 failover.
+
+use std::fmt::Write as _;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use themis_node::{Client, Consistency, Request};
+use themis_replication::clock::NodeId;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+struct Proc {
+    id: u64,
+    raft: SocketAddr,
+    client: SocketAddr,
+    config: PathBuf,
+    child: Option<Child>,
+}
+
+struct Cluster {
+    dir: tempfile::TempDir,
+    ca: String,
+    nodes: Vec<Proc>,
+}
+
+fn write_config(
+    dir: &Path,
+    id: u64,
+    me: (SocketAddr, SocketAddr),
+    peers: &[(u64, SocketAddr, SocketAddr)],
+    join: bool,
+) -> PathBuf {
+    let certs = dir.join("certs");
+    let mut text = format!(
+        "node_id = {id}\ncluster = \"e2e\"\ndata_dir = \"{}\"\nraft_addr = \"{}\"\nclient_addr = \"{}\"\njoin = {join}\n\n\
+         [tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n\n\
+         [replication]\nmode = \"semi_sync\"\nmin_sync_replicas = 1\nheartbeat_ms = 100\nelection_timeout_ms = 500\n",
+        dir.join(format!("data-{id}")).display(),
+        me.0,
+        me.1,
+        certs.join("ca.pem").display(),
+        certs.join(format!("node-{id}.pem")).display(),
+        certs.join(format!("node-{id}.key")).display(),
+    );
+    for (pid, raft, client) in peers {
+        let _ = write!(text, "\n[[peers]]\nid = {pid}\nraft_addr = \"{raft}\"\nclient_addr = \"{client}\"\n");
+    }
+    let path = dir.join(format!("node-{id}.toml"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn spawn(config: &Path) -> Child {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_themis-node"))
+        .arg("--config")
+        .arg(config)
+        .env("THEMIS_LOG", std::env::var("THEMIS_LOG").unwrap_or_else(|_| "warn".into()))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    // Wait for the "listening" line.
+    let stdout = child.stdout.take().unwrap();
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).unwrap();
+    assert!(line.contains("listening"), "node did not start: {line:?}");
+    child
+}
+
+impl Cluster {
+    fn start(n: u64, spare: u64) -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let ids: Vec<NodeId> = (1..=n + spare).map(NodeId).collect();
+        themis_replication::ship::tls::write_cluster_certs(&dir.path().join("certs"), "e2e", &ids).unwrap();
+        let ca = std::fs::read_to_string(dir.path().join("certs/ca.pem")).unwrap();
+        let addrs: Vec<(u64, SocketAddr, SocketAddr)> = (1..=n + spare)
+            .map(|id| {
+                let raft = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+                let client = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+                (id, raft, client)
+            })
+            .collect();
+        let boot = &addrs[..n as usize];
+        let mut nodes = Vec::new();
+        for &(id, raft, client) in &addrs {
+            let join = id > n;
+            let config = write_config(dir.path(), id, (raft, client), boot, join);
+            nodes.push(Proc { id, raft, client, config, child: None });
+        }
+        let mut cluster = Cluster { dir, ca, nodes };
+        for i in 0..n as usize {
+            cluster.restart(i);
+        }
+        cluster
+    }
+
+    fn restart(&mut self, i: usize) {
+        let node = &mut self.nodes[i];
+        assert!(node.child.is_none());
+        node.child = Some(spawn(&node.config));
+    }
+
+    fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.nodes[i].child.take() {
+            child.kill().unwrap(); // SIGKILL
+            child.wait().unwrap();
+        }
+    }
+
+    async fn client(&self, i: usize) -> Client {
+        Client::connect(self.nodes[i].client, Some(&self.ca)).await.unwrap()
+    }
+
+    /// The index of the node that reports itself leader.
+    async fn leader(&self) -> usize {
+        for _ in 0..100 {
+            for (i, node) in self.nodes.iter().enumerate() {
+                if node.child.is_none() {
+                    continue;
+                }
+                if let Ok(c) = Client::connect(node.client, Some(&self.ca)).await
+                    && let Ok(status) = c.status().await
+                    && status["status"]["role"] == "Leader"
+                {
+                    return i;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("no leader within 10 s");
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.kill(i);
+        }
+        let _ = &self.dir;
+    }
+}
+
+fn doc(i: u64) -> Vec<u8> {
+    format!(r#"{{"n":{i},"pad":"{}"}}"#, "x".repeat(200)).into_bytes()
+}
+
+/// Reads `key` from every running node at the session token, checking the value.
+async fn read_everywhere(cluster: &Cluster, key: &str, token: u64, value: &[u8]) {
+    for node in cluster.nodes.iter().filter(|n| n.child.is_some()) {
+        let client = Client::connect(node.client, Some(&cluster.ca)).await.unwrap();
+        let got = client.get("e2e", key, Consistency::Session(token)).await.unwrap();
+        assert_eq!(got.as_deref(), Some(value), "node {} has {key}", node.id);
+    }
+}
+
+/// Writers that keep writing through any live node; returns acknowledged (key, value,
+/// token, when the write was sent, when it was acknowledged).
+type Acked = Arc<Mutex<Vec<(String, Vec<u8>, u64, Instant, Instant)>>>;
+
+fn start_writers(
+    cluster: &Cluster,
+    writers: usize,
+    stop: &Arc<std::sync::atomic::AtomicBool>,
+) -> (Acked, Vec<tokio::task::JoinHandle<()>>) {
+    let acked: Acked = Arc::default();
+    let addrs: Vec<SocketAddr> =
+        cluster.nodes.iter().filter(|n| n.child.is_some()).map(|n| n.client).collect();
+    let handles = (0..writers)
+        .map(|w| {
+            let (acked, stop, addrs, ca) = (acked.clone(), stop.clone(), addrs.clone(), cluster.ca.clone());
+            tokio::spawn(async move {
+                let mut order = addrs.clone();
+                order.rotate_left(w % addrs.len());
+                let Ok(client) = Client::connect_any(&order, Some(&ca)).await else { return };
+                let mut n = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let key = format!("w{w}-{n}");
+                    let value = doc(n);
+                    // Errors (a lost node, an unknown outcome) are not acknowledgements.
+                    let sent = Instant::now();
+                    if let Ok(token) = client.put("e2e", &key, &value).await {
+                        acked.lock().unwrap().push((key, value, token, sent, Instant::now()));
+                    }
+                    n += 1;
+                }
+            })
+        })
+        .collect();
+    (acked, handles)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_replicate_in_every_mode_and_fail_over_after_sigkill_without_losing_acknowledged_writes()
+{
+    let mut cluster = Cluster::start(3, 0);
+    let leader = cluster.leader().await;
+    let client = cluster.client((leader + 1) % 3).await; // a follower: writes are redirected
+    for (mode, min) in [("async", 0), ("sync", 1), ("semi_sync", 1)] {
+        client.admin(Request::SetMode { mode: mode.into(), min_sync_replicas: min }).await.unwrap();
+        let key = format!("mode-{mode}");
+        let token = client.put("e2e", &key, &doc(1)).await.unwrap();
+        read_everywhere(&cluster, &key, token, &doc(1)).await;
+        for node in &cluster.nodes {
+            let c = Client::connect(node.client, Some(&cluster.ca)).await.unwrap();
+            let mode_seen = c.status().await.unwrap()["status"]["mode"].as_str().unwrap().to_string();
+            assert!(mode_seen.starts_with(&mode.to_uppercase()), "node {} sees {mode_seen}", node.id);
+        }
+    }
+    // A bad document and a bad mode are refused with the reason.
+    let err = client.put("e2e", "bad", b"{not json").await.unwrap_err();
+    assert!(err.to_string().contains("not JSON"), "{err}");
+    let err = client.admin(Request::SetMode { mode: "sync".into(), min_sync_replicas: 0 }).await.unwrap_err();
+    assert!(err.to_string().contains("min_sync_replicas"), "{err}");
+
+    let kills = if std::env::var("THEMIS_TEST_BUDGET").as_deref() == Ok("full") { 10 } else { 1 };
+    let mut failovers = Vec::new();
+    for round in 0..kills {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (acked, writers) = start_writers(&cluster, 16, &stop);
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let leader = cluster.leader().await;
+        let killed_at = Instant::now();
+        cluster.kill(leader);
+        // Wait for a write sent after the kill to be acknowledged: only a new leader can.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let first_after = loop {
+            let after = acked.lock().unwrap().iter().filter(|a| a.3 > killed_at).map(|a| a.4).min();
+            if let Some(t) = after {
+                break t;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: no write acknowledged within 10 s of the kill"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        let failover = first_after - killed_at;
+        failovers.push(failover);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for w in writers {
+            w.await.unwrap();
+        }
+        // The killed node restarts and catches up; every acknowledged write is everywhere.
+        cluster.restart(leader);
+        let acked = acked.lock().unwrap().clone();
+        assert!(acked.len() > 50, "round {round}: only {} writes acknowledged", acked.len());
+        let top = acked.iter().map(|a| a.2).max().unwrap();
+        for node in &cluster.nodes {
+            let c = Client::connect(node.client, Some(&cluster.ca)).await.unwrap();
+            // The restarted node needs the leader's commit first: wait on the highest token.
+            c.get("e2e", "probe", Consistency::Session(top)).await.unwrap();
+            for (key, value, ..) in &acked {
+                let got = c.get("e2e", key, Consistency::Eventual).await.unwrap();
+                assert_eq!(
+                    got.as_deref(),
+                    Some(value.as_slice()),
+                    "round {round}: node {} lost {key}",
+                    node.id
+                );
+            }
+        }
+        eprintln!(
+            "round {round}: failover {failover:?}, {} acknowledged writes verified on 3 nodes",
+            acked.len()
+        );
+    }
+    failovers.sort();
+    let p99 = failovers[(failovers.len() * 99).div_ceil(100) - 1];
+    eprintln!("failover after SIGKILL: {} kills, p99 {p99:?}, all {failovers:?}", failovers.len());
+    assert!(p99 <= Duration::from_millis(1500), "failover p99 {p99:?} is above 1.5 s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_learner_joins_catches_up_is_promoted_and_a_node_is_removed() {
+    let mut cluster = Cluster::start(3, 1);
+    let leader = cluster.leader().await;
+    let client = cluster.client(leader).await;
+    let mut token = 0;
+    for i in 0..200 {
+        token = client.put("e2e", &format!("k{i}"), &doc(i)).await.unwrap();
+    }
+    cluster.restart(3);
+    let (raft, addr) = (cluster.nodes[3].raft, cluster.nodes[3].client);
+    client
+        .admin(Request::AddLearner { id: 4, raft_addr: raft.to_string(), client_addr: addr.to_string() })
+        .await
+        .unwrap();
+    let learner = Client::connect(addr, Some(&cluster.ca)).await.unwrap();
+    assert_eq!(learner.get("e2e", "k199", Consistency::Session(token)).await.unwrap(), Some(doc(199)));
+    client.admin(Request::Promote { id: 4 }).await.unwrap();
+    let mut promoted = false;
+    for _ in 0..100 {
+        let status = client.status().await.unwrap();
+        if status["status"]["voters"].as_array().unwrap().iter().any(|v| v == 4)
+            && status["status"]["learners"].as_array().unwrap().is_empty()
+        {
+            promoted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(promoted, "node 4 was not promoted");
+    // Remove a follower that is not node 4; the cluster keeps writing with it gone.
+    let victim = (0..3).find(|&i| i != leader).unwrap();
+    client.admin(Request::Remove { id: cluster.nodes[victim].id }).await.unwrap();
+    cluster.kill(victim);
+    let token = client.put("e2e", "after-remove", &doc(7)).await.unwrap();
+    assert_eq!(learner.get("e2e", "after-remove", Consistency::Session(token)).await.unwrap(), Some(doc(7)));
+}
+
+#[test]
+fn a_bad_config_exits_with_code_2_and_names_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "node_id = 1\ndata_dir = \"{}\"\nraft_addr = \"127.0.0.1:1\"\nclient_addr = \"127.0.0.1:2\"\ninsecure_plaintext = true\n\
+             [replication]\nmode = \"sync\"\nmin_sync_replicas = 0\n[[peers]]\nid = 1\nraft_addr = \"127.0.0.1:1\"\nclient_addr = \"127.0.0.1:2\"\n",
+            dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_themis-node")).arg("--config").arg(&path).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("min_sync_replicas = 0"), "{stderr}");
+    let out = Command::new(env!("CARGO_BIN_EXE_themis-node")).arg("--bogus").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plaintext_client_on_the_tls_port_is_refused() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let cluster = Cluster::start(3, 0);
+    let mut tcp = tokio::net::TcpStream::connect(cluster.nodes[0].client).await.unwrap();
+    let mut frame = Vec::new();
+    let body = postcard::to_stdvec(&Request::Status).unwrap();
+    frame.extend_from_slice(&(body.len() as u32 + 8).to_le_bytes());
+    frame.extend_from_slice(&1u64.to_le_bytes());
+    frame.extend_from_slice(&body);
+    tcp.write_all(&frame).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut answer)).await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&answer).contains("requires TLS 1.3"), "{answer:?}");
+    // A client without the CA cannot connect either.
+    let other_ca = themis_replication::ship::tls::generate_ca("other").unwrap();
+    let err = Client::connect(cluster.nodes[0].client, Some(&other_ca.cert)).await.unwrap_err();
+    assert!(err.to_string().contains("TLS"), "{err}");
+}
