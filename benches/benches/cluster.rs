@@ -1,0 +1,225 @@
+//! A 3-node cluster on this machine (three `themis-node` runtimes in one process sharing
+//! the cores, each with its own WAL and fsync, mutual TLS between them), driven through
+//! the TLS client API by closed-loop clients, and beside it the baseline: the same
+//! 256-byte writes appended by as many threads straight to one themis-wal with group
+//! commit (the most one node's disk allows, with no replication at all).
+//!
+//! Phase 1: 64 closed-loop clients, SEMI_SYNC (min_sync_replicas = 1): throughput and
+//! latency percentiles. Phase 2: an open loop at 10,000 writes/s: replication lag, from
+//! the leader's acknowledgement to each follower having applied the write.
+//!
+//! `cargo bench -p themis-benches --bench cluster` (`THEMIS_BENCH_SECS`, default 5).
+//! Under `cargo bench -- --test` (CI's bench build check) it runs for half a second.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use themis_node::{Client, Node, NodeConfig};
+use themis_replication::clock::{NodeId, Timestamp};
+use themis_replication::wal::{NewEntry, Wal, WalConfig};
+
+const CLIENTS: usize = 64;
+const VALUE_BYTES: usize = 256;
+
+fn value(i: u64) -> Vec<u8> {
+    let head = format!(r#"{{"seq":{i},"user":"user-{}","pad":""#, i % 1000);
+    let mut v = head.into_bytes();
+    v.resize(VALUE_BYTES - 2, b'x');
+    v.extend_from_slice(b"\"}");
+    v
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[i]
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+async fn start_cluster(dir: &std::path::Path) -> Vec<Node> {
+    let ids: Vec<NodeId> = (1..=3).map(NodeId).collect();
+    themis_replication::ship::tls::write_cluster_certs(&dir.join("certs"), "bench", &ids).unwrap();
+    let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
+    let mut peers = String::new();
+    for (i, (raft, client)) in ports.iter().enumerate() {
+        peers.push_str(&format!(
+            "\n[[peers]]\nid = {}\nraft_addr = \"127.0.0.1:{raft}\"\nclient_addr = \"127.0.0.1:{client}\"\n",
+            i + 1
+        ));
+    }
+    let mut nodes = Vec::new();
+    for (i, (raft, client)) in ports.iter().enumerate() {
+        let id = i + 1;
+        let certs = dir.join("certs");
+        let text = format!(
+            "node_id = {id}\ncluster = \"bench\"\ndata_dir = \"{}\"\nraft_addr = \"127.0.0.1:{raft}\"\n\
+             client_addr = \"127.0.0.1:{client}\"\n[tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n\
+             [replication]\nmode = \"semi_sync\"\nmin_sync_replicas = 1\nheartbeat_ms = 100\nelection_timeout_ms = 500\n{peers}",
+            dir.join(format!("data-{id}")).display(),
+            certs.join("ca.pem").display(),
+            certs.join(format!("node-{id}.pem")).display(),
+            certs.join(format!("node-{id}.key")).display(),
+        );
+        let config = NodeConfig::parse(&text, |_| None).expect("bench config");
+        nodes.push(Node::start(&config).await.expect("node starts"));
+    }
+    nodes
+}
+
+async fn leader(nodes: &[Node]) -> usize {
+    for _ in 0..500 {
+        if let Some(i) = nodes.iter().position(|n| n.manager.status().role == "Leader") {
+            return i;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("no leader");
+}
+
+/// Closed loop: every client writes, waits for the acknowledgement, writes again.
+async fn closed_loop(nodes: &[Node], ca: &str, secs: f64) -> (f64, Vec<Duration>) {
+    let lead = leader(nodes).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for c in 0..CLIENTS {
+        let client = Client::connect(nodes[lead].client_addr, Some(ca)).await.expect("connect");
+        let stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let key = format!("c{c}-{i}");
+                let t0 = Instant::now();
+                client.put("bench", &key, &value(i)).await.expect("write");
+                lat.push(t0.elapsed());
+                i += 1;
+            }
+            lat
+        }));
+    }
+    let started = Instant::now();
+    tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    all.sort_unstable();
+    (all.len() as f64 / elapsed, all)
+}
+
+/// Open loop at `rate` writes/s: for each acknowledged write, the time until each
+/// follower has applied it.
+async fn lag_at(nodes: &[Node], ca: &str, rate: f64, secs: f64) -> (f64, Vec<Duration>) {
+    let lead = leader(nodes).await;
+    let followers: Vec<_> = (0..nodes.len()).filter(|&i| i != lead).map(|i| nodes[i].manager.clone()).collect();
+    let per_client = rate / CLIENTS as f64;
+    let mut tasks = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs_f64(secs);
+    for c in 0..CLIENTS {
+        let client = Client::connect(nodes[lead].client_addr, Some(ca)).await.expect("connect");
+        let followers = followers.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lags = Vec::new();
+            let mut sent = 0u64;
+            let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / per_client));
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            while Instant::now() < deadline {
+                ticker.tick().await;
+                let token = client.put("lag", &format!("c{c}-{sent}"), &value(sent)).await.expect("write");
+                sent += 1;
+                let acked = Instant::now();
+                for f in &followers {
+                    f.wait_applied(token).await.expect("applied");
+                    lags.push(acked.elapsed());
+                }
+            }
+            (sent, lags)
+        }));
+    }
+    let started = Instant::now();
+    let mut total = 0;
+    let mut lags = Vec::new();
+    for t in tasks {
+        let (sent, l) = t.await.unwrap();
+        total += sent;
+        lags.extend(l);
+    }
+    lags.sort_unstable();
+    (total as f64 / started.elapsed().as_secs_f64(), lags)
+}
+
+/// The baseline: CLIENTS threads appending the same values to one WAL, group commit on.
+fn wal_baseline(dir: &std::path::Path, secs: f64) -> f64 {
+    let (wal, _) = Wal::open(dir.join("baseline-wal"), WalConfig::default()).expect("wal");
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let threads: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let (wal, stop) = (wal.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    wal.append(&[NewEntry::data(Timestamp::ZERO, Bytes::from(value(n)))]).expect("append");
+                    n += 1;
+                }
+                n
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs_f64(secs));
+    stop.store(true, Ordering::Relaxed);
+    let n: u64 = threads.into_iter().map(|t| t.join().unwrap()).sum();
+    n as f64 / started.elapsed().as_secs_f64()
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--test");
+    let secs: f64 = if quick {
+        0.5
+    } else {
+        std::env::var("THEMIS_BENCH_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(5.0)
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let baseline = wal_baseline(dir.path(), secs);
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    runtime.block_on(async {
+        let nodes = start_cluster(dir.path()).await;
+        let ca = std::fs::read_to_string(dir.path().join("certs/ca.pem")).unwrap();
+        let (rate, lat) = closed_loop(&nodes, &ca, secs).await;
+        println!(
+            "cluster/semi_sync_64_clients: {rate:.0} acknowledged writes/s (target 35000: {}), \
+             latency p50 {:?} p99 {:?} (target 10 ms: {}) p999 {:?}",
+            if rate >= 35_000.0 { "MET" } else { "MISSED" },
+            percentile(&lat, 0.50),
+            percentile(&lat, 0.99),
+            if percentile(&lat, 0.99) <= Duration::from_millis(10) { "MET" } else { "MISSED" },
+            percentile(&lat, 0.999),
+        );
+        println!(
+            "baseline/wal_group_commit_64_writers: {baseline:.0} appends/s on one node, no replication; \
+             cluster / baseline = {:.2}",
+            rate / baseline
+        );
+        let (achieved, lags) = lag_at(&nodes, &ca, 10_000.0, secs).await;
+        println!(
+            "cluster/lag_at_10k: offered 10000 writes/s, achieved {achieved:.0}; replication lag \
+             (leader ack to follower applied) p50 {:?} p99 {:?} (target 5 ms: {}) max {:?}",
+            percentile(&lags, 0.50),
+            percentile(&lags, 0.99),
+            if percentile(&lags, 0.99) <= Duration::from_millis(5) { "MET" } else { "MISSED" },
+            lags.last().copied().unwrap_or_default(),
+        );
+        for node in nodes {
+            let _ = node.shutdown().await;
+        }
+    });
+}
