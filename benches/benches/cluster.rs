@@ -4,7 +4,7 @@
 //! 256-byte writes appended by as many threads straight to one themis-wal with group
 //! commit (the most one node's disk allows, with no replication at all).
 //!
-//! Phase 1: 64 closed-loop clients, SEMI_SYNC (min_sync_replicas = 1): throughput and
+//! Phase 1: 64 closed-loop clients, `SEMI_SYNC` (`min_sync_replicas = 1`): throughput and
 //! latency percentiles. Phase 2: an open loop at 10,000 writes/s: replication lag, from
 //! the leader's acknowledgement to each follower having applied the write.
 //!
@@ -16,6 +16,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use std::fmt::Write as _;
+
+use themis_node::stats::percentile;
 use themis_node::{Client, Node, NodeConfig};
 use themis_replication::clock::{NodeId, Timestamp};
 use themis_replication::wal::{NewEntry, Wal, WalConfig};
@@ -31,14 +34,6 @@ fn value(i: u64) -> Vec<u8> {
     v
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
-    sorted[i]
-}
-
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -49,10 +44,11 @@ async fn start_cluster(dir: &std::path::Path) -> Vec<Node> {
     let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
     let mut peers = String::new();
     for (i, (raft, client)) in ports.iter().enumerate() {
-        peers.push_str(&format!(
+        let _ = write!(
+            peers,
             "\n[[peers]]\nid = {}\nraft_addr = \"127.0.0.1:{raft}\"\nclient_addr = \"127.0.0.1:{client}\"\n",
             i + 1
-        ));
+        );
     }
     let mut nodes = Vec::new();
     for (i, (raft, client)) in ports.iter().enumerate() {
@@ -120,7 +116,8 @@ async fn closed_loop(nodes: &[Node], ca: &str, secs: f64) -> (f64, Vec<Duration>
 /// follower has applied it.
 async fn lag_at(nodes: &[Node], ca: &str, rate: f64, secs: f64) -> (f64, Vec<Duration>) {
     let lead = leader(nodes).await;
-    let followers: Vec<_> = (0..nodes.len()).filter(|&i| i != lead).map(|i| nodes[i].manager.clone()).collect();
+    let followers: Vec<_> =
+        (0..nodes.len()).filter(|&i| i != lead).map(|i| nodes[i].manager.clone()).collect();
     let per_client = rate / CLIENTS as f64;
     let mut tasks = Vec::new();
     let deadline = Instant::now() + Duration::from_secs_f64(secs);

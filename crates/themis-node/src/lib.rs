@@ -20,6 +20,7 @@ pub mod client;
 pub mod config;
 pub mod protocol;
 pub mod server;
+pub mod stats;
 pub mod store;
 
 pub use client::{Client, ClientError};

@@ -1,13 +1,21 @@
 //! `themis-node --config FILE`: runs one node until SIGINT or SIGTERM. A configuration
 //! error exits with code 2 and names the key and value.
+//!
+//! `themis-node demo [--seconds S]`: a local 3-node cluster that loses its leader to
+//! SIGKILL mid-run and proves no acknowledged write was lost.
+
+mod demo;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use themis_node::{Node, NodeConfig};
 
+const USAGE: &str = "usage: themis-node --config FILE | themis-node demo [--seconds S]\n\n\
+examples:\n  themis-node --config /etc/themis/node-1.toml\n  themis-node demo --seconds 6";
+
 fn usage() -> ExitCode {
-    eprintln!("usage: themis-node --config FILE\n\nexample: themis-node --config /etc/themis/node-1.toml");
+    eprintln!("{USAGE}");
     ExitCode::from(2)
 }
 
@@ -16,10 +24,28 @@ fn main() -> ExitCode {
     let path = match args.as_slice() {
         [flag, path] if flag == "--config" => PathBuf::from(path),
         [flag] if flag == "--help" || flag == "-h" => {
-            println!(
-                "usage: themis-node --config FILE\n\nexample: themis-node --config /etc/themis/node-1.toml"
-            );
+            println!("{USAGE}");
             return ExitCode::SUCCESS;
+        }
+        [cmd, rest @ ..] if cmd == "demo" => {
+            let secs = match rest {
+                [] => 6.0,
+                [flag, s] if flag == "--seconds" => match s.parse::<f64>() {
+                    Ok(v) if (1.0..=3600.0).contains(&v) => v,
+                    _ => {
+                        eprintln!("themis-node demo: --seconds {s:?}: expected a number from 1 to 3600");
+                        return ExitCode::from(2);
+                    }
+                },
+                _ => return usage(),
+            };
+            return match demo::run(secs) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("themis-node demo: {e}");
+                    ExitCode::FAILURE
+                }
+            };
         }
         _ => return usage(),
     };
