@@ -814,18 +814,21 @@ impl Loop {
         }
         let messages = std::mem::take(&mut ready.messages);
         self.send(messages);
-        if let Some(snapshot) = ready.snapshot.take() {
-            self.install(snapshot).await?;
+        // What this Ready acknowledges, commits and reads was made durable by earlier
+        // Readies (the core hands out committed entries only up to its persisted LSN, and
+        // acknowledges only durable copies), so clients are answered and entries applied
+        // now, while this Ready's own entries are written: a write does not wait for the
+        // fsync of the batch behind it.
+        if let Some(ack) = ready.acknowledged {
+            let done: Vec<Lsn> = self.pending.range(..=ack.lsn).map(|(lsn, _)| *lsn).collect();
+            for lsn in done {
+                if let Some((term, reply)) = self.pending.remove(&lsn) {
+                    let result =
+                        if term == ack.term { Ok(lsn) } else { Err(DriverError::OutcomeUnknown { lsn }) };
+                    let _ = reply.send(result);
+                }
+            }
         }
-        if !ready.entries.is_empty() {
-            self.storage.append_async(&ready.entries).await?;
-        }
-        if let Some(hs) = ready.hard_state {
-            let storage = self.storage.clone();
-            spawn_blocking(move || storage.set_hard_state(hs)).await?;
-        }
-        let persisted = std::mem::take(&mut ready.persisted_messages);
-        self.send(persisted);
         if !ready.committed_entries.is_empty() {
             for entry in &ready.committed_entries {
                 if entry.kind == PEER_ENTRY {
@@ -844,16 +847,18 @@ impl Loop {
                 let _ = reply.send(Ok(read.lsn));
             }
         }
-        if let Some(ack) = ready.acknowledged {
-            let done: Vec<Lsn> = self.pending.range(..=ack.lsn).map(|(lsn, _)| *lsn).collect();
-            for lsn in done {
-                if let Some((term, reply)) = self.pending.remove(&lsn) {
-                    let result =
-                        if term == ack.term { Ok(lsn) } else { Err(DriverError::OutcomeUnknown { lsn }) };
-                    let _ = reply.send(result);
-                }
-            }
+        if let Some(snapshot) = ready.snapshot.take() {
+            self.install(snapshot).await?;
         }
+        if !ready.entries.is_empty() {
+            self.storage.append_async(&ready.entries).await?;
+        }
+        if let Some(hs) = ready.hard_state {
+            let storage = self.storage.clone();
+            spawn_blocking(move || storage.set_hard_state(hs)).await?;
+        }
+        let persisted = std::mem::take(&mut ready.persisted_messages);
+        self.send(persisted);
         if ready.conf_state.is_some() {
             self.sync_peers();
         }
