@@ -385,6 +385,7 @@ async fn handle(request: Request, manager: &ReplicationManager, store: &DocStore
             let json = serde_json::json!({
                 "status": manager.status(),
                 "failovers": manager.failover_history(),
+                "alerts": manager.recent_alerts(),
             });
             Response::Status { json: json.to_string() }
         }

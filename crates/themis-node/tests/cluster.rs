@@ -372,3 +372,53 @@ fn the_demo_fails_over_and_verifies_every_acknowledged_write() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--seconds \"0\""));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_follower_raises_a_heartbeat_alert_within_two_intervals_and_recovers() {
+    let cluster = Cluster::start(3, 0);
+    let leader = cluster.leader().await;
+    let client = cluster.client(leader).await;
+    client.put("e2e", "before", &doc(1)).await.unwrap();
+    let victim = (0..3).find(|&i| i != leader).unwrap();
+    let victim_id = cluster.nodes[victim].id;
+    let pid = cluster.nodes[victim].child.as_ref().unwrap().id().to_string();
+    let alerts_for = |status: &serde_json::Value, kind: &str| {
+        status["alerts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|a| a["alert"][kind]["id"] == victim_id)
+            .map(|a| a["alert"][kind].clone())
+            .collect::<Vec<_>>()
+    };
+    // SIGSTOP: the follower's process stays, its answers stop (a stalled, lagging replica).
+    assert!(Command::new("kill").args(["-STOP", &pid]).status().unwrap().success());
+    let stopped = Instant::now();
+    let alert = loop {
+        let status = client.status().await.unwrap();
+        if let Some(alert) = alerts_for(&status, "MissingHeartbeats").pop() {
+            break alert;
+        }
+        assert!(stopped.elapsed() < Duration::from_secs(3), "no alert within 3 s: {status}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let seen = stopped.elapsed();
+    // Raised at the first tick with two heartbeat intervals (200 ms, 4 ticks) of silence.
+    // The wall-clock bound leaves room for polling and a loaded machine.
+    let silent_ms = alert["silent_ms"].as_u64().unwrap();
+    assert!((200..=250).contains(&silent_ms), "alert after {silent_ms} ms of silence");
+    assert!(seen <= Duration::from_secs(1), "alert seen {seen:?} after SIGSTOP");
+    // Writes go on with the other follower; after SIGCONT the replica recovers.
+    client.put("e2e", "during", &doc(2)).await.unwrap();
+    assert!(Command::new("kill").args(["-CONT", &pid]).status().unwrap().success());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let status = client.status().await.unwrap();
+        if !alerts_for(&status, "Recovered").is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the replica did not recover: {status}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!("heartbeat alert {seen:?} after SIGSTOP ({silent_ms} ms of silence)");
+}

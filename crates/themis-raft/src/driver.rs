@@ -315,6 +315,16 @@ pub struct ReplicationManager {
     status: watch::Receiver<DriverStatus>,
     history: Arc<std::sync::Mutex<VecDeque<FailoverEvent>>>,
     alerts: broadcast::Sender<HealthAlert>,
+    alert_history: Arc<std::sync::Mutex<VecDeque<AlertEvent>>>,
+}
+
+/// A health alert with when it was raised.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AlertEvent {
+    /// Milliseconds since the driver started.
+    pub at_ms: u64,
+    /// The alert.
+    pub alert: HealthAlert,
 }
 
 impl ReplicationManager {
@@ -436,6 +446,12 @@ impl ReplicationManager {
     pub fn alerts(&self) -> broadcast::Receiver<HealthAlert> {
         self.alerts.subscribe()
     }
+
+    /// The latest health alerts this node raised as leader, oldest first (the last 256).
+    #[must_use]
+    pub fn recent_alerts(&self) -> Vec<AlertEvent> {
+        self.alert_history.lock().unwrap_or_else(std::sync::PoisonError::into_inner).iter().cloned().collect()
+    }
 }
 
 /// Starts replication. See the module documentation.
@@ -487,6 +503,7 @@ impl Driver {
         let (status_tx, status) = watch::channel(DriverStatus::default());
         let history = Arc::new(std::sync::Mutex::new(VecDeque::new()));
         let (alerts, _) = broadcast::channel(256);
+        let alert_history = Arc::new(std::sync::Mutex::new(VecDeque::new()));
         let mut peers = BTreeMap::new();
         for info in restored.peers.into_iter().chain(config.peers.iter().cloned()) {
             peers.entry(info.id).or_insert(Peer { info, sender: None, retry_at: None });
@@ -507,6 +524,7 @@ impl Driver {
             status_tx,
             history: Arc::clone(&history),
             alerts: alerts.clone(),
+            alert_history: Arc::clone(&alert_history),
             alerting: BTreeMap::new(),
             started: Instant::now(),
             leading_since: None,
@@ -524,7 +542,10 @@ impl Driver {
             driver.fail_all(&result);
             result
         });
-        Ok((ReplicationManager { id, commands: commands_tx, applied, status, history, alerts }, handle))
+        Ok((
+            ReplicationManager { id, commands: commands_tx, applied, status, history, alerts, alert_history },
+            handle,
+        ))
     }
 }
 
@@ -656,6 +677,7 @@ struct Loop {
     status_tx: watch::Sender<DriverStatus>,
     history: Arc<std::sync::Mutex<VecDeque<FailoverEvent>>>,
     alerts: broadcast::Sender<HealthAlert>,
+    alert_history: Arc<std::sync::Mutex<VecDeque<AlertEvent>>>,
     /// Replicas currently alerting.
     alerting: BTreeMap<NodeId, bool>,
     started: Instant,
@@ -1071,9 +1093,9 @@ impl Loop {
                     HealthAlert::Lagging { id: *id, lag_lsns, lag_ms }
                 };
                 tracing::warn!(node = %self.id, ?alert, "replica health alert");
-                let _ = self.alerts.send(alert);
+                self.raise(alert);
             } else if healthy && was_alerting {
-                let _ = self.alerts.send(HealthAlert::Recovered { id: *id });
+                self.raise(HealthAlert::Recovered { id: *id });
             }
             self.alerting.insert(*id, !healthy);
             replicas.push(ReplicaStatus {
@@ -1111,6 +1133,17 @@ impl Loop {
             lease_valid: status.lease_valid,
             replicas,
         });
+    }
+
+    fn raise(&self, alert: HealthAlert) {
+        let at_ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let mut history = self.alert_history.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if history.len() == 256 {
+            history.pop_front();
+        }
+        history.push_back(AlertEvent { at_ms, alert: alert.clone() });
+        drop(history);
+        let _ = self.alerts.send(alert);
     }
 
     fn fail_all(&mut self, result: &Result<(), DriverError>) {
