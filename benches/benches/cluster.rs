@@ -16,11 +16,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use std::fmt::Write as _;
-
 use themis_node::stats::percentile;
-use themis_node::{Client, Node, NodeConfig};
-use themis_replication::clock::{NodeId, Timestamp};
+use themis_node::{Client, LocalCluster, Node, NodeConfig};
+use themis_replication::clock::Timestamp;
 use themis_replication::wal::{NewEntry, Wal, WalConfig};
 
 const CLIENTS: usize = 64;
@@ -34,39 +32,14 @@ fn value(i: u64) -> Vec<u8> {
     v
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-async fn start_cluster(dir: &std::path::Path) -> Vec<Node> {
-    let ids: Vec<NodeId> = (1..=3).map(NodeId).collect();
-    themis_replication::ship::tls::write_cluster_certs(&dir.join("certs"), "bench", &ids).unwrap();
-    let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
-    let mut peers = String::new();
-    for (i, (raft, client)) in ports.iter().enumerate() {
-        let _ = write!(
-            peers,
-            "\n[[peers]]\nid = {}\nraft_addr = \"127.0.0.1:{raft}\"\nclient_addr = \"127.0.0.1:{client}\"\n",
-            i + 1
-        );
-    }
+async fn start_cluster(dir: &std::path::Path) -> (Vec<Node>, String) {
+    let cluster = LocalCluster::write(dir, "bench", 3, 0, "semi_sync").expect("cluster files");
     let mut nodes = Vec::new();
-    for (i, (raft, client)) in ports.iter().enumerate() {
-        let id = i + 1;
-        let certs = dir.join("certs");
-        let text = format!(
-            "node_id = {id}\ncluster = \"bench\"\ndata_dir = \"{}\"\nraft_addr = \"127.0.0.1:{raft}\"\n\
-             client_addr = \"127.0.0.1:{client}\"\n[tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n\
-             [replication]\nmode = \"semi_sync\"\nmin_sync_replicas = 1\nheartbeat_ms = 100\nelection_timeout_ms = 500\n{peers}",
-            dir.join(format!("data-{id}")).display(),
-            certs.join("ca.pem").display(),
-            certs.join(format!("node-{id}.pem")).display(),
-            certs.join(format!("node-{id}.key")).display(),
-        );
-        let config = NodeConfig::parse(&text, |_| None).expect("bench config");
+    for node in &cluster.nodes {
+        let config = NodeConfig::load(&node.config).expect("bench config");
         nodes.push(Node::start(&config).await.expect("node starts"));
     }
-    nodes
+    (nodes, cluster.ca_pem)
 }
 
 async fn leader(nodes: &[Node]) -> usize {
@@ -189,8 +162,7 @@ fn main() {
     let baseline = wal_baseline(dir.path(), secs);
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     runtime.block_on(async {
-        let nodes = start_cluster(dir.path()).await;
-        let ca = std::fs::read_to_string(dir.path().join("certs/ca.pem")).unwrap();
+        let (nodes, ca) = start_cluster(dir.path()).await;
         let (rate, lat) = closed_loop(&nodes, &ca, secs).await;
         println!(
             "cluster/semi_sync_64_clients: {rate:.0} acknowledged writes/s (target 35000: {}), \

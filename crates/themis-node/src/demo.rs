@@ -10,17 +10,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use std::fmt::Write as _;
-
 use themis_node::stats::percentile;
-use themis_node::{Client, Consistency};
-use themis_replication::clock::NodeId;
+use themis_node::{Client, Consistency, LocalCluster};
 
 type Acked = Arc<Mutex<Vec<(String, u64, Instant, Instant)>>>;
-
-fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
 
 struct Procs(Vec<Option<Child>>);
 
@@ -37,43 +30,17 @@ impl Drop for Procs {
 pub(crate) fn run(secs: f64) -> Result<(), String> {
     let err = |what: &str, e: &dyn std::fmt::Display| format!("{what}: {e}");
     let dir = tempfile_dir()?;
-    let ids: Vec<NodeId> = (1..=3).map(NodeId).collect();
-    let certs = dir.join("certs");
-    themis_replication::ship::tls::write_cluster_certs(&certs, "demo", &ids)
-        .map_err(|e| err("certificates", &e))?;
-    let ca = std::fs::read_to_string(certs.join("ca.pem")).map_err(|e| err("ca.pem", &e))?;
-    let mut addrs = Vec::new();
-    for _ in 0..3 {
-        addrs.push((free_port().map_err(|e| err("port", &e))?, free_port().map_err(|e| err("port", &e))?));
-    }
-    let mut peers = String::new();
-    for (i, (raft, client)) in addrs.iter().enumerate() {
-        let _ = write!(
-            peers,
-            "\n[[peers]]\nid = {}\nraft_addr = \"127.0.0.1:{raft}\"\nclient_addr = \"127.0.0.1:{client}\"\n",
-            i + 1
-        );
-    }
+    let cluster = LocalCluster::write(&dir, "demo", 3, 0, "semi_sync")?;
+    let ca = cluster.ca_pem.clone();
     let exe = std::env::current_exe().map_err(|e| err("this program's path", &e))?;
     println!("themis demo: certificates and data in {}", dir.display());
     let mut procs = Procs(Vec::new());
     let mut client_addrs = Vec::new();
-    for (i, (raft, client)) in addrs.iter().enumerate() {
-        let id = i + 1;
-        let config = dir.join(format!("node-{id}.toml"));
-        let text = format!(
-            "node_id = {id}\ncluster = \"demo\"\ndata_dir = \"{}\"\nraft_addr = \"127.0.0.1:{raft}\"\n\
-             client_addr = \"127.0.0.1:{client}\"\n[tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n\
-             [replication]\nmode = \"semi_sync\"\nmin_sync_replicas = 1\nheartbeat_ms = 100\nelection_timeout_ms = 500\n{peers}",
-            dir.join(format!("data-{id}")).display(),
-            certs.join("ca.pem").display(),
-            certs.join(format!("node-{id}.pem")).display(),
-            certs.join(format!("node-{id}.key")).display(),
-        );
-        std::fs::write(&config, text).map_err(|e| err("config", &e))?;
+    for node in &cluster.nodes {
+        let (id, config) = (node.id, &node.config);
         let mut child = Command::new(&exe)
             .arg("--config")
-            .arg(&config)
+            .arg(config)
             .env("THEMIS_LOG", "error")
             .stdout(Stdio::piped())
             .spawn()
@@ -85,10 +52,9 @@ pub(crate) fn run(secs: f64) -> Result<(), String> {
         if !line.contains("listening") {
             return Err(format!("node {id} did not start"));
         }
-        println!("  node {id}: pid {}, raft 127.0.0.1:{raft}, clients 127.0.0.1:{client}", child.id());
+        println!("  node {id}: pid {}, raft {}, clients {}", child.id(), node.raft, node.client);
         procs.0.push(Some(child));
-        client_addrs
-            .push(format!("127.0.0.1:{client}").parse::<SocketAddr>().map_err(|e| err("address", &e))?);
+        client_addrs.push(node.client);
     }
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| err("runtime", &e))?;

@@ -18,6 +18,7 @@
 
 pub mod client;
 pub mod config;
+pub mod local;
 pub mod protocol;
 pub mod server;
 pub mod stats;
@@ -25,6 +26,7 @@ pub mod store;
 
 pub use client::{Client, ClientError};
 pub use config::{ConfigError, NodeConfig};
+pub use local::{LocalCluster, LocalNode};
 pub use protocol::{Consistency, ErrorCode, Request, Response};
 pub use server::{Node, NodeError};
 pub use store::DocStore;

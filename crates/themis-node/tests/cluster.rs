@@ -3,7 +3,6 @@
 //!
 //! `THEMIS_TEST_BUDGET=full` repeats the leader kill 10 times and prints the p99 failover.
 
-use std::fmt::Write as _;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -11,12 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use themis_node::{Client, Consistency, Request};
-use themis_replication::clock::NodeId;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
+use themis_node::{Client, Consistency, LocalCluster, Request};
 
 struct Proc {
     id: u64,
@@ -27,36 +21,9 @@ struct Proc {
 }
 
 struct Cluster {
-    dir: tempfile::TempDir,
+    _dir: tempfile::TempDir,
     ca: String,
     nodes: Vec<Proc>,
-}
-
-fn write_config(
-    dir: &Path,
-    id: u64,
-    me: (SocketAddr, SocketAddr),
-    peers: &[(u64, SocketAddr, SocketAddr)],
-    join: bool,
-) -> PathBuf {
-    let certs = dir.join("certs");
-    let mut text = format!(
-        "node_id = {id}\ncluster = \"e2e\"\ndata_dir = \"{}\"\nraft_addr = \"{}\"\nclient_addr = \"{}\"\njoin = {join}\n\n\
-         [tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n\n\
-         [replication]\nmode = \"semi_sync\"\nmin_sync_replicas = 1\nheartbeat_ms = 100\nelection_timeout_ms = 500\n",
-        dir.join(format!("data-{id}")).display(),
-        me.0,
-        me.1,
-        certs.join("ca.pem").display(),
-        certs.join(format!("node-{id}.pem")).display(),
-        certs.join(format!("node-{id}.key")).display(),
-    );
-    for (pid, raft, client) in peers {
-        let _ = write!(text, "\n[[peers]]\nid = {pid}\nraft_addr = \"{raft}\"\nclient_addr = \"{client}\"\n");
-    }
-    let path = dir.join(format!("node-{id}.toml"));
-    std::fs::write(&path, text).unwrap();
-    path
 }
 
 fn spawn(config: &Path) -> Child {
@@ -79,24 +46,13 @@ fn spawn(config: &Path) -> Child {
 impl Cluster {
     fn start(n: u64, spare: u64) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
-        let ids: Vec<NodeId> = (1..=n + spare).map(NodeId).collect();
-        themis_replication::ship::tls::write_cluster_certs(&dir.path().join("certs"), "e2e", &ids).unwrap();
-        let ca = std::fs::read_to_string(dir.path().join("certs/ca.pem")).unwrap();
-        let addrs: Vec<(u64, SocketAddr, SocketAddr)> = (1..=n + spare)
-            .map(|id| {
-                let raft = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-                let client = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-                (id, raft, client)
-            })
+        let layout = LocalCluster::write(dir.path(), "e2e", n, spare, "semi_sync").unwrap();
+        let nodes = layout
+            .nodes
+            .into_iter()
+            .map(|n| Proc { id: n.id, raft: n.raft, client: n.client, config: n.config, child: None })
             .collect();
-        let boot = &addrs[..n as usize];
-        let mut nodes = Vec::new();
-        for &(id, raft, client) in &addrs {
-            let join = id > n;
-            let config = write_config(dir.path(), id, (raft, client), boot, join);
-            nodes.push(Proc { id, raft, client, config, child: None });
-        }
-        let mut cluster = Cluster { dir, ca, nodes };
+        let mut cluster = Cluster { _dir: dir, ca: layout.ca_pem, nodes };
         for i in 0..n as usize {
             cluster.restart(i);
         }
@@ -145,7 +101,6 @@ impl Drop for Cluster {
         for i in 0..self.nodes.len() {
             self.kill(i);
         }
-        let _ = &self.dir;
     }
 }
 
