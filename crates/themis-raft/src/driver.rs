@@ -530,6 +530,7 @@ impl Driver {
             leading_since: None,
             last_leader: None,
             snapshotting: None,
+            compacting: None,
             handed_lsn: snapshot.meta.lsn,
         };
         driver.sync_peers();
@@ -686,6 +687,9 @@ struct Loop {
     leading_since: Option<Instant>,
     last_leader: Option<NodeId>,
     snapshotting: Option<Snapshotting>,
+    /// A compaction writing its snapshot file in the background: the loop goes on
+    /// replicating meanwhile.
+    compacting: Option<JoinHandle<Result<Lsn, StorageError>>>,
     /// The last LSN handed to the applier.
     handed_lsn: Lsn,
 }
@@ -721,7 +725,7 @@ impl Loop {
                     }
                 }
                 snap = wait_snapshot(&mut self.snapshotting) => {
-                    self.finish_snapshot(snap).await?;
+                    self.finish_snapshot(snap)?;
                 }
             }
             for _ in 0..MAX_BATCH {
@@ -1000,6 +1004,10 @@ impl Loop {
     }
 
     async fn install(&mut self, snapshot: Snapshot) -> Result<(), DriverError> {
+        // A compaction of an older snapshot must not write its file after this one.
+        if let Some(task) = self.compacting.take() {
+            task.await.map_err(|e| DriverError::Stopped(format!("a compaction panicked: {e}")))??;
+        }
         let decoded = DriverSnapshot::decode(&snapshot.data)?;
         let storage = self.storage.clone();
         let lsn = snapshot.meta.lsn;
@@ -1019,7 +1027,14 @@ impl Loop {
     /// Asks the applier for a snapshot once enough entries follow the last one and
     /// everything committed has been handed over (so the membership is the one at that LSN).
     async fn maybe_snapshot(&mut self) -> Result<(), DriverError> {
-        if self.snapshotting.is_some() || self.storage.entries_since_snapshot() < self.config.snapshot_entries
+        if let Some(task) = self.compacting.take_if(|t| t.is_finished()) {
+            let lsn =
+                task.await.map_err(|e| DriverError::Stopped(format!("a compaction panicked: {e}")))??;
+            tracing::info!(node = %self.id, lsn, "snapshot taken; log compacted");
+        }
+        if self.snapshotting.is_some()
+            || self.compacting.is_some()
+            || self.storage.entries_since_snapshot() < self.config.snapshot_entries
         {
             return Ok(());
         }
@@ -1044,7 +1059,7 @@ impl Loop {
         Ok(())
     }
 
-    async fn finish_snapshot(&mut self, machine: Result<Bytes, DriverError>) -> Result<(), DriverError> {
+    fn finish_snapshot(&mut self, machine: Result<Bytes, DriverError>) -> Result<(), DriverError> {
         let Some(s) = self.snapshotting.take() else { return Ok(()) };
         let machine = machine?;
         let data = DriverSnapshot { peers: s.peers, machine: machine.to_vec() };
@@ -1055,8 +1070,8 @@ impl Loop {
             data,
         };
         let storage = self.storage.clone();
-        spawn_blocking(move || storage.compact(&snapshot)).await?;
-        tracing::info!(node = %self.id, lsn = s.lsn, "snapshot taken; log compacted");
+        let lsn = s.lsn;
+        self.compacting = Some(tokio::task::spawn_blocking(move || storage.compact(&snapshot).map(|()| lsn)));
         Ok(())
     }
 
