@@ -381,9 +381,10 @@ impl ReplicationManager {
     }
 
     /// Changes the acknowledgement mode for the whole cluster, through the log; returns
-    /// once the change is acknowledged (leader only).
+    /// once the change is acknowledged (leader only). Waits for a pending configuration
+    /// change first, as membership changes do.
     pub async fn set_mode(&self, policy: AckPolicy) -> Result<Lsn, DriverError> {
-        self.call(|reply| Command::SetPolicy { policy, reply }).await
+        self.config_change(|reply| Command::SetPolicy { policy, reply }).await
     }
 
     /// Adds `peer` as a learner: its addresses go into the log first, then the
@@ -392,17 +393,38 @@ impl ReplicationManager {
         let id = peer.id;
         let payload = Bytes::from(postcard::to_stdvec(&peer).expect("peer info encodes"));
         self.call(|reply| Command::Propose { kind: PEER_ENTRY, payload, reply }).await?;
-        self.call(|reply| Command::Membership { change: MemberChange::AddLearner(id), reply }).await
+        self.change(MemberChange::AddLearner(id)).await
     }
 
     /// Makes learner `id` a voter (through joint consensus).
     pub async fn promote(&self, id: NodeId) -> Result<Lsn, DriverError> {
-        self.call(|reply| Command::Membership { change: MemberChange::AddVoter(id), reply }).await
+        self.change(MemberChange::AddVoter(id)).await
     }
 
     /// Removes member `id`.
     pub async fn remove(&self, id: NodeId) -> Result<Lsn, DriverError> {
-        self.call(|reply| Command::Membership { change: MemberChange::Remove(id), reply }).await
+        self.change(MemberChange::Remove(id)).await
+    }
+
+    /// Proposes one membership change. Changes go one at a time: while an earlier one
+    /// (or the automatic leave of a joint configuration) is still uncommitted, this waits
+    /// for it, up to [`CONFIG_CHANGE_WAIT`].
+    async fn change(&self, change: MemberChange) -> Result<Lsn, DriverError> {
+        self.config_change(|reply| Command::Membership { change, reply }).await
+    }
+
+    async fn config_change(&self, make: impl Fn(Reply<Lsn>) -> Command) -> Result<Lsn, DriverError> {
+        let deadline = tokio::time::Instant::now() + CONFIG_CHANGE_WAIT;
+        loop {
+            match self.call(&make).await {
+                Err(DriverError::Raft(RaftError::ConfigChangePending { .. }))
+                    if tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                other => return other,
+            }
+        }
     }
 
     /// Hands leadership to `to` once it has caught up.
@@ -649,6 +671,9 @@ struct Peer {
     /// this node yet) is started again.
     retry_at: Option<Instant>,
 }
+
+/// How long a membership change waits for the one before it to commit.
+pub const CONFIG_CHANGE_WAIT: Duration = Duration::from_secs(5);
 
 /// How long after a link ends for good it is started again.
 const LINK_RETRY: Duration = Duration::from_secs(1);
