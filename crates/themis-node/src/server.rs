@@ -245,50 +245,80 @@ async fn serve_tls(
     serve(stream, manager, store).await
 }
 
+/// Requests one connection may have in flight; the reader waits beyond it (backpressure
+/// through TCP).
+const MAX_INFLIGHT_PER_CONNECTION: usize = 1024;
+
+enum Inbound {
+    Request(u64, Request),
+    Broken(String),
+}
+
+/// Serves one client connection: a reader that decodes frames, and one task that runs
+/// every request of the connection concurrently and writes each answer as it completes,
+/// flushing once per burst.
 async fn serve<S: AsyncRead + AsyncWrite + Send + 'static>(
     stream: S,
     manager: ReplicationManager,
     store: Arc<DocStore>,
 ) -> Result<(), String> {
+    use futures_util::FutureExt;
+    use futures_util::stream::{FuturesUnordered, StreamExt};
+
     let (mut reader, writer) = tokio::io::split(stream);
-    let (tx, mut rx) = mpsc::channel::<(u64, Response)>(1024);
-    let writer_task = tokio::spawn(async move {
+    let (tx, mut rx) = mpsc::channel::<Inbound>(MAX_INFLIGHT_PER_CONNECTION);
+    let worker = tokio::spawn(async move {
         let mut writer = BufWriter::new(writer);
-        while let Some((id, response)) = rx.recv().await {
-            if write_frame(&mut writer, id, &response).await.is_err() {
-                return;
-            }
-            // Write everything already answered before flushing: one TLS record for many.
-            while let Ok((id, response)) = rx.try_recv() {
-                if write_frame(&mut writer, id, &response).await.is_err() {
-                    return;
+        let mut inflight = FuturesUnordered::new();
+        let mut open = true;
+        while open || !inflight.is_empty() {
+            tokio::select! {
+                inbound = rx.recv(), if open && inflight.len() < MAX_INFLIGHT_PER_CONNECTION => match inbound {
+                    Some(Inbound::Request(id, request)) => {
+                        let (manager, store) = (manager.clone(), store.clone());
+                        inflight.push(async move { (id, handle(request, &manager, &store).await) });
+                    }
+                    Some(Inbound::Broken(message)) => {
+                        let error = Response::Error { code: ErrorCode::BadRequest, message };
+                        let _ = write_frame(&mut writer, 0, &error).await;
+                        let _ = writer.flush().await;
+                        return;
+                    }
+                    None => open = false,
+                },
+                Some((id, response)) = inflight.next(), if !inflight.is_empty() => {
+                    if write_frame(&mut writer, id, &response).await.is_err() {
+                        return;
+                    }
+                    // Everything else already answered goes in the same flush.
+                    while let Some(Some((id, response))) = inflight.next().now_or_never() {
+                        if write_frame(&mut writer, id, &response).await.is_err() {
+                            return;
+                        }
+                    }
+                    if writer.flush().await.is_err() {
+                        return;
+                    }
                 }
-            }
-            if writer.flush().await.is_err() {
-                return;
             }
         }
     });
     let result = loop {
         match read_frame::<_, Request>(&mut reader).await {
             Ok(Some((id, request))) => {
-                let (tx, manager, store) = (tx.clone(), manager.clone(), store.clone());
-                tokio::spawn(async move {
-                    let response = handle(request, &manager, &store).await;
-                    let _ = tx.send((id, response)).await;
-                });
+                if tx.send(Inbound::Request(id, request)).await.is_err() {
+                    break Ok(());
+                }
             }
             Ok(None) => break Ok(()),
             Err(e) => {
-                let _ = tx
-                    .send((0, Response::Error { code: ErrorCode::BadRequest, message: e.to_string() }))
-                    .await;
+                let _ = tx.send(Inbound::Broken(e.to_string())).await;
                 break Err(e.to_string());
             }
         }
     };
     drop(tx);
-    let _ = writer_task.await;
+    let _ = worker.await;
     result
 }
 
