@@ -308,6 +308,18 @@ async fn a_plaintext_client_on_the_tls_port_is_refused() {
     let mut answer = Vec::new();
     tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut answer)).await.unwrap().unwrap();
     assert!(String::from_utf8_lossy(&answer).contains("requires TLS 1.3"), "{answer:?}");
+    // One connection with far more requests in flight than the per-connection bound
+    // (1,024): the node reads them as answers free room, and every one is answered.
+    let client = Arc::new(cluster.client(0).await);
+    let gets: Vec<_> = (0..3000)
+        .map(|i| {
+            let client = client.clone();
+            tokio::spawn(async move { client.get("e2e", &format!("k{i}"), Consistency::Eventual).await })
+        })
+        .collect();
+    for get in gets {
+        assert_eq!(get.await.unwrap().unwrap(), None);
+    }
     // A client without the CA cannot connect either.
     let other_ca = themis_replication::ship::tls::generate_ca("other").unwrap();
     let err = Client::connect(cluster.nodes[0].client, Some(&other_ca.cert)).await.unwrap_err();
