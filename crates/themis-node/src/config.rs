@@ -222,12 +222,9 @@ impl RawConfig {
         let raft_addr = parse_addr("raft_addr", &self.raft_addr)?;
         let client_addr = parse_addr("client_addr", &self.client_addr)?;
         let r = &self.replication;
-        let mode: ReplicationMode = match r.mode.to_ascii_lowercase().as_str() {
-            "sync" => ReplicationMode::Sync,
-            "semi_sync" | "semi-sync" | "semisync" => ReplicationMode::SemiSync,
-            "async" => ReplicationMode::Async,
-            _ => return bad(format!("replication.mode = {:?}: expected sync, semi_sync or async", r.mode)),
-        };
+        let mode: ReplicationMode = r.mode.parse().map_err(|_| {
+            ConfigError(format!("replication.mode = {:?}: expected sync, semi_sync or async", r.mode))
+        })?;
         let policy = AckPolicy { mode, min_sync_replicas: r.min_sync_replicas };
         if mode == ReplicationMode::Sync && r.min_sync_replicas == 0 {
             return bad(
@@ -258,6 +255,9 @@ impl RawConfig {
         }
         if !(1..=64).contains(&r.apply_workers) {
             return bad(format!("replication.apply_workers = {}: must be 1 to 64", r.apply_workers));
+        }
+        if r.lag_alert_ms == 0 {
+            return bad("replication.lag_alert_ms = 0: must be at least 1".into());
         }
         let fsync = match r.fsync.as_str() {
             "always" => true,
@@ -433,6 +433,10 @@ client_addr = "127.0.0.1:8003"
             (good.replace("min_sync_replicas = 1", "min_sync_replicas = 3"), "min_sync_replicas = 3"),
             (good.replace("node_id = 1", "node_id = 9"), "node_id = 9 is not listed"),
             (good.replace("node_id = 1", "node_id = 1\ncolour = 3"), "unknown field `colour`"),
+            (good.replace("[replication]", "[replication]\nlag_alert_ms = 0"), "lag_alert_ms = 0"),
+            (good.replace("[replication]", "[replication]\nfsync = \"sometimes\""), "fsync = \"sometimes\""),
+            (good.replace("node_id = 1", "node_id = 0"), "node_id = 0"),
+            (good.replace("node_id = 1", "node_id = \"one\""), "node_id"),
         ];
         for (text, needle) in cases {
             let err = NodeConfig::parse(&text, |_| None).unwrap_err();

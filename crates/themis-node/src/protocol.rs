@@ -210,3 +210,46 @@ pub fn check_name(what: &str, name: &str) -> Result<(), String> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn read(bytes: &[u8]) -> Result<Option<(u64, Request)>, ProtocolError> {
+        read_frame::<_, Request>(&mut &bytes[..]).await
+    }
+
+    #[tokio::test]
+    async fn frames_round_trip_and_bad_frames_are_errors() {
+        let mut buf = Vec::new();
+        let request =
+            Request::Get { collection: "c".into(), id: "k".into(), consistency: Consistency::Session(9) };
+        write_frame(&mut buf, 7, &request).await.unwrap();
+        assert_eq!(read(&buf).await.unwrap(), Some((7, request)));
+        assert!(read(&[]).await.unwrap().is_none(), "a clean end of stream");
+        // A cut frame, lengths out of range, and a body that is not a request.
+        assert!(matches!(read(&buf[..buf.len() - 1]).await, Err(ProtocolError::Io(_))));
+        for len in [0u32, 7, MAX_FRAME + 1] {
+            let err = read(&len.to_le_bytes()).await.unwrap_err();
+            assert!(err.to_string().contains(&format!("length {len}")), "{err}");
+        }
+        let mut junk = 9u32.to_le_bytes().to_vec();
+        junk.extend_from_slice(&5u64.to_le_bytes());
+        junk.push(0xff);
+        let err = read(&junk).await.unwrap_err();
+        assert!(err.to_string().contains("request 5"), "{err}");
+        // Too large to send.
+        let huge =
+            Request::Put { collection: "c".into(), id: "k".into(), value: vec![b'1'; MAX_FRAME as usize] };
+        let err = write_frame(&mut Vec::new(), 1, &huge).await.unwrap_err();
+        assert!(err.to_string().contains("frame limit"), "{err}");
+    }
+
+    #[test]
+    fn names_are_checked() {
+        assert!(check_name("id", "doc-1").is_ok());
+        assert!(check_name("id", "").unwrap_err().contains("1 to 255 bytes"));
+        assert!(check_name("collection", &"x".repeat(256)).unwrap_err().contains("1 to 255 bytes"));
+        assert!(check_name("id", "a\nb").unwrap_err().contains("control characters"));
+    }
+}

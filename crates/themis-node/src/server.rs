@@ -37,6 +37,9 @@ pub enum NodeError {
     Driver(#[from] DriverError),
 }
 
+/// Client connections open at once, at most.
+const MAX_CLIENT_CONNECTIONS: usize = 4096;
+
 /// How long a read waits for the cluster before it times out.
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a write waits for its acknowledgement.
@@ -139,7 +142,12 @@ impl Node {
         let mut raft = RaftConfig::new(id, config.cluster.clone());
         raft.heartbeat_tick = 2;
         raft.election_tick = (config.election_timeout.as_millis() / tick.as_millis().max(1)).max(3) as u64;
-        raft.seed = u64::from_le_bytes(vote_key(&config.data_dir)?[..8].try_into().expect("8 bytes"));
+        // Election timeouts come from a fresh random seed (never from key material).
+        let mut rng_seed = [0u8; 8];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut rng_seed)
+            .map_err(|_| NodeError::Io("the system random source failed".into()))?;
+        raft.seed = u64::from_le_bytes(rng_seed);
+        let seed = vote_key(&config.data_dir)?;
         let peers = config
             .peers
             .iter()
@@ -157,7 +165,6 @@ impl Node {
         driver_config.peer.heartbeat_interval = config.heartbeat;
         driver_config.peer.peer_timeout = config.election_timeout;
 
-        let seed = vote_key(&config.data_dir)?;
         let votes = SharedVotes::new(Ed25519Votes::from_seed(id, &seed).map_err(DriverError::from)?);
         let store = Arc::new(DocStore::new());
         let hlc = Arc::new(Hlc::new(id));
@@ -199,7 +206,10 @@ async fn accept_clients(
     manager: ReplicationManager,
     store: Arc<DocStore>,
 ) {
+    // A bound on open client connections: beyond it, accepting waits for one to close.
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CLIENT_CONNECTIONS));
     loop {
+        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else { return };
         let (tcp, peer) = match listener.accept().await {
             Ok(c) => c,
             Err(e) => {
@@ -218,6 +228,7 @@ async fn accept_clients(
             if let Err(e) = result {
                 tracing::debug!(%peer, error = %e, "client connection ended");
             }
+            drop(slot);
         });
     }
 }
@@ -469,5 +480,21 @@ async fn handle(request: Request, manager: &ReplicationManager, store: &DocStore
             Ok(()) => Response::Done,
             Err(r) => r,
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_vote_key_is_created_once_and_a_damaged_one_is_an_error_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = vote_key(dir.path()).unwrap();
+        assert_eq!(key.len(), 32);
+        assert_eq!(vote_key(dir.path()).unwrap(), key, "a restart keeps the key");
+        std::fs::write(dir.path().join("vote-key"), [1u8; 5]).unwrap();
+        let err = vote_key(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("vote-key") && err.contains("5 bytes, expected 32"), "{err}");
     }
 }

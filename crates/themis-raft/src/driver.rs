@@ -306,6 +306,38 @@ impl DriverSnapshot {
     }
 }
 
+/// The latest events of one kind, oldest first, bounded; shared by the loop (which
+/// records) and the handles (which read).
+#[derive(Debug)]
+struct Recent<T>(Arc<std::sync::Mutex<VecDeque<T>>>);
+
+impl<T> Clone for Recent<T> {
+    fn clone(&self) -> Self {
+        Recent(Arc::clone(&self.0))
+    }
+}
+
+/// Events kept per kind.
+const RECENT_EVENTS: usize = 256;
+
+impl<T: Clone> Recent<T> {
+    fn new() -> Self {
+        Recent(Arc::new(std::sync::Mutex::new(VecDeque::with_capacity(RECENT_EVENTS))))
+    }
+
+    fn push(&self, event: T) {
+        let mut events = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if events.len() == RECENT_EVENTS {
+            events.pop_front();
+        }
+        events.push_back(event);
+    }
+
+    fn to_vec(&self) -> Vec<T> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).iter().cloned().collect()
+    }
+}
+
 /// The handle to a running node's replication. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct ReplicationManager {
@@ -313,9 +345,9 @@ pub struct ReplicationManager {
     commands: mpsc::Sender<Command>,
     applied: watch::Receiver<Result<Lsn, String>>,
     status: watch::Receiver<DriverStatus>,
-    history: Arc<std::sync::Mutex<VecDeque<FailoverEvent>>>,
+    history: Recent<FailoverEvent>,
     alerts: broadcast::Sender<HealthAlert>,
-    alert_history: Arc<std::sync::Mutex<VecDeque<AlertEvent>>>,
+    alert_history: Recent<AlertEvent>,
 }
 
 /// A health alert with when it was raised.
@@ -460,7 +492,7 @@ impl ReplicationManager {
     /// Leader changes this node saw, oldest first (the last 256).
     #[must_use]
     pub fn failover_history(&self) -> Vec<FailoverEvent> {
-        self.history.lock().unwrap_or_else(std::sync::PoisonError::into_inner).iter().cloned().collect()
+        self.history.to_vec()
     }
 
     /// Health alerts from now on.
@@ -472,7 +504,7 @@ impl ReplicationManager {
     /// The latest health alerts this node raised as leader, oldest first (the last 256).
     #[must_use]
     pub fn recent_alerts(&self) -> Vec<AlertEvent> {
-        self.alert_history.lock().unwrap_or_else(std::sync::PoisonError::into_inner).iter().cloned().collect()
+        self.alert_history.to_vec()
     }
 }
 
@@ -523,9 +555,9 @@ impl Driver {
         let accept = tokio::spawn(accept_loop(listener, inbound_tx, config.peer.clone(), votes));
         let (commands_tx, commands) = mpsc::channel(config.max_pending.min(1 << 16));
         let (status_tx, status) = watch::channel(DriverStatus::default());
-        let history = Arc::new(std::sync::Mutex::new(VecDeque::new()));
+        let history = Recent::new();
         let (alerts, _) = broadcast::channel(256);
-        let alert_history = Arc::new(std::sync::Mutex::new(VecDeque::new()));
+        let alert_history = Recent::new();
         let mut peers = BTreeMap::new();
         for info in restored.peers.into_iter().chain(config.peers.iter().cloned()) {
             peers.entry(info.id).or_insert(Peer { info, sender: None, retry_at: None });
@@ -544,9 +576,9 @@ impl Driver {
             apply_tx,
             applied: applied.clone(),
             status_tx,
-            history: Arc::clone(&history),
+            history: history.clone(),
             alerts: alerts.clone(),
-            alert_history: Arc::clone(&alert_history),
+            alert_history: alert_history.clone(),
             alerting: BTreeMap::new(),
             started: Instant::now(),
             leading_since: None,
@@ -701,9 +733,9 @@ struct Loop {
     apply_tx: mpsc::Sender<ApplyMsg>,
     applied: watch::Receiver<Result<Lsn, String>>,
     status_tx: watch::Sender<DriverStatus>,
-    history: Arc<std::sync::Mutex<VecDeque<FailoverEvent>>>,
+    history: Recent<FailoverEvent>,
     alerts: broadcast::Sender<HealthAlert>,
-    alert_history: Arc<std::sync::Mutex<VecDeque<AlertEvent>>>,
+    alert_history: Recent<AlertEvent>,
     /// Replicas currently alerting.
     alerting: BTreeMap<NodeId, bool>,
     started: Instant,
@@ -789,7 +821,7 @@ impl Loop {
     }
 
     fn not_leader(&self) -> DriverError {
-        let leader = self.node.status().soft_state.leader;
+        let leader = self.node.leader();
         DriverError::NotLeader {
             node: self.id,
             leader,
@@ -799,6 +831,14 @@ impl Loop {
 
     fn command(&mut self, cmd: Command) {
         match cmd {
+            Command::Propose { reply, .. }
+            | Command::SetPolicy { reply, .. }
+            | Command::Membership { reply, .. }
+                if self.pending.len() >= self.config.max_pending =>
+            {
+                // Refused before proposing: a write that is not answered is not written.
+                let _ = reply.send(Err(DriverError::Busy { pending: self.pending.len() }));
+            }
             Command::Propose { kind, payload, reply } => {
                 let result = self.node.propose_entry(kind, payload);
                 self.track(result, reply);
@@ -845,13 +885,8 @@ impl Loop {
 
     fn track(&mut self, result: Result<Lsn, RaftError>, reply: Reply<Lsn>) {
         match result {
-            Ok(_) if self.pending.len() >= self.config.max_pending => {
-                // Proposed already: the entry will commit; only the answer is refused.
-                let _ = reply.send(Err(DriverError::Busy { pending: self.pending.len() }));
-            }
             Ok(lsn) => {
-                let term = self.node.status().hard_state.term;
-                self.pending.insert(lsn, (term, reply));
+                self.pending.insert(lsn, (self.node.term(), reply));
             }
             Err(e) => {
                 let _ = reply.send(Err(self.refusal(e)));
@@ -934,17 +969,13 @@ impl Loop {
         }
         if leader != self.last_leader {
             let event = FailoverEvent {
-                term: self.node.status().hard_state.term,
+                term: self.node.term(),
                 leader,
                 previous: self.last_leader,
                 at_ms: u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
             };
             tracing::info!(node = %self.id, term = event.term, leader = ?leader, "leader changed");
-            let mut history = self.history.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            if history.len() == 256 {
-                history.pop_front();
-            }
-            history.push_back(event);
+            self.history.push(event);
             self.last_leader = leader;
         }
     }
@@ -998,10 +1029,10 @@ impl Loop {
 
     /// Links to every member (and only members), and admits them at the transport.
     fn sync_peers(&mut self) {
-        let members = self.node.status().conf_state.members();
+        let members = self.node.conf_state().members();
         let admitted = self.transport.members();
         for (id, peer) in &mut self.peers {
-            let member = members.contains(id) || (members.is_empty() && *id != self.id);
+            let member = members.contains(id);
             if member {
                 admitted.add(*id);
             } else {
@@ -1177,12 +1208,7 @@ impl Loop {
 
     fn raise(&self, alert: HealthAlert) {
         let at_ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        let mut history = self.alert_history.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if history.len() == 256 {
-            history.pop_front();
-        }
-        history.push_back(AlertEvent { at_ms, alert: alert.clone() });
-        drop(history);
+        self.alert_history.push(AlertEvent { at_ms, alert: alert.clone() });
         let _ = self.alerts.send(alert);
     }
 
@@ -1216,4 +1242,55 @@ async fn spawn_blocking<T: Send + 'static>(
         .await
         .map_err(|e| DriverError::Stopped(format!("a storage task panicked: {e}")))?
         .map_err(DriverError::Storage)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(id: u64) -> PeerInfo {
+        PeerInfo {
+            id: NodeId(id),
+            raft_addr: format!("127.0.0.1:{}", 7000 + id).parse().unwrap(),
+            meta: vec![],
+        }
+    }
+
+    #[test]
+    fn every_bad_setting_is_named() {
+        let good = DriverConfig::new(Config::new(NodeId(1), "t"), vec![peer(1), peer(2)]);
+        good.validate().unwrap();
+        let cases = [
+            (DriverConfig { tick: Duration::ZERO, ..good.clone() }, "tick = 0ns"),
+            (DriverConfig { snapshot_entries: 3, ..good.clone() }, "snapshot_entries = 3"),
+            (DriverConfig { apply_workers: 65, ..good.clone() }, "apply_workers = 65"),
+            (DriverConfig { max_pending: 0, ..good.clone() }, "max_pending = 0"),
+            (DriverConfig { peers: vec![peer(1), peer(1)], ..good.clone() }, "node 1 is listed twice"),
+            (DriverConfig { peers: vec![peer(2)], ..good.clone() }, "this node (1) has no address"),
+        ];
+        for (config, needle) in cases {
+            let err = config.validate().unwrap_err();
+            assert!(
+                matches!(err, DriverError::Config(_)) && err.to_string().contains(needle),
+                "{needle}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn recent_events_keep_the_latest_in_order() {
+        let recent = Recent::new();
+        for i in 0..RECENT_EVENTS + 10 {
+            recent.push(i);
+        }
+        let kept = recent.to_vec();
+        assert_eq!((kept.len(), kept[0], *kept.last().unwrap()), (RECENT_EVENTS, 10, RECENT_EVENTS + 9));
+    }
+
+    #[test]
+    fn snapshot_data_that_is_not_a_driver_snapshot_is_a_storage_error() {
+        assert!(DriverSnapshot::decode(&Bytes::new()).unwrap().peers.is_empty());
+        let err = DriverSnapshot::decode(&Bytes::from_static(&[0xff; 3])).unwrap_err();
+        assert!(matches!(err, DriverError::Storage(_)) && err.to_string().contains("snapshot data"), "{err}");
+    }
 }

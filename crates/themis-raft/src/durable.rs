@@ -74,16 +74,19 @@ pub fn write_file_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), Sto
 
 /// Frames `body` as `magic, version u16, reserved u16, length u32, body, CRC32C u32` (all
 /// little-endian; the CRC covers everything before it).
-fn frame(magic: [u8; 8], body: &[u8]) -> Vec<u8> {
+fn frame(magic: [u8; 8], body: &[u8]) -> Result<Vec<u8>, StorageError> {
+    let len = u32::try_from(body.len()).map_err(|_| {
+        other(format!("a {}-byte body does not fit the u32 length of a state file", body.len()))
+    })?;
     let mut out = Vec::with_capacity(20 + body.len());
     out.extend_from_slice(&magic);
     out.extend_from_slice(&FILE_VERSION.to_le_bytes());
     out.extend_from_slice(&0u16.to_le_bytes());
-    out.extend_from_slice(&u32::try_from(body.len()).unwrap_or(u32::MAX).to_le_bytes());
+    out.extend_from_slice(&len.to_le_bytes());
     out.extend_from_slice(body);
     let crc = crc32c::crc32c(&out);
     out.extend_from_slice(&crc.to_le_bytes());
-    out
+    Ok(out)
 }
 
 /// Checks a [`frame`] and returns its body; every failure names the file and the field.
@@ -124,7 +127,7 @@ fn unframe<'a>(
 #[must_use]
 pub fn encode_hard_state(hs: &HardState) -> Vec<u8> {
     let body = postcard::to_stdvec(hs).expect("a hard state always encodes");
-    frame(HARD_STATE_MAGIC, &body)
+    frame(HARD_STATE_MAGIC, &body).expect("a hard state is a few bytes")
 }
 
 /// Decodes a hard-state file (`path` names it in errors).
@@ -134,11 +137,12 @@ pub fn decode_hard_state(path: &Path, bytes: &[u8]) -> Result<HardState, Storage
 }
 
 /// Encodes a snapshot file: the frame's body is `meta length u32, meta (postcard), data`.
-#[must_use]
-pub fn encode_snapshot(snapshot: &Snapshot) -> Vec<u8> {
+/// A snapshot of 4 GiB or more is refused.
+pub fn encode_snapshot(snapshot: &Snapshot) -> Result<Vec<u8>, StorageError> {
     let meta = postcard::to_stdvec(&snapshot.meta).expect("snapshot meta always encodes");
     let mut body = Vec::with_capacity(4 + meta.len() + snapshot.data.len());
-    body.extend_from_slice(&u32::try_from(meta.len()).unwrap_or(u32::MAX).to_le_bytes());
+    let meta_len = u32::try_from(meta.len()).map_err(|_| other("snapshot meta above 4 GiB"))?;
+    body.extend_from_slice(&meta_len.to_le_bytes());
     body.extend_from_slice(&meta);
     body.extend_from_slice(&snapshot.data);
     frame(SNAPSHOT_MAGIC, &body)
@@ -166,10 +170,10 @@ pub fn decode_snapshot(path: &Path, bytes: &Bytes) -> Result<Snapshot, StorageEr
 #[derive(Debug)]
 struct Inner {
     hard_state: HardState,
-    /// The latest snapshot's meta; its data stays on disk until asked for.
+    /// The latest snapshot's meta.
     meta: SnapshotMeta,
-    /// The snapshot's data once read or written.
-    data: Option<Bytes>,
+    /// Its data (as in the file), for sending to followers that need it.
+    data: Bytes,
     /// Terms of LSNs `meta.lsn + 1 ..= last`, in order.
     terms: VecDeque<u64>,
 }
@@ -211,7 +215,7 @@ impl WalStorage {
         let (meta, data) = match fs::read(&snap_path) {
             Ok(bytes) => {
                 let snapshot = decode_snapshot(&snap_path, &Bytes::from(bytes))?;
-                (snapshot.meta, Some(snapshot.data))
+                (snapshot.meta, snapshot.data)
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let Some((conf_state, policy)) = bootstrap else {
@@ -224,8 +228,8 @@ impl WalStorage {
                     meta: SnapshotMeta { lsn: 0, term: 0, conf_state, policy },
                     data: Bytes::new(),
                 };
-                write_file_atomic(&dir, SNAPSHOT_FILE, &encode_snapshot(&snapshot))?;
-                (snapshot.meta, Some(snapshot.data))
+                write_file_atomic(&dir, SNAPSHOT_FILE, &encode_snapshot(&snapshot)?)?;
+                (snapshot.meta, snapshot.data)
             }
             Err(e) => return Err(io_err("read", &snap_path, &e)),
         };
@@ -386,7 +390,7 @@ impl WalStorage {
         let meta = &snapshot.meta;
         {
             let _files = self.files.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            write_file_atomic(&self.dir, SNAPSHOT_FILE, &encode_snapshot(snapshot))?;
+            write_file_atomic(&self.dir, SNAPSHOT_FILE, &encode_snapshot(snapshot)?)?;
         }
         let keeps_suffix =
             self.term(meta.lsn).is_ok_and(|t| t == meta.term) && meta.lsn >= self.read().meta.lsn;
@@ -399,7 +403,7 @@ impl WalStorage {
             inner.terms.clear();
         }
         inner.meta = meta.clone();
-        inner.data = Some(snapshot.data.clone());
+        inner.data = snapshot.data.clone();
         inner.hard_state.commit = inner.hard_state.commit.max(meta.lsn);
         drop(inner);
         if keeps_suffix {
@@ -431,21 +435,20 @@ impl WalStorage {
         }
         {
             let _files = self.files.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            write_file_atomic(&self.dir, SNAPSHOT_FILE, &encode_snapshot(snapshot))?;
+            write_file_atomic(&self.dir, SNAPSHOT_FILE, &encode_snapshot(snapshot)?)?;
         }
         {
             let mut inner = self.write();
             let drop = (lsn - inner.meta.lsn) as usize;
             inner.terms.drain(..drop);
             inner.meta = snapshot.meta.clone();
-            inner.data = Some(snapshot.data.clone());
+            inner.data = snapshot.data.clone();
         }
         self.wal.truncate_prefix(lsn + 1).map_err(|e| wal_err(&e))?;
         Ok(())
     }
 
-    /// Entries after the snapshot held in the log, in bytes of payload (a compaction
-    /// trigger).
+    /// How many entries follow the snapshot in the log (the compaction trigger).
     #[must_use]
     pub fn entries_since_snapshot(&self) -> u64 {
         self.read().terms.len() as u64
@@ -554,17 +557,7 @@ impl Storage for WalStorage {
     }
 
     fn snapshot(&self) -> Result<Snapshot, StorageError> {
-        let (meta, data) = {
-            let inner = self.read();
-            (inner.meta.clone(), inner.data.clone())
-        };
-        if let Some(data) = data {
-            return Ok(Snapshot { meta, data });
-        }
-        let path = self.dir.join(SNAPSHOT_FILE);
-        let bytes = fs::read(&path).map_err(|e| io_err("read", &path, &e))?;
-        let snapshot = decode_snapshot(&path, &Bytes::from(bytes))?;
-        self.write().data = Some(snapshot.data.clone());
-        Ok(snapshot)
+        let inner = self.read();
+        Ok(Snapshot { meta: inner.meta.clone(), data: inner.data.clone() })
     }
 }

@@ -313,6 +313,24 @@ impl<S: Storage> RawNode<S> {
         raft.on_persisted()
     }
 
+    /// The current term (cheap; [`status`](Self::status) builds a full report).
+    #[must_use]
+    pub fn term(&self) -> u64 {
+        self.raft.term
+    }
+
+    /// The leader this node knows of.
+    #[must_use]
+    pub fn leader(&self) -> Option<NodeId> {
+        self.raft.leader
+    }
+
+    /// The membership in force.
+    #[must_use]
+    pub fn conf_state(&self) -> &ConfState {
+        &self.raft.conf
+    }
+
     /// The node's state.
     #[must_use]
     pub fn status(&self) -> Status {

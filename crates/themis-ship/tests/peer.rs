@@ -162,6 +162,9 @@ fn bad_settings_are_named() {
     assert!(err.to_string().contains("heartbeat_interval = 2s"), "{err}");
     let err = PeerConfig { max_queue_msgs: 0, ..PeerConfig::default() }.validate().unwrap_err();
     assert!(err.to_string().contains("max_queue_msgs = 0"), "{err}");
+    let err =
+        PeerConfig { hello_extra: vec![0u8; 4097].into(), ..PeerConfig::default() }.validate().unwrap_err();
+    assert!(err.to_string().contains("hello_extra is 4097 bytes"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
