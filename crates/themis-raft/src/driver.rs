@@ -228,6 +228,25 @@ pub struct DriverStatus {
     pub lease_valid: bool,
     /// Per replica, on the leader.
     pub replicas: Vec<ReplicaStatus>,
+    /// Running totals since the driver started.
+    pub counters: DriverCounters,
+}
+
+/// Running totals of a driver, for metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct DriverCounters {
+    /// Entries this node proposed as leader (writes, mode and membership changes).
+    pub proposals: u64,
+    /// Elections this node started (it became a pre-candidate or candidate).
+    pub elections: u64,
+    /// Changes of leader this node saw (including to "no leader known").
+    pub leader_changes: u64,
+    /// Messages sent to peers.
+    pub sent_msgs: u64,
+    /// Message bytes sent to peers before compression.
+    pub sent_payload_bytes: u64,
+    /// Bytes that crossed the links to peers (frame headers included, after compression).
+    pub sent_wire_bytes: u64,
 }
 
 /// A change of leader this node saw.
@@ -586,6 +605,8 @@ impl Driver {
             snapshotting: None,
             compacting: None,
             handed_lsn: snapshot.meta.lsn,
+            last_role: Role::Follower,
+            counters: DriverCounters::default(),
         };
         driver.sync_peers();
         let handle = tokio::spawn(async move {
@@ -749,6 +770,19 @@ struct Loop {
     compacting: Option<JoinHandle<Result<Lsn, StorageError>>>,
     /// The last LSN handed to the applier.
     handed_lsn: Lsn,
+    last_role: Role,
+    /// Totals; the link byte counts of links already closed are kept here.
+    counters: DriverCounters,
+}
+
+/// Closes a peer's link, keeping what it sent in the totals.
+fn close_link(peer: &mut Peer, counters: &mut DriverCounters) {
+    if let Some(sender) = peer.sender.take() {
+        let sent = sender.status();
+        counters.sent_msgs += sent.sent_msgs;
+        counters.sent_payload_bytes += sent.payload_bytes;
+        counters.sent_wire_bytes += sent.wire_bytes;
+    }
 }
 
 /// Most queued inputs taken per loop turn before the `Ready` is worked through.
@@ -886,6 +920,7 @@ impl Loop {
     fn track(&mut self, result: Result<Lsn, RaftError>, reply: Reply<Lsn>) {
         match result {
             Ok(lsn) => {
+                self.counters.proposals += 1;
                 self.pending.insert(lsn, (self.node.term(), reply));
             }
             Err(e) => {
@@ -957,6 +992,11 @@ impl Loop {
 
     fn on_soft_state(&mut self, role: Role, leader: Option<NodeId>) {
         self.leading_since = (role == Role::Leader).then(Instant::now);
+        let campaigning = |r: Role| matches!(r, Role::PreCandidate | Role::Candidate);
+        if campaigning(role) && !campaigning(self.last_role) {
+            self.counters.elections += 1;
+        }
+        self.last_role = role;
         if role != Role::Leader {
             // Writes this node proposed as leader may or may not commit under the next.
             for (lsn, (_, reply)) in std::mem::take(&mut self.pending) {
@@ -976,6 +1016,7 @@ impl Loop {
             };
             tracing::info!(node = %self.id, term = event.term, leader = ?leader, "leader changed");
             self.history.push(event);
+            self.counters.leader_changes += 1;
             self.last_leader = leader;
         }
     }
@@ -990,7 +1031,7 @@ impl Loop {
                         Some(Ok(())) => true,
                         Some(Err(SendError::Full { .. })) | None => false,
                         Some(Err(SendError::Closed { .. })) => {
-                            peer.sender = None;
+                            close_link(peer, &mut self.counters);
                             peer.retry_at = Some(Instant::now() + LINK_RETRY);
                             false
                         }
@@ -1014,7 +1055,7 @@ impl Loop {
                 match self.peers.get_mut(&id) {
                     Some(peer) if peer.info.raft_addr != info.raft_addr => {
                         peer.info = info;
-                        peer.sender = None;
+                        close_link(peer, &mut self.counters);
                     }
                     Some(peer) => peer.info = info,
                     None => {
@@ -1054,7 +1095,7 @@ impl Loop {
                     Err(e) => tracing::warn!(peer = %id, error = %e, "could not start the peer link"),
                 }
             } else if !member {
-                peer.sender = None;
+                close_link(peer, &mut self.counters);
             }
         }
     }
@@ -1203,7 +1244,20 @@ impl Loop {
             learners: status.conf_state.learners.iter().copied().collect(),
             lease_valid: status.lease_valid,
             replicas,
+            counters: self.totals(),
         });
+    }
+
+    /// The totals, with what the open links have sent so far.
+    fn totals(&self) -> DriverCounters {
+        let mut totals = self.counters;
+        for sender in self.peers.values().filter_map(|p| p.sender.as_ref()) {
+            let sent = sender.status();
+            totals.sent_msgs += sent.sent_msgs;
+            totals.sent_payload_bytes += sent.payload_bytes;
+            totals.sent_wire_bytes += sent.wire_bytes;
+        }
+        totals
     }
 
     fn raise(&self, alert: HealthAlert) {

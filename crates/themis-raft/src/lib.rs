@@ -94,8 +94,8 @@ pub mod wire;
 pub use confchange::{ConfigChange, MemberChange};
 pub use config::{Config, MAX_CLOCK_DRIFT_PPM};
 pub use driver::{
-    AlertEvent, Driver, DriverConfig, DriverError, DriverStatus, FailoverEvent, HealthAlert, PeerInfo,
-    ReplicaStatus, ReplicationManager,
+    AlertEvent, Driver, DriverConfig, DriverCounters, DriverError, DriverStatus, FailoverEvent, HealthAlert,
+    PeerInfo, ReplicaStatus, ReplicationManager,
 };
 pub use durable::WalStorage;
 pub use error::{RaftError, StorageError};

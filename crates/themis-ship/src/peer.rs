@@ -92,6 +92,10 @@ pub struct PeerStatus {
     pub connected: bool,
     /// Messages written to a connection.
     pub sent_msgs: u64,
+    /// Message payload bytes written, before compression.
+    pub payload_bytes: u64,
+    /// Frame bytes written (headers included, after compression): what crossed the link.
+    pub wire_bytes: u64,
     /// Connections made (the first and every reconnect).
     pub connects: u64,
     /// The last failure, if any.
@@ -318,17 +322,24 @@ impl Link {
                         }
                     }
                     let count = batch.len() as u64;
+                    let (mut payload_bytes, mut wire_bytes) = (0, 0);
                     for payload in batch {
                         self.queued_bytes.fetch_sub(payload.len() as u64, Ordering::AcqRel);
                         let frame = frame::encode(FrameKind::Message, &payload, &mut compressor, &mut scratch);
                         if let Err(err) = writer.write(&frame).await {
                             return Ended::Failed(err);
                         }
+                        payload_bytes += payload.len() as u64;
+                        wire_bytes += frame.len() as u64;
                     }
                     if let Err(err) = writer.flush().await {
                         return Ended::Failed(err);
                     }
-                    self.status.send_modify(|s| s.sent_msgs += count);
+                    self.status.send_modify(|s| {
+                        s.sent_msgs += count;
+                        s.payload_bytes += payload_bytes;
+                        s.wire_bytes += wire_bytes;
+                    });
                 }
                 _ = heartbeat.tick() => {
                     let now_ms = started.elapsed().as_millis() as u64;

@@ -63,7 +63,12 @@ async fn messages_arrive_in_order_from_the_authenticated_sender() {
     let mut status = sender.watch();
     let counted = tokio::time::timeout(Duration::from_secs(5), status.wait_for(|s| s.sent_msgs == 500)).await;
     assert!(counted.is_ok(), "{:?}", sender.status());
-    assert!(sender.status().connected);
+    let status = sender.status();
+    assert!(status.connected);
+    let payload: u64 = (0..500u64).map(|i| 100 + i % 3000).sum();
+    assert_eq!(status.payload_bytes, payload);
+    // Runs of one byte compress well: fewer bytes crossed the link than were sent.
+    assert!(status.wire_bytes < payload, "{status:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

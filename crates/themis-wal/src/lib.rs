@@ -38,6 +38,7 @@
 //!
 //! The byte layouts and the crash analysis are in `docs/wal-format.md`.
 
+mod check;
 mod commit;
 mod entry;
 mod error;
@@ -51,8 +52,9 @@ mod wal;
 #[cfg(all(test, loom))]
 mod loom_tests;
 
+pub use check::{CheckReport, Problem, check};
 pub use commit::Progress;
 pub use entry::{Entry, EntryKind, Lsn, LsnRange, NewEntry};
 pub use error::WalError;
 pub use recovery::{RecoveryMode, RecoveryReport, Skip, Truncation};
-pub use wal::{ClockFn, FsyncPolicy, MAX_RESTART_LSN, RawRecords, Wal, WalConfig, WalReader};
+pub use wal::{ClockFn, FsyncPolicy, MAX_RESTART_LSN, RawRecords, SyncObserver, Wal, WalConfig, WalReader};

@@ -39,6 +39,9 @@ pub const MAX_RESTART_LSN: Lsn = 1 << 62;
 /// A source of HLC timestamps (segment creation times).
 pub type ClockFn = Arc<dyn Fn() -> Timestamp + Send + Sync>;
 
+/// Told how long each `fdatasync` of the log took (for a latency histogram).
+pub type SyncObserver = Arc<dyn Fn(Duration) + Send + Sync>;
+
 /// How a log is laid out and written.
 #[derive(Clone)]
 pub struct WalConfig {
@@ -61,6 +64,8 @@ pub struct WalConfig {
     pub recovery: RecoveryMode,
     /// Timestamps for segment headers.
     pub clock: ClockFn,
+    /// Called after each `fdatasync` of the log with its duration (none by default).
+    pub on_sync: Option<SyncObserver>,
 }
 
 impl std::fmt::Debug for WalConfig {
@@ -72,6 +77,7 @@ impl std::fmt::Debug for WalConfig {
             .field("fsync", &self.fsync)
             .field("commit_delay", &self.commit_delay)
             .field("recovery", &self.recovery)
+            .field("on_sync", &self.on_sync.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -87,6 +93,7 @@ impl Default for WalConfig {
             commit_delay: Duration::from_micros(200),
             recovery: RecoveryMode::default(),
             clock: Arc::new(move || hlc.now()),
+            on_sync: None,
         }
     }
 }
@@ -193,7 +200,7 @@ impl Writer {
     fn rotate(&mut self, first_lsn: Lsn) -> Result<(), WalError> {
         let sync = self.config.fsync != FsyncPolicy::Never;
         if sync {
-            self.active.sync_data().map_err(WalError::io("fdatasync", self.path(self.active_id)))?;
+            self.sync()?;
         }
         let id = self.active_id + 1;
         let (file, read) = create_segment(&self.dir, id, first_lsn, &self.config, sync)?;
@@ -254,7 +261,12 @@ impl Sink for Writer {
     }
 
     fn sync(&mut self) -> Result<(), WalError> {
-        self.active.sync_data().map_err(WalError::io("fdatasync", self.path(self.active_id)))
+        let started = std::time::Instant::now();
+        self.active.sync_data().map_err(WalError::io("fdatasync", self.path(self.active_id)))?;
+        if let Some(observe) = &self.config.on_sync {
+            observe(started.elapsed());
+        }
+        Ok(())
     }
 }
 

@@ -276,3 +276,59 @@ fn copy_dir(from: &Path, to: &Path) {
         fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
     }
 }
+
+#[test]
+fn check_reads_a_healthy_log_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    write_log(dir.path(), 300);
+    let before: Vec<_> = segments(dir.path()).iter().map(|p| fs::read(p).unwrap()).collect();
+    let report = themis_wal::check(dir.path(), small_config().max_record_bytes).unwrap();
+    assert!(report.is_healthy(), "{report:?}");
+    assert_eq!((report.records, report.first_lsn, report.last_lsn), (300, 1, 300));
+    assert_eq!(report.segments, before.len());
+    let after: Vec<_> = segments(dir.path()).iter().map(|p| fs::read(p).unwrap()).collect();
+    assert_eq!(before, after);
+}
+
+#[test]
+fn check_names_segment_offset_and_lsn_of_each_problem_and_tells_a_torn_tail_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    write_log(dir.path(), 300);
+    let files = segments(dir.path());
+    assert!(files.len() >= 3, "the small config rotates");
+    // A flipped bit in the middle of the first segment, and a torn last record.
+    let first_len = fs::metadata(&files[0]).unwrap().len();
+    flip(&files[0], first_len / 2, 3);
+    let last = files.last().unwrap();
+    cut(last, fs::metadata(last).unwrap().len() - 2);
+    let before = fs::read(&files[0]).unwrap();
+    let report = themis_wal::check(dir.path(), small_config().max_record_bytes).unwrap();
+    assert!(!report.is_healthy() && !report.opens_by_default(), "{report:?}");
+    assert_eq!(report.problems.len(), 2, "{report:?}");
+    let (mid, tail) = (&report.problems[0], &report.problems[1]);
+    assert_eq!(mid.path, files[0]);
+    assert!(mid.offset > HEADER_LEN as u64 && mid.offset <= first_len / 2, "{mid}");
+    assert!(mid.lsn.is_some_and(|l| l >= 1) && !mid.torn_tail, "{mid}");
+    assert_eq!((&tail.path, tail.lsn, tail.torn_tail), (last, Some(300), true), "{tail}");
+    assert!(tail.to_string().contains("LSN 300"), "{tail}");
+    assert_eq!(fs::read(&files[0]).unwrap(), before, "check repairs nothing");
+}
+
+#[test]
+fn check_reports_a_missing_segment_and_a_bad_header() {
+    let dir = tempfile::tempdir().unwrap();
+    write_log(dir.path(), 300);
+    let files = segments(dir.path());
+    fs::remove_file(&files[1]).unwrap();
+    let report = themis_wal::check(dir.path(), small_config().max_record_bytes).unwrap();
+    assert_eq!(report.problems.len(), 1, "{report:?}");
+    assert_eq!(report.problems[0].path, files[2]);
+    assert!(report.problems[0].reason.contains("is missing"), "{}", report.problems[0]);
+    flip(&files[2], 0, 0);
+    let report = themis_wal::check(dir.path(), small_config().max_record_bytes).unwrap();
+    let reasons: Vec<String> = report.problems.iter().map(ToString::to_string).collect();
+    assert!(reasons.iter().any(|r| r.contains("unreadable segment header")), "{reasons:?}");
+    assert!(report.problems.iter().all(|p| !p.torn_tail), "{reasons:?}");
+    let no_dir = themis_wal::check(dir.path().join("nope"), 1024).unwrap_err();
+    assert!(no_dir.to_string().contains("nope"), "{no_dir}");
+}

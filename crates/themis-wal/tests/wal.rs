@@ -270,3 +270,23 @@ fn restart_empties_the_log_and_continues_at_the_given_lsn_across_reopen() {
         assert!(err.to_string().contains(&format!("restart at LSN {bad}")), "{err}");
     }
 }
+
+#[test]
+fn every_fdatasync_is_reported_to_the_sync_observer() {
+    let dir = tempfile::tempdir().unwrap();
+    let syncs = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let seen = Arc::clone(&syncs);
+    let config = WalConfig {
+        on_sync: Some(Arc::new(move |took: std::time::Duration| {
+            assert!(took < std::time::Duration::from_secs(60));
+            seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        })),
+        ..common::small_config()
+    };
+    let (wal, _) = Wal::open(dir.path(), config).unwrap();
+    for lsn in 1..=5 {
+        wal.append(&[common::entry_for(lsn)]).unwrap();
+    }
+    // Each durable append waited for a sync that covered it.
+    assert!(syncs.load(std::sync::atomic::Ordering::Relaxed) >= 5);
+}

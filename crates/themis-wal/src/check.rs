@@ -1,0 +1,155 @@
+//! A read-only check of a log directory: every segment header and every record, and how
+//! the segments follow one another. Nothing is repaired or removed; what recovery would do
+//! with each problem is reported beside it (`themis doctor validate-wal`).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+
+use crate::entry::Lsn;
+use crate::error::WalError;
+use crate::segment::{self, OnBadRecord};
+
+/// One problem found in a log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// The segment file.
+    pub path: PathBuf,
+    /// Byte offset in it (0 for a problem with the whole file).
+    pub offset: u64,
+    /// The LSN expected there, when known.
+    pub lsn: Option<Lsn>,
+    /// What is wrong.
+    pub reason: String,
+    /// A torn tail of the last segment: the default recovery mode truncates it at open
+    /// (the write it held was never acknowledged). Anything else stops a default open.
+    pub torn_tail: bool,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} offset {}", self.path.display(), self.offset)?;
+        if let Some(lsn) = self.lsn {
+            write!(f, " LSN {lsn}")?;
+        }
+        write!(f, ": {}", self.reason)?;
+        if self.torn_tail {
+            write!(f, " (torn tail: truncated at the next open)")?;
+        }
+        Ok(())
+    }
+}
+
+/// What [`check`] found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CheckReport {
+    /// Segment files found.
+    pub segments: usize,
+    /// Valid records.
+    pub records: u64,
+    /// The first LSN held (0: empty).
+    pub first_lsn: Lsn,
+    /// The last LSN held (0: empty).
+    pub last_lsn: Lsn,
+    /// Bytes read.
+    pub bytes: u64,
+    /// Leftover temporary files of an interrupted segment creation (removed at open).
+    pub temp_files: Vec<PathBuf>,
+    /// Every problem, in log order.
+    pub problems: Vec<Problem>,
+}
+
+impl CheckReport {
+    /// No problem at all.
+    #[must_use]
+    pub fn is_healthy(&self) -> bool {
+        self.problems.is_empty()
+    }
+
+    /// The log opens under the default recovery mode (only a torn tail, if anything).
+    #[must_use]
+    pub fn opens_by_default(&self) -> bool {
+        self.problems.iter().all(|p| p.torn_tail)
+    }
+}
+
+/// Checks every segment in `dir` and every record in them, records up to `max_record`
+/// bytes (the log's `max_record_bytes`). Reads only. An error means the directory itself
+/// could not be listed or a file could not be read.
+pub fn check(dir: impl AsRef<Path>, max_record: usize) -> Result<CheckReport, WalError> {
+    let dir = dir.as_ref();
+    let mut report = CheckReport::default();
+    let mut files = Vec::new();
+    for item in fs::read_dir(dir).map_err(WalError::io("read directory", dir))? {
+        let item = item.map_err(WalError::io("read directory", dir))?;
+        let name = item.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if let Some(id) = segment::parse_file_name(name) {
+            files.push((id, item.path()));
+        } else if name.ends_with(".wal.tmp") {
+            report.temp_files.push(item.path());
+        }
+    }
+    files.sort_unstable();
+    report.segments = files.len();
+    // (segment id, the LSN after its last record) of the previous readable segment.
+    let mut prev: Option<(u64, Lsn)> = None;
+    for (i, (id, path)) in files.iter().enumerate() {
+        let is_last = i + 1 == files.len();
+        let bytes = Bytes::from(fs::read(path).map_err(WalError::io("read", path))?);
+        report.bytes += bytes.len() as u64;
+        let problem = |offset: u64, lsn: Option<Lsn>, reason: String, torn_tail: bool| Problem {
+            path: path.clone(),
+            offset,
+            lsn,
+            reason,
+            torn_tail,
+        };
+        let scan = match segment::scan(&bytes, max_record, OnBadRecord::Skip) {
+            Ok(scan) => scan,
+            Err(reason) => {
+                report.problems.push(problem(0, None, format!("unreadable segment header: {reason}"), false));
+                prev = None;
+                continue;
+            }
+        };
+        if scan.header.id != *id {
+            report.problems.push(problem(
+                0,
+                None,
+                format!("the header says segment {} but the file name says {id}", scan.header.id),
+                false,
+            ));
+        }
+        if let Some((prev_id, expected)) = prev {
+            if *id != prev_id + 1 {
+                report.problems.push(problem(0, None, format!("segment {} is missing", prev_id + 1), false));
+            } else if scan.header.first_lsn != expected {
+                report.problems.push(problem(
+                    0,
+                    Some(expected),
+                    format!(
+                        "starts at LSN {} but segment {prev_id} ends before LSN {expected}",
+                        scan.header.first_lsn
+                    ),
+                    false,
+                ));
+            }
+        }
+        for bad in &scan.skipped {
+            let torn = is_last && bad.in_tail && bad.offset == scan.valid_len;
+            report.problems.push(problem(bad.offset, Some(bad.lsn), bad.reason.clone(), torn));
+        }
+        let held = scan.offsets.iter().filter(|&&o| o != segment::SKIPPED).count() as u64;
+        if held > 0 {
+            if report.first_lsn == 0 {
+                report.first_lsn = scan.header.first_lsn;
+            }
+            report.last_lsn = scan.next_lsn() - 1;
+        }
+        report.records += held;
+        prev = Some((*id, scan.next_lsn()));
+    }
+    Ok(report)
+}
