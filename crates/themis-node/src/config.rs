@@ -30,6 +30,9 @@ pub struct PeerConfig {
     pub raft_addr: String,
     /// Where it serves clients.
     pub client_addr: String,
+    /// Its region (for the topology), if given.
+    #[serde(default)]
+    pub region: Option<String>,
 }
 
 /// Certificates (PEM files).
@@ -92,6 +95,8 @@ struct RawConfig {
     data_dir: PathBuf,
     raft_addr: String,
     client_addr: String,
+    admin_addr: Option<String>,
+    region: Option<String>,
     #[serde(default)]
     insecure_plaintext: bool,
     #[serde(default)]
@@ -120,6 +125,10 @@ pub struct NodeConfig {
     pub raft_addr: SocketAddr,
     /// Client API listen address.
     pub client_addr: SocketAddr,
+    /// HTTP admin API and metrics listen address (none: not served).
+    pub admin_addr: Option<SocketAddr>,
+    /// Regions by node id, for the topology (this node's `region` and the peers').
+    pub regions: std::collections::BTreeMap<u64, String>,
     /// No TLS anywhere (tests on one machine only; logged as a warning).
     pub insecure_plaintext: bool,
     /// Start as a learner joining a running cluster (the leader adds it).
@@ -179,6 +188,8 @@ const ENV_KEYS: &[(&str, &[&str])] = &[
     ("THEMIS_DATA_DIR", &["data_dir"]),
     ("THEMIS_RAFT_ADDR", &["raft_addr"]),
     ("THEMIS_CLIENT_ADDR", &["client_addr"]),
+    ("THEMIS_ADMIN_ADDR", &["admin_addr"]),
+    ("THEMIS_REGION", &["region"]),
     ("THEMIS_INSECURE_PLAINTEXT", &["insecure_plaintext"]),
     ("THEMIS_JOIN", &["join"]),
     ("THEMIS_REPLICATION_MODE", &["replication", "mode"]),
@@ -221,6 +232,22 @@ impl RawConfig {
         }
         let raft_addr = parse_addr("raft_addr", &self.raft_addr)?;
         let client_addr = parse_addr("client_addr", &self.client_addr)?;
+        let admin_addr = self.admin_addr.as_deref().map(|a| parse_addr("admin_addr", a)).transpose()?;
+        let mut regions = std::collections::BTreeMap::new();
+        let named = |key: String, region: &str| {
+            if region.is_empty() || region.len() > 64 {
+                return bad(format!("{key} = {region:?}: must be 1 to 64 bytes"));
+            }
+            Ok(region.to_string())
+        };
+        if let Some(region) = &self.region {
+            regions.insert(self.node_id, named("region".into(), region)?);
+        }
+        for (i, p) in self.peers.iter().enumerate() {
+            if let Some(region) = &p.region {
+                regions.entry(p.id).or_insert(named(format!("peers[{i}].region"), region)?);
+            }
+        }
         let r = &self.replication;
         let mode: ReplicationMode = r.mode.parse().map_err(|_| {
             ConfigError(format!("replication.mode = {:?}: expected sync, semi_sync or async", r.mode))
@@ -316,6 +343,8 @@ impl RawConfig {
             data_dir: self.data_dir,
             raft_addr,
             client_addr,
+            admin_addr,
+            regions,
             insecure_plaintext: self.insecure_plaintext,
             join: self.join,
             tls,
@@ -394,6 +423,15 @@ client_addr = "127.0.0.1:8003"
         let config = NodeConfig::parse(&base(dir.path()), env).unwrap();
         assert_eq!(config.policy.mode, ReplicationMode::Async);
         assert_eq!(config.client_addr.port(), 9999);
+        assert_eq!(config.admin_addr, None);
+        let with_admin = base(dir.path())
+            .replace("node_id = 1", "node_id = 1\nadmin_addr = \"127.0.0.1:9100\"\nregion = \"eu\"")
+            .replace("client_addr = \"127.0.0.1:8002\"", "client_addr = \"127.0.0.1:8002\"\nregion = \"us\"");
+        let config =
+            NodeConfig::parse(&with_admin, |k| (k == "THEMIS_REGION").then(|| "ap".to_string())).unwrap();
+        assert_eq!(config.admin_addr.map(|a| a.port()), Some(9100));
+        assert_eq!(config.regions.get(&1).map(String::as_str), Some("ap"));
+        assert_eq!(config.regions.get(&2).map(String::as_str), Some("us"));
     }
 
     #[test]
@@ -437,6 +475,11 @@ client_addr = "127.0.0.1:8003"
             (good.replace("[replication]", "[replication]\nfsync = \"sometimes\""), "fsync = \"sometimes\""),
             (good.replace("node_id = 1", "node_id = 0"), "node_id = 0"),
             (good.replace("node_id = 1", "node_id = \"one\""), "node_id"),
+            (
+                good.replace("node_id = 1", "node_id = 1\nadmin_addr = \"localhost\""),
+                "admin_addr = \"localhost\"",
+            ),
+            (good.replace("node_id = 1", "node_id = 1\nregion = \"\""), "region = \"\""),
         ];
         for (text, needle) in cases {
             let err = NodeConfig::parse(&text, |_| None).unwrap_err();

@@ -16,9 +16,11 @@
 //! # Ok(()) }
 //! ```
 
+pub mod admin;
 pub mod client;
 pub mod config;
 pub mod local;
+pub mod metrics;
 pub mod protocol;
 pub mod server;
 pub mod stats;
@@ -27,6 +29,7 @@ pub mod store;
 pub use client::{Client, ClientError};
 pub use config::{ConfigError, NodeConfig};
 pub use local::{LocalCluster, LocalNode};
+pub use metrics::Metrics;
 pub use protocol::{Consistency, ErrorCode, Request, Response};
 pub use server::{Node, NodeError};
 pub use store::DocStore;

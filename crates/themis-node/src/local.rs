@@ -17,6 +17,8 @@ pub struct LocalNode {
     pub raft: SocketAddr,
     /// Its client address.
     pub client: SocketAddr,
+    /// Its HTTP admin API address.
+    pub admin: SocketAddr,
     /// Its configuration file.
     pub config: PathBuf,
     /// Whether it starts as a learner that joins later (not a bootstrap member).
@@ -57,11 +59,13 @@ impl LocalCluster {
         let mut nodes = Vec::new();
         for id in 1..=members + spare {
             let port = |e: std::io::Error| format!("a free port: {e}");
-            let (raft, client) = (free_addr().map_err(port)?, free_addr().map_err(port)?);
+            let (raft, client, admin) =
+                (free_addr().map_err(port)?, free_addr().map_err(port)?, free_addr().map_err(port)?);
             nodes.push(LocalNode {
                 id,
                 raft,
                 client,
+                admin,
                 config: dir.join(format!("node-{id}.toml")),
                 join: id > members,
             });
@@ -78,12 +82,13 @@ impl LocalCluster {
         for n in &nodes {
             let text = format!(
                 "node_id = {id}\ncluster = \"{cluster}\"\ndata_dir = \"{data}\"\nraft_addr = \"{raft}\"\n\
-                 client_addr = \"{client}\"\njoin = {join}\n\n[tls]\nca = \"{ca}\"\ncert = \"{cert}\"\nkey = \"{key}\"\n\n\
+                 client_addr = \"{client}\"\nadmin_addr = \"{admin}\"\njoin = {join}\n\n[tls]\nca = \"{ca}\"\ncert = \"{cert}\"\nkey = \"{key}\"\n\n\
                  [replication]\nmode = \"{mode}\"\nmin_sync_replicas = {min_sync}\nheartbeat_ms = 100\nelection_timeout_ms = 500\n{peers}",
                 id = n.id,
                 data = dir.join(format!("data-{}", n.id)).display(),
                 raft = n.raft,
                 client = n.client,
+                admin = n.admin,
                 join = n.join,
                 ca = certs.join("ca.pem").display(),
                 cert = certs.join(format!("node-{}.pem", n.id)).display(),
@@ -107,6 +112,7 @@ mod tests {
         for node in &cluster.nodes {
             let config = crate::NodeConfig::load(&node.config).unwrap();
             assert_eq!((config.node_id, config.join, config.client_addr), (node.id, node.join, node.client));
+            assert_eq!(config.admin_addr, Some(node.admin));
             assert_eq!(config.peers.len(), 3 + usize::from(node.join));
         }
         assert!(cluster.ca_pem.contains("BEGIN CERTIFICATE"));

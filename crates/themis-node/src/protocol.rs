@@ -149,6 +149,33 @@ pub enum Response {
     },
 }
 
+impl Response {
+    /// `ok`, or the error as a stable snake-case code (`not_leader`, `busy`, ...).
+    #[must_use]
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            Response::Error { code, .. } => code.as_str(),
+            Response::NotLeader { .. } => "not_leader",
+            _ => "ok",
+        }
+    }
+}
+
+impl ErrorCode {
+    /// The code as a stable snake-case string (metrics labels, HTTP error bodies).
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::OutcomeUnknown => "outcome_unknown",
+            ErrorCode::Busy => "busy",
+            ErrorCode::Timeout => "timeout",
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Refused => "refused",
+        }
+    }
+}
+
 /// Why a frame could not be read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum ProtocolError {

@@ -23,8 +23,17 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::config::NodeConfig;
+use crate::metrics::Metrics;
 use crate::protocol::{Consistency, ErrorCode, Request, Response, check_name, read_frame, write_frame};
 use crate::store::DocStore;
+
+/// What every request handler works with.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) manager: ReplicationManager,
+    pub(crate) store: Arc<DocStore>,
+    pub(crate) metrics: Arc<Metrics>,
+}
 
 /// Why a node could not start or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -54,8 +63,13 @@ pub struct Node {
     pub store: Arc<DocStore>,
     /// Where the client API listens.
     pub client_addr: SocketAddr,
+    /// Where the HTTP admin API listens, if it is served.
+    pub admin_addr: Option<SocketAddr>,
+    /// The node's metrics.
+    pub metrics: Arc<Metrics>,
     driver: JoinHandle<Result<(), DriverError>>,
     clients: JoinHandle<()>,
+    admin: Option<JoinHandle<()>>,
 }
 
 /// Loads this node's vote signing seed from `dir/vote-key`, creating it (32 random
@@ -127,8 +141,11 @@ impl Node {
         if config.join {
             conf.learners.insert(id);
         }
+        let mut metrics = Metrics::new();
+        let fsync_histogram = metrics.fsync_histogram();
         let wal = WalConfig {
             fsync: if config.fsync { FsyncPolicy::Always } else { FsyncPolicy::Never },
+            on_sync: Some(Arc::new(move |took| fsync_histogram.observe(took.as_secs_f64()))),
             ..WalConfig::default()
         };
         let (storage, report) =
@@ -173,20 +190,36 @@ impl Node {
                 hlc.now()
             })?;
 
+        metrics.watch(manager.clone());
+        let metrics = Arc::new(metrics);
+        let shared =
+            Arc::new(Shared { manager: manager.clone(), store: store.clone(), metrics: metrics.clone() });
         let client_listener = TcpListener::bind(config.client_addr)
             .await
             .map_err(|e| io(&format!("client_addr {}", config.client_addr), &e))?;
         let client_addr = client_listener.local_addr().map_err(|e| io("client_addr", &e))?;
-        let clients =
-            tokio::spawn(accept_clients(client_listener, client_tls, manager.clone(), store.clone()));
-        tracing::info!(node = %id, raft = %config.raft_addr, client = %client_addr, "node started");
-        Ok(Node { manager, store, client_addr, driver, clients })
+        let (admin, admin_addr) = match config.admin_addr {
+            Some(addr) => {
+                let listener =
+                    TcpListener::bind(addr).await.map_err(|e| io(&format!("admin_addr {addr}"), &e))?;
+                let bound = listener.local_addr().map_err(|e| io("admin_addr", &e))?;
+                let router = crate::admin::router(crate::admin::AdminState::new(shared.clone(), config));
+                (Some(tokio::spawn(crate::admin::serve(listener, client_tls.clone(), router))), Some(bound))
+            }
+            None => (None, None),
+        };
+        let clients = tokio::spawn(accept_clients(client_listener, client_tls, shared));
+        tracing::info!(node = %id, raft = %config.raft_addr, client = %client_addr, admin = ?admin_addr, "node started");
+        Ok(Node { manager, store, client_addr, admin_addr, metrics, driver, clients, admin })
     }
 
     /// Runs until the driver stops; returns its result.
     pub async fn wait(self) -> Result<(), NodeError> {
         let result = self.driver.await;
         self.clients.abort();
+        if let Some(admin) = self.admin {
+            admin.abort();
+        }
         match result {
             Ok(r) => r.map_err(NodeError::from),
             Err(e) => Err(NodeError::Io(format!("the driver task failed: {e}"))),
@@ -200,12 +233,7 @@ impl Node {
     }
 }
 
-async fn accept_clients(
-    listener: TcpListener,
-    tls: Option<tokio_rustls::TlsAcceptor>,
-    manager: ReplicationManager,
-    store: Arc<DocStore>,
-) {
+async fn accept_clients(listener: TcpListener, tls: Option<tokio_rustls::TlsAcceptor>, shared: Arc<Shared>) {
     // A bound on open client connections: beyond it, accepting waits for one to close.
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CLIENT_CONNECTIONS));
     loop {
@@ -219,11 +247,11 @@ async fn accept_clients(
             }
         };
         let _ = tcp.set_nodelay(true);
-        let (tls, manager, store) = (tls.clone(), manager.clone(), store.clone());
+        let (tls, shared) = (tls.clone(), shared.clone());
         tokio::spawn(async move {
             let result = match tls {
-                Some(acceptor) => serve_tls(tcp, acceptor, manager, store).await,
-                None => serve(tcp, manager, store).await,
+                Some(acceptor) => serve_tls(tcp, acceptor, shared).await,
+                None => serve(tcp, shared).await,
             };
             if let Err(e) = result {
                 tracing::debug!(%peer, error = %e, "client connection ended");
@@ -238,8 +266,7 @@ async fn accept_clients(
 async fn serve_tls(
     mut tcp: TcpStream,
     acceptor: tokio_rustls::TlsAcceptor,
-    manager: ReplicationManager,
-    store: Arc<DocStore>,
+    shared: Arc<Shared>,
 ) -> Result<(), String> {
     let mut first = [0u8; 1];
     let n = tcp.peek(&mut first).await.map_err(|e| e.to_string())?;
@@ -253,7 +280,7 @@ async fn serve_tls(
         return Err("a plaintext client was refused".into());
     }
     let stream = acceptor.accept(tcp).await.map_err(|e| format!("TLS handshake: {e}"))?;
-    serve(stream, manager, store).await
+    serve(stream, shared).await
 }
 
 /// Requests one connection may have in flight; the reader waits beyond it (backpressure
@@ -270,8 +297,7 @@ enum Inbound {
 /// flushing once per burst.
 async fn serve<S: AsyncRead + AsyncWrite + Send + 'static>(
     stream: S,
-    manager: ReplicationManager,
-    store: Arc<DocStore>,
+    shared: Arc<Shared>,
 ) -> Result<(), String> {
     use futures_util::FutureExt;
     use futures_util::stream::{FuturesUnordered, StreamExt};
@@ -286,8 +312,8 @@ async fn serve<S: AsyncRead + AsyncWrite + Send + 'static>(
             tokio::select! {
                 inbound = rx.recv(), if open && inflight.len() < MAX_INFLIGHT_PER_CONNECTION => match inbound {
                     Some(Inbound::Request(id, request)) => {
-                        let (manager, store) = (manager.clone(), store.clone());
-                        inflight.push(async move { (id, handle(request, &manager, &store).await) });
+                        let shared = shared.clone();
+                        inflight.push(async move { (id, handle(request, &shared).await) });
                     }
                     Some(Inbound::Broken(message)) => {
                         let error = Response::Error { code: ErrorCode::BadRequest, message };
@@ -373,8 +399,22 @@ fn doc_op(kind: OpKind) -> Bytes {
     encode_batch(&[Op { origin: NodeId(0), txn: 0, kind }]).expect("names and values were checked")
 }
 
+/// Answers one request (client protocol and HTTP admin API alike) and counts it.
+pub(crate) async fn handle(request: Request, shared: &Shared) -> Response {
+    let op = match &request {
+        Request::Put { .. } => "put",
+        Request::Get { .. } => "get",
+        Request::Delete { .. } => "delete",
+        Request::Status => "status",
+        _ => "admin",
+    };
+    let response = answer(request, &shared.manager, &shared.store).await;
+    shared.metrics.count_request(op, response.outcome());
+    response
+}
+
 #[allow(clippy::too_many_lines, reason = "one arm per request kind, each short")]
-async fn handle(request: Request, manager: &ReplicationManager, store: &DocStore) -> Response {
+async fn answer(request: Request, manager: &ReplicationManager, store: &DocStore) -> Response {
     match request {
         Request::Put { collection, id, value } => {
             if let Err(m) = check_name("collection", &collection).and_then(|()| check_name("id", &id)) {

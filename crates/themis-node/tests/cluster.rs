@@ -16,6 +16,7 @@ struct Proc {
     id: u64,
     raft: SocketAddr,
     client: SocketAddr,
+    admin: SocketAddr,
     config: PathBuf,
     child: Option<Child>,
 }
@@ -50,7 +51,14 @@ impl Cluster {
         let nodes = layout
             .nodes
             .into_iter()
-            .map(|n| Proc { id: n.id, raft: n.raft, client: n.client, config: n.config, child: None })
+            .map(|n| Proc {
+                id: n.id,
+                raft: n.raft,
+                client: n.client,
+                admin: n.admin,
+                config: n.config,
+                child: None,
+            })
             .collect();
         let mut cluster = Cluster { _dir: dir, ca: layout.ca_pem, nodes };
         for i in 0..n as usize {
@@ -388,4 +396,219 @@ async fn a_stopped_follower_raises_a_heartbeat_alert_within_two_intervals_and_re
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     eprintln!("heartbeat alert {seen:?} after SIGSTOP ({silent_ms} ms of silence)");
+}
+
+/// One HTTP/1.1 request over TLS (verified with the cluster CA); returns the status,
+/// the headers and the body.
+async fn http(
+    addr: SocketAddr,
+    ca: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, hyper::HeaderMap, String) {
+    use http_body_util::BodyExt;
+    let connector = themis_replication::ship::tls::client_api_connector(ca).unwrap();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::IpAddress(addr.ip().into());
+    let tls = connector.connect(name, tcp).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await.unwrap();
+    tokio::spawn(conn);
+    let mut request = hyper::Request::builder().method(method).uri(path).header("host", addr.to_string());
+    for (k, v) in headers {
+        request = request.header(*k, *v);
+    }
+    let request = request.body(http_body_util::Full::new(bytes::Bytes::from(body.to_string()))).unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    let (parts, body) = response.into_parts();
+    let bytes = body.collect().await.unwrap().to_bytes();
+    (parts.status.as_u16(), parts.headers, String::from_utf8_lossy(&bytes).into_owned())
+}
+
+fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+/// The value of a metric line `name{labels} value` (labels matched as given, in order).
+fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::too_many_lines, reason = "one cluster, every route checked in turn")]
+async fn the_http_admin_api_serves_cluster_operations_documents_topology_and_metrics() {
+    let cluster = Cluster::start(3, 0);
+    let ca = cluster.ca.clone();
+    let l = cluster.leader().await;
+    let f = (l + 1) % 3;
+    let (leader, follower) = (cluster.nodes[l].admin, cluster.nodes[f].admin);
+
+    // Every documented route exists (nothing answers "no such route" or 405).
+    for (method, path) in themis_node::admin::ROUTES {
+        let path = path.replace("{collection}", "probe").replace("{id}", "9");
+        let (status, _, body) = http(leader, &ca, method, &path, &[], "").await;
+        assert!(status != 405 && !body.contains("no such route"), "{method} {path}: {status} {body}");
+    }
+    let (status, _, body) = http(leader, &ca, "GET", "/v1/nothing", &[], "").await;
+    assert_eq!((status, json(&body)["code"].as_str()), (404, Some("not_found")));
+
+    // Documents: write on the leader, read it back on a follower with the session token.
+    let doc = r#"{"name":"Ada","born":1815}"#;
+    let (status, headers, body) = http(leader, &ca, "PUT", "/v1/collections/users/docs/ada", &[], doc).await;
+    assert_eq!(status, 200, "{body}");
+    let token = headers["x-themis-session-token"].to_str().unwrap().to_string();
+    assert_eq!(json(&body)["lsn"].to_string(), token);
+    let path = "/v1/collections/users/docs/ada?consistency=session";
+    let (status, headers, body) =
+        http(follower, &ca, "GET", path, &[("x-themis-session-token", &token)], "").await;
+    assert_eq!((status, body.as_str()), (200, doc));
+    assert!(
+        headers["x-themis-applied-lsn"].to_str().unwrap().parse::<u64>().unwrap() >= token.parse().unwrap()
+    );
+    let (status, _, body) = http(leader, &ca, "GET", "/v1/collections/users/docs/ada", &[], "").await;
+    assert_eq!((status, body.as_str()), (200, doc), "strong read on the leader");
+    // A write to a follower names the leader.
+    let (status, _, body) = http(follower, &ca, "PUT", "/v1/collections/users/docs/bob", &[], "{}").await;
+    assert_eq!(status, 421, "{body}");
+    assert_eq!(json(&body)["leader"], cluster.nodes[l].id);
+    assert_eq!(json(&body)["leader_client_addr"], cluster.nodes[l].client.to_string());
+    // Bad requests say what was wrong.
+    for (method, path, headers, body, needle) in [
+        ("PUT", "/v1/collections/users/docs/x", vec![], "{not json", "is not JSON"),
+        (
+            "GET",
+            "/v1/collections/users/docs/x?consistency=session",
+            vec![],
+            "",
+            "needs the x-themis-session-token",
+        ),
+        (
+            "GET",
+            "/v1/collections/users/docs/x?consistency=later",
+            vec![],
+            "",
+            "expected strong, session or eventual",
+        ),
+        (
+            "GET",
+            "/v1/collections/users/docs/x",
+            vec![("x-themis-session-token", "soon")],
+            "",
+            "expected the LSN",
+        ),
+        ("PUT", "/v1/cluster/mode", vec![], r#"{"mode":"eventually"}"#, "mode = \"eventually\""),
+        ("PUT", "/v1/cluster/mode", vec![], r#"{"mood":"sync"}"#, "unknown field"),
+        (
+            "POST",
+            "/v1/cluster/members",
+            vec![],
+            r#"{"id":4,"raft_addr":"x","client_addr":"y"}"#,
+            "raft_addr = \"x\"",
+        ),
+        ("DELETE", "/v1/cluster/members/zero", vec![], "", "node id \"zero\""),
+        ("POST", "/v1/cluster/transfer", vec![], "[]", "example"),
+    ] {
+        let (status, _, text) = http(leader, &ca, method, path, &headers, body).await;
+        let err = json(&text);
+        assert_eq!((status, err["code"].as_str()), (400, Some("bad_request")), "{method} {path}: {text}");
+        assert!(err["message"].as_str().unwrap().contains(needle), "{needle}: {text}");
+    }
+    // Membership operations on nodes that are not what they need are refused, not made.
+    for (method, path, needle) in [
+        ("DELETE", "/v1/cluster/members/9", "node 9 is not a member"),
+        ("POST", "/v1/cluster/members/9/promote", "node 9 is not a learner"),
+        ("POST", &format!("/v1/cluster/members/{}/promote", cluster.nodes[f].id), "is not a learner"),
+    ] {
+        let (status, _, text) = http(leader, &ca, method, path, &[], "").await;
+        assert_eq!((status, json(&text)["code"].as_str()), (409, Some("refused")), "{path}: {text}");
+        assert!(text.contains(needle), "{needle}: {text}");
+    }
+    let (status, _, body) = http(leader, &ca, "GET", "/v1/collections/users/docs/nobody", &[], "").await;
+    assert_eq!((status, json(&body)["code"].as_str()), (404, Some("not_found")));
+    let (status, _, _) = http(leader, &ca, "DELETE", "/v1/collections/users/docs/ada", &[], "").await;
+    assert_eq!(status, 200);
+
+    // The mode changes at run time and every node reports it.
+    let (status, _, body) =
+        http(leader, &ca, "PUT", "/v1/cluster/mode", &[], r#"{"mode":"sync","min_sync_replicas":2}"#).await;
+    assert_eq!(status, 200, "{body}");
+    for node in &cluster.nodes {
+        let mut seen = String::new();
+        for _ in 0..50 {
+            let (_, _, body) = http(node.admin, &ca, "GET", "/v1/cluster/status", &[], "").await;
+            seen = json(&body)["status"]["mode"].as_str().unwrap().to_string();
+            if seen.starts_with("SYNC") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(seen.starts_with("SYNC"), "node {}: {seen}", node.id);
+    }
+
+    // The topology names every node with its role, and the leader's links with their lag.
+    let (status, _, body) = http(leader, &ca, "GET", "/v1/cluster/topology", &[], "").await;
+    assert_eq!(status, 200);
+    let topology = json(&body);
+    assert_eq!(topology["complete"], true);
+    assert_eq!(topology["leader"], cluster.nodes[l].id);
+    assert_eq!(topology["nodes"].as_array().unwrap().len(), 3, "{topology}");
+    assert_eq!(topology["links"].as_array().unwrap().len(), 2, "{topology}");
+    let roles: Vec<&str> =
+        topology["nodes"].as_array().unwrap().iter().map(|n| n["role"].as_str().unwrap()).collect();
+    assert_eq!(roles.iter().filter(|r| **r == "leader").count(), 1, "{roles:?}");
+    let version = topology["version"].as_u64().unwrap();
+
+    // Metrics: LSNs, the fsync histogram, requests, per-replica lag, bytes shipped.
+    let (status, headers, text) = http(leader, &ca, "GET", "/metrics", &[], "").await;
+    assert_eq!(status, 200);
+    assert!(headers["content-type"].to_str().unwrap().contains("openmetrics"));
+    assert!(text.trim_end().ends_with("# EOF"), "{text}");
+    assert!(metric(&text, "themis_commit_lsn").unwrap() >= 3.0, "{text}");
+    assert!(metric(&text, "themis_applied_lsn").unwrap() >= 1.0, "{text}");
+    assert_eq!(metric(&text, "themis_is_leader"), Some(1.0));
+    assert!(metric(&text, "themis_wal_fsync_seconds_count").unwrap() >= 1.0, "{text}");
+    assert!(metric(&text, "themis_proposals_total").unwrap() >= 3.0, "{text}");
+    assert!(
+        metric(&text, "themis_client_requests_total{op=\"put\",outcome=\"ok\"}").unwrap() >= 1.0,
+        "{text}"
+    );
+    assert!(metric(&text, "themis_shipped_wire_bytes_total").unwrap() > 0.0, "{text}");
+    assert!(metric(&text, "themis_compression_ratio").unwrap() > 0.0, "{text}");
+    let other = cluster.nodes[f].id;
+    assert!(metric(&text, &format!("themis_replica_lag_lsns{{replica=\"{other}\"}}")).is_some(), "{text}");
+
+    // Leadership moves by request; the topology version moves with it.
+    let to = cluster.nodes[f].id;
+    let (status, _, body) =
+        http(leader, &ca, "POST", "/v1/cluster/transfer", &[], &format!(r#"{{"to":{to}}}"#)).await;
+    assert_eq!(status, 200, "{body}");
+    let mut moved = false;
+    for _ in 0..100 {
+        let (_, _, body) = http(follower, &ca, "GET", "/v1/cluster/status", &[], "").await;
+        if json(&body)["status"]["role"] == "Leader" {
+            moved = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(moved, "node {to} did not take over within 5 s");
+    let (_, _, body) = http(follower, &ca, "GET", "/v1/cluster/topology", &[], "").await;
+    assert!(json(&body)["version"].as_u64().unwrap() >= 1);
+    let (_, _, body) = http(leader, &ca, "GET", "/v1/cluster/topology", &[], "").await;
+    assert!(json(&body)["version"].as_u64().unwrap() > version, "{body}");
+    let (_, _, text) = http(follower, &ca, "GET", "/metrics", &[], "").await;
+    assert!(metric(&text, "themis_failovers_total").unwrap() >= 2.0, "{text}");
+
+    // A plaintext HTTP client on the TLS admin port gets no answer.
+    let mut tcp = tokio::net::TcpStream::connect(leader).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut tcp, b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::io::AsyncReadExt::read_to_end(&mut tcp, &mut buf),
+    )
+    .await;
+    assert!(!String::from_utf8_lossy(&buf).contains("themis_"), "{read:?}");
 }

@@ -882,7 +882,24 @@ impl Loop {
                 self.track(result, reply);
             }
             Command::Membership { change, reply } => {
-                let result = self.node.change_membership(vec![change]);
+                let conf = self.node.conf_state();
+                // The manager promotes learners and removes members; anything else is a
+                // mistake to refuse, not a change to make (a voter without an address).
+                let leading = self.node.leader() == Some(self.id);
+                let refusal = match change {
+                    _ if !leading => None, // the core answers NotLeader
+                    MemberChange::AddVoter(id) if !conf.learners.contains(&id) => {
+                        Some(format!("node {id} is not a learner; add it as a learner first"))
+                    }
+                    MemberChange::Remove(id) if !conf.members().contains(&id) => {
+                        Some(format!("node {id} is not a member"))
+                    }
+                    _ => None,
+                };
+                let result = match refusal {
+                    Some(reason) => Err(RaftError::Membership { reason }),
+                    None => self.node.change_membership(vec![change]),
+                };
                 self.track(result, reply);
             }
             Command::Read { reply } => {

@@ -1,0 +1,487 @@
+//! The HTTP admin API (axum over TLS 1.3 with the node certificate, or plain HTTP under
+//! `insecure_plaintext`): cluster status and operations, documents, the topology, and
+//! Prometheus metrics. Every route is listed in [`ROUTES`] and described in the `OpenAPI`
+//! document served at `GET /v1/openapi.json` (a test checks the two agree).
+//!
+//! Errors are JSON `{"code": "...", "message": "..."}` with a stable code; a bad request
+//! is a 400 that says what was wrong. Cluster operations and writes sent to a follower are
+//! a 421 naming the leader (`leader`, `leader_client_addr`).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response as HttpResponse};
+use axum::routing::{get, post, put};
+use serde_json::{Value, json};
+use themis_replication::clock::NodeId;
+use themis_replication::raft::DriverStatus;
+use tokio::net::TcpListener;
+
+use crate::config::NodeConfig;
+use crate::protocol::{Consistency, ErrorCode, MAX_FRAME, Request, Response};
+use crate::server::{Shared, handle};
+
+/// Every route: method and path (axum's `{param}` syntax, as in the `OpenAPI` document).
+pub const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/v1/cluster/status"),
+    ("POST", "/v1/cluster/election"),
+    ("PUT", "/v1/cluster/mode"),
+    ("POST", "/v1/cluster/members"),
+    ("DELETE", "/v1/cluster/members/{id}"),
+    ("POST", "/v1/cluster/members/{id}/promote"),
+    ("POST", "/v1/cluster/transfer"),
+    ("GET", "/v1/cluster/topology"),
+    ("PUT", "/v1/collections/{collection}/docs/{id}"),
+    ("GET", "/v1/collections/{collection}/docs/{id}"),
+    ("DELETE", "/v1/collections/{collection}/docs/{id}"),
+    ("GET", "/v1/openapi.json"),
+    ("GET", "/metrics"),
+];
+
+/// The `OpenAPI` 3 document for [`ROUTES`].
+pub const OPENAPI: &str = include_str!("../openapi.json");
+
+/// The header carrying a session token (the LSN of a write) in and out.
+pub const SESSION_HEADER: &str = "x-themis-session-token";
+/// The header carrying the LSN a read was served at.
+pub const APPLIED_HEADER: &str = "x-themis-applied-lsn";
+
+/// Leader, term, voters, learners: a change of any is a topology change.
+type TopologyKey = (Option<NodeId>, u64, Vec<NodeId>, Vec<NodeId>);
+
+/// The topology as last seen, with a version that moves on every change.
+#[derive(Debug, Default)]
+struct Topology {
+    version: u64,
+    key: Option<TopologyKey>,
+}
+
+/// What the admin handlers share.
+#[derive(Debug)]
+pub(crate) struct AdminState {
+    shared: Arc<Shared>,
+    id: u64,
+    regions: BTreeMap<u64, String>,
+    topology: Mutex<Topology>,
+}
+
+impl AdminState {
+    pub(crate) fn new(shared: Arc<Shared>, config: &NodeConfig) -> Arc<AdminState> {
+        let state = Arc::new(AdminState {
+            shared,
+            id: config.node_id,
+            regions: config.regions.clone(),
+            topology: Mutex::new(Topology::default()),
+        });
+        // Follow every status change, so the version counts changes even between requests.
+        let watcher = Arc::downgrade(&state);
+        let mut status = state.shared.manager.watch_status();
+        tokio::spawn(async move {
+            loop {
+                let Some(state) = watcher.upgrade() else { return };
+                state.observe(&status.borrow_and_update().clone());
+                drop(state);
+                if status.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+        state
+    }
+
+    fn observe(&self, s: &DriverStatus) -> u64 {
+        let key = (s.leader, s.term, s.voters.clone(), s.learners.clone());
+        let mut topology = self.topology.lock().unwrap_or_else(PoisonError::into_inner);
+        if topology.key.as_ref() != Some(&key) {
+            topology.key = Some(key);
+            topology.version += 1;
+        }
+        topology.version
+    }
+}
+
+/// The router over `state`.
+pub(crate) fn router(state: Arc<AdminState>) -> Router {
+    Router::new()
+        .route("/v1/cluster/status", get(status))
+        .route("/v1/cluster/election", post(election))
+        .route("/v1/cluster/mode", put(mode))
+        .route("/v1/cluster/members", post(add_member))
+        .route("/v1/cluster/members/{id}", axum::routing::delete(remove_member))
+        .route("/v1/cluster/members/{id}/promote", post(promote))
+        .route("/v1/cluster/transfer", post(transfer))
+        .route("/v1/cluster/topology", get(topology))
+        .route("/v1/collections/{collection}/docs/{id}", put(put_doc).get(get_doc).delete(delete_doc))
+        .route("/v1/openapi.json", get(openapi))
+        .route("/metrics", get(metrics))
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such route") })
+        .method_not_allowed_fallback(|| async {
+            error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this route does not take that method",
+            )
+        })
+        .layer(DefaultBodyLimit::max(MAX_FRAME as usize))
+        .with_state(state)
+}
+
+/// Serves `router` on `listener`, over TLS when `tls` is given, until the task is aborted.
+pub(crate) async fn serve(listener: TcpListener, tls: Option<tokio_rustls::TlsAcceptor>, router: Router) {
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "admin accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let (tls, router) = (tls.clone(), router.clone());
+        tokio::spawn(async move {
+            let service = hyper_util::service::TowerToHyperService::new(router);
+            let http = hyper::server::conn::http1::Builder::new();
+            let result = match tls {
+                Some(acceptor) => match acceptor.accept(tcp).await {
+                    Ok(stream) => http.serve_connection(hyper_util::rt::TokioIo::new(stream), service).await,
+                    Err(e) => {
+                        tracing::debug!(%peer, error = %e, "admin TLS handshake failed");
+                        return;
+                    }
+                },
+                None => http.serve_connection(hyper_util::rt::TokioIo::new(tcp), service).await,
+            };
+            if let Err(e) = result {
+                tracing::debug!(%peer, error = %e, "admin connection ended");
+            }
+        });
+    }
+}
+
+fn error(status: StatusCode, code: &str, message: &str) -> HttpResponse {
+    (status, axum::Json(json!({ "code": code, "message": message }))).into_response()
+}
+
+fn bad_request(message: &str) -> HttpResponse {
+    error(StatusCode::BAD_REQUEST, ErrorCode::BadRequest.as_str(), message)
+}
+
+/// The HTTP form of a node answer.
+fn reply(response: Response) -> HttpResponse {
+    match response {
+        Response::Written { lsn } => {
+            let mut out = axum::Json(json!({ "lsn": lsn, "session_token": lsn.to_string() })).into_response();
+            out.headers_mut().insert(SESSION_HEADER, HeaderValue::from(lsn));
+            out
+        }
+        Response::Value { value: Some(doc), applied_lsn } => {
+            let mut out = (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], doc).into_response();
+            out.headers_mut().insert(APPLIED_HEADER, HeaderValue::from(applied_lsn));
+            out
+        }
+        Response::Value { value: None, applied_lsn } => {
+            let mut out = error(StatusCode::NOT_FOUND, "not_found", "no such document");
+            out.headers_mut().insert(APPLIED_HEADER, HeaderValue::from(applied_lsn));
+            out
+        }
+        Response::NotLeader { leader, leader_addr } => (
+            StatusCode::MISDIRECTED_REQUEST,
+            axum::Json(json!({
+                "code": "not_leader",
+                "message": "this node does not lead; send the request to the leader",
+                "leader": leader,
+                "leader_client_addr": leader_addr,
+            })),
+        )
+            .into_response(),
+        Response::Status { json } => {
+            (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], json).into_response()
+        }
+        Response::Done => axum::Json(json!({ "ok": true })).into_response(),
+        Response::Error { code, message } => {
+            let status = match code {
+                ErrorCode::BadRequest => StatusCode::BAD_REQUEST,
+                ErrorCode::OutcomeUnknown => StatusCode::INTERNAL_SERVER_ERROR,
+                ErrorCode::Busy => StatusCode::TOO_MANY_REQUESTS,
+                ErrorCode::Timeout => StatusCode::GATEWAY_TIMEOUT,
+                ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+                ErrorCode::Refused => StatusCode::CONFLICT,
+            };
+            error(status, code.as_str(), &message)
+        }
+    }
+}
+
+async fn run(state: &AdminState, request: Request) -> HttpResponse {
+    reply(handle(request, &state.shared).await)
+}
+
+/// Parses a JSON request body into `T`, or says what was wrong.
+fn body<T: serde::de::DeserializeOwned>(bytes: &Bytes, example: &str) -> Result<T, String> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| format!("the body is not what this route takes ({e}); example: {example}"))
+}
+
+fn node_id(text: &str) -> Result<u64, String> {
+    text.parse::<u64>()
+        .ok()
+        .filter(|id| *id > 0)
+        .ok_or_else(|| format!("node id {text:?}: expected a number from 1"))
+}
+
+async fn status(State(state): State<Arc<AdminState>>) -> HttpResponse {
+    run(&state, Request::Status).await
+}
+
+async fn election(State(state): State<Arc<AdminState>>) -> HttpResponse {
+    run(&state, Request::Campaign).await
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ModeBody {
+    mode: String,
+    #[serde(default = "one")]
+    min_sync_replicas: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+async fn mode(State(state): State<Arc<AdminState>>, bytes: Bytes) -> HttpResponse {
+    match body::<ModeBody>(&bytes, r#"{"mode":"semi_sync","min_sync_replicas":1}"#) {
+        Ok(m) => run(&state, Request::SetMode { mode: m.mode, min_sync_replicas: m.min_sync_replicas }).await,
+        Err(e) => bad_request(&e),
+    }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MemberBody {
+    id: u64,
+    raft_addr: String,
+    client_addr: String,
+}
+
+async fn add_member(State(state): State<Arc<AdminState>>, bytes: Bytes) -> HttpResponse {
+    let example = r#"{"id":4,"raft_addr":"10.0.0.4:7000","client_addr":"10.0.0.4:8000"}"#;
+    match body::<MemberBody>(&bytes, example) {
+        Ok(m) if m.id == 0 => bad_request("id = 0: node ids start at 1"),
+        Ok(m) => {
+            run(&state, Request::AddLearner { id: m.id, raft_addr: m.raft_addr, client_addr: m.client_addr })
+                .await
+        }
+        Err(e) => bad_request(&e),
+    }
+}
+
+async fn remove_member(State(state): State<Arc<AdminState>>, Path(id): Path<String>) -> HttpResponse {
+    match node_id(&id) {
+        Ok(id) => run(&state, Request::Remove { id }).await,
+        Err(e) => bad_request(&e),
+    }
+}
+
+async fn promote(State(state): State<Arc<AdminState>>, Path(id): Path<String>) -> HttpResponse {
+    match node_id(&id) {
+        Ok(id) => run(&state, Request::Promote { id }).await,
+        Err(e) => bad_request(&e),
+    }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TransferBody {
+    to: u64,
+}
+
+async fn transfer(State(state): State<Arc<AdminState>>, bytes: Bytes) -> HttpResponse {
+    match body::<TransferBody>(&bytes, r#"{"to":2}"#) {
+        Ok(t) => run(&state, Request::Transfer { id: t.to }).await,
+        Err(e) => bad_request(&e),
+    }
+}
+
+async fn put_doc(
+    State(state): State<Arc<AdminState>>,
+    Path((collection, id)): Path<(String, String)>,
+    bytes: Bytes,
+) -> HttpResponse {
+    run(&state, Request::Put { collection, id, value: bytes.to_vec() }).await
+}
+
+async fn delete_doc(
+    State(state): State<Arc<AdminState>>,
+    Path((collection, id)): Path<(String, String)>,
+) -> HttpResponse {
+    run(&state, Request::Delete { collection, id }).await
+}
+
+async fn get_doc(
+    State(state): State<Arc<AdminState>>,
+    Path((collection, id)): Path<(String, String)>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> HttpResponse {
+    let token = match headers.get(SESSION_HEADER).map(|v| v.to_str().ok().and_then(|t| t.parse::<u64>().ok()))
+    {
+        None => None,
+        Some(Some(t)) => Some(t),
+        Some(None) => return bad_request(&format!("{SESSION_HEADER}: expected the LSN a write returned")),
+    };
+    let consistency = match (query.get("consistency").map(String::as_str), token) {
+        (None | Some("strong"), _) => Consistency::Strong,
+        (Some("eventual"), _) => Consistency::Eventual,
+        (Some("session"), Some(t)) => Consistency::Session(t),
+        (Some("session"), None) => {
+            return bad_request(&format!("consistency=session needs the {SESSION_HEADER} header"));
+        }
+        (Some(other), _) => {
+            return bad_request(&format!("consistency={other:?}: expected strong, session or eventual"));
+        }
+    };
+    run(&state, Request::Get { collection, id, consistency }).await
+}
+
+async fn openapi() -> HttpResponse {
+    (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
+
+async fn metrics(State(state): State<Arc<AdminState>>) -> HttpResponse {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        state.shared.metrics.encode(),
+    )
+        .into_response()
+}
+
+async fn topology(State(state): State<Arc<AdminState>>) -> HttpResponse {
+    let manager = &state.shared.manager;
+    let s = manager.status();
+    let version = state.observe(&s);
+    let leading = s.role == "Leader";
+    let by_id: HashMap<NodeId, &themis_replication::raft::ReplicaStatus> =
+        s.replicas.iter().map(|r| (r.id, r)).collect();
+    let mut nodes = Vec::new();
+    for id in s.voters.iter().chain(&s.learners) {
+        let info = manager.peer(*id).await;
+        let learner = s.learners.contains(id);
+        let role = if Some(*id) == s.leader {
+            "leader"
+        } else if learner {
+            "learner"
+        } else {
+            "follower"
+        };
+        let mut node = json!({
+            "id": id.0,
+            "role": role,
+            "voter": !learner,
+            "region": state.regions.get(&id.0),
+            "raft_addr": info.as_ref().map(|i| i.raft_addr.to_string()),
+            "client_addr": info.and_then(|i| String::from_utf8(i.meta).ok()),
+        });
+        if let Some(r) = by_id.get(id) {
+            node["healthy"] = json!(r.healthy);
+            node["lag_lsns"] = json!(r.lag_lsns);
+            node["lag_ms"] = json!(r.lag_ms);
+            node["match_lsn"] = json!(r.match_lsn);
+        } else if Some(*id) == s.leader && leading {
+            node["healthy"] = json!(true);
+            node["lag_lsns"] = json!(0);
+            node["lag_ms"] = json!(0);
+            node["match_lsn"] = json!(s.last_lsn);
+        }
+        nodes.push(node);
+    }
+    // Links are the leader's replication streams; only the leader measures them.
+    let links: Vec<Value> = s
+        .replicas
+        .iter()
+        .filter(|r| Some(r.id) != s.leader)
+        .map(|r| {
+            json!({
+                "from": s.id.0,
+                "to": r.id.0,
+                "state": r.state,
+                "healthy": r.healthy,
+                "lag_lsns": r.lag_lsns,
+                "lag_ms": r.lag_ms,
+                "last_contact_ms": r.last_contact_ms,
+            })
+        })
+        .collect();
+    axum::Json(json!({
+        "version": version,
+        "observed_by": state.id,
+        "complete": leading,
+        "term": s.term,
+        "leader": s.leader.map(|l| l.0),
+        "mode": s.mode,
+        "nodes": nodes,
+        "links": links,
+    }))
+    .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_openapi_document_describes_exactly_the_routes() {
+        let doc: Value = serde_json::from_str(OPENAPI).expect("openapi.json is JSON");
+        assert_eq!(doc["openapi"], "3.0.3");
+        let mut documented = Vec::new();
+        for (path, item) in doc["paths"].as_object().expect("paths") {
+            for method in item.as_object().expect("path item").keys() {
+                documented.push((method.to_uppercase(), path.clone()));
+            }
+        }
+        let mut routes: Vec<(String, String)> =
+            ROUTES.iter().map(|(m, p)| ((*m).to_string(), (*p).to_string())).collect();
+        documented.sort();
+        routes.sort();
+        assert_eq!(documented, routes);
+        // Every reference resolves.
+        let schemas = doc["components"]["schemas"].as_object().expect("schemas");
+        for reference in OPENAPI.split("\"$ref\": \"#/components/schemas/").skip(1) {
+            let name = reference.split('"').next().expect("a name");
+            assert!(schemas.contains_key(name), "{name} is referenced but not defined");
+        }
+    }
+
+    #[test]
+    fn answers_map_to_stable_codes_and_statuses() {
+        let cases = [
+            (Response::Error { code: ErrorCode::BadRequest, message: "m".into() }, 400, "bad_request"),
+            (Response::Error { code: ErrorCode::Busy, message: "m".into() }, 429, "busy"),
+            (Response::Error { code: ErrorCode::Timeout, message: "m".into() }, 504, "timeout"),
+            (Response::Error { code: ErrorCode::Unavailable, message: "m".into() }, 503, "unavailable"),
+            (Response::Error { code: ErrorCode::Refused, message: "m".into() }, 409, "refused"),
+            (
+                Response::Error { code: ErrorCode::OutcomeUnknown, message: "m".into() },
+                500,
+                "outcome_unknown",
+            ),
+            (Response::NotLeader { leader: Some(2), leader_addr: None }, 421, "not_leader"),
+            (Response::Value { value: None, applied_lsn: 3 }, 404, "not_found"),
+        ];
+        for (response, status, code) in cases {
+            let outcome = response.outcome();
+            let http = reply(response);
+            assert_eq!(http.status().as_u16(), status, "{code}");
+            if code != "not_found" {
+                assert_eq!(outcome, code);
+            }
+        }
+        let written = reply(Response::Written { lsn: 42 });
+        assert_eq!(written.headers()[SESSION_HEADER], "42");
+    }
+}
