@@ -233,6 +233,66 @@ impl Node {
     }
 }
 
+/// Runs the node configured in `path` until SIGINT or SIGTERM, logging to stderr
+/// (`THEMIS_LOG` filters), and prints one line to stdout once it serves:
+/// `themis node <id> listening: client <addr> admin <addr>`. Returns the exit code: 2 for a
+/// configuration error (the message names the key and value), 1 for a failure.
+#[must_use]
+pub fn run(path: &Path, program: &str) -> std::process::ExitCode {
+    use std::process::ExitCode;
+    let config = match NodeConfig::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{program}: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("THEMIS_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("{program}: tokio runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("{program}: signal handler: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let node = match Node::start(&config).await {
+            Ok(n) => n,
+            Err(e) => {
+                eprintln!("{program}: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        // The addresses go to stdout so scripts and tests can find a port 0 bind.
+        let admin = node.admin_addr.map_or_else(|| "off".to_string(), |a| a.to_string());
+        println!("themis node {} listening: client {} admin {admin}", config.node_id, node.client_addr);
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        match node.shutdown().await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("{program}: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
 async fn accept_clients(listener: TcpListener, tls: Option<tokio_rustls::TlsAcceptor>, shared: Arc<Shared>) {
     // A bound on open client connections: beyond it, accepting waits for one to close.
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CLIENT_CONNECTIONS));

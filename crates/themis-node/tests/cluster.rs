@@ -334,20 +334,6 @@ async fn a_plaintext_client_on_the_tls_port_is_refused() {
     assert!(err.to_string().contains("TLS"), "{err}");
 }
 
-#[test]
-fn the_demo_fails_over_and_verifies_every_acknowledged_write() {
-    let out =
-        Command::new(env!("CARGO_BIN_EXE_themis-node")).args(["demo", "--seconds", "2"]).output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("SIGKILL node"), "{stdout}");
-    assert!(stdout.contains("verified: zero acknowledged writes lost across the failover"), "{stdout}");
-    let out =
-        Command::new(env!("CARGO_BIN_EXE_themis-node")).args(["demo", "--seconds", "0"]).output().unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--seconds \"0\""));
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_follower_raises_a_heartbeat_alert_within_two_intervals_and_recovers() {
     let cluster = Cluster::start(3, 0);

@@ -1,0 +1,532 @@
+//! `themis`: run nodes and local clusters, read and write documents, benchmark, generate
+//! certificates, check a WAL, and watch a cluster fail over (`themis demo`).
+//!
+//! Errors are one line on stderr (`themis: ...`) with exit code 1; usage errors exit 2.
+
+#![allow(clippy::doc_markdown, reason = "doc comments here are clap's help text, shown as written")]
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use themis_cli::cluster::{self, ClusterFile};
+use themis_cli::demo::{self, DemoOptions};
+use themis_cli::{doctor, workload};
+use themis_node::{Client, Consistency, Request};
+
+#[derive(Parser)]
+#[command(
+    name = "themis",
+    version,
+    about = "Themis replication: a replicated JSON document store and its tools"
+)]
+#[command(after_help = "Examples:\n  themis demo\n  themis cluster up --nodes 3 --dir /tmp/themis\n  \
+themis put users ada '{\"name\":\"Ada\"}' --dir /tmp/themis\n  themis bench --clients 64 --duration 10")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Start a local cluster, write, SIGKILL the leader, and verify nothing acknowledged was lost.
+    #[command(after_help = "Examples:\n  themis demo\n  themis demo --seconds 20 --nodes 5 --mode sync\n  \
+themis demo --keep /tmp/themis   # leave the cluster running afterwards")]
+    Demo {
+        /// Seconds of writes; the leader is killed halfway.
+        #[arg(long, default_value_t = 8.0, value_parser = seconds)]
+        seconds: f64,
+        /// Cluster size.
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(3..=9))]
+        nodes: u64,
+        /// Acknowledgement mode: sync, semi_sync or async.
+        #[arg(long, default_value = "semi_sync", value_parser = ["sync", "semi_sync", "async"])]
+        mode: String,
+        /// Concurrent writers.
+        #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=4096))]
+        clients: u64,
+        /// Keep the cluster running in this directory afterwards (the killed node restarted).
+        #[arg(long, value_name = "DIR")]
+        keep: Option<PathBuf>,
+    },
+    /// Run one node until SIGINT or SIGTERM (a bad config exits with code 2).
+    #[command(after_help = "Example:\n  themis server --config /etc/themis/node-1.toml")]
+    Server {
+        /// The node's TOML configuration.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Start, stop or inspect a local cluster of background processes.
+    #[command(subcommand)]
+    Cluster(ClusterCmd),
+    /// Create or replace a JSON document.
+    #[command(after_help = "Examples:\n  themis put users ada '{\"name\":\"Ada\"}' --dir /tmp/themis\n  \
+echo '{\"n\":1}' | themis put users one - --addr 127.0.0.1:7100 --ca certs/ca.pem")]
+    Put {
+        /// The collection.
+        collection: String,
+        /// The document id.
+        id: String,
+        /// The document (JSON); `-` reads it from stdin.
+        json: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Read a document.
+    #[command(after_help = "Examples:\n  themis get users ada --dir /tmp/themis\n  \
+themis get users ada --consistency session --token 42 --dir /tmp/themis")]
+    Get {
+        /// The collection.
+        collection: String,
+        /// The document id.
+        id: String,
+        /// strong (linearizable), session (needs --token) or eventual.
+        #[arg(long, default_value = "strong", value_parser = ["strong", "session", "eventual"])]
+        consistency: String,
+        /// The session token a write printed.
+        #[arg(long)]
+        token: Option<u64>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Delete a document.
+    #[command(after_help = "Example:\n  themis delete users ada --dir /tmp/themis")]
+    Delete {
+        /// The collection.
+        collection: String,
+        /// The document id.
+        id: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Each node's role, term, LSNs, mode and replicas.
+    #[command(
+        after_help = "Examples:\n  themis status --dir /tmp/themis\n  themis status --json --addr 127.0.0.1:7100 --ca ca.pem"
+    )]
+    Status {
+        /// Print each node's status document as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Generate a cluster CA and node certificates (PEM).
+    #[command(after_help = "Example:\n  themis certs --out /etc/themis/certs --nodes 3 --cluster prod")]
+    Certs {
+        /// Where to write ca.pem, ca.key, node-<id>.pem and node-<id>.key.
+        #[arg(long)]
+        out: PathBuf,
+        /// Node ids 1 to N get a certificate.
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1000))]
+        nodes: u64,
+        /// The cluster name in the certificates.
+        #[arg(long, default_value = "themis")]
+        cluster: String,
+    },
+    /// Closed-loop write benchmark: throughput, latency and replication-lag percentiles.
+    #[command(after_help = "Examples:\n  themis bench   # against a fresh local 3-node cluster\n  \
+themis bench --clients 64 --duration 10 --value-bytes 256 --mode semi_sync --json\n  \
+themis bench --dir /tmp/themis --duration 5")]
+    Bench {
+        /// Concurrent writers, each with one write in flight.
+        #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=4096))]
+        clients: u64,
+        /// Seconds of writes.
+        #[arg(long, default_value_t = 10.0, value_parser = seconds)]
+        duration: f64,
+        /// Bytes per JSON document.
+        #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(32..=1_048_576))]
+        value_bytes: u64,
+        /// Set this acknowledgement mode (sync, semi_sync or async) before writing.
+        #[arg(long, value_parser = ["sync", "semi_sync", "async"])]
+        mode: Option<String>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Offline checks.
+    #[command(subcommand)]
+    Doctor(DoctorCmd),
+}
+
+#[derive(Subcommand)]
+enum ClusterCmd {
+    /// Start N nodes in the background (certificates, configs, data and logs in DIR).
+    #[command(after_help = "Example:\n  themis cluster up --nodes 3 --dir /tmp/themis --mode semi_sync")]
+    Up {
+        /// Nodes.
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=9))]
+        nodes: u64,
+        /// The cluster's directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Acknowledgement mode.
+        #[arg(long, default_value = "semi_sync", value_parser = ["sync", "semi_sync", "async"])]
+        mode: String,
+    },
+    /// Stop the cluster in DIR (SIGTERM, then SIGKILL after 10 s).
+    #[command(after_help = "Example:\n  themis cluster down --dir /tmp/themis")]
+    Down {
+        /// The cluster's directory.
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Which nodes of the cluster in DIR run, and their roles.
+    #[command(after_help = "Example:\n  themis cluster status --dir /tmp/themis")]
+    Status {
+        /// The cluster's directory.
+        #[arg(long)]
+        dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum DoctorCmd {
+    /// Check every segment and record of a WAL; exit 0 when healthy, 1 when not.
+    #[command(after_help = "Examples:\n  themis doctor validate-wal --dir /var/lib/themis/node-1\n  \
+themis doctor validate-wal --dir /var/lib/themis/node-1/raft/wal")]
+    ValidateWal {
+        /// A WAL directory, or a node's data directory.
+        #[arg(long)]
+        dir: PathBuf,
+    },
+}
+
+/// Where the nodes are.
+#[derive(Args)]
+struct Target {
+    /// Node client addresses (repeat or comma-separate).
+    #[arg(long, env = "THEMIS_ADDR", value_delimiter = ',')]
+    addr: Vec<SocketAddr>,
+    /// The cluster CA certificate (PEM).
+    #[arg(long, env = "THEMIS_CA")]
+    ca: Option<PathBuf>,
+    /// A cluster started with `themis cluster up` (its addresses and CA).
+    #[arg(long, env = "THEMIS_DIR", conflicts_with = "addr")]
+    dir: Option<PathBuf>,
+    /// Connect without TLS (only to nodes with insecure_plaintext = true).
+    #[arg(long, conflicts_with = "ca")]
+    insecure_plaintext: bool,
+}
+
+impl Target {
+    fn resolve(&self) -> Result<(Vec<SocketAddr>, Option<String>), String> {
+        let read_ca =
+            |path: &Path| std::fs::read_to_string(path).map_err(|e| format!("--ca {}: {e}", path.display()));
+        if let Some(dir) = &self.dir {
+            let file = ClusterFile::load(dir)?;
+            let ca = match &self.ca {
+                Some(path) => read_ca(path)?,
+                None => file.ca_pem()?,
+            };
+            return Ok((file.nodes.iter().map(|n| n.client).collect(), Some(ca)));
+        }
+        if self.addr.is_empty() {
+            return Err(
+                "no nodes given: use --dir DIR (a `themis cluster up` cluster) or --addr ADDR with --ca FILE"
+                    .into(),
+            );
+        }
+        let ca = match (&self.ca, self.insecure_plaintext) {
+            (Some(path), _) => Some(read_ca(path)?),
+            (None, true) => None,
+            (None, false) => return Err("--ca FILE is required with --addr (or --insecure-plaintext)".into()),
+        };
+        Ok((self.addr.clone(), ca))
+    }
+
+    async fn connect(&self) -> Result<Client, String> {
+        let (addrs, ca) = self.resolve()?;
+        Client::connect_any(&addrs, ca.as_deref()).await.map_err(|e| e.to_string())
+    }
+}
+
+fn seconds(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(v) if (1.0..=3600.0).contains(&v) => Ok(v),
+        _ => Err(format!("{text:?}: expected a number of seconds from 1 to 3600")),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("themis: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn exe() -> Result<PathBuf, String> {
+    std::env::current_exe().map_err(|e| format!("this program's path: {e}"))
+}
+
+fn block_on<T>(f: impl Future<Output = Result<T, String>>) -> Result<T, String> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("tokio runtime: {e}"))?
+        .block_on(f)
+}
+
+fn run(command: Cmd) -> Result<ExitCode, String> {
+    match command {
+        Cmd::Demo { seconds, nodes, mode, clients, keep } => {
+            let clients = usize::try_from(clients).map_err(|e| e.to_string())?;
+            demo::run(&exe()?, &DemoOptions { seconds, nodes, mode, clients, keep })?;
+        }
+        Cmd::Server { config } => return Ok(themis_node::server::run(&config, "themis")),
+        Cmd::Cluster(cmd) => cluster_cmd(cmd)?,
+        Cmd::Put { collection, id, json, target } => {
+            let doc = if json == "-" {
+                let mut text = String::new();
+                std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+                    .map_err(|e| format!("stdin: {e}"))?;
+                text
+            } else {
+                json
+            };
+            serde_json::from_str::<serde_json::Value>(&doc)
+                .map_err(|e| format!("the document is not JSON: {e}"))?;
+            let lsn = block_on(async {
+                target.connect().await?.put(&collection, &id, doc.as_bytes()).await.map_err(|e| e.to_string())
+            })?;
+            println!("written {collection}/{id} at LSN {lsn} (session token {lsn})");
+        }
+        Cmd::Get { collection, id, consistency, token, target } => {
+            let consistency = match (consistency.as_str(), token) {
+                ("session", Some(t)) => Consistency::Session(t),
+                ("session", None) => {
+                    return Err("--consistency session needs --token N (a write's LSN)".into());
+                }
+                ("eventual", _) => Consistency::Eventual,
+                _ => Consistency::Strong,
+            };
+            let doc = block_on(async {
+                target.connect().await?.get(&collection, &id, consistency).await.map_err(|e| e.to_string())
+            })?;
+            match doc {
+                Some(doc) => println!("{}", String::from_utf8_lossy(&doc)),
+                None => return Err(format!("{collection}/{id}: not found")),
+            }
+        }
+        Cmd::Delete { collection, id, target } => {
+            let lsn = block_on(async {
+                target.connect().await?.delete(&collection, &id).await.map_err(|e| e.to_string())
+            })?;
+            println!("deleted {collection}/{id} at LSN {lsn}");
+        }
+        Cmd::Status { json, target } => status(&target, json)?,
+        Cmd::Certs { out, nodes, cluster } => {
+            if cluster.is_empty() || cluster.len() > 255 {
+                return Err(format!("--cluster {cluster:?}: must be 1 to 255 bytes"));
+            }
+            let ids: Vec<_> = (1..=nodes).map(themis_replication::clock::NodeId).collect();
+            themis_replication::ship::tls::write_cluster_certs(&out, &cluster, &ids)
+                .map_err(|e| format!("{}: {e}", out.display()))?;
+            println!(
+                "wrote {}: ca.pem, ca.key and node-1 to node-{nodes} (.pem, .key) for cluster {cluster:?}",
+                out.display()
+            );
+        }
+        Cmd::Bench { clients, duration, value_bytes, mode, json, target } => {
+            bench(clients, duration, value_bytes, mode.as_deref(), json, &target)?;
+        }
+        Cmd::Doctor(DoctorCmd::ValidateWal { dir }) => {
+            let (wal, report) = doctor::validate(&dir)?;
+            println!("{}", doctor::render(&wal, &report));
+            if !report.is_healthy() {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cluster_cmd(cmd: ClusterCmd) -> Result<(), String> {
+    match cmd {
+        ClusterCmd::Up { nodes, dir, mode } => {
+            let (file, _children) = cluster::start(&exe()?, &dir, nodes, &mode, false)?;
+            for n in &file.nodes {
+                println!(
+                    "node {}: pid {}, client {}, admin https://{}, log {}",
+                    n.id,
+                    n.pid,
+                    n.client,
+                    n.admin,
+                    n.log.display()
+                );
+            }
+            println!(
+                "cluster of {nodes} up in {} ({mode}); try `themis status --dir {}`",
+                dir.display(),
+                dir.display()
+            );
+        }
+        ClusterCmd::Down { dir } => {
+            let stopped = cluster::stop(&dir, Duration::from_secs(10))?;
+            if stopped.is_empty() {
+                println!("no node of the cluster in {} was running", dir.display());
+            } else {
+                println!("stopped nodes {stopped:?} of the cluster in {}", dir.display());
+            }
+        }
+        ClusterCmd::Status { dir } => {
+            let file = ClusterFile::load(&dir)?;
+            let ca = file.ca_pem()?;
+            block_on(async {
+                for n in &file.nodes {
+                    let state = if cluster::alive(n.pid) {
+                        match node_status(n.client, Some(&ca)).await {
+                            Ok(s) => summary(&s),
+                            Err(e) => format!("running, not answering: {e}"),
+                        }
+                    } else {
+                        "stopped".to_string()
+                    };
+                    println!("node {} (pid {}, client {}): {state}", n.id, n.pid, n.client);
+                }
+                Ok(())
+            })?;
+        }
+    }
+    Ok(())
+}
+
+async fn node_status(addr: SocketAddr, ca: Option<&str>) -> Result<serde_json::Value, String> {
+    let client = Client::connect(addr, ca).await.map_err(|e| e.to_string())?;
+    client.status().await.map_err(|e| e.to_string())
+}
+
+fn summary(s: &serde_json::Value) -> String {
+    let st = &s["status"];
+    let mut line = format!(
+        "{} term {} leader {} commit {} applied {} mode {}",
+        st["role"].as_str().unwrap_or("?"),
+        st["term"],
+        st["leader"],
+        st["commit_lsn"],
+        st["applied_lsn"],
+        st["mode"].as_str().unwrap_or("?")
+    );
+    if let Some(replicas) = st["replicas"].as_array().filter(|r| !r.is_empty()) {
+        let parts: Vec<String> = replicas
+            .iter()
+            .filter(|r| r["id"] != st["id"])
+            .map(|r| {
+                format!(
+                    "{}: match {} lag {} LSNs / {} ms{}",
+                    r["id"],
+                    r["match_lsn"],
+                    r["lag_lsns"],
+                    r["lag_ms"],
+                    if r["healthy"] == true { "" } else { " UNHEALTHY" }
+                )
+            })
+            .collect();
+        let _ = write!(line, "; replicas [{}]", parts.join(", "));
+    }
+    line
+}
+
+fn status(target: &Target, json: bool) -> Result<(), String> {
+    let (addrs, ca) = target.resolve()?;
+    block_on(async {
+        let mut docs = Vec::new();
+        let mut answered = 0;
+        for addr in &addrs {
+            match node_status(*addr, ca.as_deref()).await {
+                Ok(s) => {
+                    answered += 1;
+                    if json {
+                        docs.push(s);
+                    } else {
+                        println!("{addr}: {}", summary(&s));
+                    }
+                }
+                Err(e) if json => docs.push(serde_json::json!({ "addr": addr.to_string(), "error": e })),
+                Err(e) => println!("{addr}: not answering: {e}"),
+            }
+        }
+        if json {
+            println!("{}", serde_json::to_string_pretty(&docs).map_err(|e| e.to_string())?);
+        }
+        if answered == 0 {
+            return Err("no node answered".into());
+        }
+        Ok(())
+    })
+}
+
+fn bench(
+    clients: u64,
+    duration: f64,
+    value_bytes: u64,
+    mode: Option<&str>,
+    json: bool,
+    target: &Target,
+) -> Result<(), String> {
+    let spec = workload::Spec {
+        clients: usize::try_from(clients).map_err(|e| e.to_string())?,
+        duration: Duration::from_secs_f64(duration),
+        value_bytes: usize::try_from(value_bytes).map_err(|e| e.to_string())?,
+        collection: "bench".into(),
+    };
+    // Without a target, a fresh local 3-node cluster that lives as long as the bench.
+    let own = if target.dir.is_none() && target.addr.is_empty() {
+        let dir = std::env::temp_dir().join(format!("themis-bench-{}", std::process::id()));
+        let (file, children) = cluster::start(&exe()?, &dir, 3, mode.unwrap_or("semi_sync"), true)?;
+        Some((dir, file, cluster::Procs(children.into_iter().map(Some).collect())))
+    } else {
+        None
+    };
+    let (addrs, ca) = match &own {
+        Some((_, file, _)) => (file.nodes.iter().map(|n| n.client).collect(), Some(file.ca_pem()?)),
+        None => target.resolve()?,
+    };
+    let report = block_on(async {
+        let client = Client::connect_any(&addrs, ca.as_deref()).await.map_err(|e| e.to_string())?;
+        if let Some(mode) = mode {
+            let min_sync_replicas = u32::from(mode != "async");
+            client
+                .admin(Request::SetMode { mode: mode.to_string(), min_sync_replicas })
+                .await
+                .map_err(|e| format!("--mode {mode}: {e}"))?;
+        }
+        if !json {
+            eprintln!(
+                "themis bench: {} clients for {duration} s against {} nodes",
+                spec.clients,
+                addrs.len()
+            );
+        }
+        let outcome = workload::run(&addrs, ca.as_deref(), &spec, || None).await;
+        let mut clients = Vec::new();
+        for addr in &addrs {
+            clients.push(Client::connect(*addr, ca.as_deref()).await.ok());
+        }
+        let ratio =
+            workload::leader_status(&clients).await.and_then(|(_, s)| workload::compression_ratio(&s));
+        Ok(outcome.report(&spec, ratio))
+    })?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?);
+    } else {
+        println!("{report}");
+    }
+    if let Some((dir, _, procs)) = own {
+        drop(procs);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    if report.writes == 0 {
+        return Err("no write was acknowledged".into());
+    }
+    Ok(())
+}

@@ -1,0 +1,335 @@
+//! A closed-loop write workload: `clients` writers, each with one write in flight, for a
+//! duration, with a progress bar, replication-lag samples from the leader, and a report
+//! (throughput, latency and lag percentiles, compression ratio).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+use themis_node::Client;
+use themis_node::stats::percentile;
+
+/// A replica the leader has not heard from for this long is down, not lagging: its lag
+/// is left out of the samples.
+pub const IN_CONTACT_MS: u64 = 1000;
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct Spec {
+    /// Concurrent writers (closed loop: each waits for its write's acknowledgement).
+    pub clients: usize,
+    /// How long to write.
+    pub duration: Duration,
+    /// Bytes per document (JSON, at least 32).
+    pub value_bytes: usize,
+    /// The collection written.
+    pub collection: String,
+}
+
+/// One acknowledged write.
+#[derive(Debug, Clone)]
+pub struct Acked {
+    /// Its document id.
+    pub key: String,
+    /// Its session token (LSN).
+    pub token: u64,
+    /// When it was sent.
+    pub sent: Instant,
+    /// When it was acknowledged.
+    pub done: Instant,
+}
+
+/// What a run produced.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// Every acknowledged write.
+    pub acked: Vec<Acked>,
+    /// Writes that failed (not acknowledged: an error or an unknown outcome).
+    pub failed: u64,
+    /// Replication lag samples (ms) of every replica in contact with the leader, taken
+    /// from the leader every 50 ms.
+    pub lag_ms: Vec<u64>,
+    /// How long it wrote.
+    pub elapsed: Duration,
+}
+
+/// The figures a run is reported with.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// Writers.
+    pub clients: usize,
+    /// Bytes per document.
+    pub value_bytes: usize,
+    /// Seconds of writing.
+    pub seconds: f64,
+    /// Acknowledged writes.
+    pub writes: usize,
+    /// Failed writes.
+    pub failed: u64,
+    /// Acknowledged writes per second.
+    pub writes_per_sec: f64,
+    /// Write latency percentiles, ms.
+    pub latency_ms: Percentiles,
+    /// Replication lag percentiles, ms (from the leader's view of each replica).
+    pub lag_ms: Percentiles,
+    /// Payload bytes over wire bytes the leader sent its peers.
+    pub compression_ratio: Option<f64>,
+}
+
+/// p50, p99 and p99.9.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Percentiles {
+    /// Median.
+    pub p50: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// 99.9th percentile.
+    pub p999: f64,
+}
+
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
+}
+
+impl Percentiles {
+    fn of(sorted: &[Duration]) -> Percentiles {
+        Percentiles {
+            p50: ms(percentile(sorted, 0.5)),
+            p99: ms(percentile(sorted, 0.99)),
+            p999: ms(percentile(sorted, 0.999)),
+        }
+    }
+}
+
+impl Outcome {
+    /// The report of this run, with the compression ratio if known.
+    #[must_use]
+    pub fn report(&self, spec: &Spec, compression_ratio: Option<f64>) -> Report {
+        let mut latencies: Vec<Duration> = self.acked.iter().map(|a| a.done - a.sent).collect();
+        latencies.sort_unstable();
+        let mut lag: Vec<Duration> = self.lag_ms.iter().map(|&m| Duration::from_millis(m)).collect();
+        lag.sort_unstable();
+        let seconds = self.elapsed.as_secs_f64();
+        Report {
+            clients: spec.clients,
+            value_bytes: spec.value_bytes,
+            seconds: (seconds * 100.0).round() / 100.0,
+            writes: self.acked.len(),
+            failed: self.failed,
+            writes_per_sec: if seconds > 0.0 { (self.acked.len() as f64 / seconds).round() } else { 0.0 },
+            latency_ms: Percentiles::of(&latencies),
+            lag_ms: Percentiles::of(&lag),
+            compression_ratio,
+        }
+    }
+}
+
+impl std::fmt::Display for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (l, g) = (self.latency_ms, self.lag_ms);
+        writeln!(
+            f,
+            "  {} writes acknowledged in {:.1} s: {:.0} writes/s ({} clients, {}-byte documents, {} failed)",
+            self.writes, self.seconds, self.writes_per_sec, self.clients, self.value_bytes, self.failed
+        )?;
+        writeln!(f, "  write latency ms: p50 {} p99 {} p99.9 {}", l.p50, l.p99, l.p999)?;
+        write!(
+            f,
+            "  replication lag ms (replicas in contact): p50 {} p99 {} p99.9 {}",
+            g.p50, g.p99, g.p999
+        )?;
+        if let Some(r) = self.compression_ratio {
+            write!(f, "\n  compression ratio (payload / wire bytes to peers): {r:.2}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A JSON document of exactly `bytes` bytes (at least its fields' size).
+#[must_use]
+pub fn document(writer: usize, n: u64, bytes: usize) -> Vec<u8> {
+    let head = format!(r#"{{"writer":{writer},"n":{n},"pad":""#);
+    let pad = bytes.saturating_sub(head.len() + 2);
+    let mut doc = head.into_bytes();
+    doc.resize(doc.len() + pad, b'x');
+    doc.extend_from_slice(b"\"}");
+    doc
+}
+
+/// The leader's status among `addrs`, if one answers as leader.
+pub async fn leader_status(clients: &[Option<Client>]) -> Option<(usize, serde_json::Value)> {
+    for (i, client) in clients.iter().enumerate() {
+        if let Some(c) = client
+            && let Ok(s) = c.status().await
+            && s["status"]["role"] == "Leader"
+        {
+            return Some((i, s));
+        }
+    }
+    None
+}
+
+/// The leader's compression ratio so far (payload over wire bytes sent to peers).
+#[must_use]
+pub fn compression_ratio(status: &serde_json::Value) -> Option<f64> {
+    let c = &status["status"]["counters"];
+    let (payload, wire) = (c["sent_payload_bytes"].as_f64()?, c["sent_wire_bytes"].as_f64()?);
+    (wire > 0.0).then(|| (payload / wire * 100.0).round() / 100.0)
+}
+
+/// A progress bar over `duration` (hidden when stderr is not a terminal).
+#[must_use]
+pub fn progress(duration: Duration) -> ProgressBar {
+    let bar = ProgressBar::new(u64::try_from(duration.as_millis()).unwrap_or(u64::MAX));
+    bar.set_style(
+        ProgressStyle::with_template("  [{bar:40}] {elapsed:>3} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar
+}
+
+/// Runs `spec` against the nodes at `addrs`. Halfway through, `halfway` is called (the
+/// demo kills the leader there); it returns the addresses still to sample lag from.
+pub async fn run(
+    addrs: &[SocketAddr],
+    ca: Option<&str>,
+    spec: &Spec,
+    halfway: impl FnOnce() -> Option<usize>,
+) -> Outcome {
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked: Arc<Mutex<Vec<Acked>>> = Arc::default();
+    let failed = Arc::new(AtomicU64::new(0));
+    let mut writers = Vec::new();
+    for w in 0..spec.clients {
+        let (stop, acked, failed) = (stop.clone(), acked.clone(), failed.clone());
+        let (ca, spec) = (ca.map(str::to_string), spec.clone());
+        let mut order = addrs.to_vec();
+        order.rotate_left(w % addrs.len().max(1));
+        writers.push(tokio::spawn(async move {
+            let Ok(client) = Client::connect_any(&order, ca.as_deref()).await else {
+                failed.fetch_add(1, Ordering::Relaxed);
+                return;
+            };
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let key = format!("w{w}-{n}");
+                let value = document(w, n, spec.value_bytes);
+                let sent = Instant::now();
+                match client.put(&spec.collection, &key, &value).await {
+                    Ok(token) => acked.lock().unwrap_or_else(PoisonError::into_inner).push(Acked {
+                        key,
+                        token,
+                        sent,
+                        done: Instant::now(),
+                    }),
+                    Err(_) => {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                n += 1;
+            }
+        }));
+    }
+    // Lag samples from whichever node leads.
+    let lag: Arc<Mutex<Vec<u64>>> = Arc::default();
+    let dead: Arc<Mutex<Option<usize>>> = Arc::default();
+    let sampler = {
+        let (stop, lag, dead) = (stop.clone(), lag.clone(), dead.clone());
+        let (addrs, ca) = (addrs.to_vec(), ca.map(str::to_string));
+        tokio::spawn(async move {
+            let mut clients = Vec::new();
+            for addr in &addrs {
+                clients.push(Client::connect(*addr, ca.as_deref()).await.ok());
+            }
+            while !stop.load(Ordering::Relaxed) {
+                if let Some(i) = *dead.lock().unwrap_or_else(PoisonError::into_inner) {
+                    clients[i] = None;
+                }
+                if let Some((_, s)) = leader_status(&clients).await
+                    && let Some(replicas) = s["status"]["replicas"].as_array()
+                {
+                    let mut samples = lag.lock().unwrap_or_else(PoisonError::into_inner);
+                    // The leader's own row (if any) is not a replica, and a replica out of
+                    // contact for a second is down (the demo's killed node), not lagging.
+                    let leader = s["status"]["id"].as_u64();
+                    samples.extend(
+                        replicas
+                            .iter()
+                            .filter(|r| r["id"].as_u64() != leader)
+                            .filter(|r| r["last_contact_ms"].as_u64().is_some_and(|ms| ms < IN_CONTACT_MS))
+                            .filter_map(|r| r["lag_ms"].as_u64()),
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+    let bar = progress(spec.duration);
+    let started = Instant::now();
+    let ticker = {
+        let (bar, acked, stop) = (bar.clone(), acked.clone(), stop.clone());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let n = acked.lock().unwrap_or_else(PoisonError::into_inner).len();
+                let secs = started.elapsed().as_secs_f64().max(0.001);
+                bar.set_position(u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX));
+                bar.set_message(format!("{n} writes, {:.0}/s", n as f64 / secs));
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    tokio::time::sleep(spec.duration / 2).await;
+    *dead.lock().unwrap_or_else(PoisonError::into_inner) = halfway();
+    tokio::time::sleep(spec.duration.saturating_sub(started.elapsed())).await;
+    stop.store(true, Ordering::Relaxed);
+    let elapsed = started.elapsed();
+    for w in writers {
+        let _ = w.await;
+    }
+    let _ = sampler.await;
+    let _ = ticker.await;
+    bar.finish_and_clear();
+    let acked = std::mem::take(&mut *acked.lock().unwrap_or_else(PoisonError::into_inner));
+    let lag_ms = std::mem::take(&mut *lag.lock().unwrap_or_else(PoisonError::into_inner));
+    Outcome { acked, failed: failed.load(Ordering::Relaxed), lag_ms, elapsed }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn documents_are_json_of_the_asked_size() {
+        for bytes in [32, 256, 4096] {
+            let doc = document(7, 123, bytes);
+            assert_eq!(doc.len(), bytes);
+            let v: serde_json::Value = serde_json::from_slice(&doc).unwrap();
+            assert_eq!((v["writer"].as_u64(), v["n"].as_u64()), (Some(7), Some(123)));
+        }
+    }
+
+    #[test]
+    fn reports_hold_percentiles_and_ratio() {
+        let now = Instant::now();
+        let acked = (1..=100u64)
+            .map(|i| Acked { key: i.to_string(), token: i, sent: now, done: now + Duration::from_millis(i) })
+            .collect();
+        let outcome = Outcome { acked, failed: 2, lag_ms: vec![1, 2, 3, 4], elapsed: Duration::from_secs(2) };
+        let spec =
+            Spec { clients: 4, duration: Duration::from_secs(2), value_bytes: 256, collection: "c".into() };
+        let report = outcome.report(&spec, Some(1.5));
+        assert_eq!((report.writes, report.failed, report.writes_per_sec), (100, 2, 50.0));
+        assert!((report.latency_ms.p50 - 50.0).abs() < 1e-9 && (report.latency_ms.p99 - 99.0).abs() < 1e-9);
+        assert!((report.lag_ms.p99 - 4.0).abs() < 1e-9);
+        let text = report.to_string();
+        assert!(text.contains("50 writes/s") && text.contains("compression ratio"), "{text}");
+        let status =
+            serde_json::json!({"status": {"counters": {"sent_payload_bytes": 300, "sent_wire_bytes": 200}}});
+        assert_eq!(compression_ratio(&status), Some(1.5));
+        assert_eq!(compression_ratio(&serde_json::json!({})), None);
+    }
+}

@@ -1,0 +1,248 @@
+//! The `themis` binary end to end: every subcommand's happy path and its bad-input path,
+//! against real node processes where it talks to a cluster.
+
+use std::path::Path;
+use std::process::Output;
+
+use assert_cmd::Command;
+
+fn themis() -> Command {
+    let mut cmd = Command::cargo_bin("themis").unwrap();
+    for var in ["THEMIS_ADDR", "THEMIS_CA", "THEMIS_DIR"] {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
+fn run(args: &[&str]) -> Output {
+    themis().args(args).output().unwrap()
+}
+
+fn text(out: &Output) -> (String, String) {
+    (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[track_caller]
+fn ok(args: &[&str]) -> String {
+    let out = run(args);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "themis {args:?}: {}\n{stdout}\n{stderr}", out.status);
+    stdout
+}
+
+/// Runs a command that must fail with `code`, one line on stderr containing `needle`.
+#[track_caller]
+fn fails(args: &[&str], code: i32, needle: &str) {
+    let out = run(args);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(code), "themis {args:?}: {stdout}\n{stderr}");
+    assert!(stderr.contains(needle), "themis {args:?}: wanted {needle:?} in {stderr}");
+}
+
+#[test]
+fn every_command_has_help_with_an_example() {
+    for args in [
+        vec![],
+        vec!["demo"],
+        vec!["server"],
+        vec!["cluster", "up"],
+        vec!["cluster", "down"],
+        vec!["cluster", "status"],
+        vec!["put"],
+        vec!["get"],
+        vec!["delete"],
+        vec!["status"],
+        vec!["certs"],
+        vec!["bench"],
+        vec!["doctor", "validate-wal"],
+    ] {
+        let mut args = args.clone();
+        args.push("--help");
+        let help = ok(&args);
+        assert!(help.contains("Example"), "themis {args:?} has no example:\n{help}");
+    }
+    fails(&["frobnicate"], 2, "unrecognized subcommand");
+}
+
+#[test]
+fn certs_writes_a_ca_and_node_certificates_and_refuses_bad_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("certs");
+    let stdout = ok(&["certs", "--out", out.to_str().unwrap(), "--nodes", "3", "--cluster", "prod"]);
+    assert!(stdout.contains("node-3"), "{stdout}");
+    for file in ["ca.pem", "ca.key", "node-1.pem", "node-1.key", "node-3.pem", "node-3.key"] {
+        let body = std::fs::read_to_string(out.join(file)).unwrap();
+        assert!(body.contains("-----BEGIN"), "{file}");
+    }
+    fails(&["certs", "--out", out.to_str().unwrap(), "--nodes", "0"], 2, "--nodes");
+    fails(&["certs", "--out", "/proc/themis-cannot/x", "--nodes", "1"], 1, "themis: /proc/themis-cannot/x");
+}
+
+fn write_wal(dir: &Path, n: u64) {
+    use themis_replication::wal::{NewEntry, Wal, WalConfig};
+    let config = WalConfig { segment_bytes: 8192, max_record_bytes: 4096, ..WalConfig::default() };
+    let (wal, _) = Wal::open(dir, config).unwrap();
+    for i in 0..n {
+        let payload = bytes::Bytes::from(format!("{{\"n\":{i},\"pad\":\"{}\"}}", "p".repeat(100)));
+        wal.append(&[NewEntry::data(themis_replication::clock::Timestamp::ZERO, payload)]).unwrap();
+    }
+}
+
+#[test]
+fn doctor_validate_wal_reports_each_problem_and_its_exit_code_says_healthy_or_not() {
+    let dir = tempfile::tempdir().unwrap();
+    // A node data directory: the WAL lives in raft/wal.
+    let wal = dir.path().join("raft").join("wal");
+    std::fs::create_dir_all(&wal).unwrap();
+    write_wal(&wal, 200);
+    let stdout = ok(&["doctor", "validate-wal", "--dir", dir.path().to_str().unwrap()]);
+    assert!(stdout.contains("200 records (LSN 1 to 200)") && stdout.contains("healthy"), "{stdout}");
+
+    let mut segments: Vec<_> = std::fs::read_dir(&wal).unwrap().map(|e| e.unwrap().path()).collect();
+    segments.sort();
+    let first = &segments[0];
+    let mut bytes = std::fs::read(first).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x10;
+    std::fs::write(first, bytes).unwrap();
+    let out = run(&["doctor", "validate-wal", "--dir", wal.to_str().unwrap()]);
+    let (stdout, _) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    let problem = stdout.lines().find(|l| l.starts_with("problem:")).expect("a problem line");
+    assert!(
+        problem.contains(&first.display().to_string())
+            && problem.contains("offset")
+            && problem.contains("LSN"),
+        "{problem}"
+    );
+    assert!(stdout.contains("refuses to open it"), "{stdout}");
+
+    fails(&["doctor", "validate-wal", "--dir", "/nonexistent/themis"], 1, "not a directory");
+    let empty = tempfile::tempdir().unwrap();
+    fails(&["doctor", "validate-wal", "--dir", empty.path().to_str().unwrap()], 1, "no WAL segments");
+    fails(&["doctor", "validate-wal"], 2, "--dir");
+}
+
+#[test]
+fn server_with_a_bad_config_exits_2_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("node.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "node_id = 1\ndata_dir = \"{}\"\nraft_addr = \"127.0.0.1:0\"\nclient_addr = \"127.0.0.1:0\"\ninsecure_plaintext = true\n\
+             [replication]\nmode = \"sometimes\"\n[[peers]]\nid = 1\nraft_addr = \"127.0.0.1:1\"\nclient_addr = \"127.0.0.1:2\"\n",
+            dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    fails(&["server", "--config", config.to_str().unwrap()], 2, "replication.mode = \"sometimes\"");
+    fails(&["server", "--config", "/nonexistent.toml"], 2, "/nonexistent.toml");
+}
+
+#[test]
+fn commands_without_a_cluster_say_how_to_name_one() {
+    fails(&["get", "c", "k"], 1, "no nodes given: use --dir DIR");
+    fails(&["put", "c", "k", "{}", "--addr", "127.0.0.1:9"], 1, "--ca FILE is required");
+    let dir = tempfile::tempdir().unwrap();
+    fails(&["status", "--dir", dir.path().to_str().unwrap()], 1, "cluster.json");
+    fails(&["cluster", "down", "--dir", dir.path().to_str().unwrap()], 1, "cluster.json");
+    fails(&["get", "c", "k", "--addr", "not-an-address"], 2, "--addr");
+    fails(&["bench", "--clients", "0"], 2, "--clients");
+    fails(&["bench", "--duration", "0.1"], 2, "seconds from 1 to 3600");
+    fails(&["demo", "--seconds", "0"], 2, "seconds from 1 to 3600");
+    fails(&["demo", "--nodes", "2"], 2, "--nodes");
+}
+
+/// Stops the cluster in a directory when dropped (a failed test leaves no processes).
+struct Up<'a>(&'a str);
+
+impl Drop for Up<'_> {
+    fn drop(&mut self) {
+        let _ = run(&["cluster", "down", "--dir", self.0]);
+    }
+}
+
+#[test]
+fn a_cluster_comes_up_serves_documents_benchmarks_and_goes_down() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("cluster");
+    let dir = dir.to_str().unwrap();
+    let stdout = ok(&["cluster", "up", "--nodes", "3", "--dir", dir]);
+    let _up = Up(dir);
+    assert!(stdout.contains("cluster of 3 up"), "{stdout}");
+    fails(&["cluster", "up", "--nodes", "3", "--dir", dir], 1, "already running");
+
+    // Documents through any node, in every consistency.
+    let written = ok(&["put", "users", "ada", r#"{"name":"Ada"}"#, "--dir", dir]);
+    let token: String =
+        written.split("session token ").nth(1).unwrap().trim_end_matches([')', '\n']).to_string();
+    assert_eq!(ok(&["get", "users", "ada", "--dir", dir]).trim(), r#"{"name":"Ada"}"#);
+    let session = ok(&["get", "users", "ada", "--consistency", "session", "--token", &token, "--dir", dir]);
+    assert_eq!(session.trim(), r#"{"name":"Ada"}"#);
+    fails(&["get", "users", "ada", "--consistency", "session", "--dir", dir], 1, "needs --token");
+    fails(&["get", "users", "nobody", "--dir", dir], 1, "users/nobody: not found");
+    fails(&["put", "users", "bad", "{not json", "--dir", dir], 1, "not JSON");
+    let piped = themis()
+        .args(["put", "users", "stdin", "-", "--dir", dir])
+        .write_stdin(r#"{"from":"stdin"}"#)
+        .output()
+        .unwrap();
+    assert!(piped.status.success(), "{:?}", text(&piped));
+    assert!(ok(&["delete", "users", "ada", "--dir", dir]).contains("deleted users/ada"));
+    fails(&["get", "users", "ada", "--consistency", "strong", "--dir", dir], 1, "not found");
+
+    // Status: one leader among the nodes, as text and JSON.
+    let status = ok(&["status", "--dir", dir]);
+    assert_eq!(status.matches("Leader term").count(), 1, "{status}");
+    let json: serde_json::Value = serde_json::from_str(&ok(&["status", "--json", "--dir", dir])).unwrap();
+    assert_eq!(json.as_array().unwrap().len(), 3);
+    let cluster_status = ok(&["cluster", "status", "--dir", dir]);
+    assert_eq!(cluster_status.lines().count(), 3, "{cluster_status}");
+
+    // A short bench with a mode change, as JSON.
+    let report = ok(&[
+        "bench",
+        "--clients",
+        "8",
+        "--duration",
+        "2",
+        "--value-bytes",
+        "128",
+        "--mode",
+        "sync",
+        "--json",
+        "--dir",
+        dir,
+    ]);
+    let report: serde_json::Value = serde_json::from_str(&report).unwrap();
+    assert!(report["writes"].as_u64().unwrap() > 0, "{report}");
+    assert!(report["writes_per_sec"].as_f64().unwrap() > 0.0, "{report}");
+    assert!(report["latency_ms"]["p99"].as_f64().unwrap() > 0.0, "{report}");
+    assert!(report["lag_ms"]["p99"].is_number(), "{report}");
+    assert!(ok(&["status", "--dir", dir]).contains("mode SYNC"), "the bench's mode is the cluster's");
+
+    // Down: every process ends; the commands then say no node answers.
+    let down = ok(&["cluster", "down", "--dir", dir]);
+    assert!(down.contains("stopped nodes [1, 2, 3]"), "{down}");
+    let file: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(Path::new(dir).join("cluster.json")).unwrap()).unwrap();
+    for node in file["nodes"].as_array().unwrap() {
+        let pid = u32::try_from(node["pid"].as_u64().unwrap()).unwrap();
+        assert!(!themis_cli::cluster::alive(pid), "pid {pid} still runs");
+    }
+    assert!(ok(&["cluster", "status", "--dir", dir]).matches("stopped").count() == 3);
+    fails(&["status", "--dir", dir], 1, "no node answered");
+}
+
+#[test]
+fn the_demo_in_short_mode_fails_over_and_verifies_every_acknowledged_write() {
+    let stdout = ok(&["demo", "--seconds", "3", "--clients", "16"]);
+    assert!(stdout.contains("SIGKILL node"), "{stdout}");
+    assert!(stdout.contains("took over"), "{stdout}");
+    assert!(
+        stdout.contains("writes/s") && stdout.contains("p99") && stdout.contains("compression ratio"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("verified: zero acknowledged writes lost across the failover"), "{stdout}");
+}
