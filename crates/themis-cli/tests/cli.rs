@@ -246,3 +246,19 @@ fn the_demo_in_short_mode_fails_over_and_verifies_every_acknowledged_write() {
     );
     assert!(stdout.contains("verified: zero acknowledged writes lost across the failover"), "{stdout}");
 }
+
+#[test]
+fn the_demo_can_leave_its_cluster_running_whole() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("kept");
+    let dir = dir.to_str().unwrap();
+    let stdout = ok(&["demo", "--seconds", "2", "--clients", "4", "--keep", dir]);
+    let _up = Up(dir);
+    assert!(stdout.contains("verified: zero acknowledged writes lost"), "{stdout}");
+    assert!(stdout.contains("restarted; the cluster keeps running"), "{stdout}");
+    // All three nodes run (the killed one restarted) and serve the demo's documents.
+    let status = ok(&["cluster", "status", "--dir", dir]);
+    assert_eq!(status.matches("stopped").count(), 0, "{status}");
+    assert!(ok(&["get", "demo", "w0-0", "--dir", dir]).contains("\"writer\":0"));
+    assert!(ok(&["cluster", "down", "--dir", dir]).contains("stopped nodes [1, 2, 3]"));
+}
