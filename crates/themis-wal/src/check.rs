@@ -80,18 +80,8 @@ impl CheckReport {
 pub fn check(dir: impl AsRef<Path>, max_record: usize) -> Result<CheckReport, WalError> {
     let dir = dir.as_ref();
     let mut report = CheckReport::default();
-    let mut files = Vec::new();
-    for item in fs::read_dir(dir).map_err(WalError::io("read directory", dir))? {
-        let item = item.map_err(WalError::io("read directory", dir))?;
-        let name = item.file_name();
-        let Some(name) = name.to_str() else { continue };
-        if let Some(id) = segment::parse_file_name(name) {
-            files.push((id, item.path()));
-        } else if name.ends_with(".wal.tmp") {
-            report.temp_files.push(item.path());
-        }
-    }
-    files.sort_unstable();
+    let (files, temp_files) = crate::recovery::files(dir)?;
+    report.temp_files = temp_files;
     report.segments = files.len();
     // (segment id, the LSN after its last record) of the previous readable segment.
     let mut prev: Option<(u64, Lsn)> = None;

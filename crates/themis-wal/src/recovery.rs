@@ -94,9 +94,13 @@ fn cut(path: &Path, offset: u64) -> Result<(), WalError> {
     file.sync_all().map_err(WalError::io("fsync", path))
 }
 
-/// Lists the segment files of `dir` by id, removing leftover temporary files.
-pub(crate) fn list(dir: &Path, report: &mut RecoveryReport) -> Result<Vec<(u64, PathBuf)>, WalError> {
-    let mut segments = Vec::new();
+/// Segment files by id.
+pub(crate) type Segments = Vec<(u64, PathBuf)>;
+
+/// The segment files of `dir` by id, and leftover temporary files of an interrupted
+/// segment creation. Reads only.
+pub(crate) fn files(dir: &Path) -> Result<(Segments, Vec<PathBuf>), WalError> {
+    let (mut segments, mut temps) = (Vec::new(), Vec::new());
     for item in fs::read_dir(dir).map_err(WalError::io("read directory", dir))? {
         let item = item.map_err(WalError::io("read directory", dir))?;
         let name = item.file_name();
@@ -104,11 +108,20 @@ pub(crate) fn list(dir: &Path, report: &mut RecoveryReport) -> Result<Vec<(u64, 
         if let Some(id) = segment::parse_file_name(name) {
             segments.push((id, item.path()));
         } else if name.ends_with(".wal.tmp") {
-            fs::remove_file(item.path()).map_err(WalError::io("remove", item.path()))?;
-            report.removed_temp_files.push(item.path());
+            temps.push(item.path());
         }
     }
     segments.sort_unstable();
+    Ok((segments, temps))
+}
+
+/// Lists the segment files of `dir` by id, removing leftover temporary files.
+pub(crate) fn list(dir: &Path, report: &mut RecoveryReport) -> Result<Segments, WalError> {
+    let (segments, temps) = files(dir)?;
+    for temp in temps {
+        fs::remove_file(&temp).map_err(WalError::io("remove", &temp))?;
+        report.removed_temp_files.push(temp);
+    }
     Ok(segments)
 }
 
