@@ -36,7 +36,46 @@ pub struct LocalCluster {
     pub nodes: Vec<LocalNode>,
 }
 
+/// The kernel's ephemeral port range (where outgoing connections take their local ports).
+fn ephemeral_ports() -> (u16, u16) {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|text| {
+            let mut parts = text.split_whitespace().map(|p| p.parse::<u16>().ok());
+            Some((parts.next()??, parts.next()??))
+        })
+        .unwrap_or((32768, 60999))
+}
+
+/// A free port on 127.0.0.1 outside the ephemeral range: a port the kernel hands out for
+/// `bind(0)` or an outgoing connection can be taken by another test's client between this
+/// check and the node's own bind; ports below the range are only taken by listeners.
+/// Candidates start at a per-process random point and move on, so concurrent callers in
+/// one process never pick the same port and processes rarely do.
 fn free_addr() -> std::io::Result<SocketAddr> {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let (low, _) = ephemeral_ports();
+    let (first, span) = (10_000u32, u32::from(low).saturating_sub(10_000).max(1));
+    if NEXT.load(Ordering::Relaxed) == u32::MAX {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let _ = NEXT.compare_exchange(
+            u32::MAX,
+            (std::process::id() ^ nanos) % span,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+    }
+    for _ in 0..span {
+        let offset = NEXT.fetch_add(1, Ordering::Relaxed) % span;
+        let Ok(port) = u16::try_from(first + offset) else { continue };
+        if let Ok(listener) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            return listener.local_addr();
+        }
+    }
+    // Every port below the range is taken: fall back to one the kernel picks.
     std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()
 }
 
@@ -103,6 +142,14 @@ impl LocalCluster {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn free_ports_lie_below_the_ephemeral_range_and_differ() {
+        let (low, _) = ephemeral_ports();
+        let ports: std::collections::BTreeSet<u16> = (0..200).map(|_| free_addr().unwrap().port()).collect();
+        assert_eq!(ports.len(), 200, "no port handed out twice");
+        assert!(ports.iter().all(|p| *p < low && *p >= 10_000), "{ports:?}");
+    }
 
     #[test]
     fn every_written_config_loads() {
