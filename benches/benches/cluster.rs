@@ -25,11 +25,7 @@ const CLIENTS: usize = 64;
 const VALUE_BYTES: usize = 256;
 
 fn value(i: u64) -> Vec<u8> {
-    let head = format!(r#"{{"seq":{i},"user":"user-{}","pad":""#, i % 1000);
-    let mut v = head.into_bytes();
-    v.resize(VALUE_BYTES - 2, b'x');
-    v.extend_from_slice(b"\"}");
-    v
+    themis_node::stats::document(0, i, VALUE_BYTES)
 }
 
 async fn start_cluster(dir: &std::path::Path) -> (Vec<Node>, String) {

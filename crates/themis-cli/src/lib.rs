@@ -4,7 +4,7 @@
 //! `themis doctor validate-wal` ([`doctor`]).
 //!
 //! ```
-//! use themis_cli::workload::document;
+//! use themis_node::stats::document;
 //!
 //! // The bench writes JSON documents of exactly the size asked for.
 //! let doc = document(3, 42, 256);

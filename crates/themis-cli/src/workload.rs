@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use themis_node::Client;
-use themis_node::stats::percentile;
+use themis_node::stats::{document, percentile};
 
 /// A replica the leader has not heard from for this long is down, not lagging: its lag
 /// is left out of the samples.
@@ -142,17 +142,6 @@ impl std::fmt::Display for Report {
         }
         Ok(())
     }
-}
-
-/// A JSON document of exactly `bytes` bytes (at least its fields' size).
-#[must_use]
-pub fn document(writer: usize, n: u64, bytes: usize) -> Vec<u8> {
-    let head = format!(r#"{{"writer":{writer},"n":{n},"pad":""#);
-    let pad = bytes.saturating_sub(head.len() + 2);
-    let mut doc = head.into_bytes();
-    doc.resize(doc.len() + pad, b'x');
-    doc.extend_from_slice(b"\"}");
-    doc
 }
 
 /// The leader's status among `addrs`, if one answers as leader.
@@ -300,16 +289,6 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn documents_are_json_of_the_asked_size() {
-        for bytes in [32, 256, 4096] {
-            let doc = document(7, 123, bytes);
-            assert_eq!(doc.len(), bytes);
-            let v: serde_json::Value = serde_json::from_slice(&doc).unwrap();
-            assert_eq!((v["writer"].as_u64(), v["n"].as_u64()), (Some(7), Some(123)));
-        }
-    }
 
     #[test]
     fn reports_hold_percentiles_and_ratio() {

@@ -83,7 +83,7 @@ impl AdminState {
         tokio::spawn(async move {
             loop {
                 let Some(state) = watcher.upgrade() else { return };
-                state.observe(&status.borrow_and_update().clone());
+                state.observe(&status.borrow_and_update());
                 drop(state);
                 if status.changed().await.is_err() {
                     return;

@@ -7,12 +7,13 @@
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-use themis_replication::raft::{DriverStatus, ReplicationManager};
+use themis_replication::raft::{DriverStatus, ReplicaStatus, ReplicationManager};
 
 /// Labels of a client request counter.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -146,29 +147,23 @@ impl Collector for StatusCollector {
             metric.metric_type(),
         )?)?;
         if !s.replicas.is_empty() {
-            for (name, help, value) in [
-                (
-                    "replica_lag_lsns",
-                    "LSNs a replica is behind the leader's last (leader only)",
-                    &(|r: &themis_replication::raft::ReplicaStatus| signed(r.lag_lsns))
-                        as &dyn Fn(&themis_replication::raft::ReplicaStatus) -> i64,
-                ),
-                ("replica_lag_ms", "Age of the oldest entry a replica lacks, ms (leader only)", &|r| {
+            type Field = fn(&ReplicaStatus) -> i64;
+            let fields: [(&str, &str, Field); 4] = [
+                ("replica_lag_lsns", "LSNs a replica is behind the leader's last (leader only)", |r| {
+                    signed(r.lag_lsns)
+                }),
+                ("replica_lag_ms", "Age of the oldest entry a replica lacks, ms (leader only)", |r| {
                     signed(r.lag_ms)
                 }),
-                ("replica_match_lsn", "The highest LSN known to match the leader's log", &|r| {
+                ("replica_match_lsn", "The highest LSN known to match the leader's log", |r| {
                     signed(r.match_lsn)
                 }),
-                ("replica_healthy", "1 when a replica answers heartbeats within the lag bounds", &|r| {
+                ("replica_healthy", "1 when a replica answers heartbeats within the lag bounds", |r| {
                     i64::from(r.healthy)
                 }),
-            ] {
-                let mut family = encoder.encode_descriptor(
-                    name,
-                    help,
-                    None,
-                    prometheus_client::metrics::MetricType::Gauge,
-                )?;
+            ];
+            for (name, help, value) in fields {
+                let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
                 for replica in &s.replicas {
                     let labels = ReplicaLabels { replica: replica.id.0 };
                     ConstGauge::new(value(replica)).encode(family.encode_family(&labels)?)?;

@@ -1,4 +1,4 @@
-//! Latency percentiles for the demo, benches and load tools.
+//! Latency percentiles and sample documents for the demo, benches and load tools.
 
 use std::time::Duration;
 
@@ -14,9 +14,31 @@ pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
+/// A JSON document of exactly `bytes` bytes (at least its fields' size), naming the
+/// writer and its sequence number: what load generators write.
+#[must_use]
+pub fn document(writer: usize, n: u64, bytes: usize) -> Vec<u8> {
+    let head = format!(r#"{{"writer":{writer},"n":{n},"pad":""#);
+    let pad = bytes.saturating_sub(head.len() + 2);
+    let mut doc = head.into_bytes();
+    doc.resize(doc.len() + pad, b'x');
+    doc.extend_from_slice(b"\"}");
+    doc
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn documents_are_json_of_the_asked_size() {
+        for bytes in [32, 256, 4096] {
+            let doc = document(7, 123, bytes);
+            assert_eq!(doc.len(), bytes);
+            let v: serde_json::Value = serde_json::from_slice(&doc).unwrap();
+            assert_eq!((v["writer"].as_u64(), v["n"].as_u64()), (Some(7), Some(123)));
+        }
+    }
 
     #[test]
     fn nearest_rank_percentiles() {
