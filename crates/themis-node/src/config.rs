@@ -60,8 +60,11 @@ pub struct ReplicationSection {
     /// Shortest election timeout in ms (default 500); each election waits a random time
     /// from it up to twice it.
     pub election_timeout_ms: u64,
-    /// Snapshot and compact after this many entries (default 100,000).
+    /// Snapshot and compact after this many entries (default 100,000)...
     pub snapshot_entries: u64,
+    /// ...once they hold this percentage of the last snapshot's bytes too (default 100;
+    /// 0 to 10000; 0 counts entries alone).
+    pub snapshot_log_percent: u32,
     /// Applier threads, 1 to 64 (default 1: serial).
     pub apply_workers: usize,
     /// `always` (group commit, default) or `never` (tests only: a crash can lose writes).
@@ -78,6 +81,7 @@ impl Default for ReplicationSection {
             heartbeat_ms: 100,
             election_timeout_ms: 500,
             snapshot_entries: 100_000,
+            snapshot_log_percent: 100,
             apply_workers: 1,
             fsync: "always".into(),
             lag_alert_ms: 1000,
@@ -143,6 +147,8 @@ pub struct NodeConfig {
     pub election_timeout: Duration,
     /// Snapshot threshold in entries.
     pub snapshot_entries: u64,
+    /// Snapshot threshold in percent of the last snapshot's bytes.
+    pub snapshot_log_percent: u32,
     /// Applier threads.
     pub apply_workers: usize,
     /// Whether appends are fsynced.
@@ -280,6 +286,12 @@ impl RawConfig {
                 r.snapshot_entries
             ));
         }
+        if r.snapshot_log_percent > 10_000 {
+            return bad(format!(
+                "replication.snapshot_log_percent = {}: must be 0 to 10000",
+                r.snapshot_log_percent
+            ));
+        }
         if !(1..=64).contains(&r.apply_workers) {
             return bad(format!("replication.apply_workers = {}: must be 1 to 64", r.apply_workers));
         }
@@ -352,6 +364,7 @@ impl RawConfig {
             heartbeat: Duration::from_millis(r.heartbeat_ms),
             election_timeout: Duration::from_millis(r.election_timeout_ms),
             snapshot_entries: r.snapshot_entries,
+            snapshot_log_percent: r.snapshot_log_percent,
             apply_workers: r.apply_workers,
             fsync,
             lag_alert: Duration::from_millis(r.lag_alert_ms),
@@ -472,6 +485,10 @@ client_addr = "127.0.0.1:8003"
             (good.replace("node_id = 1", "node_id = 9"), "node_id = 9 is not listed"),
             (good.replace("node_id = 1", "node_id = 1\ncolour = 3"), "unknown field `colour`"),
             (good.replace("[replication]", "[replication]\nlag_alert_ms = 0"), "lag_alert_ms = 0"),
+            (
+                good.replace("[replication]", "[replication]\nsnapshot_log_percent = 10001"),
+                "replication.snapshot_log_percent = 10001",
+            ),
             (good.replace("[replication]", "[replication]\nfsync = \"sometimes\""), "fsync = \"sometimes\""),
             (good.replace("node_id = 1", "node_id = 0"), "node_id = 0"),
             (good.replace("node_id = 1", "node_id = \"one\""), "node_id"),

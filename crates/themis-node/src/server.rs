@@ -177,6 +177,7 @@ impl Node {
         let mut driver_config = DriverConfig::new(raft, peers);
         driver_config.tick = tick;
         driver_config.snapshot_entries = config.snapshot_entries;
+        driver_config.snapshot_log_percent = config.snapshot_log_percent;
         driver_config.apply_workers = config.apply_workers;
         driver_config.lag_alert = config.lag_alert;
         driver_config.peer.heartbeat_interval = config.heartbeat;

@@ -51,13 +51,21 @@ fn shard_of(collection: &str, key: &[u8]) -> usize {
     (h % SHARDS as u64) as usize
 }
 
+/// One document in a snapshot. A snapshot is postcard's `Vec<SnapshotRow>`: a varint
+/// count, then each row (collection and key and value as length-prefixed bytes, LSN as a
+/// varint).
 #[derive(Serialize, Deserialize)]
-struct SnapshotRow {
-    collection: String,
-    key: Vec<u8>,
-    value: Vec<u8>,
+struct SnapshotRow<'a> {
+    collection: &'a str,
+    #[serde(borrow, with = "serde_bytes")]
+    key: &'a [u8],
+    #[serde(borrow, with = "serde_bytes")]
+    value: &'a [u8],
     lsn: Lsn,
 }
+
+/// The most bytes postcard spends on a varint-encoded `u64` or `usize`.
+const MAX_VARINT: usize = 10;
 
 impl DocStore {
     /// An empty store.
@@ -136,33 +144,63 @@ impl StateMachine for DocStore {
         Ok(changes)
     }
 
+    /// Encodes every document into one buffer sized up front, one shard lock at a time.
+    /// The applier calls this with nothing in flight, so the shards form one cut.
     fn snapshot(&self) -> Result<Bytes, ApplyError> {
-        let mut rows = Vec::new();
+        let bound: usize = (0..SHARDS)
+            .map(|i| {
+                self.shard(i)
+                    .iter()
+                    .map(|((c, k), d)| c.len() + k.len() + d.value.len() + 4 * MAX_VARINT)
+                    .sum::<usize>()
+            })
+            .sum();
+        // The row count goes in front once it is known: its varint is written right-aligned
+        // into a reserved prefix, and the snapshot starts where it starts.
+        let mut out = vec![0u8; MAX_VARINT];
+        out.reserve(bound);
+        let mut count = 0usize;
         for i in 0..SHARDS {
             for ((collection, key), doc) in self.shard(i).iter() {
-                rows.push(SnapshotRow {
-                    collection: collection.clone(),
-                    key: key.to_vec(),
-                    value: doc.value.to_vec(),
-                    lsn: doc.lsn,
-                });
+                let row = SnapshotRow { collection, key, value: &doc.value, lsn: doc.lsn };
+                out = postcard::to_extend(&row, out).map_err(|e| ApplyError::Snapshot(e.to_string()))?;
+                count += 1;
             }
         }
-        postcard::to_stdvec(&rows).map(Bytes::from).map_err(|e| ApplyError::Snapshot(e.to_string()))
+        let mut prefix = [0u8; MAX_VARINT];
+        let used =
+            postcard::to_slice(&count, &mut prefix).map_err(|e| ApplyError::Snapshot(e.to_string()))?.len();
+        let start = MAX_VARINT - used;
+        out[start..MAX_VARINT].copy_from_slice(&prefix[..used]);
+        Ok(Bytes::from(out).slice(start..))
     }
 
     fn restore(&self, snapshot: &Bytes) -> Result<(), ApplyError> {
-        let rows: Vec<SnapshotRow> = postcard::from_bytes(snapshot)
-            .map_err(|e| ApplyError::Snapshot(format!("document store: {e}")))?;
+        let bad = |e: postcard::Error| ApplyError::Snapshot(format!("document store: {e}"));
+        let (count, mut rest) = postcard::take_from_bytes::<usize>(snapshot).map_err(bad)?;
+        // Decode everything before touching the store: a damaged snapshot changes nothing.
+        // A row takes at least four bytes, which bounds what a damaged count can reserve.
+        let mut rows = Vec::with_capacity(count.min(snapshot.len() / 4));
+        for _ in 0..count {
+            let (row, tail) = postcard::take_from_bytes::<SnapshotRow<'_>>(rest).map_err(bad)?;
+            rows.push(row);
+            rest = tail;
+        }
+        if !rest.is_empty() {
+            return Err(ApplyError::Snapshot(format!(
+                "document store: {} bytes after the last of {count} documents",
+                rest.len()
+            )));
+        }
         let mut shards: Vec<MutexGuard<'_, Shard>> = (0..SHARDS).map(|i| self.shard(i)).collect();
         for shard in &mut shards {
             shard.clear();
         }
         for row in rows {
-            let i = shard_of(&row.collection, &row.key);
+            let i = shard_of(row.collection, row.key);
             shards[i].insert(
-                (row.collection, Bytes::from(row.key)),
-                Doc { value: Bytes::from(row.value), lsn: row.lsn },
+                (row.collection.to_string(), Bytes::copy_from_slice(row.key)),
+                Doc { value: Bytes::copy_from_slice(row.value), lsn: row.lsn },
             );
         }
         Ok(())
@@ -216,5 +254,43 @@ mod tests {
         assert_eq!((copy.len(), copy.get("c", b"b").unwrap().0), (1, Bytes::from_static(b"2")));
         let err = copy.restore(&Bytes::from_static(&[0xff, 0xff, 0xff])).unwrap_err();
         assert!(err.to_string().contains("document store"), "{err}");
+    }
+
+    #[test]
+    fn a_snapshot_is_postcards_vector_of_rows_and_damage_is_refused_without_change() {
+        #[derive(Serialize)]
+        struct PlainRow {
+            collection: String,
+            key: Vec<u8>,
+            value: Vec<u8>,
+            lsn: Lsn,
+        }
+        let plain: Vec<PlainRow> = (0..300u64)
+            .map(|i| PlainRow {
+                collection: format!("c{}", i % 3),
+                key: i.to_string().into_bytes(),
+                value: vec![b'x'; (i * 7 % 200) as usize],
+                lsn: i + 1,
+            })
+            .collect();
+        let written = Bytes::from(postcard::to_stdvec(&plain).unwrap());
+        let store = DocStore::new();
+        store.restore(&written).unwrap();
+        assert_eq!(store.len(), 300);
+        assert_eq!(store.get("c1", b"7").unwrap(), (Bytes::from(vec![b'x'; 49]), 8));
+        // Its own snapshot decodes the same way, whatever the order of rows.
+        let again = store.snapshot().unwrap();
+        assert_eq!(again.len(), written.len());
+        let copy = DocStore::new();
+        copy.restore(&again).unwrap();
+        assert_eq!((copy.len(), copy.get("c2", b"299").unwrap().1), (300, 300));
+        // Truncated, or with bytes after the last row: refused, and the store keeps its state.
+        for damaged in [again.slice(..again.len() - 1), Bytes::from([&again[..], &[0u8][..]].concat())] {
+            let err = copy.restore(&damaged).unwrap_err();
+            assert!(err.to_string().contains("document store"), "{err}");
+            assert_eq!(copy.len(), 300);
+        }
+        // An empty store's snapshot is the count zero.
+        assert_eq!(DocStore::new().snapshot().unwrap().as_ref(), &[0u8]);
     }
 }

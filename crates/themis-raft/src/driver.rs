@@ -76,8 +76,15 @@ pub struct DriverConfig {
     /// Bounds on decoded messages.
     pub wire: WireLimits,
     /// Take a snapshot and compact once this many entries follow the last snapshot
-    /// (default 100,000).
+    /// (default 100,000)...
     pub snapshot_entries: u64,
+    /// ...and once the entries written since hold at least this percentage of the last
+    /// snapshot's bytes (default 100; 0 looks at `snapshot_entries` alone). A snapshot
+    /// rewrites the whole state machine, so without this a large store would be rewritten
+    /// every `snapshot_entries` writes however little of it they changed; with it, the
+    /// bytes snapshots write stay proportional to the bytes written (Redis rewrites its
+    /// append-only file by the same rule).
+    pub snapshot_log_percent: u32,
     /// Applier threads: 1 applies serially, 2 to 64 in parallel by key (default 1).
     pub apply_workers: usize,
     /// Proposals waiting for acknowledgement before new ones are refused (default 65,536).
@@ -99,6 +106,7 @@ impl DriverConfig {
             peer: PeerConfig::default(),
             wire: WireLimits::default(),
             snapshot_entries: 100_000,
+            snapshot_log_percent: 100,
             apply_workers: 1,
             max_pending: 65_536,
             lag_alert_lsns: 10_000,
@@ -116,6 +124,9 @@ impl DriverConfig {
         }
         if self.snapshot_entries < 16 {
             return bad(format!("snapshot_entries = {}: must be at least 16", self.snapshot_entries));
+        }
+        if self.snapshot_log_percent > 10_000 {
+            return bad(format!("snapshot_log_percent = {}: must be 0 to 10000", self.snapshot_log_percent));
         }
         if !(1..=64).contains(&self.apply_workers) {
             return bad(format!("apply_workers = {}: must be 1 to 64", self.apply_workers));
@@ -308,20 +319,45 @@ enum ApplyMsg {
 }
 
 /// What the driver stores as snapshot data: the members' addresses and the state
-/// machine's image, at one LSN.
-#[derive(Debug, Default, Serialize, Deserialize)]
+/// machine's image, at one LSN. Encoded as postcard `(peers, machine as bytes)`.
+#[derive(Debug, Default)]
 struct DriverSnapshot {
     peers: Vec<PeerInfo>,
-    machine: Vec<u8>,
+    /// Shares the buffer the snapshot was decoded from.
+    machine: Bytes,
+}
+
+#[derive(Serialize)]
+struct DriverSnapshotOut<'a> {
+    peers: &'a [PeerInfo],
+    #[serde(with = "serde_bytes")]
+    machine: &'a [u8],
+}
+
+#[derive(Deserialize)]
+struct DriverSnapshotIn<'a> {
+    peers: Vec<PeerInfo>,
+    #[serde(borrow, with = "serde_bytes")]
+    machine: &'a [u8],
 }
 
 impl DriverSnapshot {
+    /// Encodes straight into one buffer of the right size: a store's image can be hundreds
+    /// of MiB, and growing a buffer byte by byte cost more than taking the image.
+    fn encode(peers: &[PeerInfo], machine: &[u8]) -> Bytes {
+        let out = Vec::with_capacity(machine.len() + 16 + peers.len() * 64);
+        let out =
+            postcard::to_extend(&DriverSnapshotOut { peers, machine }, out).expect("a snapshot encodes");
+        Bytes::from(out)
+    }
+
     fn decode(data: &Bytes) -> Result<DriverSnapshot, DriverError> {
         if data.is_empty() {
             return Ok(DriverSnapshot::default());
         }
-        postcard::from_bytes(data)
-            .map_err(|e| DriverError::Storage(StorageError::Other(format!("snapshot data: {e}"))))
+        let decoded: DriverSnapshotIn<'_> = postcard::from_bytes(data)
+            .map_err(|e| DriverError::Storage(StorageError::Other(format!("snapshot data: {e}"))))?;
+        Ok(DriverSnapshot { peers: decoded.peers, machine: data.slice_ref(decoded.machine) })
     }
 }
 
@@ -554,7 +590,7 @@ impl Driver {
         let snapshot = storage.snapshot()?;
         let restored = DriverSnapshot::decode(&snapshot.data)?;
         if !restored.machine.is_empty() {
-            machine.restore(&Bytes::from(restored.machine)).map_err(|e| DriverError::Apply(e.to_string()))?;
+            machine.restore(&restored.machine).map_err(|e| DriverError::Apply(e.to_string()))?;
         }
         config.raft.applied = snapshot.meta.lsn;
         let node_clock = Arc::clone(&clock);
@@ -605,6 +641,8 @@ impl Driver {
             snapshotting: None,
             compacting: None,
             handed_lsn: snapshot.meta.lsn,
+            log_bytes_since_snapshot: 0,
+            last_snapshot_bytes: snapshot.data.len() as u64,
             last_role: Role::Follower,
             counters: DriverCounters::default(),
         };
@@ -770,6 +808,11 @@ struct Loop {
     compacting: Option<JoinHandle<Result<Lsn, StorageError>>>,
     /// The last LSN handed to the applier.
     handed_lsn: Lsn,
+    /// Payload bytes of the entries persisted since the last snapshot was started (zero
+    /// after a restart: the next snapshot then waits for that much again).
+    log_bytes_since_snapshot: u64,
+    /// Size of the last snapshot's data.
+    last_snapshot_bytes: u64,
     last_role: Role,
     /// Totals; the link byte counts of links already closed are kept here.
     counters: DriverCounters,
@@ -990,6 +1033,8 @@ impl Loop {
         }
         if !ready.entries.is_empty() {
             self.storage.append_async(&ready.entries).await?;
+            self.log_bytes_since_snapshot +=
+                ready.entries.iter().map(|e| e.payload.len() as u64).sum::<u64>();
         }
         if let Some(hs) = ready.hard_state {
             let storage = self.storage.clone();
@@ -1132,8 +1177,10 @@ impl Loop {
         }
         self.sync_peers();
         self.handed_lsn = lsn;
+        self.last_snapshot_bytes = snapshot.data.len() as u64;
+        self.log_bytes_since_snapshot = 0;
         self.apply_tx
-            .send(ApplyMsg::Restore { lsn, data: Bytes::from(decoded.machine) })
+            .send(ApplyMsg::Restore { lsn, data: decoded.machine })
             .await
             .map_err(|_| DriverError::Apply("the applier thread has ended".into()))
     }
@@ -1149,6 +1196,8 @@ impl Loop {
         if self.snapshotting.is_some()
             || self.compacting.is_some()
             || self.storage.entries_since_snapshot() < self.config.snapshot_entries
+            || self.log_bytes_since_snapshot * 100
+                < self.last_snapshot_bytes * u64::from(self.config.snapshot_log_percent)
         {
             return Ok(());
         }
@@ -1163,6 +1212,7 @@ impl Loop {
             .send(ApplyMsg::Snapshot { lsn, reply: tx })
             .await
             .map_err(|_| DriverError::Apply("the applier thread has ended".into()))?;
+        self.log_bytes_since_snapshot = 0;
         self.snapshotting = Some(Snapshotting {
             lsn,
             conf_state: status.conf_state,
@@ -1176,8 +1226,9 @@ impl Loop {
     fn finish_snapshot(&mut self, machine: Result<Bytes, DriverError>) -> Result<(), DriverError> {
         let Some(s) = self.snapshotting.take() else { return Ok(()) };
         let machine = machine?;
-        let data = DriverSnapshot { peers: s.peers, machine: machine.to_vec() };
-        let data = Bytes::from(postcard::to_stdvec(&data).expect("a snapshot encodes"));
+        let data = DriverSnapshot::encode(&s.peers, &machine);
+        drop(machine);
+        self.last_snapshot_bytes = data.len() as u64;
         let term = self.storage.term(s.lsn)?;
         let snapshot = Snapshot {
             meta: SnapshotMeta { lsn: s.lsn, term, conf_state: s.conf_state, policy: s.policy },
@@ -1334,6 +1385,7 @@ mod tests {
         let cases = [
             (DriverConfig { tick: Duration::ZERO, ..good.clone() }, "tick = 0ns"),
             (DriverConfig { snapshot_entries: 3, ..good.clone() }, "snapshot_entries = 3"),
+            (DriverConfig { snapshot_log_percent: 20_000, ..good.clone() }, "snapshot_log_percent = 20000"),
             (DriverConfig { apply_workers: 65, ..good.clone() }, "apply_workers = 65"),
             (DriverConfig { max_pending: 0, ..good.clone() }, "max_pending = 0"),
             (DriverConfig { peers: vec![peer(1), peer(1)], ..good.clone() }, "node 1 is listed twice"),
@@ -1363,5 +1415,25 @@ mod tests {
         assert!(DriverSnapshot::decode(&Bytes::new()).unwrap().peers.is_empty());
         let err = DriverSnapshot::decode(&Bytes::from_static(&[0xff; 3])).unwrap_err();
         assert!(matches!(err, DriverError::Storage(_)) && err.to_string().contains("snapshot data"), "{err}");
+    }
+
+    #[test]
+    fn snapshot_data_round_trips_and_keeps_the_postcard_layout_of_peers_and_a_byte_vector() {
+        #[derive(Serialize)]
+        struct Plain {
+            peers: Vec<PeerInfo>,
+            machine: Vec<u8>,
+        }
+        let peers = vec![PeerInfo {
+            id: NodeId(2),
+            raft_addr: "127.0.0.1:7002".parse().unwrap(),
+            meta: b"x".to_vec(),
+        }];
+        let machine: Vec<u8> = (0..=255u8).cycle().take(1000).collect();
+        let encoded = DriverSnapshot::encode(&peers, &machine);
+        let plain = postcard::to_stdvec(&Plain { peers: peers.clone(), machine: machine.clone() }).unwrap();
+        assert_eq!(encoded.as_ref(), plain.as_slice(), "files written before keep decoding");
+        let decoded = DriverSnapshot::decode(&encoded).unwrap();
+        assert_eq!((decoded.peers, decoded.machine.as_ref()), (peers, machine.as_slice()));
     }
 }

@@ -54,9 +54,11 @@ fn wal_err(err: &WalError) -> StorageError {
     StorageError::Other(format!("WAL: {err}"))
 }
 
-/// Replaces `dir/name` with `bytes` so that a crash leaves the old file or the new one,
-/// never a mix: write `name.tmp`, fsync it, rename over `name`, fsync the directory.
-pub fn write_file_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), StorageError> {
+/// Replaces `dir/name` with the concatenation of `parts` so that a crash leaves the old
+/// file or the new one, never a mix: write `name.tmp`, fsync it, rename over `name`, fsync
+/// the directory. The parts are written in turn, so a large snapshot is never copied into
+/// one buffer first.
+pub fn write_file_atomic(dir: &Path, name: &str, parts: &[&[u8]]) -> Result<(), StorageError> {
     let path = dir.join(name);
     let tmp = dir.join(format!("{name}.tmp"));
     let mut file = OpenOptions::new()
@@ -65,28 +67,34 @@ pub fn write_file_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), Sto
         .truncate(true)
         .open(&tmp)
         .map_err(|e| io_err("create", &tmp, &e))?;
-    file.write_all(bytes).map_err(|e| io_err("write", &tmp, &e))?;
+    for part in parts {
+        file.write_all(part).map_err(|e| io_err("write", &tmp, &e))?;
+    }
     file.sync_all().map_err(|e| io_err("fsync", &tmp, &e))?;
     drop(file);
     fs::rename(&tmp, &path).map_err(|e| io_err("rename", &tmp, &e))?;
     File::open(dir).and_then(|d| d.sync_all()).map_err(|e| io_err("fsync directory", dir, &e))
 }
 
-/// Frames `body` as `magic, version u16, reserved u16, length u32, body, CRC32C u32` (all
-/// little-endian; the CRC covers everything before it).
+/// Frames a body given as consecutive `parts` as `magic, version u16, reserved u16,
+/// length u32, body, CRC32C u32` (all little-endian; the CRC covers everything before it).
+/// Returns the 16-byte header and the CRC that go around the parts.
+fn frame_parts(magic: [u8; 8], parts: &[&[u8]]) -> Result<([u8; 16], [u8; 4]), StorageError> {
+    let total: usize = parts.iter().map(|p| p.len()).sum();
+    let len = u32::try_from(total)
+        .map_err(|_| other(format!("a {total}-byte body does not fit the u32 length of a state file")))?;
+    let mut header = [0u8; 16];
+    header[..8].copy_from_slice(&magic);
+    header[8..10].copy_from_slice(&FILE_VERSION.to_le_bytes());
+    header[12..16].copy_from_slice(&len.to_le_bytes());
+    let crc = parts.iter().fold(crc32c::crc32c(&header), |crc, part| crc32c::crc32c_append(crc, part));
+    Ok((header, crc.to_le_bytes()))
+}
+
+/// [`frame_parts`] of one body, as one buffer.
 fn frame(magic: [u8; 8], body: &[u8]) -> Result<Vec<u8>, StorageError> {
-    let len = u32::try_from(body.len()).map_err(|_| {
-        other(format!("a {}-byte body does not fit the u32 length of a state file", body.len()))
-    })?;
-    let mut out = Vec::with_capacity(20 + body.len());
-    out.extend_from_slice(&magic);
-    out.extend_from_slice(&FILE_VERSION.to_le_bytes());
-    out.extend_from_slice(&0u16.to_le_bytes());
-    out.extend_from_slice(&len.to_le_bytes());
-    out.extend_from_slice(body);
-    let crc = crc32c::crc32c(&out);
-    out.extend_from_slice(&crc.to_le_bytes());
-    Ok(out)
+    let (header, crc) = frame_parts(magic, &[body])?;
+    Ok([&header[..], body, &crc].concat())
 }
 
 /// Checks a [`frame`] and returns its body; every failure names the file and the field.
@@ -136,16 +144,13 @@ pub fn decode_hard_state(path: &Path, bytes: &[u8]) -> Result<HardState, Storage
     postcard::from_bytes(body).map_err(|e| other(format!("{}: hard state: {e}", path.display())))
 }
 
-/// Encodes a snapshot file: the frame's body is `meta length u32, meta (postcard), data`.
-/// A snapshot of 4 GiB or more is refused.
-pub fn encode_snapshot(snapshot: &Snapshot) -> Result<Vec<u8>, StorageError> {
+/// Writes a snapshot file atomically: the frame's body is `meta length u32, meta
+/// (postcard), data`. A snapshot of 4 GiB or more is refused.
+pub fn write_snapshot_file(dir: &Path, snapshot: &Snapshot) -> Result<(), StorageError> {
     let meta = postcard::to_stdvec(&snapshot.meta).expect("snapshot meta always encodes");
-    let mut body = Vec::with_capacity(4 + meta.len() + snapshot.data.len());
-    let meta_len = u32::try_from(meta.len()).map_err(|_| other("snapshot meta above 4 GiB"))?;
-    body.extend_from_slice(&meta_len.to_le_bytes());
-    body.extend_from_slice(&meta);
-    body.extend_from_slice(&snapshot.data);
-    frame(SNAPSHOT_MAGIC, &body)
+    let meta_len = u32::try_from(meta.len()).map_err(|_| other("snapshot meta above 4 GiB"))?.to_le_bytes();
+    let (header, crc) = frame_parts(SNAPSHOT_MAGIC, &[&meta_len, &meta, &snapshot.data])?;
+    write_file_atomic(dir, SNAPSHOT_FILE, &[&header, &meta_len, &meta, &snapshot.data, &crc])
 }
 
 /// Decodes a snapshot file (`path` names it in errors).
@@ -228,7 +233,7 @@ impl WalStorage {
                     meta: SnapshotMeta { lsn: 0, term: 0, conf_state, policy },
                     data: Bytes::new(),
                 };
-                write_file_atomic(&dir, SNAPSHOT_FILE, &encode_snapshot(&snapshot)?)?;
+                write_snapshot_file(&dir, &snapshot)?;
                 (snapshot.meta, snapshot.data)
             }
             Err(e) => return Err(io_err("read", &snap_path, &e)),
@@ -291,7 +296,7 @@ impl WalStorage {
         let previous = self.read().hard_state;
         if previous.term != hs.term || previous.vote != hs.vote {
             let _files = self.files.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            write_file_atomic(&self.dir, HARD_STATE_FILE, &encode_hard_state(&hs))?;
+            write_file_atomic(&self.dir, HARD_STATE_FILE, &[&encode_hard_state(&hs)])?;
         }
         self.write().hard_state = hs;
         Ok(())
@@ -390,7 +395,7 @@ impl WalStorage {
         let meta = &snapshot.meta;
         {
             let _files = self.files.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            write_file_atomic(&self.dir, SNAPSHOT_FILE, &encode_snapshot(snapshot)?)?;
+            write_snapshot_file(&self.dir, snapshot)?;
         }
         let keeps_suffix =
             self.term(meta.lsn).is_ok_and(|t| t == meta.term) && meta.lsn >= self.read().meta.lsn;
@@ -435,7 +440,7 @@ impl WalStorage {
         }
         {
             let _files = self.files.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            write_file_atomic(&self.dir, SNAPSHOT_FILE, &encode_snapshot(snapshot)?)?;
+            write_snapshot_file(&self.dir, snapshot)?;
         }
         {
             let mut inner = self.write();

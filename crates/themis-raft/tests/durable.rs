@@ -157,8 +157,7 @@ fn a_crash_between_the_snapshot_file_and_the_log_is_repaired_at_open() {
     snapshot.meta.term = 7;
     drop(storage);
     // The snapshot file was replaced, then the process died before the log restarted.
-    std::fs::write(dir.path().join("snapshot"), themis_raft::durable::encode_snapshot(&snapshot).unwrap())
-        .unwrap();
+    themis_raft::durable::write_snapshot_file(dir.path(), &snapshot).unwrap();
     let storage = open(dir.path());
     assert_eq!((storage.first_lsn().unwrap(), storage.last_lsn().unwrap()), (901, 900));
     assert_eq!(storage.wal().first_lsn(), 901);
