@@ -61,6 +61,7 @@ pub fn run(exe: &std::path::Path, options: &DemoOptions) -> Result<(), String> {
             .ok_or("no leader was elected within 15 s")?;
         let spec = Spec {
             clients: options.clients,
+            conns: options.clients.min(8),
             duration: Duration::from_secs_f64(options.seconds),
             value_bytes: 256,
             collection: "demo".into(),

@@ -128,12 +128,16 @@ themis get users ada --consistency session --token 42 --dir /tmp/themis")]
     },
     /// Closed-loop write benchmark: throughput, latency and replication-lag percentiles.
     #[command(after_help = "Examples:\n  themis bench   # against a fresh local 3-node cluster\n  \
-themis bench --clients 64 --duration 10 --value-bytes 256 --mode semi_sync --json\n  \
+themis bench --clients 64 --conns 8 --duration 10 --value-bytes 256 --mode semi_sync --json\n  \
 themis bench --dir /tmp/themis --duration 5")]
     Bench {
         /// Concurrent writers, each with one write in flight.
         #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=4096))]
         clients: u64,
+        /// Pipelined connections the writers share (as an application's tasks share one
+        /// client); at most --clients.
+        #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=4096))]
+        conns: u64,
         /// Seconds of writes.
         #[arg(long, default_value_t = 10.0, value_parser = seconds)]
         duration: f64,
@@ -336,8 +340,8 @@ fn run(command: Cmd) -> Result<ExitCode, String> {
                 out.display()
             );
         }
-        Cmd::Bench { clients, duration, value_bytes, mode, json, target } => {
-            bench(clients, duration, value_bytes, mode.as_deref(), json, &target)?;
+        Cmd::Bench { clients, conns, duration, value_bytes, mode, json, target } => {
+            bench(clients, conns, duration, value_bytes, mode.as_deref(), json, &target)?;
         }
         Cmd::Doctor(DoctorCmd::ValidateWal { dir }) => {
             let (wal, report) = doctor::validate(&dir)?;
@@ -467,6 +471,7 @@ fn status(target: &Target, json: bool) -> Result<(), String> {
 
 fn bench(
     clients: u64,
+    conns: u64,
     duration: f64,
     value_bytes: u64,
     mode: Option<&str>,
@@ -475,6 +480,7 @@ fn bench(
 ) -> Result<(), String> {
     let spec = workload::Spec {
         clients: usize::try_from(clients).map_err(|e| e.to_string())?,
+        conns: usize::try_from(conns).map_err(|e| e.to_string())?,
         duration: Duration::from_secs_f64(duration),
         value_bytes: usize::try_from(value_bytes).map_err(|e| e.to_string())?,
         collection: "bench".into(),
@@ -502,8 +508,9 @@ fn bench(
         }
         if !json {
             eprintln!(
-                "themis bench: {} clients for {duration} s against {} nodes",
+                "themis bench: {} clients over {} connections for {duration} s against {} nodes",
                 spec.clients,
+                spec.connections(),
                 addrs.len()
             );
         }

@@ -21,12 +21,24 @@ pub const IN_CONTACT_MS: u64 = 1000;
 pub struct Spec {
     /// Concurrent writers (closed loop: each waits for its write's acknowledgement).
     pub clients: usize,
+    /// Connections the writers share, as tasks share one client in an application: each
+    /// connection is pipelined and carries the writes of `clients / conns` writers (at
+    /// least 1, at most `clients`).
+    pub conns: usize,
     /// How long to write.
     pub duration: Duration,
     /// Bytes per document (JSON, at least 32).
     pub value_bytes: usize,
     /// The collection written.
     pub collection: String,
+}
+
+impl Spec {
+    /// The connections used: `conns`, within 1 and `clients`.
+    #[must_use]
+    pub fn connections(&self) -> usize {
+        self.conns.clamp(1, self.clients.max(1))
+    }
 }
 
 /// One acknowledged write.
@@ -61,6 +73,8 @@ pub struct Outcome {
 pub struct Report {
     /// Writers.
     pub clients: usize,
+    /// Connections they shared.
+    pub conns: usize,
     /// Bytes per document.
     pub value_bytes: usize,
     /// Seconds of writing.
@@ -115,6 +129,7 @@ impl Outcome {
         let seconds = self.elapsed.as_secs_f64();
         Report {
             clients: spec.clients,
+            conns: spec.connections(),
             value_bytes: spec.value_bytes,
             seconds: (seconds * 100.0).round() / 100.0,
             writes: self.acked.len(),
@@ -132,8 +147,14 @@ impl std::fmt::Display for Report {
         let (l, g) = (self.latency_ms, self.lag_ms);
         writeln!(
             f,
-            "  {} writes acknowledged in {:.1} s: {:.0} writes/s ({} clients, {}-byte documents, {} failed)",
-            self.writes, self.seconds, self.writes_per_sec, self.clients, self.value_bytes, self.failed
+            "  {} writes acknowledged in {:.1} s: {:.0} writes/s ({} clients over {} connections, {}-byte documents, {} failed)",
+            self.writes,
+            self.seconds,
+            self.writes_per_sec,
+            self.clients,
+            self.conns,
+            self.value_bytes,
+            self.failed
         )?;
         writeln!(f, "  write latency ms: p50 {} p99 {} p99.9 {}", l.p50, l.p99, l.p999)?;
         write!(f, "  replication lag ms (replicas streaming): p50 {} p99 {} p99.9 {}", g.p50, g.p99, g.p999)?;
@@ -188,14 +209,21 @@ pub async fn run(
     let stop = Arc::new(AtomicBool::new(false));
     let acked: Arc<Mutex<Vec<Acked>>> = Arc::default();
     let failed = Arc::new(AtomicU64::new(0));
+    // Connections first, each starting at another node (followers redirect to the
+    // leader), so connecting is not timed.
+    let mut conns = Vec::new();
+    for c in 0..spec.connections() {
+        let mut order = addrs.to_vec();
+        order.rotate_left(c % addrs.len().max(1));
+        conns.push(Client::connect_any(&order, ca).await.ok().map(Arc::new));
+    }
     let mut writers = Vec::new();
     for w in 0..spec.clients {
         let (stop, acked, failed) = (stop.clone(), acked.clone(), failed.clone());
-        let (ca, spec) = (ca.map(str::to_string), spec.clone());
-        let mut order = addrs.to_vec();
-        order.rotate_left(w % addrs.len().max(1));
+        let spec = spec.clone();
+        let conn = conns[w % conns.len()].clone();
         writers.push(tokio::spawn(async move {
-            let Ok(client) = Client::connect_any(&order, ca.as_deref()).await else {
+            let Some(client) = conn else {
                 failed.fetch_add(1, Ordering::Relaxed);
                 return;
             };
@@ -297,14 +325,23 @@ mod tests {
             .map(|i| Acked { key: i.to_string(), token: i, sent: now, done: now + Duration::from_millis(i) })
             .collect();
         let outcome = Outcome { acked, failed: 2, lag_ms: vec![1, 2, 3, 4], elapsed: Duration::from_secs(2) };
-        let spec =
-            Spec { clients: 4, duration: Duration::from_secs(2), value_bytes: 256, collection: "c".into() };
+        let spec = Spec {
+            clients: 4,
+            conns: 2,
+            duration: Duration::from_secs(2),
+            value_bytes: 256,
+            collection: "c".into(),
+        };
         let report = outcome.report(&spec, Some(1.5));
         assert_eq!((report.writes, report.failed, report.writes_per_sec), (100, 2, 50.0));
         assert!((report.latency_ms.p50 - 50.0).abs() < 1e-9 && (report.latency_ms.p99 - 99.0).abs() < 1e-9);
         assert!((report.lag_ms.p99 - 4.0).abs() < 1e-9);
         let text = report.to_string();
         assert!(text.contains("50 writes/s") && text.contains("compression ratio"), "{text}");
+        assert!(report.conns == 2 && text.contains("4 clients over 2 connections"), "{text}");
+        for (conns, used) in [(0, 1), (3, 3), (9, 4)] {
+            assert_eq!(Spec { conns, ..spec.clone() }.connections(), used);
+        }
         let status =
             serde_json::json!({"status": {"counters": {"sent_payload_bytes": 300, "sent_wire_bytes": 200}}});
         assert_eq!(compression_ratio(&status), Some(1.5));

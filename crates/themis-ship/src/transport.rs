@@ -332,9 +332,14 @@ impl FrameReader {
     }
 }
 
+/// Bytes of small frames gathered before they go to the socket: the frames written
+/// between two flushes leave in one TLS record and one system call (under TLS every
+/// unbuffered write is a record and a `writev` of its own). Larger frames bypass it.
+const WRITE_BUFFER: usize = 64 * 1024;
+
 /// Writes frames to one side of a connection.
 pub struct FrameWriter {
-    io: WriteHalf<BoxIo>,
+    io: tokio::io::BufWriter<WriteHalf<BoxIo>>,
     peer: SocketAddr,
     bytes: u64,
 }
@@ -404,7 +409,7 @@ impl Connection {
                 decompressor: Decompressor::new(),
                 bytes: 0,
             },
-            writer: FrameWriter { io: w, peer, bytes: 0 },
+            writer: FrameWriter { io: tokio::io::BufWriter::with_capacity(WRITE_BUFFER, w), peer, bytes: 0 },
             peer,
             peer_node,
         }
