@@ -1037,8 +1037,15 @@ impl Loop {
                 ready.entries.iter().map(|e| e.payload.len() as u64).sum::<u64>();
         }
         if let Some(hs) = ready.hard_state {
-            let storage = self.storage.clone();
-            spawn_blocking(move || storage.set_hard_state(hs)).await?;
+            if self.storage.hard_state_needs_write(&hs) {
+                let storage = self.storage.clone();
+                spawn_blocking(move || storage.set_hard_state(hs)).await?;
+            } else {
+                // A commit-only change is kept in memory: no file, no blocking thread (a
+                // hand-off to the blocking pool and back cost two context switches per
+                // Ready on every node).
+                self.storage.set_hard_state(hs)?;
+            }
         }
         let persisted = std::mem::take(&mut ready.persisted_messages);
         self.send(persisted);

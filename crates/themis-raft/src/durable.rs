@@ -288,13 +288,20 @@ impl WalStorage {
         self.read().meta.clone()
     }
 
+    /// Whether [`set_hard_state`](Self::set_hard_state) of `hs` writes the file (and so
+    /// blocks on fsyncs): only when the term or vote changes.
+    #[must_use]
+    pub fn hard_state_needs_write(&self, hs: &HardState) -> bool {
+        let previous = self.read().hard_state;
+        previous.term != hs.term || previous.vote != hs.vote
+    }
+
     /// Records `hs`. The file is rewritten (durably) only when the term or vote changed:
     /// those are what Raft's safety needs on disk before a vote or an append is answered.
     /// A commit-only change stays in memory until the next rewrite; after a restart the
     /// node learns the commit LSN again from its leader.
     pub fn set_hard_state(&self, hs: HardState) -> Result<(), StorageError> {
-        let previous = self.read().hard_state;
-        if previous.term != hs.term || previous.vote != hs.vote {
+        if self.hard_state_needs_write(&hs) {
             let _files = self.files.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             write_file_atomic(&self.dir, HARD_STATE_FILE, &[&encode_hard_state(&hs)])?;
         }

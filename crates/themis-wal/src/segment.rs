@@ -132,8 +132,8 @@ pub struct BadRecord {
     pub lsn: Lsn,
     /// What is wrong.
     pub reason: String,
-    /// Whether it lies where a crash can tear the last write: within the header's tail
-    /// window of the end of the file, or followed by nothing but zeros.
+    /// Whether it lies where a crash can tear the last write: nothing but zeros follows
+    /// the header's tail window (the most one write covers) from it.
     pub in_tail: bool,
     /// Bytes from it to the next valid record (or the end of the file).
     pub len: u64,
@@ -148,6 +148,9 @@ pub struct SegmentScan {
     pub offsets: Vec<u32>,
     /// End of the last valid record: where the next one goes.
     pub valid_len: u64,
+    /// Zero bytes from `valid_len` to the end of the file: a preallocated segment's unused
+    /// space, the clean end of its records.
+    pub zero_tail: u64,
     /// The bad record the scan stopped at (with [`OnBadRecord::Stop`]).
     pub stopped: Option<BadRecord>,
     /// Bad regions skipped (with [`OnBadRecord::Skip`]).
@@ -176,6 +179,7 @@ pub fn scan(file: &Bytes, max_record: usize, on_bad: OnBadRecord) -> Result<Segm
         header,
         offsets: Vec::new(),
         valid_len: HEADER_LEN as u64,
+        zero_tail: 0,
         stopped: None,
         skipped: Vec::new(),
     };
@@ -192,8 +196,13 @@ pub fn scan(file: &Bytes, max_record: usize, on_bad: OnBadRecord) -> Result<Segm
             Ok((entry, _)) => format!("record holds LSN {} where LSN {lsn} belongs", entry.lsn),
             Err(err) => err.to_string(),
         };
-        let in_tail =
-            file.len() - offset <= header.tail_window as usize || file[offset..].iter().all(|&b| b == 0);
+        let zero_from = |at: usize| file.get(at..).is_none_or(|rest| rest.iter().all(|&b| b == 0));
+        if zero_from(offset) {
+            // Nothing was ever written here (no record is all zeros: kind 0 is invalid).
+            scan.zero_tail = (file.len() - offset) as u64;
+            break;
+        }
+        let in_tail = zero_from(offset.saturating_add(header.tail_window as usize));
         let mut bad = BadRecord {
             offset: offset as u64,
             lsn,

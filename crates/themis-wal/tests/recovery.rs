@@ -27,6 +27,13 @@ fn flip(path: &Path, offset: u64, bit: u8) {
     fs::write(path, bytes).unwrap();
 }
 
+/// Where the records of a segment file end (a segment is zero-filled past them while it
+/// is the last one).
+fn records_end(path: &Path) -> u64 {
+    let bytes = bytes::Bytes::from(fs::read(path).unwrap());
+    segment::scan(&bytes, 1 << 20, segment::OnBadRecord::Stop).unwrap().valid_len
+}
+
 fn cut(path: &Path, len: u64) {
     OpenOptions::new().write(true).open(path).unwrap().set_len(len).unwrap();
 }
@@ -44,7 +51,7 @@ fn a_torn_tail_is_truncated_and_reported_and_appends_continue() {
     let dir = tempfile::tempdir().unwrap();
     write_log(dir.path(), 100);
     let last = segments(dir.path()).pop().unwrap();
-    let len = fs::metadata(&last).unwrap().len();
+    let len = records_end(&last);
     cut(&last, len - 3);
     let (wal, report) = Wal::open(dir.path(), small_config()).unwrap();
     assert_eq!(report.truncated.len(), 1, "{report:?}");
@@ -57,16 +64,40 @@ fn a_torn_tail_is_truncated_and_reported_and_appends_continue() {
 }
 
 #[test]
-fn a_zeroed_tail_is_a_torn_tail() {
+fn zeros_after_the_last_record_are_unused_space_not_damage() {
     let dir = tempfile::tempdir().unwrap();
     write_log(dir.path(), 50);
     let last = segments(dir.path()).pop().unwrap();
-    let mut bytes = fs::read(&last).unwrap();
-    bytes.extend([0u8; 3000]);
-    fs::write(&last, bytes).unwrap();
+    // The last segment is zero-filled to its full size, and sealed ones are trimmed.
+    assert_eq!(fs::metadata(&last).unwrap().len(), small_config().segment_bytes);
+    let sealed = &segments(dir.path())[0];
+    assert_eq!(fs::metadata(sealed).unwrap().len(), records_end(sealed));
+    for mode in [RecoveryMode::TolerateCorruptedTail, RecoveryMode::AbsoluteConsistency] {
+        let (wal, report) = Wal::open(dir.path(), config_with(mode)).unwrap();
+        assert!(report.truncated.is_empty() && report.skipped.is_empty(), "{mode:?}: {report:?}");
+        assert_holds(&wal, 1, 50);
+        wal.close().unwrap();
+    }
+    // Appends go after the last record, not after the zeros, and survive a reopen.
+    let (wal, _) = Wal::open(dir.path(), small_config()).unwrap();
+    assert_eq!(wal.append(&[common::entry_for(51)]).unwrap().first, 51);
+    wal.close().unwrap();
     let (wal, report) = Wal::open(dir.path(), small_config()).unwrap();
-    assert_eq!(report.truncated[0].bytes, 3000);
-    assert_holds(&wal, 1, 50);
+    assert!(report.truncated.is_empty(), "{report:?}");
+    assert_holds(&wal, 1, 51);
+    // Without preallocation a zeroed stretch after the records means the same thing.
+    wal.close().unwrap();
+    let plain = tempfile::tempdir().unwrap();
+    let config = themis_wal::WalConfig { preallocate: false, ..small_config() };
+    let (wal, _) = Wal::open(plain.path(), config.clone()).unwrap();
+    wal.append(&[common::entry_for(1)]).unwrap();
+    wal.close().unwrap();
+    let only = segments(plain.path()).pop().unwrap();
+    assert_eq!(fs::metadata(&only).unwrap().len(), records_end(&only), "not preallocated");
+    OpenOptions::new().write(true).open(&only).unwrap().set_len(records_end(&only) + 3000).unwrap();
+    let (wal, report) = Wal::open(plain.path(), config).unwrap();
+    assert!(report.truncated.is_empty(), "{report:?}");
+    assert_holds(&wal, 1, 1);
 }
 
 #[test]
@@ -74,7 +105,7 @@ fn absolute_consistency_refuses_even_a_torn_tail_and_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     write_log(dir.path(), 100);
     let last = segments(dir.path()).pop().unwrap();
-    let len = fs::metadata(&last).unwrap().len();
+    let len = records_end(&last);
     cut(&last, len - 1);
     let err = Wal::open(dir.path(), config_with(RecoveryMode::AbsoluteConsistency)).unwrap_err();
     assert!(matches!(err, WalError::Corrupt { lsn: Some(100), .. }), "{err}");
@@ -190,7 +221,7 @@ fn random_truncation_of_the_last_segment() {
         let dir = tempfile::tempdir().unwrap();
         copy_dir(pristine.path(), dir.path());
         let last = segments(dir.path()).pop().unwrap();
-        let len = fs::metadata(&last).unwrap().len();
+        let len = records_end(&last);
         let at = rng.u64(HEADER_LEN as u64..len);
         cut(&last, at);
         let context = format!("seed {seed} case {case}: cut {} at {at}", last.display());
@@ -300,7 +331,7 @@ fn check_names_segment_offset_and_lsn_of_each_problem_and_tells_a_torn_tail_apar
     let first_len = fs::metadata(&files[0]).unwrap().len();
     flip(&files[0], first_len / 2, 3);
     let last = files.last().unwrap();
-    cut(last, fs::metadata(last).unwrap().len() - 2);
+    cut(last, records_end(last) - 2);
     let before = fs::read(&files[0]).unwrap();
     let report = themis_wal::check(dir.path(), small_config().max_record_bytes).unwrap();
     assert!(!report.is_healthy() && !report.opens_by_default(), "{report:?}");
