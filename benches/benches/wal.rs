@@ -19,6 +19,8 @@ use themis_replication::wal::{FsyncPolicy, NewEntry, Wal, WalConfig, record};
 
 const SIZES: [usize; 3] = [128, 1024, 16 * 1024];
 const WRITERS: [usize; 3] = [1, 8, 64];
+/// Bytes of the raw baseline's file, zero-filled, that its writes cycle through.
+const RAW_REGION: u64 = 64 << 20;
 
 /// `writers` threads that each append `iters` single-record batches on command; returns
 /// the time from the start barrier until the last one is done.
@@ -67,7 +69,40 @@ impl WriterPool {
     }
 }
 
+/// `writers` async tasks on a two-thread runtime that each append `iters` single-record
+/// batches with `append_async`; returns the time until the last one is done.
+fn run_tasks(
+    runtime: &tokio::runtime::Runtime,
+    wal: &Wal,
+    writers: usize,
+    payload: usize,
+    iters: u64,
+) -> Duration {
+    runtime.block_on(async {
+        let start = Arc::new(tokio::sync::Barrier::new(writers + 1));
+        let tasks: Vec<_> = (0..writers)
+            .map(|_| {
+                let (wal, start) = (wal.clone(), start.clone());
+                tokio::spawn(async move {
+                    let entry = [NewEntry::data(Timestamp::ZERO, vec![0xa5u8; payload])];
+                    start.wait().await;
+                    for _ in 0..iters {
+                        wal.append_async(&entry).await.expect("append");
+                    }
+                })
+            })
+            .collect();
+        start.wait().await;
+        let began = Instant::now();
+        for task in tasks {
+            task.await.unwrap();
+        }
+        began.elapsed()
+    })
+}
+
 fn durable_append(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let mut group = c.benchmark_group("wal_append");
     group.sample_size(10).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(4));
     for size in SIZES {
@@ -80,23 +115,33 @@ fn durable_append(c: &mut Criterion) {
             let pool = WriterPool::new(&wal, writers, size);
             group.bench_function(BenchmarkId::new("themis", &id), |b| b.iter_custom(|iters| pool.run(iters)));
             drop(pool);
+            // The same writers as async tasks: a wake-up is a task switch, not a thread's.
+            group.bench_function(BenchmarkId::new("themis_async", &id), |b| {
+                b.iter_custom(|iters| run_tasks(&runtime, &wal, writers, size, iters));
+            });
             wal.close().unwrap();
 
             // The baseline: the same records, framed the same way, written as one batch of
-            // `writers` records per write + fdatasync: the ideal group commit.
+            // `writers` records per write + fdatasync: the ideal group commit. Its file is
+            // zero-filled first, as the log's segments are, so both sides sync data only.
             let mut batch = Vec::new();
             for lsn in 0..writers as u64 {
                 record::encode(&mut batch, lsn + 1, &NewEntry::data(Timestamp::ZERO, vec![0xa5u8; size]));
             }
             let raw = tempfile::NamedTempFile::new_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
             let file = raw.as_file();
+            let zeros = vec![0u8; 1 << 20];
+            for mib in 0..RAW_REGION >> 20 {
+                file.write_all_at(&zeros, mib << 20).unwrap();
+            }
+            file.sync_all().unwrap();
             let mut at = 0u64;
             group.bench_function(BenchmarkId::new("raw_fdatasync", &id), |b| {
                 b.iter(|| {
                     file.write_all_at(&batch, at).unwrap();
                     file.sync_data().unwrap();
                     at += batch.len() as u64;
-                    if at > 256 << 20 {
+                    if at + batch.len() as u64 > RAW_REGION {
                         at = 0;
                     }
                 });
@@ -176,14 +221,16 @@ fn main() {
     let ids: Vec<(String, String, String, usize, usize)> = SIZES
         .iter()
         .flat_map(|&size| {
-            WRITERS.iter().map(move |&w| {
-                (
-                    format!("durable append {size} B, {w} writers"),
-                    format!("wal_append/themis/{size}B_{w}w"),
-                    format!("wal_append/raw_fdatasync/{size}B_{w}w"),
-                    size,
-                    w,
-                )
+            WRITERS.iter().flat_map(move |&w| {
+                [("threads", "themis"), ("async tasks", "themis_async")].map(|(kind, name)| {
+                    (
+                        format!("durable append {size} B, {w} writers ({kind})"),
+                        format!("wal_append/{name}/{size}B_{w}w"),
+                        format!("wal_append/raw_fdatasync/{size}B_{w}w"),
+                        size,
+                        w,
+                    )
+                })
             })
         })
         .collect();
