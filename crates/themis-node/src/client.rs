@@ -249,7 +249,13 @@ impl Client {
                             // The named leader is unreachable (it may have just failed).
                             self.move_on(&conn).await;
                         }
-                        _ => {}
+                        Some(_) => {}
+                        // This node knows no leader (it may have just restarted and not
+                        // heard from one yet): ask the next node. The request was refused,
+                        // not run, so a write may go elsewhere.
+                        None => {
+                            self.move_on(&conn).await;
+                        }
                     }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
@@ -278,14 +284,20 @@ impl Client {
         written(self.call_leader(Request::Delete { collection: collection.into(), id: id.into() }).await?)
     }
 
-    /// Reads `collection/id` from the current node with `consistency`.
+    /// Reads `collection/id` with `consistency`: a strong read is served by the leader
+    /// (redirects followed, as for writes); session and eventual reads by the current node.
     pub async fn get(
         &self,
         collection: &str,
         id: &str,
         consistency: Consistency,
     ) -> Result<Option<Vec<u8>>, ClientError> {
-        match self.call(Request::Get { collection: collection.into(), id: id.into(), consistency }).await? {
+        let request = Request::Get { collection: collection.into(), id: id.into(), consistency };
+        let response = match consistency {
+            Consistency::Strong => self.call_leader(request).await?,
+            _ => self.call(request).await?,
+        };
+        match response {
             Response::Value { value, .. } => Ok(value),
             other => Err(unexpected(other)),
         }

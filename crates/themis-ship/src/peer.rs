@@ -41,7 +41,9 @@ pub struct PeerConfig {
     pub peer_timeout: Duration,
     /// First reconnect delay (default 50 ms), doubled per failure up to `backoff_max`.
     pub backoff_initial: Duration,
-    /// Longest reconnect delay (default 5 s). Each delay is jittered by ±25%.
+    /// Longest reconnect delay (default 1 s, about one election timeout: a restarted node
+    /// hears from the leader within it, instead of sitting unaware of the leader while
+    /// the leader's link waits out a long backoff). Each delay is jittered by ±25%.
     pub backoff_max: Duration,
     /// Bytes sent in every hello on this link (the layer above introduces itself: Raft
     /// sends its vote public key). Default empty; at most 4 KiB.
@@ -58,7 +60,7 @@ impl Default for PeerConfig {
             heartbeat_interval: Duration::from_millis(100),
             peer_timeout: Duration::from_secs(1),
             backoff_initial: Duration::from_millis(50),
-            backoff_max: Duration::from_secs(5),
+            backoff_max: Duration::from_secs(1),
             hello_extra: Bytes::new(),
         }
     }
