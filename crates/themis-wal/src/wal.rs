@@ -433,12 +433,24 @@ struct Shared {
     ack: AckOn,
 }
 
+impl Shared {
+    /// Waits for a spare segment being filled and removes it: a closed log holds segments
+    /// only, and no thread outlives it.
+    fn drop_spare(&self) {
+        if let Some(spare) = lock(&self.writer).spare.take() {
+            let _ = spare.join();
+            let _ = fs::remove_file(self.dir.join(SPARE_FILE));
+        }
+    }
+}
+
 impl Drop for Shared {
     fn drop(&mut self) {
         self.coordinator.close("the WAL was dropped");
         if let Some(flusher) = lock(&self.flusher).take() {
             let _ = flusher.join();
         }
+        self.drop_spare();
     }
 }
 
@@ -942,11 +954,7 @@ impl Wal {
         if let Some(flusher) = lock(&self.shared.flusher).take() {
             flusher.join().map_err(|_| WalError::Closed("the flusher thread panicked".into()))?;
         }
-        // A spare being filled is finished and removed: a closed log holds segments only.
-        if let Some(spare) = lock(&self.shared.writer).spare.take() {
-            let _ = spare.join();
-            let _ = fs::remove_file(self.shared.dir.join(SPARE_FILE));
-        }
+        self.shared.drop_spare();
         Ok(())
     }
 }
