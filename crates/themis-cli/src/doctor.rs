@@ -46,7 +46,7 @@ pub fn render(wal: &Path, report: &CheckReport) -> String {
     for temp in &report.temp_files {
         let _ = writeln!(
             out,
-            "note: {} is left from an interrupted segment creation (removed at the next open)",
+            "note: {} is a temporary file (an interrupted segment creation, or the spare segment of a running node; removed at the next open)",
             temp.display()
         );
     }

@@ -149,6 +149,7 @@ fn commands_without_a_cluster_say_how_to_name_one() {
     fails(&["cluster", "down", "--dir", dir.path().to_str().unwrap()], 1, "cluster.json");
     fails(&["get", "c", "k", "--addr", "not-an-address"], 2, "--addr");
     fails(&["bench", "--clients", "0"], 2, "--clients");
+    fails(&["bench", "--conns", "0"], 2, "--conns");
     fails(&["bench", "--duration", "0.1"], 2, "seconds from 1 to 3600");
     fails(&["demo", "--seconds", "0"], 2, "seconds from 1 to 3600");
     fails(&["demo", "--nodes", "2"], 2, "--nodes");
@@ -205,6 +206,8 @@ fn a_cluster_comes_up_serves_documents_benchmarks_and_goes_down() {
         "bench",
         "--clients",
         "8",
+        "--conns",
+        "2",
         "--duration",
         "2",
         "--value-bytes",
@@ -217,6 +220,7 @@ fn a_cluster_comes_up_serves_documents_benchmarks_and_goes_down() {
     ]);
     let report: serde_json::Value = serde_json::from_str(&report).unwrap();
     assert!(report["writes"].as_u64().unwrap() > 0, "{report}");
+    assert_eq!(report["conns"], 2, "{report}");
     assert!(report["writes_per_sec"].as_f64().unwrap() > 0.0, "{report}");
     assert!(report["latency_ms"]["p99"].as_f64().unwrap() > 0.0, "{report}");
     assert!(report["lag_ms"]["p99"].is_number(), "{report}");

@@ -54,7 +54,8 @@ pub struct CheckReport {
     pub last_lsn: Lsn,
     /// Bytes read.
     pub bytes: u64,
-    /// Leftover temporary files of an interrupted segment creation (removed at open).
+    /// Temporary files: an interrupted segment creation, or the spare segment an open log
+    /// fills in the background (`spare.wal.tmp`). The next open removes them.
     pub temp_files: Vec<PathBuf>,
     /// Every problem, in log order.
     pub problems: Vec<Problem>,

@@ -67,7 +67,8 @@ pub struct RecoveryReport {
     pub truncated: Vec<Truncation>,
     /// Records skipped.
     pub skipped: Vec<Skip>,
-    /// Leftover temporary files from an interrupted segment creation, removed.
+    /// Leftover temporary files (an interrupted segment creation, or a spare segment a
+    /// crashed process was filling), removed.
     pub removed_temp_files: Vec<PathBuf>,
 }
 
@@ -97,8 +98,8 @@ fn cut(path: &Path, offset: u64) -> Result<(), WalError> {
 /// Segment files by id.
 pub(crate) type Segments = Vec<(u64, PathBuf)>;
 
-/// The segment files of `dir` by id, and leftover temporary files of an interrupted
-/// segment creation. Reads only.
+/// The segment files of `dir` by id, and its temporary files (`*.wal.tmp`: an interrupted
+/// segment creation, or a spare segment). Reads only.
 pub(crate) fn files(dir: &Path) -> Result<(Segments, Vec<PathBuf>), WalError> {
     let (mut segments, mut temps) = (Vec::new(), Vec::new());
     for item in fs::read_dir(dir).map_err(WalError::io("read directory", dir))? {

@@ -146,11 +146,9 @@ pub struct SegmentScan {
     pub header: SegmentHeader,
     /// Record offsets by `lsn - first_lsn`; [`SKIPPED`] for an LSN lost to corruption.
     pub offsets: Vec<u32>,
-    /// End of the last valid record: where the next one goes.
+    /// End of the last valid record: where the next one goes. Only zeros may follow it
+    /// without a bad record being noted (a preallocated segment's unused space).
     pub valid_len: u64,
-    /// Zero bytes from `valid_len` to the end of the file: a preallocated segment's unused
-    /// space, the clean end of its records.
-    pub zero_tail: u64,
     /// The bad record the scan stopped at (with [`OnBadRecord::Stop`]).
     pub stopped: Option<BadRecord>,
     /// Bad regions skipped (with [`OnBadRecord::Skip`]).
@@ -179,7 +177,6 @@ pub fn scan(file: &Bytes, max_record: usize, on_bad: OnBadRecord) -> Result<Segm
         header,
         offsets: Vec::new(),
         valid_len: HEADER_LEN as u64,
-        zero_tail: 0,
         stopped: None,
         skipped: Vec::new(),
     };
@@ -199,7 +196,6 @@ pub fn scan(file: &Bytes, max_record: usize, on_bad: OnBadRecord) -> Result<Segm
         let zero_from = |at: usize| file.get(at..).is_none_or(|rest| rest.iter().all(|&b| b == 0));
         if zero_from(offset) {
             // Nothing was ever written here (no record is all zeros: kind 0 is invalid).
-            scan.zero_tail = (file.len() - offset) as u64;
             break;
         }
         let in_tail = zero_from(offset.saturating_add(header.tail_window as usize));
