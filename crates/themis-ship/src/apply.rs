@@ -357,18 +357,28 @@ impl ParallelConfig {
 
 /// A task in the dependency graph.
 struct Node {
+    /// The task's LSN (kept here: the task itself moves to the worker that runs it).
+    lsn: Lsn,
     task: ApplyTask,
     /// Earlier tasks it still waits for.
     waits: usize,
     /// Later tasks waiting for it.
     dependents: Vec<u64>,
+    /// The key hashes it touches, forgotten on completion if no later task touched them.
+    keys: Vec<u64>,
 }
 
 /// The scheduler's state, under one mutex.
 struct Graph {
-    nodes: HashMap<u64, Node>,
-    /// The last task (by id) that touched each key hash.
-    last_by_key: HashMap<u64, u64>,
+    /// Incomplete tasks by id: slot `i` holds task `first_id + i`, `None` once completed.
+    /// Ids are dense and completed slots leave from the front, so the front is the oldest
+    /// incomplete task (the applied watermark) and a lookup is an index.
+    nodes: VecDeque<Option<Node>>,
+    /// The id of `nodes[0]`.
+    first_id: u64,
+    /// The last incomplete task (by id) that touched each key hash; a key leaves when that
+    /// task completes, so the map is bounded by the pending tasks, not by every key seen.
+    last_by_key: HashMap<u64, u64, KeyHashState>,
     /// The last barrier, which every later task waits for until it completes.
     barrier: Option<u64>,
     /// Tasks whose waits are over, in the order they became ready.
@@ -376,8 +386,12 @@ struct Graph {
     next_id: u64,
     /// Submitted and not yet completed.
     pending: usize,
-    /// The LSN of each incomplete task, to compute the applied watermark.
-    incomplete: std::collections::BTreeMap<u64, Lsn>,
+    /// Workers waiting on `work`: a submitter signals only when one is there to wake.
+    idle_workers: usize,
+    /// A submitter waits on `done` for room below `max_pending`.
+    waiting_for_room: bool,
+    /// A `sync` waits on `done` for `pending == 0`.
+    waiting_for_sync: bool,
     /// The highest LSN submitted whose tasks are all known.
     submitted_lsn: Lsn,
     changes: Vec<Change>,
@@ -390,12 +404,48 @@ struct Graph {
 impl Graph {
     /// Applied watermark: below the oldest incomplete task, or everything submitted.
     fn applied_lsn(&self) -> Lsn {
-        match self.incomplete.values().next() {
-            Some(&oldest) => oldest.saturating_sub(1).min(self.submitted_lsn),
-            None => self.submitted_lsn,
+        match self.nodes.front() {
+            Some(Some(oldest)) => oldest.lsn.saturating_sub(1).min(self.submitted_lsn),
+            _ => self.submitted_lsn,
         }
     }
+
+    fn node(&mut self, id: u64) -> Option<&mut Node> {
+        let index = usize::try_from(id.checked_sub(self.first_id)?).ok()?;
+        self.nodes.get_mut(index)?.as_mut()
+    }
+
+    /// Takes a completed task's node out and drops the completed slots at the front.
+    fn complete(&mut self, id: u64) -> Node {
+        let index = usize::try_from(id - self.first_id).expect("an incomplete id is in the window");
+        let node = self.nodes[index].take().expect("a running task stays in the graph");
+        while let Some(None) = self.nodes.front() {
+            self.nodes.pop_front();
+            self.first_id += 1;
+        }
+        node
+    }
 }
+
+/// Hashes a key hash (already uniform 64 bits) by passing it through.
+#[derive(Default)]
+struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+type KeyHashState = std::hash::BuildHasherDefault<KeyHasher>;
 
 struct Shared {
     graph: Mutex<Graph>,
@@ -403,6 +453,8 @@ struct Shared {
     work: Condvar,
     /// Submitters wait here for room; `sync` for completion.
     done: Condvar,
+    /// [`ParallelConfig::max_pending`].
+    max_pending: usize,
 }
 
 fn lock(m: &Mutex<Graph>) -> MutexGuard<'_, Graph> {
@@ -433,13 +485,16 @@ impl<S: StateMachine> ParallelApplier<S> {
         config.validate()?;
         let shared = Arc::new(Shared {
             graph: Mutex::new(Graph {
-                nodes: HashMap::new(),
-                last_by_key: HashMap::new(),
+                nodes: VecDeque::new(),
+                first_id: 0,
+                last_by_key: HashMap::default(),
                 barrier: None,
                 ready: VecDeque::new(),
                 next_id: 0,
                 pending: 0,
-                incomplete: std::collections::BTreeMap::new(),
+                idle_workers: 0,
+                waiting_for_room: false,
+                waiting_for_sync: false,
                 submitted_lsn: 0,
                 changes: Vec::new(),
                 stats: ApplyStats::default(),
@@ -449,6 +504,7 @@ impl<S: StateMachine> ParallelApplier<S> {
             }),
             work: Condvar::new(),
             done: Condvar::new(),
+            max_pending: config.max_pending,
         });
         let workers = (0..config.workers)
             .map(|i| {
@@ -482,8 +538,10 @@ impl<S: StateMachine> ParallelApplier<S> {
         let barrier = task.is_barrier();
         let mut g = lock(&self.shared.graph);
         while g.pending >= self.config.max_pending && g.failed.is_none() {
+            g.waiting_for_room = true;
             g = self.shared.done.wait(g).unwrap_or_else(std::sync::PoisonError::into_inner);
         }
+        g.waiting_for_room = false;
         if let Some((lsn, reason)) = &g.failed {
             return Err(ApplyError::Stopped { lsn: *lsn, reason: reason.clone() });
         }
@@ -493,12 +551,13 @@ impl<S: StateMachine> ParallelApplier<S> {
         let mut waits_on: Vec<u64> = Vec::new();
         if barrier {
             // Wait for every incomplete task; everything later waits for this one.
-            waits_on.extend(g.nodes.keys().copied());
+            let first = g.first_id;
+            waits_on.extend((first..).zip(&g.nodes).filter(|(_, n)| n.is_some()).map(|(id, _)| id));
             g.last_by_key.clear();
             g.barrier = Some(id);
             g.stats.barriers += 1;
         } else {
-            if let Some(b) = g.barrier.filter(|b| g.nodes.contains_key(b)) {
+            if let Some(b) = g.barrier.filter(|&b| g.node(b).is_some()) {
                 waits_on.push(b);
             }
             for key in &keys {
@@ -518,19 +577,27 @@ impl<S: StateMachine> ParallelApplier<S> {
         let mut waits = 0;
         for prev in waits_on {
             // Completed tasks have left the graph; only incomplete ones are waited for.
-            if let Some(node) = g.nodes.get_mut(&prev) {
+            if let Some(node) = g.node(prev) {
                 node.dependents.push(id);
                 waits += 1;
             }
         }
         g.stats.dependencies += waits as u64;
         g.pending += 1;
-        g.incomplete.insert(id, task.lsn);
-        g.nodes.insert(id, Node { task, waits, dependents: Vec::new() });
+        let lsn = task.lsn;
+        if g.nodes.is_empty() {
+            g.first_id = id;
+        }
+        g.nodes.push_back(Some(Node { lsn, task, waits, dependents: Vec::new(), keys }));
         if waits == 0 {
             g.ready.push_back(id);
+            // A busy worker takes the task when it finishes its own; a futex wake per task
+            // would cost the submitter a system call and the workers a context switch.
+            let wake = g.idle_workers > 0;
             drop(g);
-            self.shared.work.notify_one();
+            if wake {
+                self.shared.work.notify_one();
+            }
         }
         Ok(())
     }
@@ -552,12 +619,14 @@ fn worker<S: StateMachine>(shared: &Shared, machine: &S) {
             if g.shutdown {
                 return;
             }
+            g.idle_workers += 1;
             g = shared.work.wait(g).unwrap_or_else(std::sync::PoisonError::into_inner);
+            g.idle_workers -= 1;
             continue;
         };
         let skip = g.failed.is_some();
         let task = std::mem::replace(
-            &mut g.nodes.get_mut(&id).expect("ready tasks are in the graph").task,
+            &mut g.node(id).expect("ready tasks are in the graph").task,
             ApplyTask { lsn: 0, ops: Vec::new() },
         );
         drop(g);
@@ -580,15 +649,21 @@ fn worker<S: StateMachine>(shared: &Shared, machine: &S) {
                 }
             }
         }
-        let node = g.nodes.remove(&id).expect("a running task stays in the graph");
-        g.incomplete.remove(&id);
+        let node = g.complete(id);
+        for key in &node.keys {
+            if let MapEntry::Occupied(last) = g.last_by_key.entry(*key)
+                && *last.get() == id
+            {
+                last.remove();
+            }
+        }
         if g.failed.is_none() {
             let watermark = g.applied_lsn();
             g.stats.applied_lsn = g.stats.applied_lsn.max(watermark);
         }
         let mut woke = 0;
         for dep in node.dependents {
-            let d = g.nodes.get_mut(&dep).expect("dependents stay until their waits are over");
+            let d = g.node(dep).expect("dependents stay until their waits are over");
             d.waits -= 1;
             if d.waits == 0 {
                 g.ready.push_back(dep);
@@ -599,11 +674,18 @@ fn worker<S: StateMachine>(shared: &Shared, machine: &S) {
         if let Some(started) = g.started {
             g.stats.wall_nanos = nanos_since(started);
         }
-        // Keep one woken task for this worker; wake others for the rest.
-        for _ in 1..woke {
+        // Keep one woken task for this worker; wake idle ones for the rest.
+        for _ in 1..woke.min(g.idle_workers + 1) {
             shared.work.notify_one();
         }
-        shared.done.notify_all();
+        // Wake a waiter on `done` only when its wait can end: room for a blocked submitter
+        // (one completion makes it), everything done for `sync`, or a failure for both.
+        let failed = g.failed.is_some();
+        if (g.waiting_for_room && (g.pending < shared.max_pending || failed))
+            || (g.waiting_for_sync && g.pending == 0)
+        {
+            shared.done.notify_all();
+        }
     }
 }
 
@@ -632,8 +714,10 @@ impl<S: StateMachine> Applier for ParallelApplier<S> {
     fn sync(&mut self) -> Result<ApplyStats, ApplyError> {
         let mut g = lock(&self.shared.graph);
         while g.pending > 0 {
+            g.waiting_for_sync = true;
             g = self.shared.done.wait(g).unwrap_or_else(std::sync::PoisonError::into_inner);
         }
+        g.waiting_for_sync = false;
         if let Some((lsn, reason)) = &g.failed {
             return Err(ApplyError::Stopped { lsn: *lsn, reason: reason.clone() });
         }
@@ -895,5 +979,40 @@ impl StateMachine for MemoryStateMachine {
         }
         *self.schema.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = schema;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn upsert(key: u64) -> Vec<Op> {
+        let kind = OpKind::Upsert {
+            collection: "c".into(),
+            key: Bytes::from(key.to_string()),
+            value: Bytes::from_static(b"v"),
+        };
+        vec![Op { origin: NodeId(1), txn: 0, kind }]
+    }
+
+    #[test]
+    fn the_scheduler_forgets_keys_and_tasks_once_applied() {
+        // A follower's applier runs for as long as the node; what it remembers per key must
+        // leave with the last task that touched it, or it grows with every key ever written.
+        let machine = Arc::new(MemoryStateMachine::new());
+        let mut applier =
+            ParallelApplier::new(&machine, ParallelConfig { workers: 2, max_pending: 16 }).unwrap();
+        for lsn in 1..=5_000 {
+            // Repeats (lsn % 3000) keep some dependencies in play.
+            applier.submit(lsn, upsert(lsn % 3_000)).unwrap();
+        }
+        let stats = applier.sync().unwrap();
+        assert_eq!((stats.tasks, stats.applied_lsn), (5_000, 5_000));
+        let g = lock(&applier.shared.graph);
+        assert!(g.last_by_key.is_empty(), "{} keys still held", g.last_by_key.len());
+        assert!(g.nodes.is_empty(), "{} task slots still held", g.nodes.len());
+        assert_eq!(g.first_id, 5_000);
+        drop(g);
+        assert_eq!(machine.get("c", b"1999").as_deref(), Some(&b"v"[..]));
     }
 }
