@@ -7,6 +7,8 @@
 use crate::entry::{Lsn, LsnRange, NewEntry};
 use crate::error::WalError;
 use crate::record;
+use std::task::{Poll, Waker};
+
 use crate::sync::{Condvar, Mutex, MutexGuard, lock, wait};
 
 /// Where the flusher puts bytes.
@@ -57,6 +59,28 @@ pub(crate) struct State {
     dirty: bool,
     /// Set when a write or sync failed, or the log was closed: no further writes.
     closed: Option<String>,
+    /// Async writers waiting for an acknowledgement, in registration order (which is LSN
+    /// order but for re-polls): each is woken once, by the flush that reaches its LSN or by
+    /// the log closing. A condvar would wake every waiter on every flush.
+    ack_waiters: Vec<AckWaiter>,
+    /// Async writers waiting for room in a full queue; woken when the flusher takes it.
+    room_waiters: Vec<Waker>,
+}
+
+#[derive(Debug)]
+struct AckWaiter {
+    lsn: Lsn,
+    ack: AckOn,
+    waker: Waker,
+}
+
+impl Progress {
+    fn reached(&self, ack: AckOn) -> Lsn {
+        match ack {
+            AckOn::Durable => self.durable,
+            AckOn::Written => self.written,
+        }
+    }
 }
 
 /// The shared state of writers and the flusher.
@@ -94,6 +118,8 @@ impl Coordinator {
                 last_batches: 0,
                 dirty: false,
                 closed: None,
+                ack_waiters: Vec::new(),
+                room_waiters: Vec::new(),
             }),
             work: Condvar::new(),
             done: Condvar::new(),
@@ -130,17 +156,6 @@ impl Coordinator {
                 None => state = wait(&self.done, state),
             }
         }
-    }
-
-    /// Like [`enqueue`](Self::enqueue) but returns `Ok(None)` instead of blocking on a
-    /// full queue.
-    pub(crate) fn try_enqueue(
-        &self,
-        entries: &[NewEntry],
-        expect_first: Option<Lsn>,
-    ) -> Result<Option<LsnRange>, WalError> {
-        let mut state = lock(&self.state);
-        self.try_enqueue_locked(&mut state, entries, expect_first)
     }
 
     fn try_enqueue_locked(
@@ -190,15 +205,53 @@ impl Coordinator {
         Ok(Some(LsnRange { first, last: state.next_lsn - 1 }))
     }
 
+    /// The async form of [`enqueue`](Self::enqueue): enqueues `entries` (`Ready` with the
+    /// range) or registers `waker` for room when the queue is full (`Pending`). With `ack`,
+    /// the same lock also registers `waker` for the acknowledgement of the last entry under
+    /// it, so an async append costs one lock to queue and one to learn it is done.
+    pub(crate) fn poll_enqueue(
+        &self,
+        entries: &[NewEntry],
+        expect_first: Option<Lsn>,
+        ack: Option<AckOn>,
+        waker: &Waker,
+    ) -> Poll<Result<LsnRange, WalError>> {
+        let mut state = lock(&self.state);
+        match self.try_enqueue_locked(&mut state, entries, expect_first) {
+            Ok(Some(range)) => {
+                if let Some(ack) = ack {
+                    state.ack_waiters.push(AckWaiter { lsn: range.last, ack, waker: waker.clone() });
+                }
+                Poll::Ready(Ok(range))
+            }
+            Ok(None) => {
+                state.room_waiters.push(waker.clone());
+                Poll::Pending
+            }
+            Err(err) => Poll::Ready(Err(err)),
+        }
+    }
+
+    /// The async form of [`wait_for`](Self::wait_for): `Ready` once `lsn` is acknowledged
+    /// under `ack` or the log fails; otherwise registers `waker` for the flush that gets
+    /// there.
+    pub(crate) fn poll_ack(&self, lsn: Lsn, ack: AckOn, waker: &Waker) -> Poll<Result<Progress, WalError>> {
+        let mut state = lock(&self.state);
+        if state.progress.reached(ack) >= lsn {
+            return Poll::Ready(Ok(state.progress));
+        }
+        if let Some(reason) = &state.closed {
+            return Poll::Ready(Err(WalError::Closed(reason.clone())));
+        }
+        state.ack_waiters.push(AckWaiter { lsn, ack, waker: waker.clone() });
+        Poll::Pending
+    }
+
     /// Blocks until `lsn` is acknowledged under `ack`, or the log fails.
     pub(crate) fn wait_for(&self, lsn: Lsn, ack: AckOn) -> Result<Progress, WalError> {
         let mut state = lock(&self.state);
         loop {
-            let reached = match ack {
-                AckOn::Durable => state.progress.durable,
-                AckOn::Written => state.progress.written,
-            };
-            if reached >= lsn {
+            if state.progress.reached(ack) >= lsn {
                 return Ok(state.progress);
             }
             if let Some(reason) = &state.closed {
@@ -229,8 +282,17 @@ impl Coordinator {
         if state.closed.is_none() {
             state.closed = Some(reason.to_string());
         }
+        // Async writers learn of it on their next poll; queued records are still flushed,
+        // and a waiter whose LSN that flush reaches is told so.
+        let room = std::mem::take(&mut state.room_waiters);
+        let acks = std::mem::take(&mut state.ack_waiters);
         self.work.notify_all();
         self.done.notify_all();
+        drop(state);
+        room.into_iter().for_each(Waker::wake);
+        for waiter in acks {
+            waiter.waker.wake();
+        }
     }
 
     /// Waits until nothing is queued or in flight and returns the locked state, so that
@@ -292,7 +354,9 @@ impl Coordinator {
         let closing = state.closed.is_some();
         // The queue is empty again: producers blocked on a full queue may go on.
         self.done.notify_all();
+        let room = std::mem::take(&mut state.room_waiters);
         drop(state);
+        room.into_iter().for_each(Waker::wake);
 
         let mut result = Ok(());
         let mut written = None;
@@ -328,6 +392,14 @@ impl Coordinator {
             state.dirty = false;
         }
         self.done.notify_all();
+        let woken: Vec<Waker> = if state.closed.is_some() {
+            state.ack_waiters.drain(..).map(|w| w.waker).collect()
+        } else {
+            let progress = state.progress;
+            state.ack_waiters.extract_if(.., |w| progress.reached(w.ack) >= w.lsn).map(|w| w.waker).collect()
+        };
+        drop(state);
+        woken.into_iter().for_each(Waker::wake);
         true
     }
 }

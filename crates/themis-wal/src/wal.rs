@@ -5,6 +5,7 @@ use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
+use std::task::Poll;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -596,16 +597,34 @@ impl Wal {
 
     /// [`append`](Self::append) for async callers: never blocks a runtime thread.
     pub async fn append_async(&self, entries: &[NewEntry]) -> Result<LsnRange, WalError> {
-        let range = self.enqueue_async(entries, None).await?;
-        self.wait_ack(range.last).await?;
-        Ok(range)
+        self.append_waiting(entries, None).await
     }
 
     /// [`append_at`](Self::append_at) for async callers.
     pub async fn append_at_async(&self, first: Lsn, entries: &[NewEntry]) -> Result<LsnRange, WalError> {
-        let range = self.enqueue_async(entries, Some(first)).await?;
-        self.wait_ack(range.last).await?;
-        Ok(range)
+        self.append_waiting(entries, Some(first)).await
+    }
+
+    /// Queues `entries` and waits for their acknowledgement. The task is registered with
+    /// the coordinator under the lock that queues it, and woken by exactly the flush that
+    /// acknowledges it (or by the log closing), not by every change of progress.
+    async fn append_waiting(&self, entries: &[NewEntry], first: Option<Lsn>) -> Result<LsnRange, WalError> {
+        let coordinator = &self.shared.coordinator;
+        let ack = self.shared.ack;
+        let mut queued: Option<LsnRange> = None;
+        std::future::poll_fn(|cx| match queued {
+            None => match coordinator.poll_enqueue(entries, first, Some(ack), cx.waker()) {
+                Poll::Ready(Ok(range)) => {
+                    // Registered for the acknowledgement: the flush that reaches the range
+                    // (or a close) wakes this task.
+                    queued = Some(range);
+                    Poll::Pending
+                }
+                other => other,
+            },
+            Some(range) => coordinator.poll_ack(range.last, ack, cx.waker()).map_ok(|_| range),
+        })
+        .await
     }
 
     /// Queues `entries`, which must start at `first`, and returns once they are queued
@@ -616,15 +635,9 @@ impl Wal {
     }
 
     async fn enqueue_async(&self, entries: &[NewEntry], first: Option<Lsn>) -> Result<LsnRange, WalError> {
-        let mut progress = self.shared.progress.clone();
-        loop {
-            progress.borrow_and_update();
-            if let Some(range) = self.shared.coordinator.try_enqueue(entries, first)? {
-                return Ok(range);
-            }
-            // The queue frees when the flusher takes it, before it publishes progress.
-            let _ = progress.changed().await;
-        }
+        // A full queue registers the task, which the flusher wakes when it takes the queue.
+        std::future::poll_fn(|cx| self.shared.coordinator.poll_enqueue(entries, first, None, cx.waker()))
+            .await
     }
 
     /// Waits (async) until `lsn` is acknowledged under the fsync policy: durable under
