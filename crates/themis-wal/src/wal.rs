@@ -571,17 +571,13 @@ impl Wal {
     /// acknowledges them (under [`FsyncPolicy::Always`]: once durable). Blocks while the
     /// queue is full.
     pub fn append(&self, entries: &[NewEntry]) -> Result<LsnRange, WalError> {
-        let range = self.shared.coordinator.enqueue(entries, None)?;
-        self.shared.coordinator.wait_for(range.last, self.shared.ack)?;
-        Ok(range)
+        crate::sync::block_on(self.append_waiting(entries, None))
     }
 
     /// Like [`append`](Self::append), but fails with [`WalError::LsnMismatch`] unless the
     /// batch starts at `first` (a Raft follower appending the leader's entries).
     pub fn append_at(&self, first: Lsn, entries: &[NewEntry]) -> Result<LsnRange, WalError> {
-        let range = self.shared.coordinator.enqueue(entries, Some(first))?;
-        self.shared.coordinator.wait_for(range.last, self.shared.ack)?;
-        Ok(range)
+        crate::sync::block_on(self.append_waiting(entries, Some(first)))
     }
 
     /// Queues `entries` and returns their LSNs without waiting for the write; pair with
