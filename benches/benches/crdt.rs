@@ -14,6 +14,8 @@ use themis_replication::crdt::{Crdt, GCounter, LwwRegister, OrSet};
 
 const NODES: u64 = 8;
 const ELEMENTS: u32 = 1_000;
+/// Replica states merged per iteration in the LWW stream case.
+const STREAM: u64 = 1_024;
 
 /// Two G-Counters over 8 nodes where `b` is ahead on one node, as after a remote increment.
 fn g_counters() -> (GCounter, GCounter) {
@@ -59,6 +61,43 @@ fn counters_and_registers(c: &mut Criterion) {
     let mut theirs = crdts::LWWReg { val: 1u64, marker: 10u64 };
     let their_newer = crdts::LWWReg { val: 2u64, marker: 20u64 };
     group.bench_function("crdts", |bench| bench.iter(|| theirs.merge(black_box(their_newer.clone()))));
+    group.finish();
+
+    // The case above merges a register with itself (equal timestamps) after the first
+    // call, so it times the comparison alone. Here a fresh register takes a stream of
+    // replica states, every other one newer (its value replaces the register's) and the
+    // rest older: the work of anti-entropy. Per element: total / STREAM.
+    let mut group = c.benchmark_group("lww_merge_stream");
+    group.throughput(criterion::Throughput::Elements(STREAM));
+    let stamp = |i: u64| if i % 2 == 0 { 10_000 + i } else { 1 + i };
+    let ours_stream: Vec<LwwRegister<u64>> = (0..STREAM)
+        .map(|i| {
+            let mut r = LwwRegister::new();
+            r.set(i, at(stamp(i))).unwrap();
+            r
+        })
+        .collect();
+    let their_stream: Vec<crdts::LWWReg<u64, u64>> =
+        (0..STREAM).map(|i| crdts::LWWReg { val: i, marker: stamp(i) }).collect();
+    group.bench_function("themis", |bench| {
+        bench.iter(|| {
+            let mut r = LwwRegister::new();
+            for other in black_box(&ours_stream) {
+                r.merge(other).unwrap();
+            }
+            r
+        });
+    });
+    // crdts consumes each state: it gets a copy (two words, free for `u64`), as above.
+    group.bench_function("crdts", |bench| {
+        bench.iter(|| {
+            let mut r = crdts::LWWReg { val: 0, marker: 0 };
+            for other in black_box(&their_stream) {
+                r.merge(other.clone());
+            }
+            r
+        });
+    });
     group.finish();
 }
 
@@ -139,6 +178,12 @@ fn main() {
                 ours: "lww_merge/themis",
                 baseline: "lww_merge/crdts",
                 targets: &[Target::NotSlowerThan(1.0), Target::UnderNs(100.0)],
+            },
+            Comparison {
+                what: "LWW-Register merge, stream of 1,024 states (per state: / 1,024)",
+                ours: "lww_merge_stream/themis",
+                baseline: "lww_merge_stream/crdts",
+                targets: &[Target::NotSlowerThan(1.0)],
             },
             Comparison {
                 what: "OR-Set add, 1,000 elements",
