@@ -69,7 +69,7 @@ fn counters_and_registers(c: &mut Criterion) {
     // rest older: the work of anti-entropy. Per element: total / STREAM.
     let mut group = c.benchmark_group("lww_merge_stream");
     group.throughput(criterion::Throughput::Elements(STREAM));
-    let stamp = |i: u64| if i % 2 == 0 { 10_000 + i } else { 1 + i };
+    let stamp = |i: u64| if i.is_multiple_of(2) { 10_000 + i } else { 1 + i };
     let ours_stream: Vec<LwwRegister<u64>> = (0..STREAM)
         .map(|i| {
             let mut r = LwwRegister::new();
