@@ -4,11 +4,11 @@
 //! The coordinator knows nothing of files: the flusher drives a [`Sink`], which the WAL
 //! implements with segment files and the loom tests with a model of durable storage.
 
+use std::task::{Poll, Waker};
+
 use crate::entry::{Lsn, LsnRange, NewEntry};
 use crate::error::WalError;
 use crate::record;
-use std::task::{Poll, Waker};
-
 use crate::sync::{Condvar, Mutex, MutexGuard, lock, wait};
 
 /// Where the flusher puts bytes.
@@ -282,8 +282,9 @@ impl Coordinator {
         if state.closed.is_none() {
             state.closed = Some(reason.to_string());
         }
-        // Async writers learn of it on their next poll; queued records are still flushed,
-        // and a waiter whose LSN that flush reaches is told so.
+        // Every waiter learns of it on its next poll: `Closed`, unless its LSN is already
+        // acknowledged. Queued records are still flushed (as for blocked threads, the
+        // caller cannot tell whether they were), and writers waiting for room fail.
         let room = std::mem::take(&mut state.room_waiters);
         let acks = std::mem::take(&mut state.ack_waiters);
         self.work.notify_all();
