@@ -89,7 +89,7 @@ pub(crate) struct Coordinator {
     state: Mutex<State>,
     /// Signalled when the queue gains records or the log closes (the flusher waits on it).
     work: Condvar,
-    /// Signalled when progress is published or queue space frees (writers wait on it).
+    /// Signalled when a flush is published (`quiesce` waits on it; writers wait on wakers).
     done: Condvar,
     max_queue_bytes: usize,
     max_record_bytes: usize,
@@ -142,22 +142,6 @@ impl Coordinator {
         Ok(total)
     }
 
-    /// Enqueues `entries` (all or nothing), blocking while the queue is full, and returns
-    /// their LSNs. With `expect_first`, fails unless the batch would start at that LSN.
-    pub(crate) fn enqueue(
-        &self,
-        entries: &[NewEntry],
-        expect_first: Option<Lsn>,
-    ) -> Result<LsnRange, WalError> {
-        let mut state = lock(&self.state);
-        loop {
-            match self.try_enqueue_locked(&mut state, entries, expect_first)? {
-                Some(range) => return Ok(range),
-                None => state = wait(&self.done, state),
-            }
-        }
-    }
-
     fn try_enqueue_locked(
         &self,
         state: &mut State,
@@ -205,8 +189,9 @@ impl Coordinator {
         Ok(Some(LsnRange { first, last: state.next_lsn - 1 }))
     }
 
-    /// The async form of [`enqueue`](Self::enqueue): enqueues `entries` (`Ready` with the
-    /// range) or registers `waker` for room when the queue is full (`Pending`). With `ack`,
+    /// Enqueues `entries`, all or nothing (`Ready` with their LSNs; with `expect_first`,
+    /// an error unless the batch would start there), or registers `waker` for room when
+    /// the queue is full (`Pending`). Blocking callers drive this with `sync::block_on`. With `ack`,
     /// the same lock also registers `waker` for the acknowledgement of the last entry under
     /// it, so an async append costs one lock to queue and one to learn it is done.
     pub(crate) fn poll_enqueue(
@@ -232,9 +217,8 @@ impl Coordinator {
         }
     }
 
-    /// The async form of [`wait_for`](Self::wait_for): `Ready` once `lsn` is acknowledged
-    /// under `ack` or the log fails; otherwise registers `waker` for the flush that gets
-    /// there.
+    /// `Ready` once `lsn` is acknowledged under `ack` or the log fails; otherwise registers
+    /// `waker` for the flush that gets there.
     pub(crate) fn poll_ack(&self, lsn: Lsn, ack: AckOn, waker: &Waker) -> Poll<Result<Progress, WalError>> {
         let mut state = lock(&self.state);
         if state.progress.reached(ack) >= lsn {
@@ -245,20 +229,6 @@ impl Coordinator {
         }
         state.ack_waiters.push(AckWaiter { lsn, ack, waker: waker.clone() });
         Poll::Pending
-    }
-
-    /// Blocks until `lsn` is acknowledged under `ack`, or the log fails.
-    pub(crate) fn wait_for(&self, lsn: Lsn, ack: AckOn) -> Result<Progress, WalError> {
-        let mut state = lock(&self.state);
-        loop {
-            if state.progress.reached(ack) >= lsn {
-                return Ok(state.progress);
-            }
-            if let Some(reason) = &state.closed {
-                return Err(WalError::Closed(reason.clone()));
-            }
-            state = wait(&self.done, state);
-        }
     }
 
     /// The current progress.
@@ -283,12 +253,11 @@ impl Coordinator {
             state.closed = Some(reason.to_string());
         }
         // Every waiter learns of it on its next poll: `Closed`, unless its LSN is already
-        // acknowledged. Queued records are still flushed (as for blocked threads, the
-        // caller cannot tell whether they were), and writers waiting for room fail.
+        // acknowledged. Queued records are still flushed (the caller cannot tell whether
+        // they were), and writers waiting for room fail.
         let room = std::mem::take(&mut state.room_waiters);
         let acks = std::mem::take(&mut state.ack_waiters);
         self.work.notify_all();
-        self.done.notify_all();
         drop(state);
         room.into_iter().for_each(Waker::wake);
         for waiter in acks {
@@ -353,8 +322,7 @@ impl Coordinator {
         let have_batch = !offsets.is_empty();
         state.flushing = true;
         let closing = state.closed.is_some();
-        // The queue is empty again: producers blocked on a full queue may go on.
-        self.done.notify_all();
+        // The queue is empty again: writers waiting for room may go on.
         let room = std::mem::take(&mut state.room_waiters);
         drop(state);
         room.into_iter().for_each(Waker::wake);

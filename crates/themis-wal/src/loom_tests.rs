@@ -57,53 +57,28 @@ fn entry(size: usize) -> NewEntry {
     NewEntry::data(Timestamp::ZERO, Bytes::from(vec![7u8; size]))
 }
 
-/// How a model writer queues and waits.
-#[derive(Clone, Copy)]
-enum Api {
-    /// `enqueue` + `wait_for`: a thread on the condvars.
-    Blocking,
-    /// `poll_enqueue` + `poll_ack` under `block_on`: an async task on wakers.
-    Async,
-}
-
-/// Queues one entry and waits for it to be durable, the way `api` does.
-fn append(coordinator: &Coordinator, api: Api) -> Result<(LsnRange, Progress), WalError> {
-    match api {
-        Api::Blocking => {
-            let range = coordinator.enqueue(&[entry(8)], None)?;
-            Ok((range, coordinator.wait_for(range.last, AckOn::Durable)?))
-        }
-        Api::Async => {
-            let entries = [entry(8)];
-            let mut queued: Option<LsnRange> = None;
-            loom::future::block_on(std::future::poll_fn(|cx| match queued {
-                None => match coordinator.poll_enqueue(&entries, None, Some(AckOn::Durable), cx.waker()) {
-                    Poll::Ready(Ok(range)) => {
-                        queued = Some(range);
-                        Poll::Pending
-                    }
-                    Poll::Ready(Err(err)) => Poll::Ready(Err(err)),
-                    Poll::Pending => Poll::Pending,
-                },
-                Some(range) => {
-                    coordinator.poll_ack(range.last, AckOn::Durable, cx.waker()).map_ok(|p| (range, p))
-                }
-            }))
-        }
-    }
+/// Queues one entry and waits for it to be durable, as `Wal::append` does (and, with
+/// loom's `block_on`, as `Wal::append_async` does on a runtime).
+fn append(coordinator: &Coordinator) -> Result<(LsnRange, Progress), WalError> {
+    let entries = [entry(8)];
+    let mut queued: Option<LsnRange> = None;
+    loom::future::block_on(std::future::poll_fn(|cx| match queued {
+        None => match coordinator.poll_enqueue(&entries, None, Some(AckOn::Durable), cx.waker()) {
+            Poll::Ready(Ok(range)) => {
+                queued = Some(range);
+                Poll::Pending
+            }
+            Poll::Ready(Err(err)) => Poll::Ready(Err(err)),
+            Poll::Pending => Poll::Pending,
+        },
+        Some(range) => coordinator.poll_ack(range.last, AckOn::Durable, cx.waker()).map_ok(|p| (range, p)),
+    }))
 }
 
 /// Runs `writers` writers (each appending `per_writer` single-entry batches) against one
-/// flusher, and checks each acknowledgement against the model disk.
-fn run(writers: usize, per_writer: usize, max_queue: usize, fail_sync: bool) {
-    run_with(&vec![Api::Blocking; writers], per_writer, max_queue, fail_sync, 3);
-}
-
-/// [`run`] with each writer's API chosen, and loom's preemption bound (`block_on` adds
-/// enough steps that 3 preemptions take minutes where 2 take seconds).
-fn run_with(apis: &[Api], per_writer: usize, max_queue: usize, fail_sync: bool, preemptions: usize) {
-    let apis = apis.to_vec();
-    let writers = apis.len();
+/// flusher, and checks each acknowledgement against the model disk. `preemptions` bounds
+/// loom's search (`block_on` adds enough steps that 3 take minutes where 2 take seconds).
+fn run(writers: usize, per_writer: usize, max_queue: usize, fail_sync: bool, preemptions: usize) {
     let mut builder = loom::model::Builder::new();
     builder.preemption_bound = Some(preemptions);
     builder.check(move || {
@@ -115,15 +90,14 @@ fn run_with(apis: &[Api], per_writer: usize, max_queue: usize, fail_sync: bool, 
             let mut sink = ModelSink { disk: disk.clone(), fail_sync };
             thread::spawn(move || while coordinator.flush_once(&mut sink, &mut SyncRule::Always) {})
         };
-        let handles: Vec<_> = apis
-            .iter()
-            .map(|&api| {
+        let handles: Vec<_> = (0..writers)
+            .map(|_| {
                 let coordinator = coordinator.clone();
                 let disk = disk.clone();
                 thread::spawn(move || {
                     let mut last = 0;
                     for _ in 0..per_writer {
-                        match append(&coordinator, api) {
+                        match append(&coordinator) {
                             Ok((range, progress)) => {
                                 assert!(range.first > last, "LSNs of one writer go backwards");
                                 last = range.last;
@@ -156,37 +130,21 @@ fn run_with(apis: &[Api], per_writer: usize, max_queue: usize, fail_sync: bool, 
 
 #[test]
 fn two_writers_are_acknowledged_only_when_durable() {
-    run(2, 1, 1 << 16, false);
+    run(2, 1, 1 << 16, false, 3);
 }
 
 #[test]
 fn one_writer_two_batches_in_order() {
-    run(1, 2, 1 << 16, false);
+    run(1, 2, 1 << 16, false, 3);
 }
 
 #[test]
 fn a_full_queue_makes_writers_wait_but_wakes_them() {
     // Room for one record only: the second writer must wait for the flusher to take it.
-    run(2, 1, record::encoded_len(8), false);
+    run(2, 1, record::encoded_len(8), false, 2);
 }
 
 #[test]
 fn a_failed_sync_acknowledges_nobody() {
-    run(2, 1, 1 << 16, true);
-}
-
-#[test]
-fn async_writers_are_woken_only_when_durable() {
-    // One task beside one thread: the waker list and the condvar share one flush.
-    run_with(&[Api::Async, Api::Blocking], 1, 1 << 16, false, 3);
-}
-
-#[test]
-fn an_async_writer_waits_for_room_and_is_woken() {
-    run_with(&[Api::Async, Api::Async], 1, record::encoded_len(8), false, 2);
-}
-
-#[test]
-fn a_failed_sync_wakes_async_writers_with_an_error() {
-    run_with(&[Api::Async, Api::Async], 1, 1 << 16, true, 2);
+    run(2, 1, 1 << 16, true, 2);
 }

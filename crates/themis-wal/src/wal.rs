@@ -583,12 +583,16 @@ impl Wal {
     /// Queues `entries` and returns their LSNs without waiting for the write; pair with
     /// [`wait_durable`](Self::wait_durable). Blocks only while the queue is full.
     pub fn submit(&self, entries: &[NewEntry]) -> Result<LsnRange, WalError> {
-        self.shared.coordinator.enqueue(entries, None)
+        crate::sync::block_on(self.enqueue_async(entries, None))
     }
 
     /// Blocks until `lsn` is durable.
     pub fn wait_durable(&self, lsn: Lsn) -> Result<(), WalError> {
-        self.shared.coordinator.wait_for(lsn, AckOn::Durable).map(|_| ())
+        let coordinator = &self.shared.coordinator;
+        crate::sync::block_on(std::future::poll_fn(|cx| {
+            coordinator.poll_ack(lsn, AckOn::Durable, cx.waker())
+        }))
+        .map(|_| ())
     }
 
     /// [`append`](Self::append) for async callers: never blocks a runtime thread.
