@@ -55,7 +55,9 @@ pub enum ClientError {
     Unexpected(String),
 }
 
-type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Response>>>>;
+/// Calls waiting for their answers; `None` once the connection's reader has stopped, so a
+/// call made after that fails at once instead of waiting for an answer nobody will read.
+type Pending = Arc<Mutex<Option<HashMap<u64, oneshot::Sender<Response>>>>>;
 
 /// A connection to one node.
 #[derive(Debug)]
@@ -74,7 +76,7 @@ impl Conn {
             .map_err(|_| fail("timed out".into()))?
             .map_err(|e| fail(e.to_string()))?;
         let _ = tcp.set_nodelay(true);
-        let pending: Pending = Arc::default();
+        let pending: Pending = Arc::new(Mutex::new(Some(HashMap::new())));
         let (tx, rx) = mpsc::channel(4096);
         match tls {
             Some(connector) => {
@@ -90,8 +92,11 @@ impl Conn {
     async fn call(&self, request: Request) -> Result<Response, ClientError> {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
-        self.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(id, tx);
         let broke = |reason: &str| ClientError::Connection { addr: self.addr, reason: reason.to_string() };
+        match self.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner).as_mut() {
+            Some(waiting) => waiting.insert(id, tx),
+            None => return Err(broke("the connection has closed")),
+        };
         self.tx.send((id, request)).await.map_err(|_| broke("the writer has stopped"))?;
         rx.await.map_err(|_| broke("closed before the answer"))
     }
@@ -122,7 +127,11 @@ fn spawn_io<S: AsyncRead + AsyncWrite + Send + 'static>(
     });
     tokio::spawn(async move {
         while let Ok(Some((id, response))) = read_frame::<_, Response>(&mut reader).await {
-            let waiter = pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&id);
+            let waiter = pending
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .as_mut()
+                .and_then(|waiting| waiting.remove(&id));
             if let Some(waiter) = waiter {
                 let _ = waiter.send(response);
             } else if id == 0 {
@@ -131,8 +140,10 @@ fn spawn_io<S: AsyncRead + AsyncWrite + Send + 'static>(
                 break;
             }
         }
-        // Dropping the senders fails every call still waiting.
-        pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clear();
+        // Dropping the senders fails every call still waiting, and later calls fail at once.
+        // (Clearing the map alone left a call made after it waiting forever: found by the
+        // demo, whose writer used a connection to the node it had just killed.)
+        *pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
     });
 }
 
@@ -334,5 +345,29 @@ fn unexpected(response: Response) -> ClientError {
         Response::Error { code, message } => ClientError::Server { code, message },
         Response::NotLeader { leader, leader_addr } => ClientError::NoLeader { leader, addr: leader_addr },
         other => ClientError::Unexpected(format!("{other:?}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_call_on_a_connection_whose_reader_stopped_fails_instead_of_waiting() {
+        // A node that accepts and then goes away, as one killed mid-run does.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move { drop(listener.accept().await.unwrap()) });
+        let conn = Conn::open(addr, None).await.unwrap();
+        server.await.unwrap();
+        // Wait until the reader has seen the end of the stream.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while conn.pending.lock().unwrap().is_some() {
+            assert!(tokio::time::Instant::now() < deadline, "the reader never stopped");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let answer = tokio::time::timeout(Duration::from_secs(5), conn.call(Request::Status)).await;
+        let err = answer.expect("the call must not wait for an answer nobody reads").unwrap_err();
+        assert!(matches!(err, ClientError::Connection { .. }) && err.to_string().contains("closed"), "{err}");
     }
 }
