@@ -11,6 +11,9 @@ use crate::error::WalError;
 use crate::record;
 use crate::sync::{Condvar, Mutex, MutexGuard, lock, wait};
 
+/// The largest group buffer kept for reuse; a larger one (a burst) is freed.
+const SPARE_MAX_BYTES: usize = 8 << 20;
+
 /// Where the flusher puts bytes.
 pub(crate) trait Sink {
     /// Writes `bytes`, which hold whole records; the first has LSN `first`, and `offsets`
@@ -46,6 +49,9 @@ pub(crate) struct State {
     queue: Vec<u8>,
     /// Start of each queued record within `queue`.
     offsets: Vec<u32>,
+    /// The previous group's buffers, emptied, for the next group to fill: a fresh `Vec`
+    /// per group page-faults its way up to the group's size under the lock every time.
+    spare: (Vec<u8>, Vec<u32>),
     /// LSN of the first queued record.
     queue_first: Lsn,
     progress: Progress,
@@ -111,6 +117,7 @@ impl Coordinator {
                 next_lsn,
                 queue: Vec::new(),
                 offsets: Vec::new(),
+                spare: (Vec::new(), Vec::new()),
                 queue_first: next_lsn,
                 progress: Progress { written: last, durable: last },
                 flushing: false,
@@ -316,8 +323,9 @@ impl Coordinator {
         }
         state.last_batches = std::mem::take(&mut state.batches);
         let first = state.queue_first;
-        let bytes = std::mem::take(&mut state.queue);
-        let offsets = std::mem::take(&mut state.offsets);
+        let (spare_bytes, spare_offsets) = std::mem::take(&mut state.spare);
+        let mut bytes = std::mem::replace(&mut state.queue, spare_bytes);
+        let mut offsets = std::mem::replace(&mut state.offsets, spare_offsets);
         let last = first + offsets.len() as u64 - 1;
         let have_batch = !offsets.is_empty();
         state.flushing = true;
@@ -344,6 +352,11 @@ impl Coordinator {
 
         let mut state = lock(&self.state);
         state.flushing = false;
+        if bytes.capacity() <= SPARE_MAX_BYTES {
+            bytes.clear();
+            offsets.clear();
+            state.spare = (bytes, offsets);
+        }
         if let Some(last) = written {
             state.progress.written = last;
             state.dirty = !never;
@@ -443,5 +456,65 @@ impl Drop for Quiesced<'_> {
 impl std::fmt::Debug for Quiesced<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Quiesced").field("next_lsn", &self.state.next_lsn).finish()
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use std::task::Waker;
+
+    use themis_clock::Timestamp;
+
+    use super::*;
+
+    /// Keeps what each write got: where its bytes lived, and the LSNs they held.
+    #[derive(Default)]
+    struct Recording {
+        writes: Vec<(*const u8, Vec<Lsn>)>,
+    }
+
+    impl Sink for Recording {
+        fn write(&mut self, first: Lsn, bytes: &[u8], offsets: &[u32]) -> Result<(), WalError> {
+            let lsns: Vec<Lsn> = offsets.iter().map(|&o| record::lsn_of(&bytes[o as usize..])).collect();
+            assert_eq!(lsns.first(), Some(&first));
+            self.writes.push((bytes.as_ptr(), lsns));
+            Ok(())
+        }
+
+        fn sync(&mut self) -> Result<(), WalError> {
+            Ok(())
+        }
+    }
+
+    fn queue(coordinator: &Coordinator, size: usize, count: usize) {
+        let entries: Vec<NewEntry> =
+            (0..count).map(|_| NewEntry::data(Timestamp::ZERO, vec![1u8; size])).collect();
+        let queued = coordinator.poll_enqueue(&entries, None, None, Waker::noop());
+        assert!(matches!(queued, Poll::Ready(Ok(_))), "{queued:?}");
+    }
+
+    #[test]
+    fn group_buffers_are_reused_and_a_burst_buffer_is_freed() {
+        let coordinator = Coordinator::new(1, 32 << 20, 16 << 20, std::time::Duration::ZERO);
+        let mut sink = Recording::default();
+        let mut rule = SyncRule::Always;
+        // Two buffers take turns: the third group fills the first group's buffer.
+        for count in [8, 6, 4] {
+            queue(&coordinator, 1000, count);
+            assert!(coordinator.flush_once(&mut sink, &mut rule));
+            let state = lock(&coordinator.state);
+            assert!(state.spare.0.capacity() >= count * 1000, "the written group's buffer is kept");
+            assert!(state.spare.0.is_empty() && state.spare.1.is_empty());
+        }
+        let lsns: Vec<Lsn> = sink.writes.iter().flat_map(|(_, l)| l.clone()).collect();
+        assert_eq!(lsns, (1..=18).collect::<Vec<_>>(), "every record written once, in order");
+        assert_eq!(sink.writes[2].0, sink.writes[0].0, "the third group reused the first's buffer");
+        assert_ne!(sink.writes[1].0, sink.writes[0].0, "the flusher writes one buffer while the other fills");
+
+        // A group larger than SPARE_MAX_BYTES is not kept for reuse.
+        queue(&coordinator, SPARE_MAX_BYTES, 1);
+        assert!(coordinator.flush_once(&mut sink, &mut rule));
+        assert!(lock(&coordinator.state).spare.0.capacity() <= SPARE_MAX_BYTES);
+        assert_eq!(coordinator.progress().durable, 19);
     }
 }
