@@ -117,7 +117,9 @@ impl<T: Clone + PartialEq> Crdt for LwwRegister<T> {
     fn merge(&mut self, other: &Self) -> Result<(), CrdtError> {
         // Compare first, clone only the winner. A newer timestamp is never ZERO, so `other`
         // holds a value whenever it wins (the invariant decode enforces).
-        if other.timestamp > self.timestamp {
+        // Converged replicas are the common case of anti-entropy: an equal timestamp is
+        // one equality test, with nothing for the next merge to wait on.
+        if other.timestamp != self.timestamp && other.timestamp > self.timestamp {
             self.value.clone_from(&other.value);
             self.timestamp = other.timestamp;
         }
