@@ -117,6 +117,13 @@ fn codecs(c: &mut Criterion, comparisons: &mut Vec<(String, String, String)>) {
                 assert_eq!(n, input.len());
             });
         });
+        if codec == Codec::Lz4 {
+            // Compression alone, on one core: what one shipping connection's sender can do
+            // at most with LZ4 on this data, before reading, checking, TLS and the follower.
+            group.bench_function("direct_compress_only/lz4", |b| {
+                b.iter(|| lz4_flex::block::compress_into(&input, &mut out).expect("fits"));
+            });
+        }
         let mut once = Vec::new();
         let ratio = {
             let mut c = Compressor::new(CodecChoice::Fixed(codec)).expect("valid");
