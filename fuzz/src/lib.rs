@@ -145,8 +145,10 @@ pub fn frame_decode(data: &[u8]) {
                 }
             }
             FrameKind::Entries => {
-                if let Ok(entries) = themis_ship::ship::decode_entries(&frame.payload, 1 << 16) {
-                    assert!(entries.windows(2).all(|w| w[1].lsn == w[0].lsn + 1), "dense LSNs");
+                if let Ok(Some(records)) = themis_ship::ship::decode_entries(&frame.payload, 1 << 16) {
+                    let entries = records.entries();
+                    assert_eq!(entries.len(), records.len());
+                    assert!(entries.iter().zip(records.range().first..).all(|(e, lsn)| e.lsn == lsn), "dense LSNs");
                 }
             }
             _ => {}

@@ -27,8 +27,9 @@ use std::time::Duration;
 
 use bytes::{BufMut, Bytes};
 use themis_clock::NodeId;
+use themis_wal::record::CheckedRecords;
 use themis_wal::segment::{self, OnBadRecord};
-use themis_wal::{Entry, Lsn, LsnRange, NewEntry, Wal, record};
+use themis_wal::{Lsn, LsnRange, Wal};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -119,31 +120,29 @@ pub fn encode_entries(range: LsnRange, records: &[u8]) -> Vec<u8> {
 }
 
 /// Decodes an entries payload: every record's CRC is checked, LSNs must run from
-/// `first_lsn` without a gap, and the count must match.
-pub fn decode_entries(payload: &Bytes, max_record: usize) -> Result<Vec<Entry>, FrameError> {
+/// `first_lsn` without a gap, and the count must match. The records stay as they were
+/// encoded, for the follower's log to append as they are; `None` for a payload of no
+/// records.
+pub fn decode_entries(payload: &Bytes, max_record: usize) -> Result<Option<CheckedRecords>, FrameError> {
     let bad = |reason: String| FrameError::Payload { kind: "entries", reason };
     if payload.len() < 12 {
         return Err(bad(format!("{} bytes, shorter than the 12-byte prefix", payload.len())));
     }
     let first = u64::from_le_bytes(payload[..8].try_into().expect("8 bytes"));
     let count = u32::from_le_bytes(payload[8..12].try_into().expect("4 bytes")) as usize;
-    // Each record takes at least a header, so the count cannot ask for more than is there.
-    let mut entries = Vec::with_capacity(count.min(payload.len() / record::RECORD_HEADER_LEN));
-    let mut at = 12;
-    while at < payload.len() {
-        let (entry, size) =
-            record::decode(payload, at, max_record).map_err(|e| bad(format!("record at {at}: {e}")))?;
-        let expected = first + entries.len() as u64;
-        if entry.lsn != expected {
-            return Err(bad(format!("record at {at} holds LSN {}, expected {expected}", entry.lsn)));
-        }
-        entries.push(entry);
-        at += size;
+    if payload.len() == 12 {
+        return if count == 0 {
+            Ok(None)
+        } else {
+            Err(bad(format!("no records where the prefix says {count}")))
+        };
     }
-    if entries.len() != count {
-        return Err(bad(format!("{} records where the prefix says {count}", entries.len())));
+    let records = CheckedRecords::check(payload.slice(12..), first, max_record)
+        .map_err(|e| bad(format!("after the 12-byte prefix, {e}")))?;
+    if records.len() != count {
+        return Err(bad(format!("{} records where the prefix says {count}", records.len())));
     }
-    Ok(entries)
+    Ok(Some(records))
 }
 
 fn lsn_payload(lsn: Lsn) -> [u8; 8] {
@@ -415,12 +414,9 @@ impl WalShipper {
         let file =
             std::fs::read(path).map_err(|source| ShipError::Io { op: "read segment", peer: addr, source })?;
         let file = Bytes::from(file);
-        let entries = segment_entries(&file, self.wal.config().max_record_bytes)
-            .map_err(|e| ShipError::Config(format!("{}: {e}", path.display())))?;
-        let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
-            return Err(ShipError::Config(format!("{}: the segment holds no records", path.display())));
-        };
-        let range = LsnRange { first: first.lsn, last: last.lsn };
+        let range = segment_records(&file, self.wal.config().max_record_bytes)
+            .map_err(|e| ShipError::Config(format!("{}: {e}", path.display())))?
+            .range();
         if file.len() > self.transport.config().max_frame {
             return Err(ShipError::Config(format!(
                 "{}: {} bytes do not fit in a frame of at most {} (max_frame)",
@@ -571,11 +567,13 @@ impl WalReceiver {
             };
             stats.frames += 1;
             stats.bytes = reader.bytes();
-            let entries = match frame.kind {
+            let records = match frame.kind {
                 FrameKind::Entries => decode_entries(&frame.payload, max_record)
                     .map_err(|source| ShipError::Frame { peer, source })?,
-                FrameKind::Segment => segment_entries(&frame.payload, max_record)
-                    .map_err(|source| ShipError::Frame { peer, source })?,
+                FrameKind::Segment => Some(
+                    segment_records(&frame.payload, max_record)
+                        .map_err(|source| ShipError::Frame { peer, source })?,
+                ),
                 FrameKind::Heartbeat => continue,
                 other => {
                     return Err(ShipError::Protocol {
@@ -584,32 +582,29 @@ impl WalReceiver {
                     });
                 }
             };
-            let Some(first) = entries.first().map(|e| e.lsn) else { continue };
+            let Some(records) = records else { continue };
+            let first = records.range().first;
             if first != next {
                 return Err(ShipError::Gap { expected: next, got: first });
             }
-            let news: Vec<NewEntry> = entries.iter().map(Entry::to_new).collect();
-            let range = self.wal.submit_at_async(first, &news).await?;
+            // Checked above; appended as they are, not decoded and encoded again.
+            let range = self.wal.submit_checked_async(&records).await?;
             next = range.last + 1;
-            stats.entries += news.len() as u64;
+            stats.entries += records.len() as u64;
             frames_tx.send_modify(|n| *n += 1);
         }
     }
 }
 
-/// The entries of a whole segment file shipped in one frame.
-fn segment_entries(file: &Bytes, max_record: usize) -> Result<Vec<Entry>, FrameError> {
+/// The records of a whole segment file shipped in one frame, checked.
+fn segment_records(file: &Bytes, max_record: usize) -> Result<CheckedRecords, FrameError> {
     let bad = |reason: String| FrameError::Payload { kind: "segment", reason };
     let scan = segment::scan(file, max_record, OnBadRecord::Stop).map_err(bad)?;
     if let Some(stop) = scan.stopped {
         return Err(bad(format!("damaged at offset {}: {}", stop.offset, stop.reason)));
     }
-    let mut entries = Vec::with_capacity(scan.offsets.len());
-    for &offset in &scan.offsets {
-        let (entry, _) = record::decode(file, offset as usize, max_record).map_err(|e| bad(e.to_string()))?;
-        entries.push(entry);
-    }
-    Ok(entries)
+    let records = file.slice(segment::HEADER_LEN..scan.valid_len as usize);
+    CheckedRecords::check(records, scan.header.first_lsn, max_record).map_err(|e| bad(e.to_string()))
 }
 
 /// The receiver's acknowledging task: sends the acknowledged LSN (durable under
@@ -652,6 +647,7 @@ async fn acknowledge(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use themis_wal::{NewEntry, record};
 
     #[test]
     fn bad_settings_name_themselves() {
@@ -688,8 +684,15 @@ mod tests {
             record::encode(&mut records, lsn, &entry(lsn));
         }
         let good = Bytes::from(encode_entries(LsnRange { first: 5, last: 7 }, &records));
-        let lsns: Vec<_> = decode_entries(&good, 1 << 20).unwrap().iter().map(|e| e.lsn).collect();
-        assert_eq!(lsns, [5, 6, 7]);
+        let checked = decode_entries(&good, 1 << 20).unwrap().unwrap();
+        assert_eq!(checked.range(), LsnRange { first: 5, last: 7 });
+        assert_eq!(checked.entries().iter().map(|e| e.lsn).collect::<Vec<_>>(), [5, 6, 7]);
+        assert_eq!(&checked.bytes()[..], &records[..], "the records as they were encoded");
+        let mut empty = 8u64.to_le_bytes().to_vec();
+        empty.extend(0u32.to_le_bytes());
+        assert!(decode_entries(&Bytes::from(empty.clone()), 1 << 20).unwrap().is_none());
+        empty[8] = 1;
+        assert!(decode_entries(&Bytes::from(empty), 1 << 20).is_err(), "a count with no records");
         // Wrong first LSN, wrong count, a flipped payload bit, a cut: all errors.
         let mut wrong_first = good.to_vec();
         wrong_first[0] = 4;

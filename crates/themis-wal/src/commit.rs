@@ -8,7 +8,7 @@ use std::task::{Poll, Waker};
 
 use crate::entry::{Lsn, LsnRange, NewEntry};
 use crate::error::WalError;
-use crate::record;
+use crate::record::{self, CheckedRecords};
 use crate::sync::{Condvar, Mutex, MutexGuard, lock, wait};
 
 /// The largest group buffer kept for reuse; a larger one (a burst) is freed.
@@ -21,6 +21,14 @@ pub(crate) trait Sink {
     fn write(&mut self, first: Lsn, bytes: &[u8], offsets: &[u32]) -> Result<(), WalError>;
     /// Makes everything written durable.
     fn sync(&mut self) -> Result<(), WalError>;
+}
+
+/// What a writer hands the coordinator: entries to encode, or records already encoded
+/// and checked, appended as they are.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Batch<'a> {
+    Entries(&'a [NewEntry]),
+    Checked(&'a CheckedRecords),
 }
 
 /// What a writer waits for before it is told "done".
@@ -137,28 +145,49 @@ impl Coordinator {
     }
 
     /// Checks sizes before anything is queued, so a rejected batch leaves no trace.
-    fn encoded_size(&self, entries: &[NewEntry]) -> Result<usize, WalError> {
-        let mut total = 0usize;
-        for entry in entries {
-            let size = record::encoded_len(entry.payload.len());
-            if size > self.max_record_bytes {
-                return Err(WalError::RecordTooLarge { size, max: self.max_record_bytes });
+    fn encoded_size(&self, batch: Batch<'_>) -> Result<usize, WalError> {
+        let too_large = |size| WalError::RecordTooLarge { size, max: self.max_record_bytes };
+        match batch {
+            Batch::Entries(entries) => {
+                let mut total = 0usize;
+                for entry in entries {
+                    let size = record::encoded_len(entry.payload.len());
+                    if size > self.max_record_bytes {
+                        return Err(too_large(size));
+                    }
+                    total += size;
+                }
+                Ok(total)
             }
-            total += size;
+            Batch::Checked(records) => {
+                let total = records.bytes().len();
+                let offsets = records.offsets();
+                for (i, &start) in offsets.iter().enumerate() {
+                    let end = offsets.get(i + 1).map_or(total, |&o| o as usize);
+                    if end - start as usize > self.max_record_bytes {
+                        return Err(too_large(end - start as usize));
+                    }
+                }
+                Ok(total)
+            }
         }
-        Ok(total)
     }
 
     fn try_enqueue_locked(
         &self,
         state: &mut State,
-        entries: &[NewEntry],
+        batch: Batch<'_>,
         expect_first: Option<Lsn>,
     ) -> Result<Option<LsnRange>, WalError> {
-        if entries.is_empty() {
+        if matches!(batch, Batch::Entries([])) {
             return Err(WalError::Config("an append needs at least one entry".into()));
         }
-        let size = self.encoded_size(entries)?;
+        // Encoded records carry their LSNs: they go exactly where they say.
+        let expect_first = match batch {
+            Batch::Entries(_) => expect_first,
+            Batch::Checked(records) => Some(records.range().first),
+        };
+        let size = self.encoded_size(batch)?;
         if let Some(reason) = &state.closed {
             return Err(WalError::Closed(reason.clone()));
         }
@@ -180,10 +209,22 @@ impl Coordinator {
         let half = self.max_queue_bytes / 2;
         let crossed_half = state.queue.len() < half && state.queue.len() + size >= half;
         let first = state.next_lsn;
-        for entry in entries {
-            state.offsets.push(state.queue.len() as u32);
-            record::encode(&mut state.queue, state.next_lsn, entry);
-            state.next_lsn += 1;
+        match batch {
+            Batch::Entries(entries) => {
+                for entry in entries {
+                    state.offsets.push(state.queue.len() as u32);
+                    record::encode(&mut state.queue, state.next_lsn, entry);
+                    state.next_lsn += 1;
+                }
+            }
+            Batch::Checked(records) => {
+                // The queue holds at most `max_queue_bytes` (a u32-sized bound), so the
+                // offsets fit.
+                let base = state.queue.len() as u32;
+                state.offsets.extend(records.offsets().iter().map(|&o| base + o));
+                state.queue.extend_from_slice(records.bytes());
+                state.next_lsn += records.len() as u64;
+            }
         }
         state.batches += 1;
         // Wake the flusher only when one of its waits can end: it waits for a non-empty
@@ -203,13 +244,13 @@ impl Coordinator {
     /// it, so an async append costs one lock to queue and one to learn it is done.
     pub(crate) fn poll_enqueue(
         &self,
-        entries: &[NewEntry],
+        batch: Batch<'_>,
         expect_first: Option<Lsn>,
         ack: Option<AckOn>,
         waker: &Waker,
     ) -> Poll<Result<LsnRange, WalError>> {
         let mut state = lock(&self.state);
-        match self.try_enqueue_locked(&mut state, entries, expect_first) {
+        match self.try_enqueue_locked(&mut state, batch, expect_first) {
             Ok(Some(range)) => {
                 if let Some(ack) = ack {
                     state.ack_waiters.push(AckWaiter { lsn: range.last, ack, waker: waker.clone() });
@@ -489,7 +530,7 @@ mod tests {
     fn queue(coordinator: &Coordinator, size: usize, count: usize) {
         let entries: Vec<NewEntry> =
             (0..count).map(|_| NewEntry::data(Timestamp::ZERO, vec![1u8; size])).collect();
-        let queued = coordinator.poll_enqueue(&entries, None, None, Waker::noop());
+        let queued = coordinator.poll_enqueue(Batch::Entries(&entries), None, None, Waker::noop());
         assert!(matches!(queued, Poll::Ready(Ok(_))), "{queued:?}");
     }
 

@@ -12,7 +12,7 @@ use themis_clock::Timestamp;
 
 use std::task::Poll;
 
-use crate::commit::{AckOn, Coordinator, Progress, Sink, SyncRule};
+use crate::commit::{AckOn, Batch, Coordinator, Progress, Sink, SyncRule};
 use crate::entry::{Lsn, LsnRange, NewEntry};
 use crate::error::WalError;
 use crate::record;
@@ -63,14 +63,16 @@ fn append(coordinator: &Coordinator) -> Result<(LsnRange, Progress), WalError> {
     let entries = [entry(8)];
     let mut queued: Option<LsnRange> = None;
     loom::future::block_on(std::future::poll_fn(|cx| match queued {
-        None => match coordinator.poll_enqueue(&entries, None, Some(AckOn::Durable), cx.waker()) {
-            Poll::Ready(Ok(range)) => {
-                queued = Some(range);
-                Poll::Pending
+        None => {
+            match coordinator.poll_enqueue(Batch::Entries(&entries), None, Some(AckOn::Durable), cx.waker()) {
+                Poll::Ready(Ok(range)) => {
+                    queued = Some(range);
+                    Poll::Pending
+                }
+                Poll::Ready(Err(err)) => Poll::Ready(Err(err)),
+                Poll::Pending => Poll::Pending,
             }
-            Poll::Ready(Err(err)) => Poll::Ready(Err(err)),
-            Poll::Pending => Poll::Pending,
-        },
+        }
         Some(range) => coordinator.poll_ack(range.last, AckOn::Durable, cx.waker()).map_ok(|p| (range, p)),
     }))
 }

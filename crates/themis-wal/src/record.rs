@@ -19,7 +19,7 @@
 use bytes::{BufMut, Bytes};
 use themis_clock::{NodeId, Timestamp};
 
-use crate::entry::{Entry, EntryKind, Lsn, NewEntry};
+use crate::entry::{Entry, EntryKind, Lsn, LsnRange, NewEntry};
 
 /// Bytes of framing before a record's payload.
 pub const RECORD_HEADER_LEN: usize = 44;
@@ -104,6 +104,21 @@ impl std::fmt::Display for RecordError {
 /// `buf`) and the record's size. Records above `max_record` bytes are rejected unread.
 pub fn decode(buf: &Bytes, offset: usize, max_record: usize) -> Result<(Entry, usize), RecordError> {
     let rest = buf.get(offset..).unwrap_or_default();
+    let size = check(rest, max_record)?;
+    let record = &rest[..size];
+    let entry = Entry {
+        lsn: u64_at(record, 8),
+        term: u64_at(record, 16),
+        timestamp: Timestamp::from_raw(u64_at(record, 24), NodeId(u64_at(record, 32))),
+        kind: EntryKind::new(record[40]).expect("checked"),
+        payload: buf.slice(offset + RECORD_HEADER_LEN..offset + size),
+    };
+    Ok((entry, size))
+}
+
+/// Checks the record at the start of `rest` (length, checksum, kind, reserved bytes)
+/// and returns its size, without building an entry.
+fn check(rest: &[u8], max_record: usize) -> Result<usize, RecordError> {
     if rest.len() < 8 {
         return Err(RecordError::Truncated { needed: 8, available: rest.len() });
     }
@@ -123,18 +138,136 @@ pub fn decode(buf: &Bytes, offset: usize, max_record: usize) -> Result<(Entry, u
     if stored != computed {
         return Err(RecordError::Checksum { stored, computed });
     }
-    let kind = EntryKind::new(record[40]).ok_or(RecordError::Invalid("record kind 0"))?;
+    if EntryKind::new(record[40]).is_none() {
+        return Err(RecordError::Invalid("record kind 0"));
+    }
     if record[41..44] != [0, 0, 0] {
         return Err(RecordError::Invalid("reserved record bytes are not zero"));
     }
-    let entry = Entry {
-        lsn: u64_at(record, 8),
-        term: u64_at(record, 16),
-        timestamp: Timestamp::from_raw(u64_at(record, 24), NodeId(u64_at(record, 32))),
-        kind,
-        payload: buf.slice(offset + RECORD_HEADER_LEN..offset + size),
-    };
-    Ok((entry, size))
+    Ok(size)
+}
+
+/// Encoded records, back to back, each checked as [`decode`] checks it and holding
+/// consecutive LSNs: a batch the log can append as it is, with no entry built and no
+/// record encoded again (a follower appending what its leader shipped). Only
+/// [`CheckedRecords::check`] makes one.
+#[derive(Debug, Clone)]
+pub struct CheckedRecords {
+    range: LsnRange,
+    bytes: Bytes,
+    /// Start of each record within `bytes`.
+    offsets: Vec<u32>,
+}
+
+/// Why bytes are not a batch of consecutive records; `offset` is within the bytes given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BatchError {
+    /// No records at all.
+    Empty,
+    /// More bytes than a batch's `u32` offsets can address.
+    TooLarge {
+        /// The bytes given.
+        size: usize,
+    },
+    /// The record at `offset` is damaged or malformed.
+    Record {
+        /// Where it starts.
+        offset: usize,
+        /// What is wrong with it.
+        error: RecordError,
+    },
+    /// The record at `offset` does not hold the LSN that follows the one before it.
+    Lsn {
+        /// Where it starts.
+        offset: usize,
+        /// The LSN it holds.
+        found: Lsn,
+        /// The LSN it should hold.
+        expected: Lsn,
+    },
+}
+
+impl std::fmt::Display for BatchError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BatchError::Empty => f.write_str("no records"),
+            BatchError::TooLarge { size } => {
+                write!(f, "{size} bytes of records, above the 4 GiB a batch can hold")
+            }
+            BatchError::Record { offset, error } => write!(f, "record at {offset}: {error}"),
+            BatchError::Lsn { offset, found, expected } => {
+                write!(f, "record at {offset} holds LSN {found}, expected {expected}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for BatchError {}
+
+impl CheckedRecords {
+    /// Checks that `bytes` holds whole, undamaged records of at most `max_record` bytes
+    /// each, with LSNs from `first` on and no gap. Nothing is copied.
+    pub fn check(bytes: Bytes, first: Lsn, max_record: usize) -> Result<CheckedRecords, BatchError> {
+        if u32::try_from(bytes.len()).is_err() {
+            return Err(BatchError::TooLarge { size: bytes.len() });
+        }
+        let mut offsets = Vec::with_capacity(bytes.len() / RECORD_HEADER_LEN.max(1));
+        let mut at = 0;
+        while at < bytes.len() {
+            let size =
+                check(&bytes[at..], max_record).map_err(|error| BatchError::Record { offset: at, error })?;
+            let expected = first + offsets.len() as u64;
+            let found = lsn_of(&bytes[at..]);
+            if found != expected {
+                return Err(BatchError::Lsn { offset: at, found, expected });
+            }
+            offsets.push(at as u32);
+            at += size;
+        }
+        if offsets.is_empty() {
+            return Err(BatchError::Empty);
+        }
+        let last = first + offsets.len() as u64 - 1;
+        Ok(CheckedRecords { range: LsnRange { first, last }, bytes, offsets })
+    }
+
+    /// The LSNs the records hold.
+    #[must_use]
+    pub fn range(&self) -> LsnRange {
+        self.range
+    }
+
+    /// The records, back to back.
+    #[must_use]
+    pub fn bytes(&self) -> &Bytes {
+        &self.bytes
+    }
+
+    /// How many records there are (never zero).
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.offsets.len()
+    }
+
+    /// Always `false`: a checked batch holds at least one record.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// Each record's start within [`bytes`](Self::bytes).
+    pub(crate) fn offsets(&self) -> &[u32] {
+        &self.offsets
+    }
+
+    /// Decodes the records into entries (payloads are slices of the batch, not copies).
+    #[must_use]
+    pub fn entries(&self) -> Vec<Entry> {
+        self.offsets
+            .iter()
+            .map(|&o| decode(&self.bytes, o as usize, usize::MAX).expect("checked").0)
+            .collect()
+    }
 }
 
 /// The LSN field of a record that [`decode`] accepted (no checks).
@@ -200,6 +333,57 @@ mod tests {
             let err = decode(&buf.slice(..cut), 0, MAX).unwrap_err();
             assert!(matches!(err, RecordError::Truncated { .. }), "cut {cut}: {err:?}");
         }
+    }
+
+    fn batch(lsns: std::ops::RangeInclusive<Lsn>) -> Vec<u8> {
+        let mut buf = Vec::new();
+        for lsn in lsns {
+            encode(&mut buf, lsn, &sample(b"batched payload"));
+        }
+        buf
+    }
+
+    #[test]
+    fn checked_records_accept_consecutive_records_and_decode_to_the_same_entries() {
+        let buf = Bytes::from(batch(5..=9));
+        let checked = CheckedRecords::check(buf.clone(), 5, MAX).unwrap();
+        assert_eq!(checked.range(), LsnRange { first: 5, last: 9 });
+        assert_eq!((checked.len(), checked.bytes(), checked.is_empty()), (5, &buf, false));
+        let entries = checked.entries();
+        assert_eq!(entries.iter().map(|e| e.lsn).collect::<Vec<_>>(), vec![5, 6, 7, 8, 9]);
+        assert!(entries.iter().all(|e| &e.payload[..] == b"batched payload"));
+    }
+
+    #[test]
+    fn checked_records_name_what_is_wrong_and_where() {
+        let one = encoded_len(b"batched payload".len());
+        assert_eq!(CheckedRecords::check(Bytes::new(), 1, MAX).unwrap_err(), BatchError::Empty);
+        // A gap, a repeat, or a batch that starts elsewhere.
+        let mut gap = batch(1..=2);
+        gap.extend(batch(4..=4));
+        let err = CheckedRecords::check(Bytes::from(gap), 1, MAX).unwrap_err();
+        assert_eq!(err, BatchError::Lsn { offset: 2 * one, found: 4, expected: 3 });
+        assert!(err.to_string().contains("holds LSN 4, expected 3"), "{err}");
+        assert!(matches!(
+            CheckedRecords::check(Bytes::from(batch(1..=2)), 2, MAX),
+            Err(BatchError::Lsn { offset: 0, found: 1, expected: 2 })
+        ));
+        // A flipped bit in the third record, a torn last record, a record above the limit.
+        let mut flipped = batch(1..=4);
+        flipped[2 * one + 50] ^= 0x10;
+        assert!(matches!(
+            CheckedRecords::check(Bytes::from(flipped), 1, MAX),
+            Err(BatchError::Record { offset, error: RecordError::Checksum { .. } }) if offset == 2 * one
+        ));
+        let torn = Bytes::from(batch(1..=3)).slice(..3 * one - 1);
+        assert!(matches!(
+            CheckedRecords::check(torn, 1, MAX),
+            Err(BatchError::Record { error: RecordError::Truncated { .. }, .. })
+        ));
+        assert!(matches!(
+            CheckedRecords::check(Bytes::from(batch(1..=2)), 1, one - 1),
+            Err(BatchError::Record { offset: 0, error: RecordError::BadLength { .. } })
+        ));
     }
 
     #[test]

@@ -13,10 +13,10 @@ use bytes::Bytes;
 use themis_clock::{Hlc, PhysicalClock, Timestamp};
 use tokio::sync::watch;
 
-use crate::commit::{AckOn, Coordinator, Progress, Sink, SyncRule};
+use crate::commit::{AckOn, Batch, Coordinator, Progress, Sink, SyncRule};
 use crate::entry::{Entry, Lsn, LsnRange, NewEntry};
 use crate::error::WalError;
-use crate::record::{self, RECORD_HEADER_LEN};
+use crate::record::{self, CheckedRecords, RECORD_HEADER_LEN};
 use crate::recovery::{self, RecoveryMode, RecoveryReport, fsync_dir};
 use crate::segment::{self, HEADER_LEN, SKIPPED, SegmentHeader};
 
@@ -571,19 +571,19 @@ impl Wal {
     /// acknowledges them (under [`FsyncPolicy::Always`]: once durable). Blocks while the
     /// queue is full.
     pub fn append(&self, entries: &[NewEntry]) -> Result<LsnRange, WalError> {
-        crate::sync::block_on(self.append_waiting(entries, None))
+        crate::sync::block_on(self.append_waiting(Batch::Entries(entries), None))
     }
 
     /// Like [`append`](Self::append), but fails with [`WalError::LsnMismatch`] unless the
     /// batch starts at `first` (a Raft follower appending the leader's entries).
     pub fn append_at(&self, first: Lsn, entries: &[NewEntry]) -> Result<LsnRange, WalError> {
-        crate::sync::block_on(self.append_waiting(entries, Some(first)))
+        crate::sync::block_on(self.append_waiting(Batch::Entries(entries), Some(first)))
     }
 
     /// Queues `entries` and returns their LSNs without waiting for the write; pair with
     /// [`wait_durable`](Self::wait_durable). Blocks only while the queue is full.
     pub fn submit(&self, entries: &[NewEntry]) -> Result<LsnRange, WalError> {
-        crate::sync::block_on(self.enqueue_async(entries, None))
+        crate::sync::block_on(self.enqueue_async(Batch::Entries(entries), None))
     }
 
     /// Blocks until `lsn` is durable.
@@ -597,23 +597,23 @@ impl Wal {
 
     /// [`append`](Self::append) for async callers: never blocks a runtime thread.
     pub async fn append_async(&self, entries: &[NewEntry]) -> Result<LsnRange, WalError> {
-        self.append_waiting(entries, None).await
+        self.append_waiting(Batch::Entries(entries), None).await
     }
 
     /// [`append_at`](Self::append_at) for async callers.
     pub async fn append_at_async(&self, first: Lsn, entries: &[NewEntry]) -> Result<LsnRange, WalError> {
-        self.append_waiting(entries, Some(first)).await
+        self.append_waiting(Batch::Entries(entries), Some(first)).await
     }
 
     /// Queues `entries` and waits for their acknowledgement. The task is registered with
     /// the coordinator under the lock that queues it, and woken by exactly the flush that
     /// acknowledges it (or by the log closing), not by every change of progress.
-    async fn append_waiting(&self, entries: &[NewEntry], first: Option<Lsn>) -> Result<LsnRange, WalError> {
+    async fn append_waiting(&self, batch: Batch<'_>, first: Option<Lsn>) -> Result<LsnRange, WalError> {
         let coordinator = &self.shared.coordinator;
         let ack = self.shared.ack;
         let mut queued: Option<LsnRange> = None;
         std::future::poll_fn(|cx| match queued {
-            None => match coordinator.poll_enqueue(entries, first, Some(ack), cx.waker()) {
+            None => match coordinator.poll_enqueue(batch, first, Some(ack), cx.waker()) {
                 Poll::Ready(Ok(range)) => {
                     // Registered for the acknowledgement: the flush that reaches the range
                     // (or a close) wakes this task.
@@ -631,13 +631,29 @@ impl Wal {
     /// (not yet durable): a receiver pipelines appends this way and acknowledges what
     /// [`durable_async`](Self::durable_async) reports. Waits (async) while the queue is full.
     pub async fn submit_at_async(&self, first: Lsn, entries: &[NewEntry]) -> Result<LsnRange, WalError> {
-        self.enqueue_async(entries, Some(first)).await
+        self.enqueue_async(Batch::Entries(entries), Some(first)).await
     }
 
-    async fn enqueue_async(&self, entries: &[NewEntry], first: Option<Lsn>) -> Result<LsnRange, WalError> {
+    /// [`submit_at_async`](Self::submit_at_async) for records already encoded and checked
+    /// (a follower appending what its leader shipped): they are copied into the log as
+    /// they are, at the LSNs they hold, with no entry built and no record encoded again.
+    /// Fails with [`WalError::LsnMismatch`] unless the log's next LSN is their first, and
+    /// with [`WalError::RecordTooLarge`] if a record is above this log's
+    /// `max_record_bytes`; nothing is queued then.
+    pub async fn submit_checked_async(&self, records: &CheckedRecords) -> Result<LsnRange, WalError> {
+        self.enqueue_async(Batch::Checked(records), Some(records.range().first)).await
+    }
+
+    /// [`append`](Self::append) for records already encoded and checked: blocks until
+    /// they are acknowledged under the fsync policy. See
+    /// [`submit_checked_async`](Self::submit_checked_async).
+    pub fn append_checked(&self, records: &CheckedRecords) -> Result<LsnRange, WalError> {
+        crate::sync::block_on(self.append_waiting(Batch::Checked(records), Some(records.range().first)))
+    }
+
+    async fn enqueue_async(&self, batch: Batch<'_>, first: Option<Lsn>) -> Result<LsnRange, WalError> {
         // A full queue registers the task, which the flusher wakes when it takes the queue.
-        std::future::poll_fn(|cx| self.shared.coordinator.poll_enqueue(entries, first, None, cx.waker()))
-            .await
+        std::future::poll_fn(|cx| self.shared.coordinator.poll_enqueue(batch, first, None, cx.waker())).await
     }
 
     /// Waits (async) until `lsn` is acknowledged under the fsync policy: durable under

@@ -368,3 +368,64 @@ fn every_fdatasync_is_reported_to_the_sync_observer() {
     // Each durable append waited for a sync that covered it.
     assert!(syncs.load(std::sync::atomic::Ordering::Relaxed) >= 5);
 }
+
+#[test]
+fn checked_records_are_appended_as_they_are_and_bad_positions_or_sizes_leave_no_trace() {
+    use themis_wal::record::CheckedRecords;
+    let dir = tempfile::tempdir().unwrap();
+    write_log(dir.path(), 300);
+    let (leader, _) = Wal::open(dir.path(), small_config()).unwrap();
+    let follower_dir = tempfile::tempdir().unwrap();
+    let (follower, _) = Wal::open(follower_dir.path(), small_config()).unwrap();
+
+    // The whole log, shipped in raw chunks across many segments (both sides use 4 KiB
+    // segments, so the follower rotates in the middle of chunks).
+    let mut next = 1;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    while next <= 300 {
+        let raw = leader.read_raw(next, 3000).unwrap();
+        let checked = CheckedRecords::check(raw.bytes.clone(), next, 2048).unwrap();
+        assert_eq!(checked.range(), raw.range);
+        let range = if next % 2 == 0 {
+            follower.append_checked(&checked).unwrap()
+        } else {
+            rt.block_on(follower.submit_checked_async(&checked)).unwrap()
+        };
+        assert_eq!(range, raw.range);
+        next = range.last + 1;
+    }
+    follower.wait_durable(300).unwrap();
+    assert_holds(&follower, 1, 300);
+
+    // At the wrong position: refused, nothing queued.
+    let raw = leader.read_raw(100, 500).unwrap();
+    let stale = CheckedRecords::check(raw.bytes, 100, 2048).unwrap();
+    assert!(matches!(
+        follower.append_checked(&stale),
+        Err(WalError::LsnMismatch { expected: 100, next: 301 })
+    ));
+
+    // A record above the follower's own limit: refused, nothing queued.
+    let mut big = Vec::new();
+    themis_wal::record::encode(&mut big, 301, &NewEntry::data(Timestamp::ZERO, vec![7u8; 3000]));
+    let big = CheckedRecords::check(Bytes::from(big), 301, 1 << 20).unwrap();
+    assert!(matches!(follower.append_checked(&big), Err(WalError::RecordTooLarge { .. })));
+    assert_eq!(follower.next_lsn(), 301);
+
+    // Entries appended after checked records continue the log, and all of it survives reopen.
+    assert_eq!(follower.append(&[entry_for(301)]).unwrap().first, 301);
+    follower.close().unwrap();
+    drop(follower);
+    let (follower, report) = Wal::open(follower_dir.path(), small_config()).unwrap();
+    assert_eq!((report.entries, report.last_lsn), (301, 301));
+    assert!(report.truncated.is_empty());
+    assert_holds(&follower, 1, 301);
+    // LSNs 1..=300 are the leader's bytes.
+    for lsn in 1..=300 {
+        assert_eq!(
+            follower.read_raw(lsn, 1).unwrap().bytes,
+            leader.read_raw(lsn, 1).unwrap().bytes,
+            "LSN {lsn}"
+        );
+    }
+}
