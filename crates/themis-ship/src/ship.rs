@@ -190,14 +190,23 @@ impl BatchCache {
         })
     }
 
-    /// The frame for the records from `from` (at most `max_bytes`), encoded once.
-    pub fn frame(&self, wal: &Wal, from: Lsn, max_bytes: usize) -> Result<(LsnRange, Bytes), ShipError> {
+    /// The frame for the records from `from` up to `last` (at most `max_bytes`), encoded
+    /// once. A shipper passes its WAL's acknowledged LSN as `last`; a cached frame holds
+    /// records that were acknowledged when it was made, and acknowledgement only grows
+    /// (a suffix truncation calls [`invalidate_from`](Self::invalidate_from)).
+    pub fn frame(
+        &self,
+        wal: &Wal,
+        from: Lsn,
+        last: Lsn,
+        max_bytes: usize,
+    ) -> Result<(LsnRange, Bytes), ShipError> {
         let mut c = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(hit) = c.by_first.get(&from).cloned() {
             c.hits += 1;
             return Ok(hit);
         }
-        let raw = wal.read_raw(from, max_bytes)?;
+        let raw = wal.read_raw_upto(from, last, max_bytes)?;
         let payload = encode_entries(raw.range, &raw.bytes);
         let CacheInner { compressor, scratch, .. } = &mut *c;
         let frame = frame::encode(FrameKind::Entries, &payload, compressor, scratch);
@@ -378,8 +387,16 @@ impl WalShipper {
                     durable?;
                     // Send what is durable, in frames of up to max_batch_bytes, while the
                     // window has room; flush once for the lot.
-                    while next <= self.wal.acknowledged_lsn() && in_flight_bytes < self.config.max_in_flight_bytes {
-                        let (range, frame) = self.cache.frame(&self.wal, next, self.config.max_batch_bytes)?;
+                    // Only acknowledged records go out: a frame read up to the written LSN
+                    // could carry records a crash of this node then loses, which the
+                    // follower would keep.
+                    loop {
+                        let acknowledged = self.wal.acknowledged_lsn();
+                        if next > acknowledged || in_flight_bytes >= self.config.max_in_flight_bytes {
+                            break;
+                        }
+                        let (range, frame) =
+                            self.cache.frame(&self.wal, next, acknowledged, self.config.max_batch_bytes)?;
                         writer.write(&frame).await?;
                         in_flight.push_back((range.last, frame.len()));
                         in_flight_bytes += frame.len();
@@ -648,6 +665,25 @@ async fn acknowledge(
 mod tests {
     use super::*;
     use themis_wal::{NewEntry, record};
+
+    #[test]
+    fn cached_frames_hold_no_record_above_the_bound_they_were_made_with() {
+        let dir = tempfile::tempdir().unwrap();
+        let (wal, _) = Wal::open(dir.path(), themis_wal::WalConfig::default()).unwrap();
+        let entries: Vec<NewEntry> =
+            (0..10u8).map(|i| NewEntry::data(themis_clock::Timestamp::ZERO, vec![i; 100])).collect();
+        wal.append(&entries).unwrap();
+        let cache = BatchCache::new(CodecChoice::Fixed(crate::Codec::Lz4), 4).unwrap();
+        let (range, frame) = cache.frame(&wal, 1, 4, 1 << 20).unwrap();
+        assert_eq!(range, LsnRange { first: 1, last: 4 });
+        let (decoded, _) = frame::decode(&frame, 1 << 20, &mut crate::Decompressor::new()).unwrap().unwrap();
+        assert_eq!(decode_entries(&decoded.payload, 1 << 20).unwrap().unwrap().range(), range);
+        // The next frame starts after it; a later, larger bound does not stretch a cached frame.
+        assert_eq!(cache.frame(&wal, 5, 10, 1 << 20).unwrap().0, LsnRange { first: 5, last: 10 });
+        assert_eq!(cache.frame(&wal, 1, 10, 1 << 20).unwrap(), (range, frame));
+        assert!(cache.frame(&wal, 6, 5, 1 << 20).is_err(), "nothing to send below the bound");
+        wal.close().unwrap();
+    }
 
     #[test]
     fn bad_settings_name_themselves() {

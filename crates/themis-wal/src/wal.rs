@@ -753,19 +753,33 @@ impl Wal {
     /// Entries from `from` on, up to about `max_bytes` of records (always at least one),
     /// all from one segment, with one read. Payloads share one buffer.
     pub fn read_range(&self, from: Lsn, max_bytes: usize) -> Result<Vec<Entry>, WalError> {
-        self.read_checked(from, max_bytes).map(|(_, entries)| entries)
+        self.read_checked(from, Lsn::MAX, max_bytes).map(|(_, entries)| entries)
     }
 
     /// The records from `from` on as they are on disk (framing and CRCs included), up to
     /// about `max_bytes` (always at least one record), all from one segment. Every record
     /// is checked before it is returned. The shipper sends these bytes unchanged.
     pub fn read_raw(&self, from: Lsn, max_bytes: usize) -> Result<RawRecords, WalError> {
-        let (bytes, entries) = self.read_checked(from, max_bytes)?;
+        self.read_raw_upto(from, Lsn::MAX, max_bytes)
+    }
+
+    /// [`read_raw`](Self::read_raw), but no record above `last`: a shipper passes the
+    /// acknowledged LSN, so that records written and not yet durable are not sent.
+    /// `from` above `last` is [`WalError::OutOfRange`].
+    pub fn read_raw_upto(&self, from: Lsn, last: Lsn, max_bytes: usize) -> Result<RawRecords, WalError> {
+        if from > last {
+            return Err(WalError::OutOfRange {
+                lsn: from,
+                first: self.first_lsn(),
+                last: last.min(self.last_lsn()),
+            });
+        }
+        let (bytes, entries) = self.read_checked(from, last, max_bytes)?;
         let last = entries.last().map_or(from, |e| e.lsn);
         Ok(RawRecords { range: LsnRange { first: from, last }, bytes })
     }
 
-    fn read_checked(&self, from: Lsn, max_bytes: usize) -> Result<(Bytes, Vec<Entry>), WalError> {
+    fn read_checked(&self, from: Lsn, upto: Lsn, max_bytes: usize) -> Result<(Bytes, Vec<Entry>), WalError> {
         let (file, path, id, start, end, count) = {
             let index = read_index(&self.shared.index);
             let seg = index.locate(from)?;
@@ -785,6 +799,7 @@ impl Wal {
             };
             while k < seg.offsets.len()
                 && seg.offsets[k] != SKIPPED
+                && seg.first_lsn + k as u64 <= upto
                 && end_of(k + 1) - start <= max_bytes as u64
             {
                 k += 1;

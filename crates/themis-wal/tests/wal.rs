@@ -321,6 +321,13 @@ fn raw_reads_return_the_records_as_encoded_and_a_follower_reproduces_them() {
     });
     let theirs = follower.read_raw(1, 1 << 20).unwrap();
     assert_eq!(theirs.bytes, wal.read_raw(1, theirs.bytes.len()).unwrap().bytes);
+
+    // Bounded by an LSN as well as by bytes (a shipper sends acknowledged records only).
+    let upto = wal.read_raw_upto(30, 33, 1 << 20).unwrap();
+    assert_eq!((upto.range.first, upto.range.last), (30, 33));
+    assert_eq!(upto.bytes, raw.bytes.slice(..upto.bytes.len()));
+    assert_eq!(wal.read_raw_upto(30, 30, 1 << 20).unwrap().range.last, 30);
+    assert!(matches!(wal.read_raw_upto(31, 30, 1 << 20), Err(WalError::OutOfRange { lsn: 31, .. })));
 }
 
 #[test]
