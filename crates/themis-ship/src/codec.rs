@@ -183,6 +183,22 @@ pub struct CodecStats {
 }
 
 impl CodecStats {
+    /// Adds what one compressor did between two snapshots of its statistics (several
+    /// compressors working for one cache report as one).
+    pub fn add_since(&mut self, before: &CodecStats, after: &CodecStats) {
+        self.batches += after.batches - before.batches;
+        self.bytes_in += after.bytes_in - before.bytes_in;
+        self.bytes_out += after.bytes_out - before.bytes_out;
+        self.nanos += after.nanos - before.nanos;
+        for (total, (a, b)) in self.by_codec.iter_mut().zip(after.by_codec.iter().zip(&before.by_codec)) {
+            *total += a - b;
+        }
+        self.samples += after.samples - before.samples;
+        if after.batches > before.batches {
+            self.last = after.last;
+        }
+    }
+
     /// `bytes_out / bytes_in` (1.0 before any batch): below 1 means smaller on the wire.
     #[must_use]
     pub fn ratio(&self) -> f64 {

@@ -60,6 +60,10 @@ pub struct ShipConfig {
     pub backoff_initial: Duration,
     /// Longest reconnect delay (default 5 s). Each delay is jittered by ±25%.
     pub backoff_max: Duration,
+    /// Entries frames a shipper reads and compresses at once, on blocking threads, ahead
+    /// of the one it sends (default 3). With 1, or with no compression, frames are
+    /// prepared one at a time on the stream's own task.
+    pub compress_ahead: usize,
 }
 
 impl Default for ShipConfig {
@@ -73,6 +77,7 @@ impl Default for ShipConfig {
             ack_interval: Duration::from_millis(2),
             ack_every_frames: 8,
             backoff_initial: Duration::from_millis(50),
+            compress_ahead: 3,
             backoff_max: Duration::from_secs(5),
         }
     }
@@ -104,6 +109,9 @@ impl ShipConfig {
         }
         if self.ack_every_frames == 0 {
             return bad("ack_every_frames = 0: must be at least 1".into());
+        }
+        if !(1..=64).contains(&self.compress_ahead) {
+            return bad(format!("compress_ahead = {}: must be 1 to 64", self.compress_ahead));
         }
         Ok(())
     }
@@ -158,10 +166,15 @@ fn read_lsn(kind: &'static str, payload: &Bytes) -> Result<Lsn, FrameError> {
 }
 
 /// Encoded entries frames shared by every stream of one WAL: a batch compressed for one
-/// follower is sent to the others without compressing or copying it again.
+/// follower is sent to the others without compressing or copying it again. Frames are
+/// read and compressed outside the cache's lock, each with a compressor from a pool, so
+/// a shipper can prepare several at once.
 #[derive(Debug)]
 pub struct BatchCache {
+    codec: CodecChoice,
     inner: Mutex<CacheInner>,
+    /// Signalled when a frame being prepared is done (in the cache, or failed).
+    prepared: std::sync::Condvar,
 }
 
 #[derive(Debug)]
@@ -169,25 +182,40 @@ struct CacheInner {
     by_first: HashMap<Lsn, (LsnRange, Bytes)>,
     order: VecDeque<Lsn>,
     capacity: usize,
-    compressor: Compressor,
-    scratch: Vec<u8>,
+    /// Compressors (with their scratch buffers) not in use.
+    idle: Vec<(Compressor, Vec<u8>)>,
+    /// Every compressor's work, added up.
+    stats: CodecStats,
     hits: u64,
+    /// Bumped by `invalidate_from`: a frame made from records read before it is not kept.
+    epoch: u64,
+    /// First LSNs of frames being read and compressed: a stream asking for one waits for
+    /// it instead of compressing it again (followers in step ask for the same frames).
+    preparing: std::collections::HashSet<Lsn>,
 }
 
 impl BatchCache {
     /// A cache of up to `capacity` frames compressed with `codec`.
     pub fn new(codec: CodecChoice, capacity: usize) -> Result<BatchCache, ShipError> {
-        let compressor = Compressor::new(codec).map_err(ShipError::Config)?;
+        let compressor = Compressor::new(codec.clone()).map_err(ShipError::Config)?;
         Ok(BatchCache {
+            codec,
             inner: Mutex::new(CacheInner {
                 by_first: HashMap::new(),
                 order: VecDeque::new(),
                 capacity: capacity.max(1),
-                compressor,
-                scratch: Vec::new(),
+                idle: vec![(compressor, Vec::new())],
+                stats: CodecStats::default(),
                 hits: 0,
+                epoch: 0,
+                preparing: std::collections::HashSet::new(),
             }),
+            prepared: std::sync::Condvar::new(),
         })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, CacheInner> {
+        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The frame for the records from `from` up to `last` (at most `max_bytes`), encoded
@@ -201,28 +229,61 @@ impl BatchCache {
         last: Lsn,
         max_bytes: usize,
     ) -> Result<(LsnRange, Bytes), ShipError> {
-        let mut c = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(hit) = c.by_first.get(&from).cloned() {
-            c.hits += 1;
-            return Ok(hit);
-        }
-        let raw = wal.read_raw_upto(from, last, max_bytes)?;
-        let payload = encode_entries(raw.range, &raw.bytes);
-        let CacheInner { compressor, scratch, .. } = &mut *c;
-        let frame = frame::encode(FrameKind::Entries, &payload, compressor, scratch);
-        if c.order.len() >= c.capacity
-            && let Some(old) = c.order.pop_front()
-        {
-            c.by_first.remove(&old);
-        }
-        c.order.push_back(from);
-        c.by_first.insert(from, (raw.range, frame.clone()));
-        Ok((raw.range, frame))
+        let (epoch, idle) = {
+            let mut c = self.lock();
+            loop {
+                if let Some(hit) = c.by_first.get(&from).cloned() {
+                    c.hits += 1;
+                    return Ok(hit);
+                }
+                if !c.preparing.contains(&from) {
+                    break;
+                }
+                c = self.prepared.wait(c).unwrap_or_else(std::sync::PoisonError::into_inner);
+            }
+            c.preparing.insert(from);
+            let idle = c.idle.pop();
+            (c.epoch, idle)
+        };
+        // Whatever happens from here on (an error, even a panic), waiters are released.
+        let _preparing = Preparing { cache: self, from };
+        // Another thread holds every compressor: this one adds one to the pool.
+        let pair = match idle {
+            Some(pair) => Ok(pair),
+            None => Compressor::new(self.codec.clone()).map(|c| (c, Vec::new())).map_err(ShipError::Config),
+        };
+        let (mut compressor, mut scratch) = pair?;
+        let made = wal.read_raw_upto(from, last, max_bytes).map(|raw| {
+            let before = compressor.stats();
+            let payload = encode_entries(raw.range, &raw.bytes);
+            let frame = frame::encode(FrameKind::Entries, &payload, &mut compressor, &mut scratch);
+            (raw.range, frame, before)
+        });
+        let mut c = self.lock();
+        let result = match made {
+            Ok((range, frame, before)) => {
+                c.stats.add_since(&before, &compressor.stats());
+                if c.epoch == epoch && !c.by_first.contains_key(&from) {
+                    if c.order.len() >= c.capacity
+                        && let Some(old) = c.order.pop_front()
+                    {
+                        c.by_first.remove(&old);
+                    }
+                    c.order.push_back(from);
+                    c.by_first.insert(from, (range, frame.clone()));
+                }
+                Ok((range, frame))
+            }
+            Err(e) => Err(e.into()),
+        };
+        c.idle.push((compressor, scratch));
+        result
     }
 
     /// Drops frames holding LSNs at or above `lsn` (after the WAL's suffix was truncated).
     pub fn invalidate_from(&self, lsn: Lsn) {
-        let mut c = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut c = self.lock();
+        c.epoch += 1;
         c.by_first.retain(|_, (range, _)| range.last < lsn);
         let CacheInner { order, by_first, .. } = &mut *c;
         order.retain(|first| by_first.contains_key(first));
@@ -231,8 +292,21 @@ impl BatchCache {
     /// Compression counters, and frames served from the cache.
     #[must_use]
     pub fn stats(&self) -> (CodecStats, u64) {
-        let c = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        (c.compressor.stats(), c.hits)
+        let c = self.lock();
+        (c.stats, c.hits)
+    }
+}
+
+/// A frame being prepared by one thread; dropping it tells the others.
+struct Preparing<'a> {
+    cache: &'a BatchCache,
+    from: Lsn,
+}
+
+impl Drop for Preparing<'_> {
+    fn drop(&mut self) {
+        self.cache.lock().preparing.remove(&self.from);
+        self.cache.prepared.notify_all();
     }
 }
 
@@ -385,23 +459,7 @@ impl WalShipper {
                 }
                 durable = self.wal.acknowledged_async(next), if room => {
                     durable?;
-                    // Send what is durable, in frames of up to max_batch_bytes, while the
-                    // window has room; flush once for the lot.
-                    // Only acknowledged records go out: a frame read up to the written LSN
-                    // could carry records a crash of this node then loses, which the
-                    // follower would keep.
-                    loop {
-                        let acknowledged = self.wal.acknowledged_lsn();
-                        if next > acknowledged || in_flight_bytes >= self.config.max_in_flight_bytes {
-                            break;
-                        }
-                        let (range, frame) =
-                            self.cache.frame(&self.wal, next, acknowledged, self.config.max_batch_bytes)?;
-                        writer.write(&frame).await?;
-                        in_flight.push_back((range.last, frame.len()));
-                        in_flight_bytes += frame.len();
-                        next = range.last + 1;
-                    }
+                    next = self.send_acknowledged(&mut writer, peer, next, &mut in_flight, &mut in_flight_bytes).await?;
                     writer.flush().await?;
                     sent_since_tick = true;
                     let bytes = writer.bytes();
@@ -417,6 +475,65 @@ impl WalShipper {
                     sent_since_tick = false;
                 }
             }
+        }
+    }
+
+    /// Sends what the WAL has acknowledged from `next` on, in frames of up to
+    /// `max_batch_bytes`, while the window has room; returns the next LSN to send. The
+    /// caller flushes once for the lot.
+    ///
+    /// Only acknowledged records go out: a frame read up to the written LSN could carry
+    /// records that a crash of this node then loses, which the follower would keep. The
+    /// next frames are planned from the index, and read and compressed on blocking
+    /// threads, `compress_ahead` at once, while this task sends them in order.
+    async fn send_acknowledged(
+        &self,
+        writer: &mut FrameWriter,
+        peer: SocketAddr,
+        mut next: Lsn,
+        in_flight: &mut VecDeque<(Lsn, usize)>,
+        in_flight_bytes: &mut usize,
+    ) -> Result<Lsn, ShipError> {
+        let acknowledged = self.wal.acknowledged_lsn();
+        let max = self.config.max_batch_bytes;
+        // With nothing to overlap, a hop to a blocking thread per frame only costs.
+        if self.config.compress_ahead == 1 || self.config.codec == CodecChoice::Fixed(crate::Codec::None) {
+            while next <= acknowledged && *in_flight_bytes < self.config.max_in_flight_bytes {
+                let (range, frame) = self.cache.frame(&self.wal, next, acknowledged, max)?;
+                writer.write(&frame).await?;
+                in_flight.push_back((range.last, frame.len()));
+                *in_flight_bytes += frame.len();
+                next = range.last + 1;
+            }
+            return Ok(next);
+        }
+        let mut preparing = VecDeque::new();
+        let (mut plan, mut planned_bytes) = (next, *in_flight_bytes);
+        loop {
+            while preparing.len() < self.config.compress_ahead
+                && plan <= acknowledged
+                && planned_bytes < self.config.max_in_flight_bytes
+            {
+                let (range, raw_bytes) = self.wal.raw_extent(plan, acknowledged, max)?;
+                let (cache, wal) = (Arc::clone(&self.cache), self.wal.clone());
+                preparing.push_back(tokio::task::spawn_blocking(move || {
+                    cache.frame(&wal, range.first, acknowledged, max)
+                }));
+                planned_bytes += raw_bytes;
+                plan = range.last + 1;
+            }
+            let Some(job) = preparing.pop_front() else { return Ok(next) };
+            let (range, frame) = match job.await {
+                Ok(prepared) => prepared?,
+                // A panic while preparing is a bug: it goes on up, not into a retry.
+                // Cancelled means the runtime is shutting down.
+                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                Err(_) => return Err(ShipError::Closed { peer }),
+            };
+            writer.write(&frame).await?;
+            in_flight.push_back((range.last, frame.len()));
+            *in_flight_bytes += frame.len();
+            next = range.last + 1;
         }
     }
 
@@ -686,6 +803,38 @@ mod tests {
     }
 
     #[test]
+    fn streams_asking_for_one_frame_at_once_compress_it_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (wal, _) = Wal::open(dir.path(), themis_wal::WalConfig::default()).unwrap();
+        let entries: Vec<NewEntry> = (0..2000u32)
+            .map(|i| NewEntry::data(themis_clock::Timestamp::ZERO, format!("{{\"n\":{i}}}")))
+            .collect();
+        wal.append(&entries).unwrap();
+        let cache = Arc::new(BatchCache::new(CodecChoice::Fixed(crate::Codec::Lz4), 16).unwrap());
+        for round in 0..20u64 {
+            let from = 1 + round * 100;
+            let frames: Vec<_> = (0..4)
+                .map(|_| {
+                    let (cache, wal) = (Arc::clone(&cache), wal.clone());
+                    std::thread::spawn(move || cache.frame(&wal, from, from + 99, 1 << 20).unwrap())
+                })
+                .collect::<Vec<_>>()
+                .into_iter()
+                .map(|t| t.join().unwrap())
+                .collect();
+            assert!(frames.iter().all(|f| *f == frames[0]), "one frame for one position");
+        }
+        let (stats, hits) = cache.stats();
+        assert_eq!((stats.batches, hits), (20, 60), "each frame compressed once, then served");
+        assert!(stats.bytes_in > stats.bytes_out && stats.last == Some(crate::Codec::Lz4), "{stats:?}");
+        // After a truncation, frames made before it are gone and are made again.
+        cache.invalidate_from(1);
+        cache.frame(&wal, 1, 100, 1 << 20).unwrap();
+        assert_eq!(cache.stats().0.batches, 21);
+        wal.close().unwrap();
+    }
+
+    #[test]
     fn bad_settings_name_themselves() {
         let ok = ShipConfig::default();
         ok.validate().unwrap();
@@ -694,6 +843,8 @@ mod tests {
             (ShipConfig { max_in_flight_bytes: 4096, ..ok.clone() }, "max_in_flight_bytes = 4096"),
             (ShipConfig { heartbeat_interval: Duration::from_secs(2), ..ok.clone() }, "heartbeat_interval"),
             (ShipConfig { ack_every_frames: 0, ..ok.clone() }, "ack_every_frames = 0"),
+            (ShipConfig { compress_ahead: 0, ..ok.clone() }, "compress_ahead = 0"),
+            (ShipConfig { compress_ahead: 65, ..ok.clone() }, "compress_ahead = 65"),
             (
                 ShipConfig {
                     codec: CodecChoice::Fixed(crate::codec::Codec::Zstd { level: 30 }),

@@ -779,33 +779,61 @@ impl Wal {
         Ok(RawRecords { range: LsnRange { first: from, last }, bytes })
     }
 
-    fn read_checked(&self, from: Lsn, upto: Lsn, max_bytes: usize) -> Result<(Bytes, Vec<Entry>), WalError> {
-        let (file, path, id, start, end, count) = {
-            let index = read_index(&self.shared.index);
-            let seg = index.locate(from)?;
-            let first = (from - seg.first_lsn) as usize;
-            if seg.offsets[first] == SKIPPED {
-                return Err(WalError::Skipped { lsn: from });
-            }
-            let start = u64::from(seg.offsets[first]);
-            let mut k = first + 1;
-            // Where the record before index `k` ends at the latest: the next known offset
-            // (a skipped region after it is read along and ignored).
-            let end_of = |k: usize| {
-                seg.offsets
-                    .get(k..)
-                    .and_then(|rest| rest.iter().find(|&&o| o != SKIPPED))
-                    .map_or(seg.len, |&o| u64::from(o))
-            };
-            while k < seg.offsets.len()
-                && seg.offsets[k] != SKIPPED
-                && seg.first_lsn + k as u64 <= upto
-                && end_of(k + 1) - start <= max_bytes as u64
-            {
-                k += 1;
-            }
-            (seg.file.clone(), seg.path.clone(), seg.id, start, end_of(k), k - first)
+    /// The LSNs [`read_raw_upto`](Self::read_raw_upto) with the same arguments returns,
+    /// from the index alone (no read): a shipper plans the next frames with it and reads
+    /// them on several threads. The answer is the same later, since records never move
+    /// and the log only grows (unless it is truncated).
+    pub fn raw_extent(&self, from: Lsn, last: Lsn, max_bytes: usize) -> Result<(LsnRange, usize), WalError> {
+        if from > last {
+            return Err(WalError::OutOfRange {
+                lsn: from,
+                first: self.first_lsn(),
+                last: last.min(self.last_lsn()),
+            });
+        }
+        let extent = self.extent(from, last, max_bytes)?;
+        let range = LsnRange { first: from, last: from + extent.count as u64 - 1 };
+        Ok((range, (extent.end - extent.start) as usize))
+    }
+
+    /// Where the records from `from` lie: one segment, at most `max_bytes` (at least one
+    /// record), none above `upto`.
+    fn extent(&self, from: Lsn, upto: Lsn, max_bytes: usize) -> Result<Extent, WalError> {
+        let index = read_index(&self.shared.index);
+        let seg = index.locate(from)?;
+        let first = (from - seg.first_lsn) as usize;
+        if seg.offsets[first] == SKIPPED {
+            return Err(WalError::Skipped { lsn: from });
+        }
+        let start = u64::from(seg.offsets[first]);
+        let mut k = first + 1;
+        // Where the record before index `k` ends at the latest: the next known offset
+        // (a skipped region after it is read along and ignored).
+        let end_of = |k: usize| {
+            seg.offsets
+                .get(k..)
+                .and_then(|rest| rest.iter().find(|&&o| o != SKIPPED))
+                .map_or(seg.len, |&o| u64::from(o))
         };
+        while k < seg.offsets.len()
+            && seg.offsets[k] != SKIPPED
+            && seg.first_lsn + k as u64 <= upto
+            && end_of(k + 1) - start <= max_bytes as u64
+        {
+            k += 1;
+        }
+        Ok(Extent {
+            file: seg.file.clone(),
+            path: seg.path.clone(),
+            id: seg.id,
+            start,
+            end: end_of(k),
+            count: k - first,
+        })
+    }
+
+    fn read_checked(&self, from: Lsn, upto: Lsn, max_bytes: usize) -> Result<(Bytes, Vec<Entry>), WalError> {
+        let Extent { file, path, id, start, end, count } = self.extent(from, upto, max_bytes)?;
         let mut buf = vec![0u8; (end - start) as usize];
         file.read_exact_at(&mut buf, start).map_err(WalError::io("read", &path))?;
         let buf = Bytes::from(buf);
@@ -1001,6 +1029,16 @@ impl Wal {
         self.shared.drop_spare();
         Ok(())
     }
+}
+
+/// Where a raw read's records lie in one segment.
+struct Extent {
+    file: Arc<File>,
+    path: PathBuf,
+    id: u64,
+    start: u64,
+    end: u64,
+    count: usize,
 }
 
 /// Records exactly as the log holds them; see [`Wal::read_raw`].

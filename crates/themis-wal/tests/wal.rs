@@ -328,6 +328,17 @@ fn raw_reads_return_the_records_as_encoded_and_a_follower_reproduces_them() {
     assert_eq!(upto.bytes, raw.bytes.slice(..upto.bytes.len()));
     assert_eq!(wal.read_raw_upto(30, 30, 1 << 20).unwrap().range.last, 30);
     assert!(matches!(wal.read_raw_upto(31, 30, 1 << 20), Err(WalError::OutOfRange { lsn: 31, .. })));
+    // The extent, from the index alone, is what the read returns.
+    for (from, last, max) in [(30, 33, 1 << 20), (1, 200, 1500), (150, 200, 0), (199, 200, 1 << 20)] {
+        let read = wal.read_raw_upto(from, last, max).unwrap();
+        assert_eq!(
+            wal.raw_extent(from, last, max).unwrap(),
+            (read.range, read.bytes.len()),
+            "{from} {last} {max}"
+        );
+    }
+    assert!(matches!(wal.raw_extent(31, 30, 1 << 20), Err(WalError::OutOfRange { lsn: 31, .. })));
+    assert!(matches!(wal.raw_extent(201, 300, 1 << 20), Err(WalError::OutOfRange { lsn: 201, .. })));
 }
 
 #[test]
