@@ -148,7 +148,10 @@ pub fn frame_decode(data: &[u8]) {
                 if let Ok(Some(records)) = themis_ship::ship::decode_entries(&frame.payload, 1 << 16) {
                     let entries = records.entries();
                     assert_eq!(entries.len(), records.len());
-                    assert!(entries.iter().zip(records.range().first..).all(|(e, lsn)| e.lsn == lsn), "dense LSNs");
+                    assert!(
+                        entries.iter().zip(records.range().first..).all(|(e, lsn)| e.lsn == lsn),
+                        "dense LSNs"
+                    );
                 }
             }
             _ => {}
