@@ -9,7 +9,7 @@ use std::task::{Poll, Waker};
 use crate::entry::{Lsn, LsnRange, NewEntry};
 use crate::error::WalError;
 use crate::record::{self, CheckedRecords};
-use crate::sync::{Condvar, Mutex, MutexGuard, lock, wait};
+use crate::sync::{Condvar, Mutex, MutexGuard, lock, wait, wait_timeout};
 
 /// The largest group buffer kept for reuse; a larger one (a burst) is freed.
 const SPARE_MAX_BYTES: usize = 8 << 20;
@@ -29,6 +29,26 @@ pub(crate) trait Sink {
 pub(crate) enum Batch<'a> {
     Entries(&'a [NewEntry]),
     Checked(&'a CheckedRecords),
+}
+
+/// Records taken from the queue to be written as one group, by the flusher or by the
+/// blocking writer whose append completed the group.
+#[derive(Debug)]
+pub(crate) struct Group {
+    first: Lsn,
+    bytes: Vec<u8>,
+    offsets: Vec<u32>,
+    /// The log was closing when the group was taken: sync it whatever the rule says.
+    closing: bool,
+    /// Writers that waited for room, to wake once the lock is released.
+    room: Vec<Waker>,
+}
+
+/// A batch queued: its LSNs, and the group to flush when the writer leads it.
+#[derive(Debug)]
+pub(crate) struct Enqueued {
+    pub(crate) range: LsnRange,
+    pub(crate) group: Option<Group>,
 }
 
 /// What a writer waits for before it is told "done".
@@ -88,6 +108,27 @@ struct AckWaiter {
     waker: Waker,
 }
 
+impl State {
+    /// Takes everything queued as one group to flush, under the lock; the caller flushes
+    /// it with [`Coordinator::finish_group`] after releasing the lock.
+    fn take_group(&mut self) -> Group {
+        self.last_batches = std::mem::take(&mut self.batches);
+        let first = self.queue_first;
+        let (spare_bytes, spare_offsets) = std::mem::take(&mut self.spare);
+        let bytes = std::mem::replace(&mut self.queue, spare_bytes);
+        let offsets = std::mem::replace(&mut self.offsets, spare_offsets);
+        self.flushing = true;
+        Group {
+            first,
+            bytes,
+            offsets,
+            closing: self.closed.is_some(),
+            // The queue is empty again: writers waiting for room may go on.
+            room: std::mem::take(&mut self.room_waiters),
+        }
+    }
+}
+
 impl Progress {
     fn reached(&self, ack: AckOn) -> Lsn {
         match ack {
@@ -110,6 +151,10 @@ pub(crate) struct Coordinator {
     /// How long the flusher may wait for the writers of its previous batch to come back
     /// (PostgreSQL's `commit_delay`, with `commit_siblings` learned from the last batch).
     commit_delay: std::time::Duration,
+    /// Whether a blocking writer that completes a group flushes it itself (group commit
+    /// with a leader, as RocksDB's write groups): it is awake already, where waking the
+    /// flusher is a thread hand-off on every group. Only with a sync after every write.
+    writers_lead: bool,
 }
 
 impl Coordinator {
@@ -118,6 +163,7 @@ impl Coordinator {
         max_queue_bytes: usize,
         max_record_bytes: usize,
         commit_delay: std::time::Duration,
+        writers_lead: bool,
     ) -> Coordinator {
         let last = next_lsn - 1;
         Coordinator {
@@ -141,6 +187,7 @@ impl Coordinator {
             max_queue_bytes,
             max_record_bytes,
             commit_delay,
+            writers_lead,
         }
     }
 
@@ -178,7 +225,8 @@ impl Coordinator {
         state: &mut State,
         batch: Batch<'_>,
         expect_first: Option<Lsn>,
-    ) -> Result<Option<LsnRange>, WalError> {
+        lead: bool,
+    ) -> Result<Option<Enqueued>, WalError> {
         if matches!(batch, Batch::Entries([])) {
             return Err(WalError::Config("an append needs at least one entry".into()));
         }
@@ -227,6 +275,12 @@ impl Coordinator {
             }
         }
         state.batches += 1;
+        let range = LsnRange { first, last: state.next_lsn - 1 };
+        let complete = state.batches >= state.last_batches || state.queue.len() >= half;
+        if lead && self.writers_lead && complete && !state.flushing && state.closed.is_none() {
+            // This writer completes the group and no flush is running: it flushes.
+            return Ok(Some(Enqueued { range, group: Some(state.take_group()) }));
+        }
         // Wake the flusher only when one of its waits can end: it waits for a non-empty
         // queue, then (under commit_delay) for the last batch's writers to be back or the
         // queue to be half full. Waking it for every append made 64 writers cost 64
@@ -234,7 +288,7 @@ impl Coordinator {
         if was_empty || state.batches == state.last_batches || crossed_half {
             self.work.notify_one();
         }
-        Ok(Some(LsnRange { first, last: state.next_lsn - 1 }))
+        Ok(Some(Enqueued { range, group: None }))
     }
 
     /// Enqueues `entries`, all or nothing (`Ready` with their LSNs; with `expect_first`,
@@ -242,20 +296,28 @@ impl Coordinator {
     /// the queue is full (`Pending`). Blocking callers drive this with `sync::block_on`. With `ack`,
     /// the same lock also registers `waker` for the acknowledgement of the last entry under
     /// it, so an async append costs one lock to queue and one to learn it is done.
+    ///
+    /// With `lead`, a writer whose batch completes the group the flusher waits for, while
+    /// no flush runs, gets the group back in [`Enqueued::group`] and must flush it with
+    /// [`finish_group`](Self::finish_group); it is not registered for the acknowledgement,
+    /// which that flush decides. Only a caller that may block on I/O leads.
     pub(crate) fn poll_enqueue(
         &self,
         batch: Batch<'_>,
         expect_first: Option<Lsn>,
         ack: Option<AckOn>,
+        lead: bool,
         waker: &Waker,
-    ) -> Poll<Result<LsnRange, WalError>> {
+    ) -> Poll<Result<Enqueued, WalError>> {
         let mut state = lock(&self.state);
-        match self.try_enqueue_locked(&mut state, batch, expect_first) {
-            Ok(Some(range)) => {
-                if let Some(ack) = ack {
-                    state.ack_waiters.push(AckWaiter { lsn: range.last, ack, waker: waker.clone() });
+        match self.try_enqueue_locked(&mut state, batch, expect_first, lead) {
+            Ok(Some(enqueued)) => {
+                if let Some(ack) = ack
+                    && enqueued.group.is_none()
+                {
+                    state.ack_waiters.push(AckWaiter { lsn: enqueued.range.last, ack, waker: waker.clone() });
                 }
-                Poll::Ready(Ok(range))
+                Poll::Ready(Ok(enqueued))
             }
             Ok(None) => {
                 state.room_waiters.push(waker.clone());
@@ -328,28 +390,35 @@ impl Coordinator {
     /// `false` once the log is closed and drained.
     pub(crate) fn flush_once(&self, sink: &mut impl Sink, rule: &mut SyncRule) -> bool {
         let mut state = lock(&self.state);
-        while state.queue.is_empty() {
-            if state.closed.is_some() && !state.dirty {
-                return false;
-            }
-            match rule {
-                SyncRule::Every { interval, last } if state.dirty => {
-                    let due = *last + *interval;
-                    let now = std::time::Instant::now();
-                    if now >= due || state.closed.is_some() {
-                        break;
-                    }
-                    state =
-                        self.work.wait_timeout(state, due - now).map_or_else(|e| e.into_inner().0, |r| r.0);
+        loop {
+            // Nothing to do while the queue is empty, or while a writer flushes a group.
+            while state.queue.is_empty() || state.flushing {
+                if state.closed.is_some() && !state.dirty && !state.flushing {
+                    return false;
                 }
-                _ => state = wait(&self.work, state),
+                match rule {
+                    SyncRule::Every { interval, last } if state.dirty && !state.flushing => {
+                        let due = *last + *interval;
+                        let now = std::time::Instant::now();
+                        if now >= due || state.closed.is_some() {
+                            break;
+                        }
+                        state = wait_timeout(&self.work, state, due - now);
+                    }
+                    _ => state = wait(&self.work, state),
+                }
             }
-        }
-        // Group commit works only if the batch is a group: right after a sync, the writers
-        // it released are still on their way back. Give them up to `commit_delay` to
-        // rejoin, as many as the last batch had, unless the queue is half full.
-        if !self.commit_delay.is_zero() && !state.queue.is_empty() && matches!(rule, SyncRule::Always) {
+            // Group commit works only if the batch is a group: right after a sync, the
+            // writers it released are still on their way back. Give them up to
+            // `commit_delay` to rejoin, as many as the last batch had, unless the queue is
+            // half full. A blocking writer that completes the group flushes it itself; then
+            // this wait starts over for the next group.
+            if self.commit_delay.is_zero() || state.queue.is_empty() || !matches!(rule, SyncRule::Always) {
+                break;
+            }
+            let group = state.queue_first;
             let deadline = std::time::Instant::now() + self.commit_delay;
+            let mut taken = false;
             while state.batches < state.last_batches
                 && state.closed.is_none()
                 && state.queue.len() < self.max_queue_bytes / 2
@@ -358,27 +427,31 @@ impl Coordinator {
                 if now >= deadline {
                     break;
                 }
-                state =
-                    self.work.wait_timeout(state, deadline - now).map_or_else(|e| e.into_inner().0, |r| r.0);
+                state = wait_timeout(&self.work, state, deadline - now);
+                if state.flushing || state.queue.is_empty() || state.queue_first != group {
+                    taken = true;
+                    break;
+                }
+            }
+            if !taken {
+                break;
             }
         }
-        state.last_batches = std::mem::take(&mut state.batches);
-        let first = state.queue_first;
-        let (spare_bytes, spare_offsets) = std::mem::take(&mut state.spare);
-        let mut bytes = std::mem::replace(&mut state.queue, spare_bytes);
-        let mut offsets = std::mem::replace(&mut state.offsets, spare_offsets);
-        let last = first + offsets.len() as u64 - 1;
-        let have_batch = !offsets.is_empty();
-        state.flushing = true;
-        let closing = state.closed.is_some();
-        // The queue is empty again: writers waiting for room may go on.
-        let room = std::mem::take(&mut state.room_waiters);
+        let group = state.take_group();
         drop(state);
-        room.into_iter().for_each(Waker::wake);
+        self.finish_group(group, sink, rule);
+        true
+    }
 
+    /// Writes a group taken with [`State::take_group`], syncs when the rule
+    /// says so, publishes the progress and wakes the writers it acknowledges.
+    pub(crate) fn finish_group(&self, group: Group, sink: &mut impl Sink, rule: &mut SyncRule) {
+        let Group { first, mut bytes, mut offsets, closing, room } = group;
+        room.into_iter().for_each(Waker::wake);
+        let last = first + offsets.len() as u64 - 1;
         let mut result = Ok(());
         let mut written = None;
-        if have_batch {
+        if !offsets.is_empty() {
             result = sink.write(first, &bytes, &offsets);
             if result.is_ok() {
                 written = Some(last);
@@ -415,6 +488,11 @@ impl Coordinator {
             state.dirty = false;
         }
         self.done.notify_all();
+        // The flusher waits while a writer flushes: what was queued meanwhile, or a close,
+        // is its work now.
+        if !state.queue.is_empty() || state.closed.is_some() {
+            self.work.notify_one();
+        }
         let woken: Vec<Waker> = if state.closed.is_some() {
             state.ack_waiters.drain(..).map(|w| w.waker).collect()
         } else {
@@ -423,7 +501,6 @@ impl Coordinator {
         };
         drop(state);
         woken.into_iter().for_each(Waker::wake);
-        true
     }
 }
 
@@ -530,13 +607,13 @@ mod tests {
     fn queue(coordinator: &Coordinator, size: usize, count: usize) {
         let entries: Vec<NewEntry> =
             (0..count).map(|_| NewEntry::data(Timestamp::ZERO, vec![1u8; size])).collect();
-        let queued = coordinator.poll_enqueue(Batch::Entries(&entries), None, None, Waker::noop());
+        let queued = coordinator.poll_enqueue(Batch::Entries(&entries), None, None, false, Waker::noop());
         assert!(matches!(queued, Poll::Ready(Ok(_))), "{queued:?}");
     }
 
     #[test]
     fn group_buffers_are_reused_and_a_burst_buffer_is_freed() {
-        let coordinator = Coordinator::new(1, 32 << 20, 16 << 20, std::time::Duration::ZERO);
+        let coordinator = Coordinator::new(1, 32 << 20, 16 << 20, std::time::Duration::ZERO, false);
         let mut sink = Recording::default();
         let mut rule = SyncRule::Always;
         // Two buffers take turns: the third group fills the first group's buffer.

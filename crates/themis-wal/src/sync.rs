@@ -18,6 +18,15 @@ pub(crate) fn wait<'a, T>(condvar: &Condvar, guard: MutexGuard<'a, T>) -> MutexG
     condvar.wait(guard).unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// Waits on `condvar` for at most `timeout`, ignoring poisoning as [`lock`] does.
+pub(crate) fn wait_timeout<'a, T>(
+    condvar: &Condvar,
+    guard: MutexGuard<'a, T>,
+    timeout: std::time::Duration,
+) -> MutexGuard<'a, T> {
+    condvar.wait_timeout(guard, timeout).map_or_else(|e| e.into_inner().0, |r| r.0)
+}
+
 /// Runs `future` to completion on the calling thread, parking it while the future is
 /// pending: the blocking appends are the async ones driven this way, so a thread is woken
 /// by exactly the flush that acknowledges it (by `unpark`), never by a broadcast.

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use themis_clock::{Hlc, PhysicalClock, Timestamp};
 use tokio::sync::watch;
 
-use crate::commit::{AckOn, Batch, Coordinator, Progress, Sink, SyncRule};
+use crate::commit::{AckOn, Batch, Coordinator, Enqueued, Progress, Sink, SyncRule};
 use crate::entry::{Entry, Lsn, LsnRange, NewEntry};
 use crate::error::WalError;
 use crate::record::{self, CheckedRecords, RECORD_HEADER_LEN};
@@ -338,6 +338,20 @@ impl Sink for Writer {
     }
 }
 
+/// Publishes `progress` to the watchers of the log's tail. The flusher and leading
+/// writers publish in any order, so the published value only ever moves forward.
+fn publish(tx: &watch::Sender<Progress>, progress: Progress) {
+    tx.send_if_modified(|current| {
+        let next = Progress {
+            written: current.written.max(progress.written),
+            durable: current.durable.max(progress.durable),
+        };
+        let changed = next != *current;
+        *current = next;
+        changed
+    });
+}
+
 /// The writer behind a mutex: the flusher and truncation take turns.
 struct SharedWriter(Arc<Mutex<Writer>>);
 
@@ -526,6 +540,7 @@ impl Wal {
             config.max_queue_bytes,
             config.max_record_bytes,
             config.commit_delay,
+            config.fsync == FsyncPolicy::Always,
         ));
         let start = Progress { written: next_lsn - 1, durable: next_lsn - 1 };
         let (progress_tx, progress) = watch::channel(start);
@@ -545,9 +560,9 @@ impl Wal {
                 .name("themis-wal-flush".into())
                 .spawn(move || {
                     while coordinator.flush_once(&mut sink, &mut rule) {
-                        tx.send_replace(coordinator.progress());
+                        publish(&tx, coordinator.progress());
                     }
-                    tx.send_replace(coordinator.progress());
+                    publish(&tx, coordinator.progress());
                 })
                 .map_err(WalError::io("spawn flusher thread", &dir))?
         };
@@ -571,13 +586,13 @@ impl Wal {
     /// acknowledges them (under [`FsyncPolicy::Always`]: once durable). Blocks while the
     /// queue is full.
     pub fn append(&self, entries: &[NewEntry]) -> Result<LsnRange, WalError> {
-        crate::sync::block_on(self.append_waiting(Batch::Entries(entries), None))
+        self.append_blocking(Batch::Entries(entries), None)
     }
 
     /// Like [`append`](Self::append), but fails with [`WalError::LsnMismatch`] unless the
     /// batch starts at `first` (a Raft follower appending the leader's entries).
     pub fn append_at(&self, first: Lsn, entries: &[NewEntry]) -> Result<LsnRange, WalError> {
-        crate::sync::block_on(self.append_waiting(Batch::Entries(entries), Some(first)))
+        self.append_blocking(Batch::Entries(entries), Some(first))
     }
 
     /// Queues `entries` and returns their LSNs without waiting for the write; pair with
@@ -605,6 +620,35 @@ impl Wal {
         self.append_waiting(Batch::Entries(entries), Some(first)).await
     }
 
+    /// The blocking append: [`append_waiting`](Self::append_waiting) driven by a parked
+    /// thread, except that a writer whose batch completes the group flushes the group
+    /// itself (under [`FsyncPolicy::Always`]): it is awake already, and waking the
+    /// flusher thread instead costs a hand-off on every group.
+    fn append_blocking(&self, batch: Batch<'_>, first: Option<Lsn>) -> Result<LsnRange, WalError> {
+        let coordinator = &self.shared.coordinator;
+        let ack = self.shared.ack;
+        let mut queued: Option<LsnRange> = None;
+        crate::sync::block_on(std::future::poll_fn(|cx| match queued {
+            None => match coordinator.poll_enqueue(batch, first, Some(ack), true, cx.waker()) {
+                Poll::Ready(Ok(Enqueued { range, group: Some(group) })) => {
+                    let mut sink = SharedWriter(self.shared.writer.clone());
+                    coordinator.finish_group(group, &mut sink, &mut SyncRule::Always);
+                    publish(&self.shared.progress_tx, coordinator.progress());
+                    queued = Some(range);
+                    // Acknowledged by the flush just done, or failed with it.
+                    coordinator.poll_ack(range.last, ack, cx.waker()).map_ok(|_| range)
+                }
+                Poll::Ready(Ok(Enqueued { range, group: None })) => {
+                    queued = Some(range);
+                    Poll::Pending
+                }
+                Poll::Ready(Err(err)) => Poll::Ready(Err(err)),
+                Poll::Pending => Poll::Pending,
+            },
+            Some(range) => coordinator.poll_ack(range.last, ack, cx.waker()).map_ok(|_| range),
+        }))
+    }
+
     /// Queues `entries` and waits for their acknowledgement. The task is registered with
     /// the coordinator under the lock that queues it, and woken by exactly the flush that
     /// acknowledges it (or by the log closing), not by every change of progress.
@@ -613,14 +657,15 @@ impl Wal {
         let ack = self.shared.ack;
         let mut queued: Option<LsnRange> = None;
         std::future::poll_fn(|cx| match queued {
-            None => match coordinator.poll_enqueue(batch, first, Some(ack), cx.waker()) {
-                Poll::Ready(Ok(range)) => {
+            None => match coordinator.poll_enqueue(batch, first, Some(ack), false, cx.waker()) {
+                Poll::Ready(Ok(Enqueued { range, .. })) => {
                     // Registered for the acknowledgement: the flush that reaches the range
                     // (or a close) wakes this task.
                     queued = Some(range);
                     Poll::Pending
                 }
-                other => other,
+                Poll::Ready(Err(err)) => Poll::Ready(Err(err)),
+                Poll::Pending => Poll::Pending,
             },
             Some(range) => coordinator.poll_ack(range.last, ack, cx.waker()).map_ok(|_| range),
         })
@@ -648,12 +693,15 @@ impl Wal {
     /// they are acknowledged under the fsync policy. See
     /// [`submit_checked_async`](Self::submit_checked_async).
     pub fn append_checked(&self, records: &CheckedRecords) -> Result<LsnRange, WalError> {
-        crate::sync::block_on(self.append_waiting(Batch::Checked(records), Some(records.range().first)))
+        self.append_blocking(Batch::Checked(records), Some(records.range().first))
     }
 
     async fn enqueue_async(&self, batch: Batch<'_>, first: Option<Lsn>) -> Result<LsnRange, WalError> {
         // A full queue registers the task, which the flusher wakes when it takes the queue.
-        std::future::poll_fn(|cx| self.shared.coordinator.poll_enqueue(batch, first, None, cx.waker())).await
+        std::future::poll_fn(|cx| {
+            self.shared.coordinator.poll_enqueue(batch, first, None, false, cx.waker()).map_ok(|e| e.range)
+        })
+        .await
     }
 
     /// Waits (async) until `lsn` is acknowledged under the fsync policy: durable under
