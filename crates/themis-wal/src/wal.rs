@@ -338,16 +338,16 @@ impl Sink for Writer {
     }
 }
 
-/// Publishes `progress` to the watchers of the log's tail. The flusher and leading
-/// writers publish in any order, so the published value only ever moves forward.
-fn publish(tx: &watch::Sender<Progress>, progress: Progress) {
+/// Publishes the coordinator's progress to the watchers of the log's tail. The flusher,
+/// leading writers and truncation all publish, in any order: the value is read under the
+/// channel's own lock, so the last to publish sends what is current, never a value it read
+/// before another's (a stale value after a truncation would wake waiters for LSNs the
+/// truncation removed).
+fn publish(tx: &watch::Sender<Progress>, coordinator: &Coordinator) {
     tx.send_if_modified(|current| {
-        let next = Progress {
-            written: current.written.max(progress.written),
-            durable: current.durable.max(progress.durable),
-        };
-        let changed = next != *current;
-        *current = next;
+        let now = coordinator.progress();
+        let changed = now != *current;
+        *current = now;
         changed
     });
 }
@@ -560,9 +560,9 @@ impl Wal {
                 .name("themis-wal-flush".into())
                 .spawn(move || {
                     while coordinator.flush_once(&mut sink, &mut rule) {
-                        publish(&tx, coordinator.progress());
+                        publish(&tx, &coordinator);
                     }
-                    publish(&tx, coordinator.progress());
+                    publish(&tx, &coordinator);
                 })
                 .map_err(WalError::io("spawn flusher thread", &dir))?
         };
@@ -633,7 +633,7 @@ impl Wal {
                 Poll::Ready(Ok(Enqueued { range, group: Some(group) })) => {
                     let mut sink = SharedWriter(self.shared.writer.clone());
                     coordinator.finish_group(group, &mut sink, &mut SyncRule::Always);
-                    publish(&self.shared.progress_tx, coordinator.progress());
+                    publish(&self.shared.progress_tx, coordinator);
                     queued = Some(range);
                     // Acknowledged by the flush just done, or failed with it.
                     coordinator.poll_ack(range.last, ack, cx.waker()).map_ok(|_| range)
@@ -959,7 +959,7 @@ impl Wal {
         drop(writer);
         quiesced.reset_to(after);
         drop(quiesced);
-        self.shared.progress_tx.send_replace(self.shared.coordinator.progress());
+        publish(&self.shared.progress_tx, &self.shared.coordinator);
         Ok(())
     }
 
@@ -1018,7 +1018,7 @@ impl Wal {
         drop(writer);
         quiesced.reset_to(next - 1);
         drop(quiesced);
-        self.shared.progress_tx.send_replace(self.shared.coordinator.progress());
+        publish(&self.shared.progress_tx, &self.shared.coordinator);
         Ok(())
     }
 

@@ -101,7 +101,14 @@ fn suffix_truncation_is_durable_and_appends_continue_from_it() {
     assert!(wal.segments().len() < before);
     assert_holds(&wal, 1, 120);
     assert_eq!(wal.durable_lsn(), 120);
+    // Followers of the tail see the cut: an LSN it removed is not durable any more.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let waited = rt.block_on(async {
+        tokio::time::timeout(std::time::Duration::from_millis(50), wal.durable_async(121)).await
+    });
+    assert!(waited.is_err(), "durable_async(121) returned after the log was cut at 120");
     assert_eq!(wal.append(&[entry_for(121), entry_for(122)]).unwrap().first, 121);
+    rt.block_on(wal.durable_async(122)).unwrap();
     wal.truncate_suffix(122).unwrap(); // nothing after 122: no change
     wal.close().unwrap();
     drop(wal);
