@@ -496,39 +496,40 @@ impl WalShipper {
     ) -> Result<Lsn, ShipError> {
         let acknowledged = self.wal.acknowledged_lsn();
         let max = self.config.max_batch_bytes;
-        // With nothing to overlap, a hop to a blocking thread per frame only costs.
-        if self.config.compress_ahead == 1 || self.config.codec == CodecChoice::Fixed(crate::Codec::None) {
-            while next <= acknowledged && *in_flight_bytes < self.config.max_in_flight_bytes {
-                let (range, frame) = self.cache.frame(&self.wal, next, acknowledged, max)?;
-                writer.write(&frame).await?;
-                in_flight.push_back((range.last, frame.len()));
-                *in_flight_bytes += frame.len();
-                next = range.last + 1;
-            }
-            return Ok(next);
-        }
+        // With nothing to overlap, a hop to a blocking thread per frame only costs: frames
+        // are then prepared one at a time on this task.
+        let inline =
+            self.config.compress_ahead == 1 || self.config.codec == CodecChoice::Fixed(crate::Codec::None);
         let mut preparing = VecDeque::new();
+        // The window is planned with raw sizes, an upper bound of what the frames take.
         let (mut plan, mut planned_bytes) = (next, *in_flight_bytes);
         loop {
-            while preparing.len() < self.config.compress_ahead
-                && plan <= acknowledged
-                && planned_bytes < self.config.max_in_flight_bytes
-            {
-                let (range, raw_bytes) = self.wal.raw_extent(plan, acknowledged, max)?;
-                let (cache, wal) = (Arc::clone(&self.cache), self.wal.clone());
-                preparing.push_back(tokio::task::spawn_blocking(move || {
-                    cache.frame(&wal, range.first, acknowledged, max)
-                }));
-                planned_bytes += raw_bytes;
-                plan = range.last + 1;
-            }
-            let Some(job) = preparing.pop_front() else { return Ok(next) };
-            let (range, frame) = match job.await {
-                Ok(prepared) => prepared?,
-                // A panic while preparing is a bug: it goes on up, not into a retry.
-                // Cancelled means the runtime is shutting down.
-                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-                Err(_) => return Err(ShipError::Closed { peer }),
+            let (range, frame) = if inline {
+                if next > acknowledged || *in_flight_bytes >= self.config.max_in_flight_bytes {
+                    return Ok(next);
+                }
+                self.cache.frame(&self.wal, next, acknowledged, max)?
+            } else {
+                while preparing.len() < self.config.compress_ahead
+                    && plan <= acknowledged
+                    && planned_bytes < self.config.max_in_flight_bytes
+                {
+                    let (range, raw_bytes) = self.wal.raw_extent(plan, acknowledged, max)?;
+                    let (cache, wal) = (Arc::clone(&self.cache), self.wal.clone());
+                    preparing.push_back(tokio::task::spawn_blocking(move || {
+                        cache.frame(&wal, range.first, acknowledged, max)
+                    }));
+                    planned_bytes += raw_bytes;
+                    plan = range.last + 1;
+                }
+                let Some(job) = preparing.pop_front() else { return Ok(next) };
+                match job.await {
+                    Ok(prepared) => prepared?,
+                    // A panic while preparing is a bug: it goes on up, not into a retry.
+                    // Cancelled means the runtime is shutting down.
+                    Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                    Err(_) => return Err(ShipError::Closed { peer }),
+                }
             };
             writer.write(&frame).await?;
             in_flight.push_back((range.last, frame.len()));

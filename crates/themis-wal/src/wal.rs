@@ -612,24 +612,38 @@ impl Wal {
 
     /// [`append`](Self::append) for async callers: never blocks a runtime thread.
     pub async fn append_async(&self, entries: &[NewEntry]) -> Result<LsnRange, WalError> {
-        self.append_waiting(Batch::Entries(entries), None).await
+        self.append_waiting(Batch::Entries(entries), None, false).await
     }
 
     /// [`append_at`](Self::append_at) for async callers.
     pub async fn append_at_async(&self, first: Lsn, entries: &[NewEntry]) -> Result<LsnRange, WalError> {
-        self.append_waiting(Batch::Entries(entries), Some(first)).await
+        self.append_waiting(Batch::Entries(entries), Some(first), false).await
     }
 
     /// The blocking append: [`append_waiting`](Self::append_waiting) driven by a parked
-    /// thread, except that a writer whose batch completes the group flushes the group
-    /// itself (under [`FsyncPolicy::Always`]): it is awake already, and waking the
+    /// thread, which may lead: a writer whose batch completes the group flushes the group
+    /// itself (under [`FsyncPolicy::Always`]), since it is awake already and waking the
     /// flusher thread instead costs a hand-off on every group.
     fn append_blocking(&self, batch: Batch<'_>, first: Option<Lsn>) -> Result<LsnRange, WalError> {
+        crate::sync::block_on(self.append_waiting(batch, first, true))
+    }
+
+    /// Queues `batch` and waits for its acknowledgement. The task is registered with the
+    /// coordinator under the lock that queues it, and woken by exactly the flush that
+    /// acknowledges it (or by the log closing), not by every change of progress. With
+    /// `lead` (blocking callers only: the flush runs on the caller's thread), a batch that
+    /// completes the group is flushed here.
+    async fn append_waiting(
+        &self,
+        batch: Batch<'_>,
+        first: Option<Lsn>,
+        lead: bool,
+    ) -> Result<LsnRange, WalError> {
         let coordinator = &self.shared.coordinator;
         let ack = self.shared.ack;
         let mut queued: Option<LsnRange> = None;
-        crate::sync::block_on(std::future::poll_fn(|cx| match queued {
-            None => match coordinator.poll_enqueue(batch, first, Some(ack), true, cx.waker()) {
+        std::future::poll_fn(|cx| match queued {
+            None => match coordinator.poll_enqueue(batch, first, Some(ack), lead, cx.waker()) {
                 Poll::Ready(Ok(Enqueued { range, group: Some(group) })) => {
                     let mut sink = SharedWriter(self.shared.writer.clone());
                     coordinator.finish_group(group, &mut sink, &mut SyncRule::Always);
@@ -639,26 +653,6 @@ impl Wal {
                     coordinator.poll_ack(range.last, ack, cx.waker()).map_ok(|_| range)
                 }
                 Poll::Ready(Ok(Enqueued { range, group: None })) => {
-                    queued = Some(range);
-                    Poll::Pending
-                }
-                Poll::Ready(Err(err)) => Poll::Ready(Err(err)),
-                Poll::Pending => Poll::Pending,
-            },
-            Some(range) => coordinator.poll_ack(range.last, ack, cx.waker()).map_ok(|_| range),
-        }))
-    }
-
-    /// Queues `entries` and waits for their acknowledgement. The task is registered with
-    /// the coordinator under the lock that queues it, and woken by exactly the flush that
-    /// acknowledges it (or by the log closing), not by every change of progress.
-    async fn append_waiting(&self, batch: Batch<'_>, first: Option<Lsn>) -> Result<LsnRange, WalError> {
-        let coordinator = &self.shared.coordinator;
-        let ack = self.shared.ack;
-        let mut queued: Option<LsnRange> = None;
-        std::future::poll_fn(|cx| match queued {
-            None => match coordinator.poll_enqueue(batch, first, Some(ack), false, cx.waker()) {
-                Poll::Ready(Ok(Enqueued { range, .. })) => {
                     // Registered for the acknowledgement: the flush that reaches the range
                     // (or a close) wakes this task.
                     queued = Some(range);
@@ -815,13 +809,6 @@ impl Wal {
     /// acknowledged LSN, so that records written and not yet durable are not sent.
     /// `from` above `last` is [`WalError::OutOfRange`].
     pub fn read_raw_upto(&self, from: Lsn, last: Lsn, max_bytes: usize) -> Result<RawRecords, WalError> {
-        if from > last {
-            return Err(WalError::OutOfRange {
-                lsn: from,
-                first: self.first_lsn(),
-                last: last.min(self.last_lsn()),
-            });
-        }
         let (bytes, entries) = self.read_checked(from, last, max_bytes)?;
         let last = entries.last().map_or(from, |e| e.lsn);
         Ok(RawRecords { range: LsnRange { first: from, last }, bytes })
@@ -832,13 +819,6 @@ impl Wal {
     /// them on several threads. The answer is the same later, since records never move
     /// and the log only grows (unless it is truncated).
     pub fn raw_extent(&self, from: Lsn, last: Lsn, max_bytes: usize) -> Result<(LsnRange, usize), WalError> {
-        if from > last {
-            return Err(WalError::OutOfRange {
-                lsn: from,
-                first: self.first_lsn(),
-                last: last.min(self.last_lsn()),
-            });
-        }
         let extent = self.extent(from, last, max_bytes)?;
         let range = LsnRange { first: from, last: from + extent.count as u64 - 1 };
         Ok((range, (extent.end - extent.start) as usize))
@@ -848,6 +828,13 @@ impl Wal {
     /// record), none above `upto`.
     fn extent(&self, from: Lsn, upto: Lsn, max_bytes: usize) -> Result<Extent, WalError> {
         let index = read_index(&self.shared.index);
+        if from > upto {
+            return Err(WalError::OutOfRange {
+                lsn: from,
+                first: index.first_lsn(),
+                last: upto.min(index.last_lsn()),
+            });
+        }
         let seg = index.locate(from)?;
         let first = (from - seg.first_lsn) as usize;
         if seg.offsets[first] == SKIPPED {
