@@ -61,6 +61,16 @@ fn counters_and_registers(c: &mut Criterion) {
     let mut theirs = crdts::LWWReg { val: 1u64, marker: 10u64 };
     let their_newer = crdts::LWWReg { val: 2u64, marker: 20u64 };
     group.bench_function("crdts", |bench| bench.iter(|| theirs.merge(black_box(their_newer.clone()))));
+    // crdts documents that a marker "must grow monotonically *and* must be globally
+    // unique"; between nodes a bare `u64` is neither, so its LWWReg as a replicated system
+    // uses it carries the writer's identity in the marker. `crdts_hlc` is that register
+    // with our HLC timestamp (time word, then node id) as its marker: the same key ours
+    // compares, so the same work and the same convergence on equal times.
+    let mut theirs_hlc = crdts::LWWReg { val: 1u64, marker: at(10) };
+    let their_newer_hlc = crdts::LWWReg { val: 2u64, marker: at(20) };
+    group.bench_function("crdts_hlc", |bench| {
+        bench.iter(|| theirs_hlc.merge(black_box(their_newer_hlc.clone())));
+    });
     group.finish();
 
     // The case above merges a register with itself (equal timestamps) after the first
@@ -79,6 +89,8 @@ fn counters_and_registers(c: &mut Criterion) {
         .collect();
     let their_stream: Vec<crdts::LWWReg<u64, u64>> =
         (0..STREAM).map(|i| crdts::LWWReg { val: i, marker: stamp(i) }).collect();
+    let their_hlc_stream: Vec<crdts::LWWReg<u64, Timestamp>> =
+        (0..STREAM).map(|i| crdts::LWWReg { val: i, marker: at(stamp(i)) }).collect();
     group.bench_function("themis", |bench| {
         bench.iter(|| {
             let mut r = LwwRegister::new();
@@ -93,6 +105,15 @@ fn counters_and_registers(c: &mut Criterion) {
         bench.iter(|| {
             let mut r = crdts::LWWReg { val: 0, marker: 0 };
             for other in black_box(&their_stream) {
+                r.merge(other.clone());
+            }
+            r
+        });
+    });
+    group.bench_function("crdts_hlc", |bench| {
+        bench.iter(|| {
+            let mut r = crdts::LWWReg { val: 0, marker: Timestamp::ZERO };
+            for other in black_box(&their_hlc_stream) {
                 r.merge(other.clone());
             }
             r
@@ -124,6 +145,18 @@ fn counters_and_registers(c: &mut Criterion) {
         let mut r = theirs_held.clone();
         bench.iter(|| {
             for other in black_box(&theirs_equal) {
+                r.merge(other.clone());
+            }
+            black_box(&r);
+        });
+    });
+    let theirs_hlc_held = their_hlc_stream[0].clone();
+    let theirs_hlc_equal: Vec<crdts::LWWReg<u64, Timestamp>> =
+        (0..STREAM).map(|_| theirs_hlc_held.clone()).collect();
+    group.bench_function("crdts_hlc", |bench| {
+        let mut r = theirs_hlc_held.clone();
+        bench.iter(|| {
+            for other in black_box(&theirs_hlc_equal) {
                 r.merge(other.clone());
             }
             black_box(&r);
@@ -211,15 +244,33 @@ fn main() {
                 targets: &[Target::NotSlowerThan(1.0), Target::UnderNs(100.0)],
             },
             Comparison {
+                what: "LWW-Register merge, crdts keyed by HLC",
+                ours: "lww_merge/themis",
+                baseline: "lww_merge/crdts_hlc",
+                targets: &[Target::NotSlowerThan(1.0), Target::UnderNs(100.0)],
+            },
+            Comparison {
                 what: "LWW-Register merge, stream of 1,024 states (per state: / 1,024)",
                 ours: "lww_merge_stream/themis",
                 baseline: "lww_merge_stream/crdts",
                 targets: &[Target::NotSlowerThan(1.0)],
             },
             Comparison {
+                what: "LWW-Register merge, stream of 1,024 states (per state), crdts keyed by HLC",
+                ours: "lww_merge_stream/themis",
+                baseline: "lww_merge_stream/crdts_hlc",
+                targets: &[Target::NotSlowerThan(1.0)],
+            },
+            Comparison {
                 what: "LWW-Register merge, 1,024 equal states (per state: / 1,024)",
                 ours: "lww_merge_converged/themis",
                 baseline: "lww_merge_converged/crdts",
+                targets: &[Target::NotSlowerThan(1.0)],
+            },
+            Comparison {
+                what: "LWW-Register merge, 1,024 equal states (per state), crdts keyed by HLC",
+                ours: "lww_merge_converged/themis",
+                baseline: "lww_merge_converged/crdts_hlc",
                 targets: &[Target::NotSlowerThan(1.0)],
             },
             Comparison {
