@@ -38,7 +38,7 @@ fn crdts_g_counters() -> (crdts::GCounter<u64>, crdts::GCounter<u64>) {
     (a, b)
 }
 
-fn counters_and_registers(c: &mut Criterion) {
+fn counters(c: &mut Criterion) {
     let mut group = c.benchmark_group("g_counter_merge");
     let (mut a, b) = g_counters();
     group.bench_function("themis", |bench| bench.iter(|| a.merge(black_box(&b)).unwrap()));
@@ -48,7 +48,9 @@ fn counters_and_registers(c: &mut Criterion) {
         bench.iter_batched(|| cb.clone(), |cb| ca.merge(black_box(cb)), BatchSize::SmallInput);
     });
     group.finish();
+}
 
+fn registers(c: &mut Criterion) {
     let mut group = c.benchmark_group("lww_merge");
     let at = |ms| Timestamp::from_parts(ms, 0, NodeId(1)).unwrap();
     let mut ours = LwwRegister::new();
@@ -225,7 +227,8 @@ fn or_sets(c: &mut Criterion) {
 fn main() {
     let started = SystemTime::now();
     let mut criterion = Criterion::default().configure_from_args();
-    counters_and_registers(&mut criterion);
+    counters(&mut criterion);
+    registers(&mut criterion);
     or_sets(&mut criterion);
     criterion.final_summary();
     themis_benches::report(
