@@ -38,6 +38,8 @@ pub(crate) struct Group {
     first: Lsn,
     bytes: Vec<u8>,
     offsets: Vec<u32>,
+    /// Appends (calls) it holds.
+    batches: u32,
     /// The log was closing when the group was taken: sync it whatever the rule says.
     closing: bool,
     /// Writers that waited for room, to wake once the lock is released.
@@ -85,10 +87,14 @@ pub(crate) struct State {
     progress: Progress,
     /// Whether the flusher holds a batch it has not published yet.
     flushing: bool,
-    /// Appends (calls, not records) in the queue.
+    /// Appends (calls, not records) in the queue whose callers wait for the
+    /// acknowledgement.
     batches: u32,
-    /// Appends the previous flush carried: how many writers the flusher expects back.
-    last_batches: u32,
+    /// Appends the next group waits for: those the last published flush released (each
+    /// writer comes back with its next append) plus those that queued while it ran. With
+    /// only the first term, a group that once split (5 of 8 writers, then 3) stayed split:
+    /// the next group was complete at 5 appends, whoever they were from.
+    expect_batches: u32,
     /// Written but not yet synced (interval policy).
     dirty: bool,
     /// Set when a write or sync failed, or the log was closed: no further writes.
@@ -112,7 +118,7 @@ impl State {
     /// Takes everything queued as one group to flush, under the lock; the caller flushes
     /// it with [`Coordinator::finish_group`] after releasing the lock.
     fn take_group(&mut self) -> Group {
-        self.last_batches = std::mem::take(&mut self.batches);
+        let batches = std::mem::take(&mut self.batches);
         let first = self.queue_first;
         let (spare_bytes, spare_offsets) = std::mem::take(&mut self.spare);
         let bytes = std::mem::replace(&mut self.queue, spare_bytes);
@@ -122,10 +128,39 @@ impl State {
             first,
             bytes,
             offsets,
+            batches,
             closing: self.closed.is_some(),
             // The queue is empty again: writers waiting for room may go on.
             room: std::mem::take(&mut self.room_waiters),
         }
+    }
+}
+
+/// What a blocking writer reads, without the lock, while it spins for its
+/// acknowledgement: the progress as last stored under the lock, and the recent sync time.
+/// Hints only: a writer that sees its LSN reached polls the coordinator, which decides.
+#[derive(Debug, Default)]
+struct AckHints {
+    written: std::sync::atomic::AtomicU64,
+    durable: std::sync::atomic::AtomicU64,
+    /// Moving average of `fdatasync` durations, in ns (one eighth per sync); 0 before the
+    /// first.
+    sync_ns: std::sync::atomic::AtomicU64,
+}
+
+impl AckHints {
+    fn store(&self, progress: Progress) {
+        use std::sync::atomic::Ordering::Release;
+        self.written.store(progress.written, Release);
+        self.durable.store(progress.durable, Release);
+    }
+
+    fn record_sync(&self, took: std::time::Duration) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let took = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        let average = self.sync_ns.load(Relaxed);
+        let next = if average == 0 { took } else { average - average / 8 + took / 8 };
+        self.sync_ns.store(next, Relaxed);
     }
 }
 
@@ -149,8 +184,10 @@ pub(crate) struct Coordinator {
     max_queue_bytes: usize,
     max_record_bytes: usize,
     /// How long the flusher may wait for the writers of its previous batch to come back
-    /// (PostgreSQL's `commit_delay`, with `commit_siblings` learned from the last batch).
+    /// (PostgreSQL's `commit_delay`, with `commit_siblings` learned from the last flush).
     commit_delay: std::time::Duration,
+    /// Hints for writers that spin before they park (see [`AckHints`]).
+    hints: AckHints,
     /// Whether a blocking writer that completes a group flushes it itself (group commit
     /// with a leader, as RocksDB's write groups): it is awake already, where waking the
     /// flusher is a thread hand-off on every group. Only with a sync after every write.
@@ -176,7 +213,7 @@ impl Coordinator {
                 progress: Progress { written: last, durable: last },
                 flushing: false,
                 batches: 0,
-                last_batches: 0,
+                expect_batches: 0,
                 dirty: false,
                 closed: None,
                 ack_waiters: Vec::new(),
@@ -187,6 +224,7 @@ impl Coordinator {
             max_queue_bytes,
             max_record_bytes,
             commit_delay,
+            hints: AckHints::default(),
             writers_lead,
         }
     }
@@ -225,6 +263,7 @@ impl Coordinator {
         state: &mut State,
         batch: Batch<'_>,
         expect_first: Option<Lsn>,
+        waits: bool,
         lead: bool,
     ) -> Result<Option<Enqueued>, WalError> {
         if matches!(batch, Batch::Entries([])) {
@@ -274,18 +313,22 @@ impl Coordinator {
                 state.next_lsn += records.len() as u64;
             }
         }
-        state.batches += 1;
+        // A caller that waits for the acknowledgement comes back with its next append once
+        // it has it; one that only submits (a pipelining receiver) is not waited for.
+        if waits {
+            state.batches += 1;
+        }
         let range = LsnRange { first, last: state.next_lsn - 1 };
-        let complete = state.batches >= state.last_batches || state.queue.len() >= half;
+        let complete = state.batches >= state.expect_batches || state.queue.len() >= half;
         if lead && self.writers_lead && complete && !state.flushing && state.closed.is_none() {
             // This writer completes the group and no flush is running: it flushes.
             return Ok(Some(Enqueued { range, group: Some(state.take_group()) }));
         }
         // Wake the flusher only when one of its waits can end: it waits for a non-empty
-        // queue, then (under commit_delay) for the last batch's writers to be back or the
+        // queue, then (under commit_delay) for the writers it expects to be back or the
         // queue to be half full. Waking it for every append made 64 writers cost 64
         // flusher wake-ups per sync.
-        if was_empty || state.batches == state.last_batches || crossed_half {
+        if was_empty || (waits && state.batches == state.expect_batches) || crossed_half {
             self.work.notify_one();
         }
         Ok(Some(Enqueued { range, group: None }))
@@ -310,7 +353,7 @@ impl Coordinator {
         waker: &Waker,
     ) -> Poll<Result<Enqueued, WalError>> {
         let mut state = lock(&self.state);
-        match self.try_enqueue_locked(&mut state, batch, expect_first, lead) {
+        match self.try_enqueue_locked(&mut state, batch, expect_first, ack.is_some(), lead) {
             Ok(Some(enqueued)) => {
                 if let Some(ack) = ack
                     && enqueued.group.is_none()
@@ -339,6 +382,24 @@ impl Coordinator {
         }
         state.ack_waiters.push(AckWaiter { lsn, ack, waker: waker.clone() });
         Poll::Pending
+    }
+
+    /// Whether `lsn` looks acknowledged under `ack`, read without the lock: a spinning
+    /// writer's test for when to poll again.
+    pub(crate) fn looks_acked(&self, lsn: Lsn, ack: AckOn) -> bool {
+        let hint = match ack {
+            AckOn::Durable => &self.hints.durable,
+            AckOn::Written => &self.hints.written,
+        };
+        hint.load(std::sync::atomic::Ordering::Acquire) >= lsn
+    }
+
+    /// How long a blocking writer should spin for its acknowledgement before it parks:
+    /// `max`, unless recent syncs took longer on average (then spinning would only burn
+    /// the CPU, and it parks at once).
+    pub(crate) fn spin_budget(&self, max: std::time::Duration) -> std::time::Duration {
+        let average = self.hints.sync_ns.load(std::sync::atomic::Ordering::Relaxed);
+        if u128::from(average) > max.as_nanos() { std::time::Duration::ZERO } else { max }
     }
 
     /// The current progress.
@@ -410,8 +471,7 @@ impl Coordinator {
             }
             // Group commit works only if the batch is a group: right after a sync, the
             // writers it released are still on their way back. Give them up to
-            // `commit_delay` to rejoin, as many as the last batch had, unless the queue is
-            // half full. A blocking writer that completes the group flushes it itself; then
+            // `commit_delay` to rejoin (`expect_batches`), unless the queue is half full. A blocking writer that completes the group flushes it itself; then
             // this wait starts over for the next group.
             if self.commit_delay.is_zero() || state.queue.is_empty() || !matches!(rule, SyncRule::Always) {
                 break;
@@ -419,7 +479,7 @@ impl Coordinator {
             let group = state.queue_first;
             let deadline = std::time::Instant::now() + self.commit_delay;
             let mut taken = false;
-            while state.batches < state.last_batches
+            while state.batches < state.expect_batches
                 && state.closed.is_none()
                 && state.queue.len() < self.max_queue_bytes / 2
             {
@@ -446,7 +506,7 @@ impl Coordinator {
     /// Writes a group taken with [`State::take_group`], syncs when the rule
     /// says so, publishes the progress and wakes the writers it acknowledges.
     pub(crate) fn finish_group(&self, group: Group, sink: &mut impl Sink, rule: &mut SyncRule) {
-        let Group { first, mut bytes, mut offsets, closing, room } = group;
+        let Group { first, mut bytes, mut offsets, batches, closing, room } = group;
         room.into_iter().for_each(Waker::wake);
         let last = first + offsets.len() as u64 - 1;
         let mut result = Ok(());
@@ -460,12 +520,15 @@ impl Coordinator {
         let mut synced = false;
         let never = matches!(rule, SyncRule::Never);
         if result.is_ok() && (rule.sync_due() || (closing && !never)) {
+            let started = std::time::Instant::now();
             result = sink.sync();
             synced = result.is_ok();
+            self.hints.record_sync(started.elapsed());
         }
 
         let mut state = lock(&self.state);
         state.flushing = false;
+        state.expect_batches = batches + state.batches;
         if bytes.capacity() <= SPARE_MAX_BYTES {
             bytes.clear();
             offsets.clear();
@@ -479,6 +542,7 @@ impl Coordinator {
             state.progress.durable = state.progress.written;
             state.dirty = false;
         }
+        self.hints.store(state.progress);
         if let Err(err) = result {
             // After a failed write or fsync the page cache may hold bytes that will never
             // reach the disk; acknowledging anything later would be a lie, so stop.
@@ -561,6 +625,7 @@ impl Quiesced<'_> {
         state.queue_first = last + 1;
         state.progress.written = last;
         state.progress.durable = last;
+        self.coordinator.hints.store(state.progress);
         state.dirty = false;
     }
 }
@@ -634,5 +699,82 @@ mod tests {
         assert!(coordinator.flush_once(&mut sink, &mut rule));
         assert!(lock(&coordinator.state).spare.0.capacity() <= SPARE_MAX_BYTES);
         assert_eq!(coordinator.progress().durable, 19);
+    }
+
+    /// Queues one single-record append whose caller waits for the acknowledgement, as a
+    /// blocking writer does; returns the group when this append leads it.
+    fn append_leading(coordinator: &Coordinator) -> Option<Group> {
+        let entries = [NewEntry::data(Timestamp::ZERO, vec![1u8; 16])];
+        match coordinator.poll_enqueue(
+            Batch::Entries(&entries),
+            None,
+            Some(AckOn::Durable),
+            true,
+            Waker::noop(),
+        ) {
+            Poll::Ready(Ok(enqueued)) => enqueued.group,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_split_group_waits_for_every_writer_next_time() {
+        // Eight writers: five made a group, and three queued while it was written. The next
+        // group is complete when all eight are back, not when five appends are queued.
+        let coordinator = Coordinator::new(1, 1 << 20, 1 << 16, std::time::Duration::from_millis(1), true);
+        let mut sink = Recording::default();
+        lock(&coordinator.state).expect_batches = 8;
+        for _ in 0..5 {
+            assert!(append_leading(&coordinator).is_none(), "no group yet");
+        }
+        let group = lock(&coordinator.state).take_group();
+        assert_eq!(group.batches, 5);
+        for _ in 0..3 {
+            assert!(append_leading(&coordinator).is_none(), "a flush runs: nobody leads");
+        }
+        coordinator.finish_group(group, &mut sink, &mut SyncRule::Always);
+        assert_eq!(lock(&coordinator.state).expect_batches, 8);
+        // The five come back; only the last of them completes the group of eight.
+        for _ in 0..4 {
+            assert!(append_leading(&coordinator).is_none(), "the group is not complete");
+        }
+        let group = append_leading(&coordinator).expect("the eighth append leads");
+        assert_eq!((group.batches, group.offsets.len()), (8, 8));
+        coordinator.finish_group(group, &mut sink, &mut SyncRule::Always);
+        assert_eq!(coordinator.progress().durable, 13);
+    }
+
+    #[test]
+    fn submits_are_not_waited_for() {
+        // A pipelining receiver submits without waiting for each acknowledgement: the
+        // flusher does not hold its group for more submits to come.
+        let coordinator = Coordinator::new(1, 1 << 20, 1 << 16, std::time::Duration::from_millis(100), false);
+        let mut sink = Recording::default();
+        queue(&coordinator, 100, 3);
+        assert_eq!(lock(&coordinator.state).batches, 0, "a submit is not a waiting append");
+        let started = std::time::Instant::now();
+        assert!(coordinator.flush_once(&mut sink, &mut SyncRule::Always));
+        assert!(started.elapsed() < std::time::Duration::from_millis(50), "{:?}", started.elapsed());
+        assert_eq!(coordinator.progress().durable, 3);
+    }
+
+    #[test]
+    fn writers_spin_only_while_syncs_are_fast() {
+        let coordinator = Coordinator::new(1, 1 << 20, 1 << 16, std::time::Duration::ZERO, true);
+        let max = std::time::Duration::from_micros(200);
+        assert_eq!(coordinator.spin_budget(max), max, "no sync measured yet");
+        coordinator.hints.record_sync(std::time::Duration::from_micros(90));
+        assert_eq!(coordinator.spin_budget(max), max);
+        // A slow disk: the average passes the budget within a few syncs, and writers park.
+        for _ in 0..8 {
+            coordinator.hints.record_sync(std::time::Duration::from_millis(5));
+        }
+        assert_eq!(coordinator.spin_budget(max), std::time::Duration::ZERO);
+        assert_eq!(coordinator.spin_budget(std::time::Duration::ZERO), std::time::Duration::ZERO);
+
+        // The hint follows what flushes publish.
+        assert!(!coordinator.looks_acked(1, AckOn::Durable));
+        assert!(append_leading(&coordinator).is_some(), "a lone writer leads");
+        assert!(!coordinator.looks_acked(1, AckOn::Durable), "taken, not yet flushed");
     }
 }

@@ -62,3 +62,34 @@ pub(crate) fn block_on<F: std::future::Future>(future: F) -> F::Output {
 
 #[cfg(loom)]
 pub(crate) use loom::future::block_on;
+
+/// [`block_on`], where a pending future first gets `spin`: it may wait without parking
+/// (yielding the CPU) and returns whether the future is worth polling again at once. Only
+/// if not does the thread park. A wake that comes while it spins leaves the thread's token
+/// set, which only costs one more poll later.
+#[cfg(not(loom))]
+pub(crate) fn block_on_spinning<F: std::future::Future>(
+    future: F,
+    mut spin: impl FnMut() -> bool,
+) -> F::Output {
+    let mut future = std::pin::pin!(future);
+    let mut spun_once = false;
+    block_on(std::future::poll_fn(move |cx| {
+        loop {
+            if let std::task::Poll::Ready(output) = future.as_mut().poll(cx) {
+                return std::task::Poll::Ready(output);
+            }
+            if spun_once || !spin() {
+                spun_once = false;
+                return std::task::Poll::Pending;
+            }
+            spun_once = true;
+        }
+    }))
+}
+
+/// Loom models the coordinator, not the spinning: the future is driven as by `block_on`.
+#[cfg(loom)]
+pub(crate) fn block_on_spinning<F: std::future::Future>(future: F, _spin: impl FnMut() -> bool) -> F::Output {
+    loom::future::block_on(future)
+}

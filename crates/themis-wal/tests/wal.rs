@@ -28,8 +28,15 @@ fn entries_survive_reopen_across_many_segments() {
 
 #[test]
 fn concurrent_writers_get_unique_lsns_and_every_acknowledged_entry_is_readable() {
+    // Writers that spin for their acknowledgement (the default) and writers that park.
+    for commit_spin in [WalConfig::default().commit_spin, std::time::Duration::ZERO] {
+        concurrent_writers(WalConfig { commit_spin, ..small_config() });
+    }
+}
+
+fn concurrent_writers(config: WalConfig) {
     let dir = tempfile::tempdir().unwrap();
-    let (wal, _) = Wal::open(dir.path(), small_config()).unwrap();
+    let (wal, _) = Wal::open(dir.path(), config).unwrap();
     let threads: Vec<_> = (0..8u64)
         .map(|t| {
             let wal = wal.clone();
@@ -151,6 +158,10 @@ fn invalid_configuration_names_the_field_and_value() {
         (WalConfig { max_record_bytes: 10, ..WalConfig::default() }, "max_record_bytes = 10"),
         (WalConfig { max_queue_bytes: 1024, ..WalConfig::default() }, "max_queue_bytes = 1024"),
         (WalConfig { fsync: FsyncPolicy::Interval(0), ..WalConfig::default() }, "Interval(0)"),
+        (
+            WalConfig { commit_spin: std::time::Duration::from_millis(11), ..WalConfig::default() },
+            "commit_spin = 11ms",
+        ),
     ];
     for (config, needle) in cases {
         let err = Wal::open(dir.path(), config).unwrap_err().to_string();
