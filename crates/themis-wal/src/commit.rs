@@ -115,6 +115,12 @@ struct AckWaiter {
 }
 
 impl State {
+    /// Whether the queue is a whole group: every waiting writer the last flush expects is
+    /// back, or the queue is half full (`half` is half of `max_queue_bytes`).
+    fn group_complete(&self, half: usize) -> bool {
+        self.batches >= self.expect_batches || self.queue.len() >= half
+    }
+
     /// Takes everything queued as one group to flush, under the lock; the caller flushes
     /// it with [`Coordinator::finish_group`] after releasing the lock.
     fn take_group(&mut self) -> Group {
@@ -248,9 +254,9 @@ impl Coordinator {
                 let total = records.bytes().len();
                 let offsets = records.offsets();
                 for (i, &start) in offsets.iter().enumerate() {
-                    let end = offsets.get(i + 1).map_or(total, |&o| o as usize);
-                    if end - start as usize > self.max_record_bytes {
-                        return Err(too_large(end - start as usize));
+                    let size = record::end_of(offsets, i, total) - start as usize;
+                    if size > self.max_record_bytes {
+                        return Err(too_large(size));
                     }
                 }
                 Ok(total)
@@ -319,8 +325,12 @@ impl Coordinator {
             state.batches += 1;
         }
         let range = LsnRange { first, last: state.next_lsn - 1 };
-        let complete = state.batches >= state.expect_batches || state.queue.len() >= half;
-        if lead && self.writers_lead && complete && !state.flushing && state.closed.is_none() {
+        if lead
+            && self.writers_lead
+            && state.group_complete(half)
+            && !state.flushing
+            && state.closed.is_none()
+        {
             // This writer completes the group and no flush is running: it flushes.
             return Ok(Some(Enqueued { range, group: Some(state.take_group()) }));
         }
@@ -471,18 +481,15 @@ impl Coordinator {
             }
             // Group commit works only if the batch is a group: right after a sync, the
             // writers it released are still on their way back. Give them up to
-            // `commit_delay` to rejoin (`expect_batches`), unless the queue is half full. A blocking writer that completes the group flushes it itself; then
-            // this wait starts over for the next group.
+            // `commit_delay` to rejoin. A blocking writer that completes the group flushes
+            // it itself; then this wait starts over for the next group.
             if self.commit_delay.is_zero() || state.queue.is_empty() || !matches!(rule, SyncRule::Always) {
                 break;
             }
             let group = state.queue_first;
             let deadline = std::time::Instant::now() + self.commit_delay;
             let mut taken = false;
-            while state.batches < state.expect_batches
-                && state.closed.is_none()
-                && state.queue.len() < self.max_queue_bytes / 2
-            {
+            while !state.group_complete(self.max_queue_bytes / 2) && state.closed.is_none() {
                 let now = std::time::Instant::now();
                 if now >= deadline {
                     break;
@@ -774,7 +781,10 @@ mod tests {
 
         // The hint follows what flushes publish.
         assert!(!coordinator.looks_acked(1, AckOn::Durable));
-        assert!(append_leading(&coordinator).is_some(), "a lone writer leads");
-        assert!(!coordinator.looks_acked(1, AckOn::Durable), "taken, not yet flushed");
+        let group = append_leading(&coordinator).expect("a lone writer leads");
+        assert!(!coordinator.looks_acked(1, AckOn::Written), "taken, not yet flushed");
+        coordinator.finish_group(group, &mut Recording::default(), &mut SyncRule::Always);
+        assert!(coordinator.looks_acked(1, AckOn::Durable) && coordinator.looks_acked(1, AckOn::Written));
+        assert!(!coordinator.looks_acked(2, AckOn::Durable));
     }
 }

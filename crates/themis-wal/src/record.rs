@@ -270,6 +270,12 @@ impl CheckedRecords {
     }
 }
 
+/// Where record `i` ends in `total` bytes of back-to-back records that start at
+/// `offsets`: where the next one starts, or the end.
+pub(crate) fn end_of(offsets: &[u32], i: usize, total: usize) -> usize {
+    offsets.get(i + 1).map_or(total, |&o| o as usize)
+}
+
 /// The LSN field of a record that [`decode`] accepted (no checks).
 pub(crate) fn lsn_of(record: &[u8]) -> Lsn {
     u64_at(record, 8)

@@ -312,7 +312,7 @@ impl Sink for Writer {
         let mut i = 0;
         while i < offsets.len() {
             let start = offsets[i] as usize;
-            let end_of = |k: usize| offsets.get(k + 1).map_or(bytes.len(), |&o| o as usize);
+            let end_of = |k: usize| record::end_of(offsets, k, bytes.len());
             if self.active_records > 0
                 && self.active_len + (end_of(i) - start) as u64 > self.config.segment_bytes
             {
@@ -672,6 +672,7 @@ impl Wal {
     /// acknowledges it (or by the log closing), not by every change of progress. With
     /// `lead` (blocking callers only: the flush runs on the caller's thread), a batch that
     /// completes the group is flushed here.
+    ///
     /// `registered`, when given, is set to the last LSN once the batch is queued and
     /// registered for its acknowledgement (a blocking caller spins on it).
     async fn append_waiting(
