@@ -102,25 +102,8 @@ fn registers(c: &mut Criterion) {
             r
         });
     });
-    // crdts consumes each state: it gets a copy (two words, free for `u64`), as above.
-    group.bench_function("crdts", |bench| {
-        bench.iter(|| {
-            let mut r = crdts::LWWReg { val: 0, marker: 0 };
-            for other in black_box(&their_stream) {
-                r.merge(other.clone());
-            }
-            r
-        });
-    });
-    group.bench_function("crdts_hlc", |bench| {
-        bench.iter(|| {
-            let mut r = crdts::LWWReg { val: 0, marker: Timestamp::ZERO };
-            for other in black_box(&their_hlc_stream) {
-                r.merge(other.clone());
-            }
-            r
-        });
-    });
+    crdts_stream(&mut group, "crdts", &their_stream);
+    crdts_stream(&mut group, "crdts_hlc", &their_hlc_stream);
     group.finish();
 
     // Anti-entropy between converged replicas: every state in the stream equals the
@@ -132,8 +115,6 @@ fn registers(c: &mut Criterion) {
     group.throughput(criterion::Throughput::Elements(STREAM));
     let ours_held = ours_stream[0].clone();
     let ours_equal: Vec<LwwRegister<u64>> = (0..STREAM).map(|_| ours_held.clone()).collect();
-    let theirs_held = their_stream[0].clone();
-    let theirs_equal: Vec<crdts::LWWReg<u64, u64>> = (0..STREAM).map(|_| theirs_held.clone()).collect();
     group.bench_function("themis", |bench| {
         let mut r = ours_held.clone();
         bench.iter(|| {
@@ -143,28 +124,46 @@ fn registers(c: &mut Criterion) {
             black_box(&r);
         });
     });
-    group.bench_function("crdts", |bench| {
-        let mut r = theirs_held.clone();
-        bench.iter(|| {
-            for other in black_box(&theirs_equal) {
-                r.merge(other.clone());
-            }
-            black_box(&r);
-        });
-    });
-    let theirs_hlc_held = their_hlc_stream[0].clone();
-    let theirs_hlc_equal: Vec<crdts::LWWReg<u64, Timestamp>> =
-        (0..STREAM).map(|_| theirs_hlc_held.clone()).collect();
-    group.bench_function("crdts_hlc", |bench| {
-        let mut r = theirs_hlc_held.clone();
-        bench.iter(|| {
-            for other in black_box(&theirs_hlc_equal) {
-                r.merge(other.clone());
-            }
-            black_box(&r);
-        });
-    });
+    crdts_converged(&mut group, "crdts", &their_stream[0]);
+    crdts_converged(&mut group, "crdts_hlc", &their_hlc_stream[0]);
     group.finish();
+}
+
+/// crdts's side of the stream case, for either marker: a fresh (default) register takes
+/// every state. crdts consumes each state, so it gets a copy (a few words) per merge.
+fn crdts_stream<M: Ord + Clone + Default>(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    name: &str,
+    stream: &[crdts::LWWReg<u64, M>],
+) {
+    group.bench_function(name, |bench| {
+        bench.iter(|| {
+            let mut r = crdts::LWWReg::<u64, M>::default();
+            for other in black_box(stream) {
+                r.merge(other.clone());
+            }
+            r
+        });
+    });
+}
+
+/// crdts's side of the converged case, for either marker: `STREAM` copies of `held`
+/// merged into a register that already holds it.
+fn crdts_converged<M: Ord + Clone>(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    name: &str,
+    held: &crdts::LWWReg<u64, M>,
+) {
+    let equal: Vec<crdts::LWWReg<u64, M>> = (0..STREAM).map(|_| held.clone()).collect();
+    group.bench_function(name, |bench| {
+        let mut r = held.clone();
+        bench.iter(|| {
+            for other in black_box(&equal) {
+                r.merge(other.clone());
+            }
+            black_box(&r);
+        });
+    });
 }
 
 fn or_sets(c: &mut Criterion) {
