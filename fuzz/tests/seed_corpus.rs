@@ -31,7 +31,7 @@ fn write_seed_corpus() {
     write("wal_record_decode", "huge_length", &huge);
     write("wal_record_decode", "zeros", &[0u8; 64]);
 
-    let header = SegmentHeader { id: 1, first_lsn: 1, created: ts, tail_window: 1 << 20 };
+    let header = SegmentHeader { id: 1, first_lsn: 1, created: ts, tail_window: 1 << 20, recycled: false };
     let mut segment = header.encode().to_vec();
     for lsn in 1..=3 {
         record::encode(
@@ -46,6 +46,19 @@ fn write_seed_corpus() {
     middle[64 + 50] ^= 1;
     write("wal_segment_recover", "corrupt_middle", &middle);
     write("wal_segment_recover", "header_only", &header.encode());
+    // A recycled segment: the file held `segment` before; one new record and its
+    // terminator now lie over the start of the old records.
+    let reused = SegmentHeader { id: 5, first_lsn: 40, created: ts, tail_window: 64, recycled: true };
+    let mut recycled = reused.encode().to_vec();
+    record::encode(&mut recycled, 40, &NewEntry::data(ts, &b"new"[..]));
+    recycled.extend_from_slice(&[0; themis_wal::segment::TERMINATOR_LEN]);
+    let mut over_old = segment.clone();
+    over_old.extend_from_slice(&segment[64..]);
+    over_old[..recycled.len()].copy_from_slice(&recycled);
+    write("wal_segment_recover", "recycled", &over_old);
+    let unterminated = recycled.len() - themis_wal::segment::TERMINATOR_LEN;
+    over_old[unterminated..recycled.len()].fill(0xab);
+    write("wal_segment_recover", "recycled_torn", &over_old);
     write("wal_segment_recover", "short", b"THEMISWL");
 
     let ops = vec![

@@ -54,8 +54,9 @@ pub struct CheckReport {
     pub last_lsn: Lsn,
     /// Bytes read.
     pub bytes: u64,
-    /// Temporary files: an interrupted segment creation, or the spare segment an open log
-    /// fills in the background (`spare.wal.tmp`). The next open removes them.
+    /// Temporary files: an interrupted segment creation, the spare segment an open log
+    /// fills in the background (`spare.wal.tmp`), or truncated segments kept for reuse
+    /// (`recycle.*.wal.tmp`). The next open removes them.
     pub temp_files: Vec<PathBuf>,
     /// Every problem, in log order.
     pub problems: Vec<Problem>,

@@ -10,7 +10,8 @@
 //!     24    8 first LSN
 //!     32    8 created HLC time
 //!     40    8 created HLC node
-//!     48   12 reserved     zero
+//!     48    1 flags        bit 0: recycled (old records may follow the log's end)
+//!     49   11 reserved     zero
 //!     60    4 crc          CRC32C of bytes 0..60
 //! ```
 
@@ -39,7 +40,17 @@ pub struct SegmentHeader {
     /// The largest single write into it: a crash can tear at most this many bytes at its
     /// end.
     pub tail_window: u32,
+    /// The file held an earlier segment, so past the log's end lie old records, not
+    /// zeros. Writes into it end with a zero terminator (see [`TERMINATOR_LEN`]).
+    pub recycled: bool,
 }
+
+/// Header flag: the segment is a recycled file.
+const FLAG_RECYCLED: u8 = 1;
+
+/// Zero bytes written after the last record of a recycled segment, with each write: a
+/// clean end reads as a zero length where the next record would start.
+pub const TERMINATOR_LEN: usize = 8;
 
 impl SegmentHeader {
     /// The 64 header bytes.
@@ -54,6 +65,9 @@ impl SegmentHeader {
         out[24..32].copy_from_slice(&self.first_lsn.to_le_bytes());
         out[32..40].copy_from_slice(&self.created.raw_time().to_le_bytes());
         out[40..48].copy_from_slice(&self.created.node().0.to_le_bytes());
+        if self.recycled {
+            out[48] = FLAG_RECYCLED;
+        }
         let crc = crc32c::crc32c(&out[..60]);
         out[60..].copy_from_slice(&crc.to_le_bytes());
         out
@@ -85,7 +99,11 @@ impl SegmentHeader {
                 "header checksum mismatch: stored {stored:#010x}, computed {computed:#010x}"
             ));
         }
+        if bytes[48] & !FLAG_RECYCLED != 0 {
+            return Err(format!("unknown segment flags {:#04x}", bytes[48]));
+        }
         let header = SegmentHeader {
+            recycled: bytes[48] & FLAG_RECYCLED != 0,
             tail_window: u32_at(bytes, 12),
             id: u64_at(bytes, 16),
             first_lsn: u64_at(bytes, 24),
@@ -132,8 +150,10 @@ pub struct BadRecord {
     pub lsn: Lsn,
     /// What is wrong.
     pub reason: String,
-    /// Whether it lies where a crash can tear the last write: nothing but zeros follows
-    /// the header's tail window (the most one write covers) from it.
+    /// Whether it lies where a crash can tear the last write: nothing the log wrote
+    /// lies past the header's tail window (the most one write covers) from it. In a
+    /// zero-filled segment that means only zeros; in a recycled one, no valid record
+    /// that could follow it (old records carry older LSNs).
     pub in_tail: bool,
     /// Bytes from it to the next valid record (or the end of the file).
     pub len: u64,
@@ -147,7 +167,8 @@ pub struct SegmentScan {
     /// Record offsets by `lsn - first_lsn`; [`SKIPPED`] for an LSN lost to corruption.
     pub offsets: Vec<u32>,
     /// End of the last valid record: where the next one goes. Only zeros may follow it
-    /// without a bad record being noted (a preallocated segment's unused space).
+    /// without a bad record being noted (a preallocated segment's unused space); in a
+    /// recycled segment, a zero terminator and then nothing the log wrote.
     pub valid_len: u64,
     /// The bad record the scan stopped at (with [`OnBadRecord::Stop`]).
     pub stopped: Option<BadRecord>,
@@ -193,12 +214,10 @@ pub fn scan(file: &Bytes, max_record: usize, on_bad: OnBadRecord) -> Result<Segm
             Ok((entry, _)) => format!("record holds LSN {} where LSN {lsn} belongs", entry.lsn),
             Err(err) => err.to_string(),
         };
-        let zero_from = |at: usize| file.get(at..).is_none_or(|rest| rest.iter().all(|&b| b == 0));
-        if zero_from(offset) {
-            // Nothing was ever written here (no record is all zeros: kind 0 is invalid).
+        let Some(in_tail) = classify(file, offset, lsn, &header, max_record) else {
+            // The clean end of the log.
             break;
-        }
-        let in_tail = zero_from(offset.saturating_add(header.tail_window as usize));
+        };
         let mut bad = BadRecord {
             offset: offset as u64,
             lsn,
@@ -226,16 +245,51 @@ pub fn scan(file: &Bytes, max_record: usize, on_bad: OnBadRecord) -> Result<Segm
     Ok(scan)
 }
 
+/// What lies at `offset`, where the record for `lsn` failed its checks: `None` for the
+/// clean end of the log, otherwise whether it is within reach of a torn last write.
+///
+/// A zero-filled segment ends cleanly in zeros to the end of the file (no record is all
+/// zeros: kind 0 is invalid), and damage is in the tail when only zeros lie past the tail
+/// window. A recycled segment holds an earlier segment's records past the end, so it ends
+/// cleanly at a zero terminator with no record that could follow `lsn` anywhere after
+/// it, and damage is in the tail when no such record lies past the tail window. Old
+/// records never qualify: their LSNs are below the segment's first.
+fn classify(
+    file: &Bytes,
+    offset: usize,
+    lsn: Lsn,
+    header: &SegmentHeader,
+    max_record: usize,
+) -> Option<bool> {
+    let window_end = offset.saturating_add(header.tail_window as usize);
+    if !header.recycled {
+        let zero_from = |at: usize| file.get(at..).is_none_or(|rest| rest.iter().all(|&b| b == 0));
+        return if zero_from(offset) { None } else { Some(zero_from(window_end)) };
+    }
+    let terminated = file[offset..].iter().take(TERMINATOR_LEN).all(|&b| b == 0);
+    match find_next(file, offset + 1, offset, lsn, max_record) {
+        None if terminated => None,
+        None => Some(true),
+        Some((at, _)) if at >= window_end => Some(false),
+        Some(_) => Some(find_next(file, window_end, offset, lsn, max_record).is_none()),
+    }
+}
+
 /// Finds the first valid record at or after `from` whose LSN could follow `lsn` after the
 /// skipped bytes (each lost record took at least a header's worth of them).
 fn resync(file: &Bytes, from: usize, lsn: Lsn, max_record: usize) -> Option<(usize, Lsn)> {
+    find_next(file, from, from, lsn, max_record)
+}
+
+/// [`resync`], counting the skipped bytes from `origin` (at or before `from`).
+fn find_next(file: &Bytes, from: usize, origin: usize, lsn: Lsn, max_record: usize) -> Option<(usize, Lsn)> {
     let mut at = from;
     while at + RECORD_HEADER_LEN <= file.len() {
         let head = &file[at..at + RECORD_HEADER_LEN];
         // Cheap filters before the checksum: kind non-zero, reserved bytes zero, and an
         // LSN no further ahead than the skipped bytes allow.
         let candidate = record::lsn_of(head);
-        let max_lost = ((at - from + 1) / RECORD_HEADER_LEN + 1) as u64;
+        let max_lost = ((at - origin + 1) / RECORD_HEADER_LEN + 1) as u64;
         if head[40] != 0
             && head[41..44] == [0, 0, 0]
             && candidate > lsn
@@ -255,7 +309,13 @@ mod tests {
     use crate::entry::NewEntry;
 
     fn segment(first: Lsn, payloads: &[&'static [u8]]) -> Vec<u8> {
-        let header = SegmentHeader { id: 3, first_lsn: first, created: Timestamp::ZERO, tail_window: 0 };
+        let header = SegmentHeader {
+            id: 3,
+            first_lsn: first,
+            created: Timestamp::ZERO,
+            tail_window: 0,
+            recycled: false,
+        };
         let mut out = header.encode().to_vec();
         for (i, payload) in payloads.iter().enumerate() {
             record::encode(
@@ -274,6 +334,7 @@ mod tests {
             first_lsn: 100,
             created: Timestamp::from_parts(5, 1, NodeId(2)).unwrap(),
             tail_window: 4096,
+            recycled: true,
         };
         let bytes = header.encode();
         assert_eq!(SegmentHeader::decode(&bytes).unwrap(), header);
@@ -287,6 +348,86 @@ mod tests {
         bad[20] ^= 1;
         assert!(SegmentHeader::decode(&bad).unwrap_err().contains("checksum"));
         assert!(SegmentHeader::decode(&bytes[..10]).unwrap_err().contains("shorter"));
+    }
+
+    #[test]
+    fn unknown_header_flags_are_refused() {
+        let header =
+            SegmentHeader { id: 1, first_lsn: 1, created: Timestamp::ZERO, tail_window: 0, recycled: false };
+        let mut bytes = header.encode();
+        bytes[48] = 0x82;
+        let crc = crc32c::crc32c(&bytes[..60]);
+        bytes[60..].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(SegmentHeader::decode(&bytes).unwrap_err(), "unknown segment flags 0x82");
+    }
+
+    /// A file that held segment 1 (LSNs 1 to 40) reused as a recycled segment starting at
+    /// LSN 100 with `fresh` records, a terminator after them unless `terminated` is false,
+    /// and the old records past that.
+    fn recycled(fresh: usize, terminated: bool, tail_window: u32) -> Vec<u8> {
+        let mut file = segment(1, &[]);
+        let old = Timestamp::from_parts(1_700_000_000_000, 7, NodeId(3)).unwrap();
+        for lsn in 1..=40 {
+            record::encode(
+                &mut file,
+                lsn,
+                &NewEntry::data(old, Bytes::from_static(b"old record with some bytes")),
+            );
+        }
+        let header =
+            SegmentHeader { id: 4, first_lsn: 100, created: Timestamp::ZERO, tail_window, recycled: true };
+        let mut head = header.encode().to_vec();
+        for i in 0..fresh {
+            record::encode(
+                &mut head,
+                100 + i as u64,
+                &NewEntry::data(Timestamp::ZERO, Bytes::from_static(b"new")),
+            );
+        }
+        if terminated {
+            head.extend_from_slice(&[0; TERMINATOR_LEN]);
+        }
+        file[..head.len()].copy_from_slice(&head);
+        file
+    }
+
+    #[test]
+    fn a_recycled_segment_ends_at_its_terminator_not_at_the_old_records() {
+        for fresh in [0, 1, 3] {
+            let file = Bytes::from(recycled(fresh, true, 64));
+            let scan = scan(&file, 1 << 20, OnBadRecord::Stop).unwrap();
+            assert!(scan.header.recycled);
+            assert_eq!(scan.offsets.len(), fresh);
+            assert!(scan.stopped.is_none(), "{fresh}: {:?}", scan.stopped);
+            let end = HEADER_LEN + fresh * record::encoded_len(3);
+            assert_eq!(scan.valid_len, end as u64);
+            // Skip mode finds no record to resume at either: the old ones are older.
+            let skip = super::scan(&file, 1 << 20, OnBadRecord::Skip).unwrap();
+            assert!(skip.skipped.is_empty() && skip.offsets.len() == fresh);
+        }
+    }
+
+    #[test]
+    fn a_recycled_segment_without_its_terminator_has_a_torn_tail() {
+        // The write that would have put the terminator there never landed: old bytes
+        // follow the last record.
+        let file = Bytes::from(recycled(2, false, 64));
+        let stop = scan(&file, 1 << 20, OnBadRecord::Stop).unwrap().stopped.unwrap();
+        assert_eq!(stop.lsn, 102);
+        assert!(stop.in_tail, "{stop:?}");
+        // A record of this segment further on than one write reaches is not a torn tail.
+        let mut file = recycled(2, false, 64);
+        let far = file.len() - 200;
+        let mut later = Vec::new();
+        record::encode(&mut later, 103, &NewEntry::data(Timestamp::ZERO, Bytes::from_static(b"later")));
+        file[far..far + later.len()].copy_from_slice(&later);
+        let stop = scan(&Bytes::from(file.clone()), 1 << 20, OnBadRecord::Stop).unwrap().stopped.unwrap();
+        assert!(!stop.in_tail, "{stop:?}");
+        // Nor is a terminator followed, beyond the window, by a record of this segment.
+        let end = HEADER_LEN + 2 * record::encoded_len(3);
+        file[end..end + TERMINATOR_LEN].fill(0);
+        let stop = scan(&Bytes::from(file), 1 << 20, OnBadRecord::Stop).unwrap().stopped.unwrap();
+        assert_eq!((stop.offset, stop.in_tail), (end as u64, false));
     }
 
     #[test]

@@ -85,6 +85,14 @@ pub struct WalConfig {
     /// reason). The next segment is filled by a background thread while the current one
     /// is written; a sealed segment is trimmed to its records.
     pub preallocate: bool,
+    /// How many segment files [`Wal::truncate_prefix`] keeps for reuse instead of
+    /// deleting them, as PostgreSQL recycles WAL segments and RocksDB its
+    /// `recycle_log_file_num` files (default 2; at most 64; zero deletes them; only while
+    /// preallocating). A recycled file becomes a later segment without being zero-filled
+    /// again, so a log that is truncated as it goes writes each byte once where a fresh
+    /// segment costs a second write of zeros. Kept files are temporary: a restart
+    /// removes them.
+    pub recycle_segments: usize,
 }
 
 impl std::fmt::Debug for WalConfig {
@@ -99,6 +107,7 @@ impl std::fmt::Debug for WalConfig {
             .field("recovery", &self.recovery)
             .field("on_sync", &self.on_sync.is_some())
             .field("preallocate", &self.preallocate)
+            .field("recycle_segments", &self.recycle_segments)
             .finish_non_exhaustive()
     }
 }
@@ -117,6 +126,7 @@ impl Default for WalConfig {
             clock: Arc::new(move || hlc.now()),
             on_sync: None,
             preallocate: true,
+            recycle_segments: 2,
         }
     }
 }
@@ -160,12 +170,21 @@ impl WalConfig {
         if self.commit_spin > Duration::from_millis(10) {
             return fail(format!("commit_spin = {:?} is above the 10 ms limit", self.commit_spin));
         }
+        if self.recycle_segments > MAX_RECYCLED {
+            return fail(format!(
+                "recycle_segments = {} is above the limit of {MAX_RECYCLED}",
+                self.recycle_segments
+            ));
+        }
         if self.fsync == FsyncPolicy::Interval(0) {
             return fail("fsync = Interval(0): use Always for a sync after every write".into());
         }
         Ok(())
     }
 }
+
+/// The most segment files [`WalConfig::recycle_segments`] may keep.
+const MAX_RECYCLED: usize = 64;
 
 /// One segment as the index knows it.
 #[derive(Debug)]
@@ -179,6 +198,8 @@ struct SegmentInfo {
     offsets: Vec<u32>,
     /// Bytes of valid data (where the next record goes).
     len: u64,
+    /// The file held an earlier segment (old records lie past its end).
+    recycled: bool,
 }
 
 impl SegmentInfo {
@@ -220,10 +241,22 @@ struct Writer {
     active_len: u64,
     /// Records in the active segment.
     active_records: u64,
+    /// The active segment is a recycled file: each write ends with a terminator.
+    active_recycled: bool,
     config: WalConfig,
     index: Arc<RwLock<Index>>,
     /// The next segment's file, being zero-filled in the background.
     spare: Option<std::thread::JoinHandle<Result<File, WalError>>>,
+    /// Files of truncated segments kept for reuse, filled to `segment_bytes`.
+    recycled: Vec<(PathBuf, File)>,
+}
+
+/// A file made ready to become the next segment.
+enum Prepared {
+    /// The zero-filled spare.
+    Spare(File),
+    /// A truncated segment's file at the given path, filled to `segment_bytes`.
+    Recycled(PathBuf, File),
 }
 
 /// The file a spare segment is prepared in (a temporary file: recovery removes it).
@@ -259,10 +292,15 @@ impl Writer {
         self.spare.take()?.join().ok()?.ok()
     }
 
-    /// Creates segment `id` starting at `first_lsn`, from the spare file when one is ready.
-    fn create(&mut self, id: u64, first_lsn: Lsn, sync: bool) -> Result<(File, File), WalError> {
-        let spare = self.take_spare();
-        let made = create_segment(&self.dir, id, first_lsn, &self.config, sync, spare);
+    /// Creates segment `id` starting at `first_lsn`, from a recycled file when one is kept,
+    /// else from the spare file when one is ready. Returns the append and read handles
+    /// and whether the file was recycled.
+    fn create(&mut self, id: u64, first_lsn: Lsn, sync: bool) -> Result<(File, File, bool), WalError> {
+        let prepared = match self.recycled.pop() {
+            Some((path, file)) => Some(Prepared::Recycled(path, file)),
+            None => self.take_spare().map(Prepared::Spare),
+        };
+        let made = create_segment(&self.dir, id, first_lsn, &self.config, sync, prepared);
         self.start_spare();
         made
     }
@@ -286,11 +324,18 @@ impl Writer {
             }
         }
         let id = self.active_id + 1;
-        let (file, read) = self.create(id, first_lsn, sync)?;
+        let (file, read, recycled) = self.create(id, first_lsn, sync)?;
+        self.start_segment(id, first_lsn, file, read, recycled);
+        Ok(())
+    }
+
+    /// Makes the new, empty segment `id` the active one and adds it to the index.
+    fn start_segment(&mut self, id: u64, first_lsn: Lsn, file: File, read: File, recycled: bool) {
         self.active = file;
         self.active_id = id;
         self.active_len = HEADER_LEN as u64;
         self.active_records = 0;
+        self.active_recycled = recycled;
         write_index(&self.index).segments.push(SegmentInfo {
             id,
             first_lsn,
@@ -298,8 +343,8 @@ impl Writer {
             file: Arc::new(read),
             offsets: Vec::new(),
             len: HEADER_LEN as u64,
+            recycled,
         });
-        Ok(())
     }
 
     fn path(&self, id: u64) -> PathBuf {
@@ -339,6 +384,16 @@ impl Sink for Writer {
             self.active_len += chunk.len() as u64;
             self.active_records += (j - i) as u64;
             i = j;
+        }
+        if self.active_recycled && !offsets.is_empty() {
+            // Old records follow; the terminator marks where this write ends. It goes out
+            // with the same sync as the records, and the next write overwrites it.
+            let room = self.config.segment_bytes.saturating_sub(self.active_len);
+            let len = (segment::TERMINATOR_LEN as u64).min(room) as usize;
+            let zeros = [0u8; segment::TERMINATOR_LEN];
+            self.active
+                .write_all_at(&zeros[..len], self.active_len)
+                .map_err(WalError::io("write", self.path(self.active_id)))?;
         }
         Ok(())
     }
@@ -404,17 +459,19 @@ fn zero_fill(file: &File, path: &Path, from: u64, to: u64) -> Result<(), WalErro
     Ok(())
 }
 
-/// Creates segment `id` durably; returns the append handle and a read handle. With a
-/// `spare` (a zero-filled file), the header goes into it and it is renamed into place;
-/// otherwise a new file is made (zero-filled when preallocating).
+/// Creates segment `id` durably; returns the append handle, a read handle, and whether
+/// the file is recycled. With a `prepared` file (the zero-filled spare or a recycled
+/// segment), the header goes into it and it is renamed into place; otherwise a new file
+/// is made (zero-filled when preallocating). A recycled file's header is followed by a
+/// terminator, since the old records start right after it.
 fn create_segment(
     dir: &Path,
     id: u64,
     first_lsn: Lsn,
     config: &WalConfig,
     sync: bool,
-    spare: Option<File>,
-) -> Result<(File, File), WalError> {
+    prepared: Option<Prepared>,
+) -> Result<(File, File, bool), WalError> {
     let path = dir.join(segment::file_name(id));
     let tmp = dir.join(format!("{}.tmp", segment::file_name(id)));
     let header = SegmentHeader {
@@ -422,9 +479,13 @@ fn create_segment(
         first_lsn,
         created: (config.clock)(),
         tail_window: config.max_queue_bytes as u32,
+        recycled: matches!(prepared, Some(Prepared::Recycled(..))),
     };
-    let (file, tmp) = if let Some(file) = spare {
-        (file, dir.join(SPARE_FILE))
+    let (file, tmp) = if let Some(prepared) = prepared {
+        match prepared {
+            Prepared::Spare(file) => (file, dir.join(SPARE_FILE)),
+            Prepared::Recycled(path, file) => (file, path),
+        }
     } else {
         let file = OpenOptions::new()
             .read(true)
@@ -438,7 +499,11 @@ fn create_segment(
         }
         (file, tmp)
     };
-    file.write_all_at(&header.encode(), 0).map_err(WalError::io("write", &tmp))?;
+    let mut head = header.encode().to_vec();
+    if header.recycled {
+        head.extend_from_slice(&[0; segment::TERMINATOR_LEN]);
+    }
+    file.write_all_at(&head, 0).map_err(WalError::io("write", &tmp))?;
     if sync {
         file.sync_all().map_err(WalError::io("fsync", &tmp))?;
     }
@@ -447,7 +512,20 @@ fn create_segment(
         fsync_dir(dir)?;
     }
     let read = File::open(&path).map_err(WalError::io("open", &path))?;
-    Ok((file, read))
+    Ok((file, read, header.recycled))
+}
+
+/// Makes a truncated segment's file (renamed to `path`) ready for reuse: zero-filled from
+/// its end up to `segment_bytes`, or cut down to it. Not synced: making it a segment does.
+fn prepare_recycled(path: &Path, segment_bytes: u64) -> Result<File, WalError> {
+    let file = OpenOptions::new().read(true).write(true).open(path).map_err(WalError::io("open", path))?;
+    let len = file.metadata().map_err(WalError::io("stat", path))?.len();
+    if len < segment_bytes {
+        zero_fill(&file, path, len, segment_bytes)?;
+    } else if len > segment_bytes {
+        file.set_len(segment_bytes).map_err(WalError::io("truncate", path))?;
+    }
+    Ok(file)
 }
 
 struct Shared {
@@ -467,6 +545,9 @@ impl Shared {
     /// Waits for a spare segment being filled and removes it: a closed log holds segments
     /// only, and no thread outlives it.
     fn drop_spare(&self) {
+        for (path, _) in lock(&self.writer).recycled.drain(..) {
+            let _ = fs::remove_file(path);
+        }
         if let Some(spare) = lock(&self.writer).spare.take() {
             let _ = spare.join();
             let _ = fs::remove_file(self.dir.join(SPARE_FILE));
@@ -519,11 +600,12 @@ impl Wal {
                 path: r.path,
                 file: r.file,
                 len: r.scan.valid_len,
+                recycled: r.scan.header.recycled,
                 offsets: r.scan.offsets,
             });
         }
         if index.segments.is_empty() {
-            let (_, read) = create_segment(&dir, 1, 1, &config, sync, None)?;
+            let (_, read, _) = create_segment(&dir, 1, 1, &config, sync, None)?;
             index.segments.push(SegmentInfo {
                 id: 1,
                 first_lsn: 1,
@@ -531,6 +613,7 @@ impl Wal {
                 file: Arc::new(read),
                 offsets: Vec::new(),
                 len: HEADER_LEN as u64,
+                recycled: false,
             });
         }
         let last = index.segments.last().expect("one segment");
@@ -538,6 +621,7 @@ impl Wal {
             OpenOptions::new().write(true).open(&last.path).map_err(WalError::io("open", &last.path))?;
         let next_lsn = last.next_lsn();
         let (active_id, active_len, active_records) = (last.id, last.len, last.offsets.len() as u64);
+        let active_recycled = last.recycled;
         let index = Arc::new(RwLock::new(index));
         let writer = Arc::new(Mutex::new(Writer {
             dir: dir.clone(),
@@ -545,9 +629,11 @@ impl Wal {
             active_id,
             active_len,
             active_records,
+            active_recycled,
             config: config.clone(),
             index: index.clone(),
             spare: None,
+            recycled: Vec::new(),
         }));
         lock(&writer).start_spare();
         let coordinator = Arc::new(Coordinator::new(
@@ -988,6 +1074,7 @@ impl Wal {
         writer.active_id = seg.id;
         writer.active_len = new_len;
         writer.active_records = keep as u64;
+        writer.active_recycled = seg.recycled;
         drop(index);
         drop(writer);
         quiesced.reset_to(after);
@@ -1024,7 +1111,7 @@ impl Wal {
         if sync {
             fsync_dir(&self.shared.dir)?;
         }
-        let (file, read) = match writer.create(id, next, sync) {
+        let (file, read, recycled) = match writer.create(id, next, sync) {
             Ok(handles) => handles,
             Err(err) => {
                 // No segment is left to write to: the log closes (reopening recovers it).
@@ -1035,19 +1122,8 @@ impl Wal {
                 return Err(err);
             }
         };
-        index.segments.push(SegmentInfo {
-            id,
-            first_lsn: next,
-            path: writer.path(id),
-            file: Arc::new(read),
-            offsets: Vec::new(),
-            len: HEADER_LEN as u64,
-        });
-        writer.active = file;
-        writer.active_id = id;
-        writer.active_len = HEADER_LEN as u64;
-        writer.active_records = 0;
         drop(index);
+        writer.start_segment(id, next, file, read, recycled);
         drop(writer);
         quiesced.reset_to(next - 1);
         drop(quiesced);
@@ -1057,21 +1133,55 @@ impl Wal {
 
     /// Deletes whole segments whose entries all lie below `below`, and below every
     /// retention hold; never the active segment. Returns the first LSN now held.
+    ///
+    /// Up to [`WalConfig::recycle_segments`] of the files are kept for reuse instead: each
+    /// is renamed to a temporary name (so the log no longer holds it, and a restart
+    /// removes it), then filled to the segment size outside the log's locks. A file a
+    /// reader still has open is deleted, never reused under it.
     pub fn truncate_prefix(&self, below: Lsn) -> Result<Lsn, WalError> {
         let limit = lock(&self.shared.holds).values().copied().fold(below, Lsn::min);
-        let _writer = lock(&self.shared.writer);
-        let mut index = write_index(&self.shared.index);
-        let mut removed = 0;
-        while index.segments.len() > removed + 1 && index.segments[removed + 1].first_lsn <= limit {
-            let path = &index.segments[removed].path;
-            fs::remove_file(path).map_err(WalError::io("remove", path))?;
-            removed += 1;
+        let config = &self.shared.config;
+        let mut kept = Vec::new();
+        let first = {
+            let writer = lock(&self.shared.writer);
+            let mut index = write_index(&self.shared.index);
+            let room = if config.preallocating() {
+                config.recycle_segments.saturating_sub(writer.recycled.len())
+            } else {
+                0
+            };
+            let mut removed = 0;
+            while index.segments.len() > removed + 1 && index.segments[removed + 1].first_lsn <= limit {
+                let seg = &index.segments[removed];
+                // Only the index holds the read handle, and the index is locked: no reader
+                // can be inside the file or reach it.
+                if kept.len() < room && Arc::strong_count(&seg.file) == 1 {
+                    let to = self.shared.dir.join(format!("recycle.{}.tmp", segment::file_name(seg.id)));
+                    fs::rename(&seg.path, &to).map_err(WalError::io("rename", &seg.path))?;
+                    kept.push(to);
+                } else {
+                    fs::remove_file(&seg.path).map_err(WalError::io("remove", &seg.path))?;
+                }
+                removed += 1;
+            }
+            if removed > 0 {
+                index.segments.drain(..removed);
+                fsync_dir(&self.shared.dir)?;
+            }
+            index.first_lsn()
+        };
+        for path in kept {
+            // Reuse saves work and is never needed: a file that cannot be prepared is
+            // deleted (or, failing that, removed by the next open) and the next segment
+            // is made the usual way.
+            match prepare_recycled(&path, config.segment_bytes) {
+                Ok(file) => lock(&self.shared.writer).recycled.push((path, file)),
+                Err(_) => {
+                    let _ = fs::remove_file(&path);
+                }
+            }
         }
-        if removed > 0 {
-            index.segments.drain(..removed);
-            fsync_dir(&self.shared.dir)?;
-        }
-        Ok(index.first_lsn())
+        Ok(first)
     }
 
     /// Registers (or moves) the retention hold `name`: prefix truncation keeps every entry

@@ -363,3 +363,90 @@ fn check_reports_a_missing_segment_and_a_bad_header() {
     let no_dir = themis_wal::check(dir.path().join("nope"), 1024).unwrap_err();
     assert!(no_dir.to_string().contains("nope"), "{no_dir}");
 }
+
+/// Segments of 16 KiB whose tail window (1 KiB) is much smaller than a segment, so that
+/// damage in the last segment can lie beyond the reach of one write.
+fn recycling_config() -> themis_wal::WalConfig {
+    themis_wal::WalConfig {
+        segment_bytes: 16 << 10,
+        max_record_bytes: 1024,
+        max_queue_bytes: 1024,
+        recycle_segments: 2,
+        ..small_config()
+    }
+}
+
+/// A closed log whose last segment is a recycled file holding at least 25 records, with an
+/// earlier segment's records past them. Returns the first and last LSNs held.
+fn recycled_log(dir: &Path) -> (u64, u64) {
+    let (wal, _) = Wal::open(dir, recycling_config()).unwrap();
+    let append = |wal: &Wal| {
+        let lsn = wal.next_lsn();
+        assert_eq!(wal.append(&[common::entry_for(lsn)]).unwrap().first, lsn);
+    };
+    while wal.segments().len() < 4 {
+        append(&wal);
+    }
+    wal.truncate_prefix(wal.last_lsn()).unwrap();
+    while wal.segments().len() < 2 {
+        append(&wal);
+    }
+    let recycled_first = wal.segments()[1].1;
+    while wal.last_lsn() < recycled_first + 25 {
+        append(&wal);
+    }
+    let lsn = wal.last_lsn();
+    let first = wal.first_lsn();
+    wal.close().unwrap();
+    let last = segments(dir).pop().unwrap();
+    let header = SegmentHeader::decode(&fs::read(&last).unwrap()).unwrap();
+    assert!(header.recycled, "{header:?}");
+    assert!(fs::metadata(&last).unwrap().len() > records_end(&last) + 1024, "old bytes follow");
+    (first, lsn)
+}
+
+#[test]
+fn a_torn_write_in_a_recycled_segment_is_a_torn_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let (first, last) = recycled_log(dir.path());
+    let path = segments(dir.path()).pop().unwrap();
+    // The next write landed only in part: a piece of a record over the terminator.
+    let end = records_end(&path) as usize;
+    let mut bytes = fs::read(&path).unwrap();
+    bytes[end..end + 30].fill(0xab);
+    fs::write(&path, bytes).unwrap();
+    let strict = themis_wal::WalConfig { recovery: RecoveryMode::AbsoluteConsistency, ..recycling_config() };
+    assert!(matches!(Wal::open(dir.path(), strict.clone()), Err(WalError::Corrupt { .. })));
+    let (wal, report) = Wal::open(dir.path(), recycling_config()).unwrap();
+    assert_eq!(report.truncated.len(), 1, "{report:?}");
+    assert_eq!(report.truncated[0].lsn, last + 1);
+    assert!(report.truncated[0].reason.starts_with("torn tail"), "{report:?}");
+    assert_holds(&wal, first, last);
+    assert_eq!(wal.append(&[common::entry_for(last + 1)]).unwrap().first, last + 1);
+    drop(wal);
+    let (wal, report) = Wal::open(dir.path(), strict).unwrap();
+    assert!(report.truncated.is_empty(), "{report:?}");
+    assert_holds(&wal, first, last + 1);
+}
+
+#[test]
+fn damage_in_a_recycled_segment_beyond_one_write_is_corruption() {
+    let dir = tempfile::tempdir().unwrap();
+    let (first, last) = recycled_log(dir.path());
+    let path = segments(dir.path()).pop().unwrap();
+    let recycled_first = SegmentHeader::decode(&fs::read(&path).unwrap()).unwrap().first_lsn;
+    // The segment's first record is damaged, and more than a write's worth of its records
+    // follow: durable data was lost, whatever the bytes past the end hold.
+    flip(&path, HEADER_LEN as u64 + 50, 2);
+    let err = Wal::open(dir.path(), recycling_config()).unwrap_err();
+    assert!(
+        matches!(err, WalError::Corrupt { offset, lsn: Some(lsn), .. } if offset == HEADER_LEN as u64 && lsn == recycled_first),
+        "{err}"
+    );
+    // Point in time keeps the log up to the damage.
+    let pit = themis_wal::WalConfig { recovery: RecoveryMode::PointInTime, ..recycling_config() };
+    let (wal, report) = Wal::open(dir.path(), pit).unwrap();
+    assert_eq!(report.truncated.len(), 1, "{report:?}");
+    assert_holds(&wal, first, recycled_first - 1);
+    assert!(last > recycled_first);
+}

@@ -162,6 +162,7 @@ fn invalid_configuration_names_the_field_and_value() {
             WalConfig { commit_spin: std::time::Duration::from_millis(11), ..WalConfig::default() },
             "commit_spin = 11ms",
         ),
+        (WalConfig { recycle_segments: 65, ..WalConfig::default() }, "recycle_segments = 65"),
     ];
     for (config, needle) in cases {
         let err = Wal::open(dir.path(), config).unwrap_err().to_string();
@@ -463,5 +464,105 @@ fn checked_records_are_appended_as_they_are_and_bad_positions_or_sizes_leave_no_
             leader.read_raw(lsn, 1).unwrap().bytes,
             "LSN {lsn}"
         );
+    }
+}
+
+/// The files in `dir` whose names end with `suffix`, sorted.
+fn files_ending(dir: &std::path::Path, suffix: &str) -> Vec<std::path::PathBuf> {
+    let mut out: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_str().is_some_and(|s| s.ends_with(suffix)))
+        .collect();
+    out.sort();
+    out
+}
+
+/// Whether a segment file's header carries the recycled flag.
+fn is_recycled(path: &std::path::Path) -> bool {
+    let bytes = std::fs::read(path).unwrap();
+    themis_wal::segment::SegmentHeader::decode(&bytes).unwrap().recycled
+}
+
+#[test]
+fn prefix_truncation_recycles_segment_files_and_the_log_reopens_clean() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = WalConfig { recycle_segments: 2, ..small_config() };
+    let (wal, _) = Wal::open(dir.path(), config.clone()).unwrap();
+    for lsn in 1..=200 {
+        wal.append(&[entry_for(lsn)]).unwrap();
+    }
+    let before = wal.segments().len();
+    assert!(before > 6, "{before} segments");
+    let first = wal.truncate_prefix(150).unwrap();
+    // Two files are kept for reuse, filled to the segment size; the rest are deleted.
+    let kept = files_ending(dir.path(), ".wal.tmp");
+    let kept: Vec<_> = kept.iter().filter(|p| p.to_str().unwrap().contains("recycle.")).collect();
+    assert_eq!(kept.len(), 2, "{kept:?}");
+    for path in &kept {
+        assert_eq!(std::fs::metadata(path).unwrap().len(), 4096);
+    }
+    assert_holds(&wal, first, 200);
+    // The next two segments are the kept files; the one after is made afresh.
+    let held = wal.segments().len();
+    let mut lsn = 201;
+    while wal.segments().len() < held + 3 {
+        wal.append(&[entry_for(lsn)]).unwrap();
+        lsn += 1;
+    }
+    let segments = files_ending(dir.path(), ".wal");
+    let flags: Vec<bool> = segments.iter().map(|p| is_recycled(p)).collect();
+    assert_eq!(flags.iter().filter(|&&r| r).count(), 2, "{flags:?}");
+    assert!(!flags[flags.len() - 1], "the third new segment is a fresh one: {flags:?}");
+    assert!(files_ending(dir.path(), ".wal.tmp").iter().all(|p| !p.to_str().unwrap().contains("recycle.")));
+    let last = lsn - 1;
+    assert_holds(&wal, first, last);
+    // Reopened after a clean close, the recycled segments hold exactly what was written:
+    // the old records past the end are neither read nor reported as damage, even by the
+    // strictest mode.
+    wal.close().unwrap();
+    drop(wal);
+    let strict = WalConfig { recovery: themis_wal::RecoveryMode::AbsoluteConsistency, ..config.clone() };
+    let (wal, report) = Wal::open(dir.path(), strict).unwrap();
+    assert!(report.truncated.is_empty() && report.skipped.is_empty(), "{report:?}");
+    assert_holds(&wal, first, last);
+    drop(wal);
+    // Appends continue in the last (recycled) segment and survive another reopen.
+    let (wal, _) = Wal::open(dir.path(), config.clone()).unwrap();
+    let more = wal.append(&[entry_for(last + 1), entry_for(last + 2)]).unwrap();
+    assert_eq!(more.first, last + 1);
+    drop(wal);
+    let (wal, report) = Wal::open(dir.path(), config).unwrap();
+    assert!(report.truncated.is_empty(), "{report:?}");
+    assert_holds(&wal, first, last + 2);
+    // Suffix truncation into a recycled segment leaves no old bytes behind it.
+    wal.truncate_suffix(last).unwrap();
+    drop(wal);
+    let (wal, report) = Wal::open(dir.path(), small_config()).unwrap();
+    assert!(report.truncated.is_empty(), "{report:?}");
+    assert_holds(&wal, first, last);
+}
+
+#[test]
+fn nothing_is_recycled_when_turned_off_or_without_preallocation() {
+    for config in [
+        WalConfig { recycle_segments: 0, ..small_config() },
+        WalConfig { preallocate: false, ..small_config() },
+        WalConfig { fsync: FsyncPolicy::Never, ..small_config() },
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let (wal, _) = Wal::open(dir.path(), config.clone()).unwrap();
+        for lsn in 1..=100 {
+            wal.append(&[entry_for(lsn)]).unwrap();
+        }
+        let first = wal.truncate_prefix(90).unwrap();
+        for lsn in 101..=200 {
+            wal.append(&[entry_for(lsn)]).unwrap();
+        }
+        assert!(files_ending(dir.path(), ".wal").iter().all(|p| !is_recycled(p)), "{config:?}");
+        assert!(
+            files_ending(dir.path(), ".wal.tmp").iter().all(|p| !p.to_str().unwrap().contains("recycle."))
+        );
+        assert_holds(&wal, first, 200);
     }
 }
