@@ -71,6 +71,35 @@ impl WriterPool {
     }
 }
 
+/// Truncates the log's prefix every 2 ms, keeping its last two segments, as a database
+/// that checkpoints does: the segments it drops are recycled into new ones.
+struct Truncator {
+    stop: Arc<AtomicBool>,
+    thread: thread::JoinHandle<()>,
+}
+
+impl Truncator {
+    fn start(wal: &Wal) -> Truncator {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (wal, flag) = (wal.clone(), stop.clone());
+        let thread = thread::spawn(move || {
+            while !flag.load(Ordering::Acquire) {
+                thread::sleep(Duration::from_millis(2));
+                let segments = wal.segments();
+                if segments.len() > 2 {
+                    wal.truncate_prefix(segments[segments.len() - 2].1).expect("truncate");
+                }
+            }
+        });
+        Truncator { stop, thread }
+    }
+
+    fn stop(self) {
+        self.stop.store(true, Ordering::Release);
+        self.thread.join().unwrap();
+    }
+}
+
 /// `writers` async tasks on a two-thread runtime that each append `iters` single-record
 /// batches with `append_async`; returns the time until the last one is done.
 fn run_tasks(
@@ -309,6 +338,15 @@ fn durable_append(c: &mut Criterion) {
             group.bench_function(BenchmarkId::new("themis_async", &id), |b| {
                 b.iter_custom(|iters| run_tasks(&runtime, &wal, writers, size, iters));
             });
+            // The same threads with the log truncated as it goes: new segments are recycled
+            // files, not zero-filled ones, as the raw loop rewrites one region.
+            let truncator = Truncator::start(&wal);
+            let pool = WriterPool::new(&wal, writers, size);
+            group.bench_function(BenchmarkId::new("themis_truncated", &id), |b| {
+                b.iter_custom(|iters| pool.run(iters));
+            });
+            drop(pool);
+            truncator.stop();
             wal.close().unwrap();
 
             let mut raw = RawLoop::new(writers, size);
@@ -410,7 +448,12 @@ fn main() {
         .iter()
         .flat_map(|&size| {
             WRITERS.iter().flat_map(move |&w| {
-                [("threads", "themis"), ("async tasks", "themis_async")].map(|(kind, name)| {
+                [
+                    ("threads", "themis"),
+                    ("async tasks", "themis_async"),
+                    ("threads, log truncated as it goes", "themis_truncated"),
+                ]
+                .map(|(kind, name)| {
                     (
                         format!("durable append {size} B, {w} writers ({kind})"),
                         format!("wal_append/{name}/{size}B_{w}w"),
