@@ -346,6 +346,9 @@ fn durable_append(c: &mut Criterion) {
                 b.iter_custom(|iters| pool.run(iters));
             });
             drop(pool);
+            group.bench_function(BenchmarkId::new("themis_async_truncated", &id), |b| {
+                b.iter_custom(|iters| run_tasks(&runtime, &wal, writers, size, iters));
+            });
             truncator.stop();
             wal.close().unwrap();
 
@@ -485,6 +488,7 @@ fn main() {
                     ("threads", "themis"),
                     ("async tasks", "themis_async"),
                     ("threads, log truncated as it goes", "themis_truncated"),
+                    ("async tasks, log truncated as it goes", "themis_async_truncated"),
                 ]
                 .map(|(kind, name)| {
                     (
