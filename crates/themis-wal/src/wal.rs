@@ -249,6 +249,9 @@ struct Writer {
     spare: Option<std::thread::JoinHandle<Result<File, WalError>>>,
     /// Files of truncated segments kept for reuse, filled to `segment_bytes`.
     recycled: Vec<(PathBuf, File)>,
+    /// Bumped by [`Wal::restart_at`], which may move the next LSN below the LSNs of the
+    /// old records in a kept file: a file kept before a restart is never reused after it.
+    recycle_epoch: u64,
 }
 
 /// A file made ready to become the next segment.
@@ -634,6 +637,7 @@ impl Wal {
             index: index.clone(),
             spare: None,
             recycled: Vec::new(),
+            recycle_epoch: 0,
         }));
         lock(&writer).start_spare();
         let coordinator = Arc::new(Coordinator::new(
@@ -1105,6 +1109,12 @@ impl Wal {
         let mut index = write_index(&self.shared.index);
         let sync = self.shared.config.fsync != FsyncPolicy::Never;
         let id = writer.active_id + 1;
+        // The kept files hold records whose LSNs may lie above `next`: a recycled segment
+        // relies on its old records' LSNs being below its own, so they go.
+        writer.recycle_epoch += 1;
+        for (path, _) in writer.recycled.drain(..) {
+            let _ = fs::remove_file(path);
+        }
         for seg in index.segments.drain(..) {
             fs::remove_file(&seg.path).map_err(WalError::io("remove", &seg.path))?;
         }
@@ -1142,7 +1152,7 @@ impl Wal {
         let limit = lock(&self.shared.holds).values().copied().fold(below, Lsn::min);
         let config = &self.shared.config;
         let mut kept = Vec::new();
-        let first = {
+        let (first, epoch) = {
             let writer = lock(&self.shared.writer);
             let mut index = write_index(&self.shared.index);
             let room = if config.preallocating() {
@@ -1168,15 +1178,18 @@ impl Wal {
                 index.segments.drain(..removed);
                 fsync_dir(&self.shared.dir)?;
             }
-            index.first_lsn()
+            (index.first_lsn(), writer.recycle_epoch)
         };
         for path in kept {
-            // Reuse saves work and is never needed: a file that cannot be prepared is
-            // deleted (or, failing that, removed by the next open) and the next segment
-            // is made the usual way.
-            match prepare_recycled(&path, config.segment_bytes) {
-                Ok(file) => lock(&self.shared.writer).recycled.push((path, file)),
-                Err(_) => {
+            // Reuse saves work and is never needed: a file that cannot be prepared, or
+            // that a restart made unsafe meanwhile, is deleted (or, failing that, removed
+            // by the next open) and the next segment is made the usual way.
+            let prepared = prepare_recycled(&path, config.segment_bytes);
+            let mut writer = lock(&self.shared.writer);
+            match prepared {
+                Ok(file) if writer.recycle_epoch == epoch => writer.recycled.push((path, file)),
+                _ => {
+                    drop(writer);
                     let _ = fs::remove_file(&path);
                 }
             }

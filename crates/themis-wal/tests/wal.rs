@@ -566,3 +566,34 @@ fn nothing_is_recycled_when_turned_off_or_without_preallocation() {
         assert_holds(&wal, first, 200);
     }
 }
+
+#[test]
+fn a_restart_to_a_lower_lsn_never_reuses_a_file_with_higher_lsns_in_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _) = Wal::open(dir.path(), small_config()).unwrap();
+    for lsn in 1..=200 {
+        wal.append(&[entry_for(lsn)]).unwrap();
+    }
+    wal.truncate_prefix(150).unwrap();
+    assert_eq!(
+        files_ending(dir.path(), ".wal.tmp")
+            .iter()
+            .filter(|p| p.to_str().unwrap().contains("recycle."))
+            .count(),
+        2
+    );
+    // A snapshot installed at 9 restarts the log at 10: the kept files hold LSNs up to
+    // about 140, which a recycled segment starting at 10 could take for its own.
+    wal.restart_at(10).unwrap();
+    assert!(files_ending(dir.path(), ".wal.tmp").iter().all(|p| !p.to_str().unwrap().contains("recycle.")));
+    for lsn in 10..=150 {
+        assert_eq!(wal.append(&[entry_for(lsn)]).unwrap().first, lsn);
+    }
+    assert!(wal.segments().len() > 3);
+    assert!(files_ending(dir.path(), ".wal").iter().all(|p| !is_recycled(p)));
+    drop(wal);
+    let strict = WalConfig { recovery: themis_wal::RecoveryMode::AbsoluteConsistency, ..small_config() };
+    let (wal, report) = Wal::open(dir.path(), strict).unwrap();
+    assert!(report.truncated.is_empty(), "{report:?}");
+    assert_holds(&wal, 10, 150);
+}
