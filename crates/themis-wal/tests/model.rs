@@ -4,6 +4,8 @@
 //! all the time. Each run prints its seed on failure (`THEMIS_SEED=<n>` replays it);
 //! `THEMIS_TEST_BUDGET=full` runs 60 seeds instead of 6.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::Path;
@@ -52,13 +54,7 @@ fn check(wal: &Wal, model: &Model, context: &str) {
 /// reached the disk only in part, without its terminator; returns whether it did, and
 /// whether that segment is a recycled file.
 fn tear_last_write(dir: &Path, rng: &mut fastrand::Rng) -> (bool, bool) {
-    let mut segments: Vec<_> = fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "wal"))
-        .collect();
-    segments.sort();
-    let Some(last) = segments.pop() else { return (false, false) };
+    let Some(last) = common::segments(dir).pop() else { return (false, false) };
     let mut bytes = fs::read(&last).unwrap();
     let scan = segment::scan(&Bytes::from(bytes.clone()), 2048, OnBadRecord::Stop).unwrap();
     let end = scan.valid_len as usize;

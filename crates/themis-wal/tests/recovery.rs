@@ -7,19 +7,9 @@ mod common;
 use std::fs::{self, OpenOptions};
 use std::path::{Path, PathBuf};
 
-use common::{assert_holds, config_with, small_config, write_log};
+use common::{assert_holds, config_with, segments, small_config, write_log};
 use themis_wal::segment::{self, HEADER_LEN, SegmentHeader};
 use themis_wal::{RecoveryMode, Wal, WalError};
-
-fn segments(dir: &Path) -> Vec<PathBuf> {
-    let mut out: Vec<_> = fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "wal"))
-        .collect();
-    out.sort();
-    out
-}
 
 fn flip(path: &Path, offset: u64, bit: u8) {
     let mut bytes = fs::read(path).unwrap();

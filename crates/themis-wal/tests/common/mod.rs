@@ -1,7 +1,7 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code, unreachable_pub)]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use themis_clock::{NodeId, Timestamp};
@@ -54,4 +54,15 @@ pub fn assert_holds(wal: &Wal, first: Lsn, last: Lsn) {
         expect += 1;
     }
     assert_eq!(expect, last + 1);
+}
+
+/// The segment files of `dir`, oldest first.
+pub fn segments(dir: &Path) -> Vec<PathBuf> {
+    let mut out: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "wal"))
+        .collect();
+    out.sort();
+    out
 }
