@@ -167,11 +167,12 @@ fn the_log_matches_its_model_through_truncation_recycling_and_recovery() {
     let replay: Option<u64> = std::env::var("THEMIS_SEED").ok().and_then(|s| s.parse().ok());
     let base = replay.unwrap_or_else(|| fastrand::u64(..));
     let mut met = Seen::default();
-    for i in 0..if replay.is_some() { 1 } else { seeds } {
+    let runs = if replay.is_some() { 1 } else { seeds };
+    for i in 0..runs {
         run(base.wrapping_add(i), 400, &mut met);
     }
     eprintln!(
-        "{seeds} runs: {} torn writes in recycled last segments, {} in fresh ones",
+        "{runs} runs: {} torn writes in recycled last segments, {} in fresh ones",
         met.torn_recycled, met.torn_fresh
     );
     if replay.is_none() {
