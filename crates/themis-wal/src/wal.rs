@@ -248,7 +248,7 @@ struct Writer {
     /// The next segment's file, being zero-filled in the background.
     spare: Option<std::thread::JoinHandle<Result<File, WalError>>>,
     /// Files of truncated segments kept for reuse, filled to `segment_bytes`.
-    recycled: Vec<(PathBuf, File)>,
+    kept: Vec<(PathBuf, File)>,
     /// Bumped by [`Wal::restart_at`], which may move the next LSN below the LSNs of the
     /// old records in a kept file: a file kept before a restart is never reused after it.
     recycle_epoch: u64,
@@ -299,7 +299,7 @@ impl Writer {
     /// else from the spare file when one is ready. Returns the append and read handles
     /// and whether the file was recycled.
     fn create(&mut self, id: u64, first_lsn: Lsn, sync: bool) -> Result<(File, File, bool), WalError> {
-        let prepared = match self.recycled.pop() {
+        let prepared = match self.kept.pop() {
             Some((path, file)) => Some(Prepared::Recycled(path, file)),
             None => self.take_spare().map(Prepared::Spare),
         };
@@ -452,7 +452,7 @@ fn read_index(index: &RwLock<Index>) -> std::sync::RwLockReadGuard<'_, Index> {
 
 /// Writes zeros over `[from, to)` of `file`.
 fn zero_fill(file: &File, path: &Path, from: u64, to: u64) -> Result<(), WalError> {
-    let zeros = vec![0u8; 1 << 20];
+    let zeros = vec![0u8; to.saturating_sub(from).min(1 << 20) as usize];
     let mut at = from;
     while at < to {
         let n = (to - at).min(zeros.len() as u64) as usize;
@@ -548,7 +548,7 @@ impl Shared {
     /// Waits for a spare segment being filled and removes it: a closed log holds segments
     /// only, and no thread outlives it.
     fn drop_spare(&self) {
-        for (path, _) in lock(&self.writer).recycled.drain(..) {
+        for (path, _) in lock(&self.writer).kept.drain(..) {
             let _ = fs::remove_file(path);
         }
         if let Some(spare) = lock(&self.writer).spare.take() {
@@ -636,7 +636,7 @@ impl Wal {
             config: config.clone(),
             index: index.clone(),
             spare: None,
-            recycled: Vec::new(),
+            kept: Vec::new(),
             recycle_epoch: 0,
         }));
         lock(&writer).start_spare();
@@ -1112,7 +1112,7 @@ impl Wal {
         // The kept files hold records whose LSNs may lie above `next`: a recycled segment
         // relies on its old records' LSNs being below its own, so they go.
         writer.recycle_epoch += 1;
-        for (path, _) in writer.recycled.drain(..) {
+        for (path, _) in writer.kept.drain(..) {
             let _ = fs::remove_file(path);
         }
         for seg in index.segments.drain(..) {
@@ -1156,7 +1156,7 @@ impl Wal {
             let writer = lock(&self.shared.writer);
             let mut index = write_index(&self.shared.index);
             let room = if config.preallocating() {
-                config.recycle_segments.saturating_sub(writer.recycled.len())
+                config.recycle_segments.saturating_sub(writer.kept.len())
             } else {
                 0
             };
@@ -1187,7 +1187,7 @@ impl Wal {
             let prepared = prepare_recycled(&path, config.segment_bytes);
             let mut writer = lock(&self.shared.writer);
             match prepared {
-                Ok(file) if writer.recycle_epoch == epoch => writer.recycled.push((path, file)),
+                Ok(file) if writer.recycle_epoch == epoch => writer.kept.push((path, file)),
                 _ => {
                     drop(writer);
                     let _ = fs::remove_file(&path);

@@ -5,6 +5,8 @@
 //! that new segments are recycled files with old records past their end.
 //! `THEMIS_TEST_BUDGET=full` kills 100 times instead of 12; `THEMIS_SEED` replays a run.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
@@ -86,12 +88,6 @@ fn sigkill_never_loses_an_acknowledged_entry_in_recycled_segments() {
     kill_and_recover(true);
 }
 
-/// Whether a segment file's header carries the recycled flag.
-fn is_recycled(path: &std::path::Path) -> bool {
-    let bytes = std::fs::read(path).unwrap();
-    themis_wal::segment::SegmentHeader::decode(&bytes).is_ok_and(|h| h.recycled)
-}
-
 fn kill_and_recover(truncate: bool) {
     if std::env::var(DIR_VAR).is_ok() {
         return;
@@ -161,7 +157,7 @@ fn kill_and_recover(truncate: bool) {
             let limit = (last_acked + 12).saturating_sub(KEEP).max(1);
             assert!(wal.first_lsn() <= limit, "{context}: truncated past LSN {limit}");
             acked.retain(|&lsn, _| lsn >= wal.first_lsn());
-            recycled += wal.segments().iter().filter(|(path, _)| is_recycled(path)).count();
+            recycled += wal.segments().iter().filter(|(path, _)| common::is_recycled(path)).count();
         }
         checked += acked.len();
         for (&lsn, &(t, counter)) in &acked {

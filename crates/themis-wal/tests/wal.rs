@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::thread;
 
 use bytes::Bytes;
-use common::{assert_holds, entry_for, payload, small_config, write_log};
+use common::{assert_holds, entry_for, is_recycled, kept_files, payload, segments, small_config, write_log};
 use themis_clock::{NodeId, Timestamp};
 use themis_wal::{FsyncPolicy, NewEntry, Wal, WalConfig, WalError};
 
@@ -467,23 +467,6 @@ fn checked_records_are_appended_as_they_are_and_bad_positions_or_sizes_leave_no_
     }
 }
 
-/// The files in `dir` whose names end with `suffix`, sorted.
-fn files_ending(dir: &std::path::Path, suffix: &str) -> Vec<std::path::PathBuf> {
-    let mut out: Vec<_> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.to_str().is_some_and(|s| s.ends_with(suffix)))
-        .collect();
-    out.sort();
-    out
-}
-
-/// Whether a segment file's header carries the recycled flag.
-fn is_recycled(path: &std::path::Path) -> bool {
-    let bytes = std::fs::read(path).unwrap();
-    themis_wal::segment::SegmentHeader::decode(&bytes).unwrap().recycled
-}
-
 #[test]
 fn prefix_truncation_recycles_segment_files_and_the_log_reopens_clean() {
     let dir = tempfile::tempdir().unwrap();
@@ -496,8 +479,7 @@ fn prefix_truncation_recycles_segment_files_and_the_log_reopens_clean() {
     assert!(before > 6, "{before} segments");
     let first = wal.truncate_prefix(150).unwrap();
     // Two files are kept for reuse, filled to the segment size; the rest are deleted.
-    let kept = files_ending(dir.path(), ".wal.tmp");
-    let kept: Vec<_> = kept.iter().filter(|p| p.to_str().unwrap().contains("recycle.")).collect();
+    let kept = kept_files(dir.path());
     assert_eq!(kept.len(), 2, "{kept:?}");
     for path in &kept {
         assert_eq!(std::fs::metadata(path).unwrap().len(), 4096);
@@ -510,11 +492,11 @@ fn prefix_truncation_recycles_segment_files_and_the_log_reopens_clean() {
         wal.append(&[entry_for(lsn)]).unwrap();
         lsn += 1;
     }
-    let segments = files_ending(dir.path(), ".wal");
+    let segments = segments(dir.path());
     let flags: Vec<bool> = segments.iter().map(|p| is_recycled(p)).collect();
     assert_eq!(flags.iter().filter(|&&r| r).count(), 2, "{flags:?}");
     assert!(!flags[flags.len() - 1], "the third new segment is a fresh one: {flags:?}");
-    assert!(files_ending(dir.path(), ".wal.tmp").iter().all(|p| !p.to_str().unwrap().contains("recycle.")));
+    assert!(kept_files(dir.path()).is_empty());
     let last = lsn - 1;
     assert_holds(&wal, first, last);
     // Reopened after a clean close, the recycled segments hold exactly what was written:
@@ -559,10 +541,8 @@ fn nothing_is_recycled_when_turned_off_or_without_preallocation() {
         for lsn in 101..=200 {
             wal.append(&[entry_for(lsn)]).unwrap();
         }
-        assert!(files_ending(dir.path(), ".wal").iter().all(|p| !is_recycled(p)), "{config:?}");
-        assert!(
-            files_ending(dir.path(), ".wal.tmp").iter().all(|p| !p.to_str().unwrap().contains("recycle."))
-        );
+        assert!(segments(dir.path()).iter().all(|p| !is_recycled(p)), "{config:?}");
+        assert!(kept_files(dir.path()).is_empty());
         assert_holds(&wal, first, 200);
     }
 }
@@ -575,22 +555,16 @@ fn a_restart_to_a_lower_lsn_never_reuses_a_file_with_higher_lsns_in_it() {
         wal.append(&[entry_for(lsn)]).unwrap();
     }
     wal.truncate_prefix(150).unwrap();
-    assert_eq!(
-        files_ending(dir.path(), ".wal.tmp")
-            .iter()
-            .filter(|p| p.to_str().unwrap().contains("recycle."))
-            .count(),
-        2
-    );
+    assert_eq!(kept_files(dir.path()).len(), 2);
     // A snapshot installed at 9 restarts the log at 10: the kept files hold LSNs up to
     // about 140, which a recycled segment starting at 10 could take for its own.
     wal.restart_at(10).unwrap();
-    assert!(files_ending(dir.path(), ".wal.tmp").iter().all(|p| !p.to_str().unwrap().contains("recycle.")));
+    assert!(kept_files(dir.path()).is_empty());
     for lsn in 10..=150 {
         assert_eq!(wal.append(&[entry_for(lsn)]).unwrap().first, lsn);
     }
     assert!(wal.segments().len() > 3);
-    assert!(files_ending(dir.path(), ".wal").iter().all(|p| !is_recycled(p)));
+    assert!(segments(dir.path()).iter().all(|p| !is_recycled(p)));
     drop(wal);
     let strict = WalConfig { recovery: themis_wal::RecoveryMode::AbsoluteConsistency, ..small_config() };
     let (wal, report) = Wal::open(dir.path(), strict).unwrap();

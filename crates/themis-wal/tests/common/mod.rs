@@ -66,3 +66,24 @@ pub fn segments(dir: &Path) -> Vec<PathBuf> {
     out.sort();
     out
 }
+
+/// The truncated segment files the log keeps for reuse (`recycle.*.wal.tmp`), sorted.
+pub fn kept_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("recycle.") && n.ends_with(".wal.tmp"))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Whether a segment file's header carries the recycled flag.
+pub fn is_recycled(path: &Path) -> bool {
+    let bytes = std::fs::read(path).unwrap();
+    themis_wal::segment::SegmentHeader::decode(&bytes).unwrap().recycled
+}
