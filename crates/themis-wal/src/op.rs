@@ -190,6 +190,19 @@ impl Op {
     }
 }
 
+/// Bytes of an op's fixed part: version, kind, origin and txn.
+const OP_FIXED_LEN: usize = 1 + 1 + 8 + 8;
+
+/// The encoded size of a one-op batch (what [`encode_batch`] writes for a single insert,
+/// update or upsert) holding a `collection_len`-byte collection name, a `key_len`-byte key
+/// and a `value_len`-byte value. Limits above the codec (the largest document a node
+/// accepts) are derived from it, so they stay exact if the layout changes.
+#[must_use]
+pub const fn single_write_batch_len(collection_len: usize, key_len: usize, value_len: usize) -> usize {
+    // count, op length, fixed part, then three length-prefixed fields.
+    4 + 4 + OP_FIXED_LEN + (4 + collection_len) + (4 + key_len) + (4 + value_len)
+}
+
 /// Encodes a batch of ops (one data entry's payload).
 pub fn encode_batch(ops: &[Op]) -> Result<Bytes, OpError> {
     let mut out = Vec::new();
@@ -360,5 +373,21 @@ mod tests {
         let ops = all_kinds();
         assert_eq!(ops[0].kind.target().map(|(c, k)| (c, &k[..])), Some(("users", &b"u1"[..])));
         assert_eq!(ops[4].kind.target(), None);
+    }
+
+    #[test]
+    fn the_single_write_size_is_what_the_encoder_writes() {
+        for (c, k, v) in [(1, 1, 0), (5, 9, 100), (255, 255, 4096)] {
+            let op = Op {
+                origin: NodeId(3),
+                txn: 7,
+                kind: OpKind::Upsert {
+                    collection: "c".repeat(c),
+                    key: Bytes::from(vec![b'k'; k]),
+                    value: Bytes::from(vec![b'v'; v]),
+                },
+            };
+            assert_eq!(encode_batch(&[op]).unwrap().len(), single_write_batch_len(c, k, v));
+        }
     }
 }
