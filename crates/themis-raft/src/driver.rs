@@ -27,7 +27,7 @@ use themis_ship::{
     Applier, ApplyError, ParallelApplier, ParallelConfig, PeerConfig, PeerSender, SendError, SerialApplier,
     StateMachine, Transport, serve_messages,
 };
-use themis_wal::{Entry, EntryKind, Lsn};
+use themis_wal::{Entry, EntryKind, Lsn, record};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
@@ -93,6 +93,10 @@ pub struct DriverConfig {
     pub lag_alert_lsns: u64,
     /// A replica behind by more than this raises a lag alert (default 1 s).
     pub lag_alert: Duration,
+    /// A read whose confirmation has not come back within this (a `ReadIndex` forwarded
+    /// to a leader whose answer was lost) fails with [`DriverError::ReadTimeout`] instead
+    /// of waiting forever (default 5 s).
+    pub read_timeout: Duration,
 }
 
 impl DriverConfig {
@@ -111,6 +115,7 @@ impl DriverConfig {
             max_pending: 65_536,
             lag_alert_lsns: 10_000,
             lag_alert: Duration::from_secs(1),
+            read_timeout: Duration::from_secs(5),
         }
     }
 
@@ -133,6 +138,19 @@ impl DriverConfig {
         }
         if self.max_pending == 0 {
             return bad("max_pending = 0: must be at least 1".into());
+        }
+        if self.read_timeout < self.tick {
+            return bad(format!(
+                "read_timeout = {:?}: must be at least one tick ({:?})",
+                self.read_timeout, self.tick
+            ));
+        }
+        if self.wire.max_record_bytes <= record::RECORD_HEADER_LEN {
+            return bad(format!(
+                "wire.max_record_bytes = {}: must be above the {}-byte record header",
+                self.wire.max_record_bytes,
+                record::RECORD_HEADER_LEN
+            ));
         }
         let mut seen = std::collections::BTreeSet::new();
         for peer in &self.peers {
@@ -171,6 +189,21 @@ pub enum DriverError {
     Busy {
         /// Writes waiting.
         pending: usize,
+    },
+    /// A proposal's payload is larger than one log record can hold; it was refused before
+    /// it was proposed, so nothing was written.
+    #[error("a {size}-byte entry payload is above the largest one log record holds ({max} bytes)")]
+    TooLarge {
+        /// The payload's size.
+        size: usize,
+        /// The largest payload accepted.
+        max: usize,
+    },
+    /// A read was not confirmed in time (its confirmation may have been lost); retry.
+    #[error("the read was not confirmed within {after:?}")]
+    ReadTimeout {
+        /// How long it waited.
+        after: Duration,
     },
     /// The Raft core refused.
     #[error(transparent)]
@@ -215,7 +248,8 @@ pub struct ReplicaStatus {
 pub struct DriverStatus {
     /// This node.
     pub id: NodeId,
-    /// `Leader`, `Follower`, `Candidate` or `PreCandidate`.
+    /// `Leader`, `Follower`, `Candidate` or `PreCandidate`; [`STOPPED_ROLE`] once the
+    /// driver has stopped.
     pub role: String,
     /// The current term.
     pub term: u64,
@@ -563,6 +597,15 @@ impl ReplicationManager {
     }
 }
 
+/// The role a [`DriverStatus`] reports once the driver has stopped.
+pub const STOPPED_ROLE: &str = "Stopped";
+
+/// The largest entry payload that fits one record of both the WAL and the wire.
+fn max_payload_bytes(config: &DriverConfig, storage: &WalStorage) -> usize {
+    let record = storage.wal().config().max_record_bytes.min(config.wire.max_record_bytes);
+    record - record::RECORD_HEADER_LEN
+}
+
 /// Starts replication. See the module documentation.
 #[derive(Debug)]
 pub struct Driver;
@@ -584,6 +627,16 @@ impl Driver {
     ) -> Result<(ReplicationManager, JoinHandle<Result<(), DriverError>>), DriverError> {
         config.validate()?;
         let id = config.raft.id;
+        let max_payload_bytes = max_payload_bytes(&config, &storage);
+        // An append carries up to `max_msg_bytes` of entries plus one more, each a record;
+        // a frame that cannot hold the largest record would stall that follower for good.
+        let frame = transport.config().max_frame;
+        let needed = config.wire.max_record_bytes + wire::APPEND_HEADER_LEN;
+        if frame < needed {
+            return Err(DriverError::Config(format!(
+                "transport max_frame = {frame}: below the {needed} bytes one append of the largest record needs"
+            )));
+        }
         config.peer.hello_extra = Bytes::from(votes.public_key());
         let clock: Arc<dyn Fn() -> Timestamp + Send + Sync> = Arc::new(clock);
         // Restore the state machine from the snapshot before the log replays after it.
@@ -628,6 +681,7 @@ impl Driver {
             pending: BTreeMap::new(),
             reads: HashMap::new(),
             next_read: 0,
+            max_payload_bytes,
             apply_tx,
             applied: applied.clone(),
             status_tx,
@@ -651,9 +705,18 @@ impl Driver {
             let result = driver.run(inbound, commands).await;
             accept.abort();
             if let Err(err) = &result {
-                tracing::error!(node = %driver.id, error = %err, "the replication driver stopped");
+                // The caller owns the handle and decides what a stop means (the node exits
+                // with one error line); here it is only traced.
+                tracing::debug!(node = %driver.id, error = %err, "the replication driver stopped");
             }
             driver.fail_all(&result);
+            // A stopped driver leads and follows nobody: its last status must not say it does.
+            driver.status_tx.send_modify(|s| {
+                s.role = STOPPED_ROLE.to_string();
+                s.leader = None;
+                s.lease_valid = false;
+                s.replicas.clear();
+            });
             result
         });
         Ok((
@@ -787,8 +850,13 @@ struct Loop {
     peers: BTreeMap<NodeId, Peer>,
     /// Writes waiting for acknowledgement: LSN → (term, reply).
     pending: BTreeMap<Lsn, (u64, Reply<Lsn>)>,
-    reads: HashMap<u64, Reply<Lsn>>,
+    /// Reads waiting for confirmation, with when each was asked.
+    reads: HashMap<u64, (Instant, Reply<Lsn>)>,
     next_read: u64,
+    /// The largest entry payload one log record holds (the WAL's and the wire's record
+    /// limit, less the record header): a larger proposal is refused before the core sees
+    /// it, since the log could never persist it.
+    max_payload_bytes: usize,
     apply_tx: mpsc::Sender<ApplyMsg>,
     applied: watch::Receiver<Result<Lsn, String>>,
     status_tx: watch::Sender<DriverStatus>,
@@ -843,6 +911,13 @@ impl Loop {
             tokio::select! {
                 _ = ticker.tick() => {
                     self.node.tick()?;
+                    // An applier that failed applies nothing more: a node that went on
+                    // leading or voting over it would serve stale state. Checked once a
+                    // tick, so the hot path does not wake for every applied batch.
+                    if let Err(e) = &*self.applied.borrow() {
+                        return Err(DriverError::Apply(e.clone()));
+                    }
+                    self.expire_reads();
                     if self.peers.values().any(|p| p.retry_at.is_some_and(|at| at <= Instant::now())) {
                         self.sync_peers();
                     }
@@ -883,6 +958,19 @@ impl Loop {
         }
     }
 
+    /// Fails reads whose confirmation is overdue: a `ReadIndex` forwarded to the leader,
+    /// or its answer, can be lost on the way, and nothing else would ever answer it.
+    fn expire_reads(&mut self) {
+        let limit = self.config.read_timeout;
+        let overdue: Vec<u64> =
+            self.reads.iter().filter(|(_, (at, _))| at.elapsed() >= limit).map(|(id, _)| *id).collect();
+        for id in overdue {
+            if let Some((_, reply)) = self.reads.remove(&id) {
+                let _ = reply.send(Err(DriverError::ReadTimeout { after: limit }));
+            }
+        }
+    }
+
     fn step(&mut self, from: NodeId, bytes: &Bytes) {
         match wire::decode(bytes, &self.config.wire) {
             Ok(message) if message.from == from => {
@@ -915,6 +1003,10 @@ impl Loop {
             {
                 // Refused before proposing: a write that is not answered is not written.
                 let _ = reply.send(Err(DriverError::Busy { pending: self.pending.len() }));
+            }
+            Command::Propose { payload, reply, .. } if payload.len() > self.max_payload_bytes => {
+                let _ = reply
+                    .send(Err(DriverError::TooLarge { size: payload.len(), max: self.max_payload_bytes }));
             }
             Command::Propose { kind, payload, reply } => {
                 let result = self.node.propose_entry(kind, payload);
@@ -950,7 +1042,7 @@ impl Loop {
                 let id = self.next_read;
                 match self.node.read_index(Bytes::copy_from_slice(&id.to_le_bytes())) {
                     Ok(()) => {
-                        self.reads.insert(id, reply);
+                        self.reads.insert(id, (Instant::now(), reply));
                     }
                     Err(e) => {
                         let _ = reply.send(Err(self.refusal(e)));
@@ -1024,7 +1116,7 @@ impl Loop {
         }
         for read in ready.read_states.drain(..) {
             let id = read.ctx.get(..8).map_or(0, |b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])));
-            if let Some(reply) = self.reads.remove(&id) {
+            if let Some((_, reply)) = self.reads.remove(&id) {
                 let _ = reply.send(Ok(read.lsn));
             }
         }
@@ -1072,7 +1164,7 @@ impl Loop {
                 let _ = reply.send(Err(DriverError::OutcomeUnknown { lsn }));
             }
             let error = self.not_leader();
-            for (_, reply) in self.reads.drain() {
+            for (_, (_, reply)) in self.reads.drain() {
                 let _ = reply.send(Err(error.clone()));
             }
         }
@@ -1175,6 +1267,8 @@ impl Loop {
             task.await.map_err(|e| DriverError::Stopped(format!("a compaction panicked: {e}")))??;
         }
         let decoded = DriverSnapshot::decode(&snapshot.data)?;
+        // A local snapshot still being taken describes an older state than this one.
+        self.snapshotting = None;
         let storage = self.storage.clone();
         let lsn = snapshot.meta.lsn;
         let to_install = snapshot.clone();
@@ -1233,6 +1327,12 @@ impl Loop {
     fn finish_snapshot(&mut self, machine: Result<Bytes, DriverError>) -> Result<(), DriverError> {
         let Some(s) = self.snapshotting.take() else { return Ok(()) };
         let machine = machine?;
+        // A snapshot from the leader installed meanwhile covers this one: the log below it
+        // is gone (its term reads `Compacted`), and the local image is older than the state.
+        if s.lsn <= self.storage.snapshot_meta().lsn {
+            tracing::debug!(node = %self.id, lsn = s.lsn, "a local snapshot was superseded by an installed one");
+            return Ok(());
+        }
         let data = DriverSnapshot::encode(&s.peers, &machine);
         drop(machine);
         self.last_snapshot_bytes = data.len() as u64;
@@ -1349,7 +1449,7 @@ impl Loop {
         for (_, (_, reply)) in std::mem::take(&mut self.pending) {
             let _ = reply.send(Err(DriverError::Stopped(reason.clone())));
         }
-        for (_, reply) in self.reads.drain() {
+        for (_, (_, reply)) in self.reads.drain() {
             let _ = reply.send(Err(DriverError::Stopped(reason.clone())));
         }
     }

@@ -95,7 +95,7 @@ pub use confchange::{ConfigChange, MemberChange};
 pub use config::{Config, MAX_CLOCK_DRIFT_PPM};
 pub use driver::{
     AlertEvent, Driver, DriverConfig, DriverCounters, DriverError, DriverStatus, FailoverEvent, HealthAlert,
-    PeerInfo, ReplicaStatus, ReplicationManager,
+    PeerInfo, ReplicaStatus, ReplicationManager, STOPPED_ROLE,
 };
 pub use durable::WalStorage;
 pub use error::{RaftError, StorageError};

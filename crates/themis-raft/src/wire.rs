@@ -47,6 +47,10 @@ impl Default for WireLimits {
     }
 }
 
+/// Bytes of an append message before its records: version, tag, from, to, term,
+/// previous LSN and term, commit, and the record count.
+pub const APPEND_HEADER_LEN: usize = 1 + 1 + 8 + 8 + 8 + 8 + 8 + 8 + 4;
+
 const TAG_VOTE: u8 = 1;
 const TAG_VOTE_RESPONSE: u8 = 2;
 const TAG_APPEND: u8 = 3;

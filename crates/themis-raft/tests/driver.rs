@@ -328,3 +328,43 @@ async fn snapshots_compact_the_log_and_a_new_learner_catches_up_from_one_then_is
         node.stop().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_proposal_is_refused_unwritten_and_a_stopped_driver_reports_no_role() {
+    let mut cluster = Cluster::start(3, 100_000).await;
+    let leader = cluster.leader().await;
+    let lm = cluster.nodes[leader].manager().clone();
+    // The WAL here holds records of 256 KiB: the largest payload is that less the header.
+    let max = (256 << 10) - themis_wal::record::RECORD_HEADER_LEN;
+    for size in [max + 1, 1 << 20, 64 << 20] {
+        match lm.propose(Bytes::from(vec![0u8; size])).await {
+            Err(DriverError::TooLarge { size: s, max: m }) => assert_eq!((s, m), (size, max)),
+            other => panic!("a {size}-byte payload: expected TooLarge, got {other:?}"),
+        }
+    }
+    // Nothing was written, and the leader goes on leading and writing.
+    let lsn = write(&lm, "after", "1").await;
+    assert_eq!(lm.status().role, "Leader");
+    let all: Vec<&Node> = cluster.nodes.iter().collect();
+    converge(&all, "after", "1").await;
+    // The largest payload is accepted (an undecodable one, to stop every applier below).
+    let at_max = lm.propose(Bytes::from(vec![0xffu8; max])).await.unwrap();
+    assert_eq!(at_max, lsn + 1);
+    // Applying it fails on every node: each driver stops, and its status names no role or
+    // leader any more (a node must not look like a leader once it cannot lead).
+    for node in &mut cluster.nodes {
+        let handle = node.handle.take().unwrap();
+        let result = tokio::time::timeout(Duration::from_secs(10), handle).await.expect("the driver stops");
+        let err = result.unwrap().unwrap_err();
+        assert!(matches!(err, DriverError::Apply(_)), "node {}: {err}", node.id);
+        let status = node.manager().status();
+        assert_eq!(
+            (status.role.as_str(), status.leader),
+            (themis_raft::STOPPED_ROLE, None),
+            "node {}",
+            node.id
+        );
+        let refused = node.manager().propose(put("k", "v")).await.unwrap_err();
+        assert!(matches!(refused, DriverError::Stopped(_)), "{refused}");
+    }
+}
