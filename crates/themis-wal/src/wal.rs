@@ -667,7 +667,10 @@ impl Wal {
                     while coordinator.flush_once(&mut sink, &mut rule) {
                         publish(&tx, &coordinator);
                     }
-                    publish(&tx, &coordinator);
+                    // The log is closed (a failed write or sync, or close): waiters must
+                    // learn it even when the progress did not move, so this one always
+                    // notifies. Tasks in `wait_progress` then see `closed` and fail.
+                    tx.send_modify(|current| *current = coordinator.progress());
                 })
                 .map_err(WalError::io("spawn flusher thread", &dir))?
         };

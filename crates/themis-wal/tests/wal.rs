@@ -571,3 +571,57 @@ fn a_restart_to_a_lower_lsn_never_reuses_a_file_with_higher_lsns_in_it() {
     assert!(report.truncated.is_empty(), "{report:?}");
     assert_holds(&wal, 10, 150);
 }
+
+#[test]
+fn a_directory_removed_under_the_log_fails_appends_with_an_error_instead_of_hanging() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("wal");
+    let (wal, _) = Wal::open(&path, small_config()).unwrap();
+    wal.append(&[entry_for(1)]).unwrap();
+    std::fs::remove_dir_all(&path).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let writer = thread::spawn(move || {
+        for n in 2..10_000u64 {
+            if let Err(e) = wal.append(&[entry_for(n)]) {
+                tx.send(e).unwrap();
+                return;
+            }
+        }
+    });
+    let err = rx
+        .recv_timeout(std::time::Duration::from_secs(20))
+        .expect("an append fails once a segment cannot be made");
+    assert!(matches!(err, WalError::Io { .. } | WalError::Closed(_)), "{err}");
+    writer.join().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_flush_wakes_tasks_waiting_for_durability() {
+    // A task waits for an LSN not yet durable; the flush that would make it durable fails
+    // without moving the progress. The task must learn of the failure, not wait forever
+    // (found by a node whose WAL directory was removed: its driver hung instead of
+    // stopping).
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("wal");
+    let (wal, _) = Wal::open(&path, small_config()).unwrap();
+    let wal = Arc::new(wal);
+    wal.append(&[entry_for(1)]).unwrap();
+    let waiter = {
+        let wal = wal.clone();
+        tokio::spawn(async move { wal.durable_async(1_000).await })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    std::fs::remove_dir_all(&path).unwrap();
+    let appender = wal.clone();
+    let failed = tokio::task::spawn_blocking(move || {
+        (2..10_000u64).find_map(|n| appender.append(&[entry_for(n)]).err())
+    })
+    .await
+    .unwrap();
+    assert!(failed.is_some(), "an append fails once a segment cannot be made");
+    let outcome = tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+        .await
+        .expect("the waiting task is woken by the failure")
+        .unwrap();
+    assert!(matches!(outcome, Err(WalError::Closed(_))), "{outcome:?}");
+}
