@@ -289,14 +289,32 @@ fn run(command: Cmd) -> Result<ExitCode, String> {
         Cmd::Server { config } => return Ok(themis_node::server::run(&config, "themis")),
         Cmd::Cluster(cmd) => cluster_cmd(cmd)?,
         Cmd::Put { collection, id, json, target } => {
-            let doc = if json == "-" {
+            use themis_node::limits::MAX_DOCUMENT_BYTES;
+            let from_stdin = json == "-";
+            let doc = if from_stdin {
+                // One byte past the limit is enough to know the document is too large; a
+                // larger input is never read into memory.
                 let mut text = String::new();
-                std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
-                    .map_err(|e| format!("stdin: {e}"))?;
+                std::io::Read::read_to_string(
+                    &mut std::io::Read::take(std::io::stdin(), MAX_DOCUMENT_BYTES as u64 + 1),
+                    &mut text,
+                )
+                .map_err(|e| format!("stdin: {e}"))?;
                 text
             } else {
                 json
             };
+            if doc.len() > MAX_DOCUMENT_BYTES {
+                let size = if from_stdin {
+                    "on stdin is larger than that".to_string()
+                } else {
+                    format!("is {} bytes", doc.len())
+                };
+                return Err(format!(
+                    "the largest document a node accepts is {MAX_DOCUMENT_BYTES} bytes (the WAL record limit \
+                     less its framing), and this one {size}; nothing was sent"
+                ));
+            }
             serde_json::from_str::<serde_json::Value>(&doc)
                 .map_err(|e| format!("the document is not JSON: {e}"))?;
             let lsn = block_on(async {

@@ -155,6 +155,27 @@ fn commands_without_a_cluster_say_how_to_name_one() {
     fails(&["demo", "--nodes", "2"], 2, "--nodes");
 }
 
+#[test]
+fn put_refuses_a_document_above_the_limit_before_connecting() {
+    use themis_node::limits::MAX_DOCUMENT_BYTES;
+    // On stdin: at most one byte past the limit is read; nothing is sent (no node listens
+    // at the address, and the message is about the size, not the connection).
+    let mut doc = vec![b'1'; MAX_DOCUMENT_BYTES + 4096];
+    doc[0] = b'[';
+    let out = themis()
+        .args(["put", "c", "big", "-", "--addr", "127.0.0.1:9", "--ca", "/nonexistent/ca.pem"])
+        .write_stdin(doc)
+        .output()
+        .unwrap();
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("the largest document a node accepts is {MAX_DOCUMENT_BYTES} bytes"))
+            && stderr.contains("on stdin is larger"),
+        "{stderr}"
+    );
+}
+
 /// Stops the cluster in a directory when dropped (a failed test leaves no processes).
 struct Up<'a>(&'a str);
 

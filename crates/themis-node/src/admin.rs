@@ -22,7 +22,8 @@ use themis_replication::raft::DriverStatus;
 use tokio::net::TcpListener;
 
 use crate::config::NodeConfig;
-use crate::protocol::{Consistency, ErrorCode, MAX_FRAME, Request, Response};
+use crate::limits::{HEADER_READ_TIMEOUT, MAX_ADMIN_CONNECTIONS, MAX_DOCUMENT_BYTES, MAX_HTTP_HEAD_BYTES};
+use crate::protocol::{Consistency, ErrorCode, Request, Response};
 use crate::server::{Shared, handle};
 
 /// Every route: method and path (axum's `{param}` syntax, as in the `OpenAPI` document).
@@ -126,13 +127,20 @@ pub(crate) fn router(state: Arc<AdminState>) -> Router {
                 "this route does not take that method",
             )
         })
-        .layer(DefaultBodyLimit::max(MAX_FRAME as usize))
+        // Cluster operations take small JSON bodies; documents read their own body up to
+        // MAX_DOCUMENT_BYTES (put_doc), since axum's own refusal is not our error body.
+        .layer(DefaultBodyLimit::max(MAX_CONTROL_BODY_BYTES))
         .with_state(state)
 }
 
+/// The largest body of a cluster operation (mode, members, transfer).
+const MAX_CONTROL_BODY_BYTES: usize = 64 << 10;
+
 /// Serves `router` on `listener`, over TLS when `tls` is given, until the task is aborted.
 pub(crate) async fn serve(listener: TcpListener, tls: Option<tokio_rustls::TlsAcceptor>, router: Router) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_ADMIN_CONNECTIONS));
     loop {
+        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else { return };
         let (tcp, peer) = match listener.accept().await {
             Ok(c) => c,
             Err(e) => {
@@ -143,16 +151,30 @@ pub(crate) async fn serve(listener: TcpListener, tls: Option<tokio_rustls::TlsAc
         };
         let (tls, router) = (tls.clone(), router.clone());
         tokio::spawn(async move {
+            let _slot = slot;
             let service = hyper_util::service::TowerToHyperService::new(router);
-            let http = hyper::server::conn::http1::Builder::new();
+            let mut http = hyper::server::conn::http1::Builder::new();
+            // A slow or endless request head holds one connection for a bounded time and
+            // buffer, never the node.
+            http.timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .max_buf_size(MAX_HTTP_HEAD_BYTES);
             let result = match tls {
-                Some(acceptor) => match acceptor.accept(tcp).await {
-                    Ok(stream) => http.serve_connection(hyper_util::rt::TokioIo::new(stream), service).await,
-                    Err(e) => {
-                        tracing::debug!(%peer, error = %e, "admin TLS handshake failed");
-                        return;
+                Some(acceptor) => {
+                    match tokio::time::timeout(crate::limits::HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                        Ok(Ok(stream)) => {
+                            http.serve_connection(hyper_util::rt::TokioIo::new(stream), service).await
+                        }
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "admin TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "admin TLS handshake timed out");
+                            return;
+                        }
                     }
-                },
+                }
                 None => http.serve_connection(hyper_util::rt::TokioIo::new(tcp), service).await,
             };
             if let Err(e) = result {
@@ -210,6 +232,7 @@ fn reply(response: Response) -> HttpResponse {
                 ErrorCode::Timeout => StatusCode::GATEWAY_TIMEOUT,
                 ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
                 ErrorCode::Refused => StatusCode::CONFLICT,
+                ErrorCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             };
             error(status, code.as_str(), &message)
         }
@@ -310,9 +333,65 @@ async fn transfer(State(state): State<Arc<AdminState>>, bytes: Bytes) -> HttpRes
 async fn put_doc(
     State(state): State<Arc<AdminState>>,
     Path((collection, id)): Path<(String, String)>,
-    bytes: Bytes,
+    headers: HeaderMap,
+    body: axum::body::Body,
 ) -> HttpResponse {
-    run(&state, Request::Put { collection, id, value: bytes.to_vec() }).await
+    match read_document(&headers, body).await {
+        Ok(bytes) => run(&state, Request::Put { collection, id, value: bytes.to_vec() }).await,
+        Err(refusal) => refusal,
+    }
+}
+
+fn too_large(what: &str) -> HttpResponse {
+    error(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorCode::TooLarge.as_str(),
+        &format!("{what}; the largest document accepted is {MAX_DOCUMENT_BYTES} bytes"),
+    )
+}
+
+/// Reads a document body of at most [`MAX_DOCUMENT_BYTES`]. A `Content-Length` above it is
+/// refused before any of the body is read; a body without one is refused as soon as it
+/// passes the limit, so a body of any size costs at most the limit in memory.
+async fn read_document(headers: &HeaderMap, mut body: axum::body::Body) -> Result<Bytes, HttpResponse> {
+    use http_body_util::BodyExt;
+    if let Some(length) = headers.get(header::CONTENT_LENGTH) {
+        match length.to_str().ok().and_then(|l| l.parse::<u64>().ok()) {
+            Some(n) if n > MAX_DOCUMENT_BYTES as u64 => {
+                linger(body);
+                return Err(too_large(&format!("the body is {n} bytes")));
+            }
+            Some(_) => {}
+            None => return Err(bad_request("content-length: not a number of bytes")),
+        }
+    }
+    let mut document = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| bad_request(&format!("the body could not be read: {e}")))?;
+        let Ok(data) = frame.into_data() else { continue };
+        if document.len() + data.len() > MAX_DOCUMENT_BYTES {
+            linger(body);
+            return Err(too_large(&format!("the body passed {MAX_DOCUMENT_BYTES} bytes")));
+        }
+        document.extend_from_slice(&data);
+    }
+    Ok(document.freeze())
+}
+
+/// How long the rest of a refused body is read and dropped after the refusal is sent.
+const LINGER: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Reads and drops what is left of a refused body, for at most [`LINGER`], while the
+/// refusal goes out. Closing at once would make the kernel reset the connection with the
+/// client's bytes unread, and a reset can destroy the refusal before the client reads it
+/// (nginx's lingering close does the same). Nothing is kept: memory stays flat however
+/// long the body is.
+fn linger(body: axum::body::Body) {
+    use http_body_util::BodyExt;
+    tokio::spawn(async move {
+        let mut body = body;
+        let _ = tokio::time::timeout(LINGER, async { while let Some(Ok(_)) = body.frame().await {} }).await;
+    });
 }
 
 async fn delete_doc(

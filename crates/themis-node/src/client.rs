@@ -13,7 +13,8 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::protocol::{Consistency, ErrorCode, Request, Response, read_frame, write_frame};
+use crate::limits::MAX_DOCUMENT_BYTES;
+use crate::protocol::{Consistency, ErrorCode, Request, Response, check_name, read_frame, write_frame};
 
 /// Why a client call failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -53,6 +54,17 @@ pub enum ClientError {
     /// An answer of the wrong kind.
     #[error("unexpected answer: {0}")]
     Unexpected(String),
+    /// The document is larger than a node accepts; it was not sent.
+    #[error("the document is {size} bytes; the largest a node accepts is {max} bytes")]
+    TooLarge {
+        /// The document's size.
+        size: usize,
+        /// The limit ([`MAX_DOCUMENT_BYTES`]).
+        max: usize,
+    },
+    /// A collection name or document id is not one a node accepts; it was not sent.
+    #[error("{0}")]
+    BadName(String),
 }
 
 /// Calls waiting for their answers; `None` once the connection's reader has stopped, so a
@@ -109,20 +121,29 @@ fn spawn_io<S: AsyncRead + AsyncWrite + Send + 'static>(
     pending: Pending,
 ) {
     let (mut reader, writer) = tokio::io::split(stream);
+    let writer_pending = pending.clone();
     tokio::spawn(async move {
         let mut writer: BufWriter<WriteHalf<S>> = BufWriter::new(writer);
-        while let Some((id, request)) = rx.recv().await {
-            if write_frame(&mut writer, id, &request).await.is_err() {
-                break;
+        let failed = 'write: loop {
+            let Some((id, request)) = rx.recv().await else { break 'write None };
+            if let Err(e) = write_frame(&mut writer, id, &request).await {
+                break 'write Some(e);
             }
             while let Ok((id, request)) = rx.try_recv() {
-                if write_frame(&mut writer, id, &request).await.is_err() {
-                    return;
+                if let Err(e) = write_frame(&mut writer, id, &request).await {
+                    break 'write Some(e);
                 }
             }
-            if writer.flush().await.is_err() {
-                break;
+            if let Err(e) = writer.flush().await {
+                break 'write Some(e.into());
             }
+        };
+        // A request that could not be written will never be answered: fail every call
+        // waiting on this connection rather than leave one waiting forever.
+        if let Some(e) = failed {
+            tracing::debug!(%addr, error = %e, "writing to the node failed");
+            *writer_pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+            let _ = writer.shutdown().await;
         }
     });
     tokio::spawn(async move {
@@ -285,7 +306,14 @@ impl Client {
 
     /// Creates or replaces `collection/id` with the JSON `value`; returns the session
     /// token (the write's LSN).
+    /// A document above [`MAX_DOCUMENT_BYTES`] or a bad name is refused here, unsent.
     pub async fn put(&self, collection: &str, id: &str, value: &[u8]) -> Result<u64, ClientError> {
+        check_name("collection", collection)
+            .and_then(|()| check_name("id", id))
+            .map_err(ClientError::BadName)?;
+        if value.len() > MAX_DOCUMENT_BYTES {
+            return Err(ClientError::TooLarge { size: value.len(), max: MAX_DOCUMENT_BYTES });
+        }
         let request = Request::Put { collection: collection.into(), id: id.into(), value: value.to_vec() };
         written(self.call_leader(request).await?)
     }

@@ -180,6 +180,30 @@ impl NodeConfig {
         raw.validate()
     }
 
+    /// Settings that are accepted but put data at risk, one sentence each; the node logs
+    /// them as warnings at start.
+    #[must_use]
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.policy.mode != ReplicationMode::Async && self.policy.min_sync_replicas == 0 {
+            out.push(
+                "replication.min_sync_replicas = 0 with replication.mode = \"semi_sync\": a write is \
+                 acknowledged as soon as it commits, without waiting for any follower to report it \
+                 durable; set it to at least 1 for the semi-sync guarantee (SYNC refuses 0)"
+                    .to_string(),
+            );
+        }
+        if !self.fsync {
+            out.push(
+                "replication.fsync = \"never\": appends are not fsynced, so a power loss or kernel crash can \
+                 lose every write acknowledged since the kernel last flushed this node's WAL (and a \
+                 majority losing power together can lose acknowledged writes cluster-wide)"
+                    .to_string(),
+            );
+        }
+        out
+    }
+
     /// The bootstrap membership's voters.
     #[must_use]
     pub fn peer_ids(&self) -> Vec<u64> {
@@ -505,5 +529,28 @@ client_addr = "127.0.0.1:8003"
         let env = |k: &str| (k == "THEMIS_DATA_DIR").then(|| "/proc/themis-cannot-write".to_string());
         let err = NodeConfig::parse(&good, env).unwrap_err();
         assert!(err.to_string().contains("data_dir = \"/proc/themis-cannot-write\": not writable"), "{err}");
+    }
+
+    #[test]
+    fn risky_settings_are_accepted_with_a_warning_each() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = base(dir.path());
+        assert!(NodeConfig::parse(&good, |_| None).unwrap().warnings().is_empty());
+        let zero = good.replace("min_sync_replicas = 1", "min_sync_replicas = 0");
+        let warnings = NodeConfig::parse(&zero, |_| None).unwrap().warnings();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].contains("min_sync_replicas = 0") && warnings[0].contains("semi_sync"),
+            "{warnings:?}"
+        );
+        let unsynced = good.replace("[replication]", "[replication]\nfsync = \"never\"");
+        let warnings = NodeConfig::parse(&unsynced, |_| None).unwrap().warnings();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].contains("fsync = \"never\"") && warnings[0].contains("lose"), "{warnings:?}");
+        let async_zero = zero.replace("mode = \"semi_sync\"", "mode = \"async\"");
+        assert!(
+            NodeConfig::parse(&async_zero, |_| None).unwrap().warnings().is_empty(),
+            "async needs no followers"
+        );
     }
 }

@@ -19,6 +19,7 @@
 pub mod admin;
 pub mod client;
 pub mod config;
+pub mod limits;
 pub mod local;
 pub mod metrics;
 pub mod protocol;

@@ -6,16 +6,20 @@
 //! frame := length u32 LE (bytes after it, 9 .. MAX_FRAME) | request id u64 LE | body (postcard)
 //! ```
 //!
+//! A frame longer than [`MAX_FRAME`] is not read into memory: its request id is read, its
+//! body skipped as it arrives, and it is answered with [`ErrorCode::TooLarge`] under that
+//! id, so the connection goes on serving.
+//!
 //! The body is a [`Request`] from the client and a [`Response`] from the node. See
 //! `docs/client-protocol.md`.
 
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-/// Largest frame (length field's value) accepted.
-pub const MAX_FRAME: u32 = 16 << 20;
+/// Largest frame (length field's value) accepted; see [`crate::limits`].
+pub const MAX_FRAME: u32 = crate::limits::MAX_FRAME_BYTES as u32;
 /// Longest collection name or document id, in bytes.
-pub const MAX_NAME: usize = 255;
+pub const MAX_NAME: usize = crate::limits::MAX_NAME_BYTES;
 
 /// How fresh a read must be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -38,7 +42,9 @@ pub enum Request {
         collection: String,
         /// The document id.
         id: String,
-        /// The document, JSON text.
+        /// The document, JSON text. (As one byte string: postcard writes a `Vec<u8>` the
+        /// same way either way, but element by element it encodes and decodes a byte a call.)
+        #[serde(with = "serde_bytes")]
         value: Vec<u8>,
     },
     /// Reads a document.
@@ -109,6 +115,9 @@ pub enum ErrorCode {
     Unavailable,
     /// A cluster operation was refused (membership, transfer).
     Refused,
+    /// The request or document is larger than the node accepts; the message names the
+    /// limit. Nothing was written.
+    TooLarge,
 }
 
 /// A node's answer.
@@ -122,6 +131,7 @@ pub enum Response {
     /// A read's result.
     Value {
         /// The document, if it exists.
+        #[serde(with = "serde_bytes")]
         value: Option<Vec<u8>>,
         /// The LSN the node had applied when it read.
         applied_lsn: u64,
@@ -172,6 +182,7 @@ impl ErrorCode {
             ErrorCode::Timeout => "timeout",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Refused => "refused",
+            ErrorCode::TooLarge => "too_large",
         }
     }
 }
@@ -185,6 +196,17 @@ pub enum ProtocolError {
     /// A frame broke the format.
     #[error("bad frame: {0}")]
     Frame(String),
+    /// A frame is longer than [`MAX_FRAME`]. Its id has been read; `skip` bytes of its
+    /// body follow on the stream, and the caller skips them ([`skip_body`]) to go on.
+    #[error("request {id}: a {len}-byte frame is above the {MAX_FRAME}-byte limit")]
+    TooLarge {
+        /// The request id.
+        id: u64,
+        /// The frame's length field.
+        len: u32,
+        /// Body bytes still to skip.
+        skip: u64,
+    },
 }
 
 /// Writes one frame.
@@ -216,8 +238,13 @@ pub async fn read_frame<R: AsyncRead + Unpin, T: for<'de> Deserialize<'de>>(
         Err(e) => return Err(e.into()),
     }
     let len = u32::from_le_bytes(head);
-    if !(8..=MAX_FRAME).contains(&len) {
+    if len < 8 {
         return Err(ProtocolError::Frame(format!("length {len} is outside 8..={MAX_FRAME}")));
+    }
+    if len > MAX_FRAME {
+        let mut id = [0u8; 8];
+        r.read_exact(&mut id).await?;
+        return Err(ProtocolError::TooLarge { id: u64::from_le_bytes(id), len, skip: u64::from(len) - 8 });
     }
     let mut buf = vec![0u8; len as usize];
     r.read_exact(&mut buf).await?;
@@ -225,6 +252,16 @@ pub async fn read_frame<R: AsyncRead + Unpin, T: for<'de> Deserialize<'de>>(
     let body =
         postcard::from_bytes(&buf[8..]).map_err(|e| ProtocolError::Frame(format!("request {id}: {e}")))?;
     Ok(Some((id, body)))
+}
+
+/// Reads and drops `skip` bytes (the body of a frame refused as too large), a buffer at a
+/// time, so a frame of any length costs no memory.
+pub async fn skip_body<R: AsyncRead + Unpin>(r: &mut R, skip: u64) -> Result<(), ProtocolError> {
+    let copied = tokio::io::copy(&mut r.take(skip), &mut tokio::io::sink()).await?;
+    if copied < skip {
+        return Err(ProtocolError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+    }
+    Ok(())
 }
 
 /// Checks a collection name or document id.
@@ -256,10 +293,32 @@ mod tests {
         assert!(read(&[]).await.unwrap().is_none(), "a clean end of stream");
         // A cut frame, lengths out of range, and a body that is not a request.
         assert!(matches!(read(&buf[..buf.len() - 1]).await, Err(ProtocolError::Io(_))));
-        for len in [0u32, 7, MAX_FRAME + 1] {
+        for len in [0u32, 7] {
             let err = read(&len.to_le_bytes()).await.unwrap_err();
             assert!(err.to_string().contains(&format!("length {len}")), "{err}");
         }
+        // Above the limit: the id is read, the body is left to skip, then the stream goes on.
+        let mut long = (MAX_FRAME + 1).to_le_bytes().to_vec();
+        long.extend_from_slice(&11u64.to_le_bytes());
+        long.extend(std::iter::repeat_n(0u8, MAX_FRAME as usize - 7));
+        long.extend_from_slice(&buf);
+        let mut stream = &long[..];
+        match read_frame::<_, Request>(&mut stream).await {
+            Err(ProtocolError::TooLarge { id: 11, len, skip }) => {
+                assert_eq!((len, skip), (MAX_FRAME + 1, u64::from(MAX_FRAME) - 7));
+                skip_body(&mut stream, skip).await.unwrap();
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(read_frame::<_, Request>(&mut stream).await.unwrap().map(|(id, _)| id), Some(7));
+        let mut cut = (MAX_FRAME + 1).to_le_bytes().to_vec();
+        cut.extend_from_slice(&12u64.to_le_bytes());
+        cut.extend_from_slice(&[0u8; 10]);
+        let mut stream = &cut[..];
+        let Err(ProtocolError::TooLarge { skip, .. }) = read_frame::<_, Request>(&mut stream).await else {
+            panic!("too large")
+        };
+        assert!(matches!(skip_body(&mut stream, skip).await, Err(ProtocolError::Io(_))), "a cut body");
         let mut junk = 9u32.to_le_bytes().to_vec();
         junk.extend_from_slice(&5u64.to_le_bytes());
         junk.push(0xff);

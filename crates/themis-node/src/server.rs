@@ -23,8 +23,14 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::config::NodeConfig;
+use crate::limits::{
+    HANDSHAKE_TIMEOUT, MAX_CLIENT_CONNECTIONS, MAX_DOCUMENT_BYTES, MAX_INFLIGHT_PER_CONNECTION,
+    MAX_RECORD_BYTES,
+};
 use crate::metrics::Metrics;
-use crate::protocol::{Consistency, ErrorCode, Request, Response, check_name, read_frame, write_frame};
+use crate::protocol::{
+    Consistency, ErrorCode, ProtocolError, Request, Response, check_name, read_frame, skip_body, write_frame,
+};
 use crate::store::DocStore;
 
 /// What every request handler works with.
@@ -45,9 +51,6 @@ pub enum NodeError {
     #[error(transparent)]
     Driver(#[from] DriverError),
 }
-
-/// Client connections open at once, at most.
-const MAX_CLIENT_CONNECTIONS: usize = 4096;
 
 /// How long a read waits for the cluster before it times out.
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
@@ -107,6 +110,20 @@ fn vote_key(dir: &Path) -> Result<Vec<u8>, NodeError> {
     }
 }
 
+/// The Raft core's settings for `config`, and the tick they count in.
+fn raft_config(config: &NodeConfig, id: NodeId) -> Result<(RaftConfig, Duration), NodeError> {
+    let tick = (config.heartbeat / 2).max(Duration::from_millis(1));
+    let mut raft = RaftConfig::new(id, config.cluster.clone());
+    raft.heartbeat_tick = 2;
+    raft.election_tick = (config.election_timeout.as_millis() / tick.as_millis().max(1)).max(3) as u64;
+    // Election timeouts come from a fresh random seed (never from key material).
+    let mut rng_seed = [0u8; 8];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut rng_seed)
+        .map_err(|_| NodeError::Io("the system random source failed".into()))?;
+    raft.seed = u64::from_le_bytes(rng_seed);
+    Ok((raft, tick))
+}
+
 impl Node {
     /// Starts the node described by `config` on the current tokio runtime.
     pub async fn start(config: &NodeConfig) -> Result<Node, NodeError> {
@@ -130,6 +147,9 @@ impl Node {
             tracing::warn!(node = %id, "insecure_plaintext = true: node links and clients are NOT encrypted or authenticated");
             (Security::InsecurePlaintext, None)
         };
+        for warning in config.warnings() {
+            tracing::warn!(node = %id, "{warning}");
+        }
         let members = Members::new(config.peers.iter().map(|p| NodeId(p.0)));
         let transport = Transport::new(TransportConfig::new(config.cluster.clone(), id, security), members)
             .map_err(|e| io("transport", &e))?;
@@ -145,6 +165,7 @@ impl Node {
         let fsync_histogram = metrics.fsync_histogram();
         let wal = WalConfig {
             fsync: if config.fsync { FsyncPolicy::Always } else { FsyncPolicy::Never },
+            max_record_bytes: MAX_RECORD_BYTES,
             on_sync: Some(Arc::new(move |took| fsync_histogram.observe(took.as_secs_f64()))),
             ..WalConfig::default()
         };
@@ -155,15 +176,7 @@ impl Node {
             tracing::warn!(node = %id, ?report, "the WAL had a torn tail, truncated at open");
         }
 
-        let tick = (config.heartbeat / 2).max(Duration::from_millis(1));
-        let mut raft = RaftConfig::new(id, config.cluster.clone());
-        raft.heartbeat_tick = 2;
-        raft.election_tick = (config.election_timeout.as_millis() / tick.as_millis().max(1)).max(3) as u64;
-        // Election timeouts come from a fresh random seed (never from key material).
-        let mut rng_seed = [0u8; 8];
-        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut rng_seed)
-            .map_err(|_| NodeError::Io("the system random source failed".into()))?;
-        raft.seed = u64::from_le_bytes(rng_seed);
+        let (raft, tick) = raft_config(config, id)?;
         let seed = vote_key(&config.data_dir)?;
         let peers = config
             .peers
@@ -180,6 +193,7 @@ impl Node {
         driver_config.snapshot_log_percent = config.snapshot_log_percent;
         driver_config.apply_workers = config.apply_workers;
         driver_config.lag_alert = config.lag_alert;
+        driver_config.wire.max_record_bytes = MAX_RECORD_BYTES;
         driver_config.peer.heartbeat_interval = config.heartbeat;
         driver_config.peer.peer_timeout = config.election_timeout;
 
@@ -234,10 +248,14 @@ impl Node {
     }
 }
 
+/// The exit code of a node whose replication driver stopped (a storage or apply failure).
+pub const DRIVER_STOPPED_EXIT: u8 = 3;
+
 /// Runs the node configured in `path` until SIGINT or SIGTERM, logging to stderr
 /// (`THEMIS_LOG` filters), and prints one line to stdout once it serves:
 /// `themis node <id> listening: client <addr> admin <addr>`. Returns the exit code: 2 for a
-/// configuration error (the message names the key and value), 1 for a failure.
+/// configuration error (the message names the key and value), [`DRIVER_STOPPED_EXIT`] when
+/// the replication driver stops under it (one error line says why), 1 for another failure.
 #[must_use]
 pub fn run(path: &Path, program: &str) -> std::process::ExitCode {
     use std::process::ExitCode;
@@ -270,7 +288,7 @@ pub fn run(path: &Path, program: &str) -> std::process::ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        let node = match Node::start(&config).await {
+        let mut node = match Node::start(&config).await {
             Ok(n) => n,
             Err(e) => {
                 eprintln!("{program}: {e}");
@@ -280,9 +298,22 @@ pub fn run(path: &Path, program: &str) -> std::process::ExitCode {
         // The addresses go to stdout so scripts and tests can find a port 0 bind.
         let admin = node.admin_addr.map_or_else(|| "off".to_string(), |a| a.to_string());
         println!("themis node {} listening: client {} admin {admin}", config.node_id, node.client_addr);
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
+        let stopped = tokio::select! {
+            _ = tokio::signal::ctrl_c() => None,
+            _ = term.recv() => None,
+            result = &mut node.driver => Some(result),
+        };
+        if let Some(result) = stopped {
+            // A node whose driver has stopped can neither lead nor follow; serving on would
+            // make it a zombie that answers every request with an error. Exit, so that a
+            // supervisor restarts it from its log.
+            let reason = match result {
+                Ok(Ok(())) => "the replication driver ended".to_string(),
+                Ok(Err(e)) => format!("the replication driver stopped: {e}"),
+                Err(e) => format!("the replication driver task failed: {e}"),
+            };
+            tracing::error!(node = config.node_id, "{reason}; exiting with code {DRIVER_STOPPED_EXIT}");
+            return ExitCode::from(DRIVER_STOPPED_EXIT);
         }
         match node.shutdown().await {
             Ok(()) => ExitCode::SUCCESS,
@@ -340,16 +371,17 @@ async fn serve_tls(
         let _ = tcp.shutdown().await;
         return Err("a plaintext client was refused".into());
     }
-    let stream = acceptor.accept(tcp).await.map_err(|e| format!("TLS handshake: {e}"))?;
+    let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
+        .await
+        .map_err(|_| format!("the TLS handshake took longer than {HANDSHAKE_TIMEOUT:?}"))?
+        .map_err(|e| format!("TLS handshake: {e}"))?;
     serve(stream, shared).await
 }
 
-/// Requests one connection may have in flight; the reader waits beyond it (backpressure
-/// through TCP).
-const MAX_INFLIGHT_PER_CONNECTION: usize = 1024;
-
 enum Inbound {
     Request(u64, Request),
+    /// A request refused before it was read (too large): answered under its id.
+    Refused(u64, Response),
     Broken(String),
 }
 
@@ -374,7 +406,11 @@ async fn serve<S: AsyncRead + AsyncWrite + Send + 'static>(
                 inbound = rx.recv(), if open && inflight.len() < MAX_INFLIGHT_PER_CONNECTION => match inbound {
                     Some(Inbound::Request(id, request)) => {
                         let shared = shared.clone();
-                        inflight.push(async move { (id, handle(request, &shared).await) });
+                        inflight.push(async move { (id, handle(request, &shared).await) }.boxed());
+                    }
+                    Some(Inbound::Refused(id, response)) => {
+                        shared.metrics.count_request("put", response.outcome());
+                        inflight.push(async move { (id, response) }.boxed());
                     }
                     Some(Inbound::Broken(message)) => {
                         let error = Response::Error { code: ErrorCode::BadRequest, message };
@@ -409,6 +445,23 @@ async fn serve<S: AsyncRead + AsyncWrite + Send + 'static>(
                 }
             }
             Ok(None) => break Ok(()),
+            Err(ProtocolError::TooLarge { id, len, skip }) => {
+                let refusal = too_large(format!(
+                    "request {id}: a {len}-byte frame is above the {}-byte limit (documents up to {MAX_DOCUMENT_BYTES} bytes)",
+                    crate::protocol::MAX_FRAME
+                ));
+                if tx.send(Inbound::Refused(id, refusal)).await.is_err() {
+                    break Ok(());
+                }
+                // The answer goes out while the body is skipped, never buffered.
+                match tokio::time::timeout(crate::limits::FRAME_BODY_TIMEOUT, skip_body(&mut reader, skip))
+                    .await
+                {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => break Err(e.to_string()),
+                    Err(_) => break Err(format!("request {id}: its refused body did not arrive in time")),
+                }
+            }
             Err(e) => {
                 let _ = tx.send(Inbound::Broken(e.to_string())).await;
                 break Err(e.to_string());
@@ -424,6 +477,10 @@ fn bad_request(message: String) -> Response {
     Response::Error { code: ErrorCode::BadRequest, message }
 }
 
+fn too_large(message: String) -> Response {
+    Response::Error { code: ErrorCode::TooLarge, message }
+}
+
 fn driver_error(e: DriverError) -> Response {
     match e {
         DriverError::NotLeader { leader, leader_info, .. } => Response::NotLeader {
@@ -434,6 +491,10 @@ fn driver_error(e: DriverError) -> Response {
             Response::Error { code: ErrorCode::OutcomeUnknown, message: e.to_string() }
         }
         DriverError::Busy { .. } => Response::Error { code: ErrorCode::Busy, message: e.to_string() },
+        DriverError::TooLarge { .. } => too_large(e.to_string()),
+        DriverError::ReadTimeout { .. } => {
+            Response::Error { code: ErrorCode::Timeout, message: e.to_string() }
+        }
         DriverError::Raft(_) | DriverError::Config(_) => {
             Response::Error { code: ErrorCode::Refused, message: e.to_string() }
         }
@@ -480,6 +541,12 @@ async fn answer(request: Request, manager: &ReplicationManager, store: &DocStore
         Request::Put { collection, id, value } => {
             if let Err(m) = check_name("collection", &collection).and_then(|()| check_name("id", &id)) {
                 return bad_request(m);
+            }
+            if value.len() > MAX_DOCUMENT_BYTES {
+                return too_large(format!(
+                    "the document for {collection}/{id} is {} bytes; the largest accepted is {MAX_DOCUMENT_BYTES} bytes",
+                    value.len()
+                ));
             }
             if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&value) {
                 return bad_request(format!("the document for {collection}/{id} is not JSON: {e}"));

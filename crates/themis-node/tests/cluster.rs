@@ -3,114 +3,16 @@
 //!
 //! `THEMIS_TEST_BUDGET=full` repeats the leader kill 10 times and prints the p99 failover.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use themis_node::{Client, Consistency, LocalCluster, Request};
+use themis_node::{Client, Consistency, Request};
 
-struct Proc {
-    id: u64,
-    raft: SocketAddr,
-    client: SocketAddr,
-    admin: SocketAddr,
-    config: PathBuf,
-    child: Option<Child>,
-}
+mod common;
 
-struct Cluster {
-    _dir: tempfile::TempDir,
-    ca: String,
-    nodes: Vec<Proc>,
-}
-
-fn spawn(config: &Path) -> Child {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_themis-node"))
-        .arg("--config")
-        .arg(config)
-        .env("THEMIS_LOG", std::env::var("THEMIS_LOG").unwrap_or_else(|_| "warn".into()))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    // Wait for the "listening" line.
-    let stdout = child.stdout.take().unwrap();
-    let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).unwrap();
-    assert!(line.contains("listening"), "node did not start: {line:?}");
-    child
-}
-
-impl Cluster {
-    fn start(n: u64, spare: u64) -> Cluster {
-        let dir = tempfile::tempdir().unwrap();
-        let layout = LocalCluster::write(dir.path(), "e2e", n, spare, "semi_sync").unwrap();
-        let nodes = layout
-            .nodes
-            .into_iter()
-            .map(|n| Proc {
-                id: n.id,
-                raft: n.raft,
-                client: n.client,
-                admin: n.admin,
-                config: n.config,
-                child: None,
-            })
-            .collect();
-        let mut cluster = Cluster { _dir: dir, ca: layout.ca_pem, nodes };
-        for i in 0..n as usize {
-            cluster.restart(i);
-        }
-        cluster
-    }
-
-    fn restart(&mut self, i: usize) {
-        let node = &mut self.nodes[i];
-        assert!(node.child.is_none());
-        node.child = Some(spawn(&node.config));
-    }
-
-    fn kill(&mut self, i: usize) {
-        if let Some(mut child) = self.nodes[i].child.take() {
-            child.kill().unwrap(); // SIGKILL
-            child.wait().unwrap();
-        }
-    }
-
-    async fn client(&self, i: usize) -> Client {
-        Client::connect(self.nodes[i].client, Some(&self.ca)).await.unwrap()
-    }
-
-    /// The index of the node that reports itself leader.
-    async fn leader(&self) -> usize {
-        for _ in 0..100 {
-            for (i, node) in self.nodes.iter().enumerate() {
-                if node.child.is_none() {
-                    continue;
-                }
-                if let Ok(c) = Client::connect(node.client, Some(&self.ca)).await
-                    && let Ok(status) = c.status().await
-                    && status["status"]["role"] == "Leader"
-                {
-                    return i;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!("no leader within 10 s");
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for i in 0..self.nodes.len() {
-            self.kill(i);
-        }
-    }
-}
+use common::{Cluster, http, json, metric};
 
 fn doc(i: u64) -> Vec<u8> {
     format!(r#"{{"n":{i},"pad":"{}"}}"#, "x".repeat(200)).into_bytes()
@@ -382,44 +284,6 @@ async fn a_stopped_follower_raises_a_heartbeat_alert_within_two_intervals_and_re
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     eprintln!("heartbeat alert {seen:?} after SIGSTOP ({silent_ms} ms of silence)");
-}
-
-/// One HTTP/1.1 request over TLS (verified with the cluster CA); returns the status,
-/// the headers and the body.
-async fn http(
-    addr: SocketAddr,
-    ca: &str,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &str,
-) -> (u16, hyper::HeaderMap, String) {
-    use http_body_util::BodyExt;
-    let connector = themis_replication::ship::tls::client_api_connector(ca).unwrap();
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let name = rustls_pki_types::ServerName::IpAddress(addr.ip().into());
-    let tls = connector.connect(name, tcp).await.unwrap();
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await.unwrap();
-    tokio::spawn(conn);
-    let mut request = hyper::Request::builder().method(method).uri(path).header("host", addr.to_string());
-    for (k, v) in headers {
-        request = request.header(*k, *v);
-    }
-    let request = request.body(http_body_util::Full::new(bytes::Bytes::from(body.to_string()))).unwrap();
-    let response = sender.send_request(request).await.unwrap();
-    let (parts, body) = response.into_parts();
-    let bytes = body.collect().await.unwrap().to_bytes();
-    (parts.status.as_u16(), parts.headers, String::from_utf8_lossy(&bytes).into_owned())
-}
-
-fn json(text: &str) -> serde_json::Value {
-    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
-}
-
-/// The value of a metric line `name{labels} value` (labels matched as given, in order).
-fn metric(text: &str, series: &str) -> Option<f64> {
-    text.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

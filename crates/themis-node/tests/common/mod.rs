@@ -1,0 +1,187 @@
+//! What the real-process node tests share: a cluster of `themis-node` processes started
+//! from a [`LocalCluster`] layout, and a one-shot HTTPS client.
+#![allow(dead_code, reason = "each test binary uses its own part")]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use themis_node::{Client, LocalCluster};
+pub(crate) struct Proc {
+    pub(crate) id: u64,
+    pub(crate) raft: SocketAddr,
+    pub(crate) client: SocketAddr,
+    pub(crate) admin: SocketAddr,
+    pub(crate) config: PathBuf,
+    pub(crate) child: Option<Child>,
+}
+
+pub(crate) struct Cluster {
+    pub(crate) _dir: tempfile::TempDir,
+    pub(crate) ca: String,
+    pub(crate) nodes: Vec<Proc>,
+}
+
+/// Where a node's stderr goes: beside its configuration, appended across restarts, and
+/// printed when a test fails.
+pub(crate) fn log_path(config: &Path) -> PathBuf {
+    config.with_extension("stderr")
+}
+
+pub(crate) fn spawn(config: &Path) -> Child {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(log_path(config)).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_themis-node"))
+        .arg("--config")
+        .arg(config)
+        .env("THEMIS_LOG", std::env::var("THEMIS_LOG").unwrap_or_else(|_| "warn".into()))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(log))
+        .spawn()
+        .unwrap();
+    // Wait for the "listening" line.
+    let stdout = child.stdout.take().unwrap();
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).unwrap();
+    assert!(line.contains("listening"), "node did not start: {line:?}");
+    child
+}
+
+impl Cluster {
+    pub(crate) fn start(n: u64, spare: u64) -> Cluster {
+        Cluster::start_with(n, spare, |text| text)
+    }
+
+    /// [`start`](Self::start) with each node's configuration file rewritten by `edit`
+    /// first (other timings, say).
+    pub(crate) fn start_with(n: u64, spare: u64, edit: impl Fn(String) -> String) -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = LocalCluster::write(dir.path(), "e2e", n, spare, "semi_sync").unwrap();
+        for node in &layout.nodes {
+            let text = std::fs::read_to_string(&node.config).unwrap();
+            std::fs::write(&node.config, edit(text)).unwrap();
+        }
+        let nodes = layout
+            .nodes
+            .into_iter()
+            .map(|n| Proc {
+                id: n.id,
+                raft: n.raft,
+                client: n.client,
+                admin: n.admin,
+                config: n.config,
+                child: None,
+            })
+            .collect();
+        let mut cluster = Cluster { _dir: dir, ca: layout.ca_pem, nodes };
+        for i in 0..n as usize {
+            cluster.restart(i);
+        }
+        cluster
+    }
+
+    pub(crate) fn restart(&mut self, i: usize) {
+        let node = &mut self.nodes[i];
+        assert!(node.child.is_none());
+        node.child = Some(spawn(&node.config));
+    }
+
+    pub(crate) fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.nodes[i].child.take() {
+            child.kill().unwrap(); // SIGKILL
+            child.wait().unwrap();
+        }
+    }
+
+    pub(crate) async fn client(&self, i: usize) -> Client {
+        Client::connect(self.nodes[i].client, Some(&self.ca)).await.unwrap()
+    }
+
+    /// The index of the node that reports itself leader.
+    pub(crate) async fn leader(&self) -> usize {
+        for _ in 0..200 {
+            for (i, node) in self.nodes.iter().enumerate() {
+                if node.child.is_none() {
+                    continue;
+                }
+                if let Ok(c) = Client::connect(node.client, Some(&self.ca)).await
+                    && let Ok(status) = c.status().await
+                    && status["status"]["role"] == "Leader"
+                {
+                    return i;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("no leader within 20 s");
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.kill(i);
+        }
+        if std::thread::panicking() {
+            for node in &self.nodes {
+                let log = std::fs::read_to_string(log_path(&node.config)).unwrap_or_default();
+                eprintln!("--- node {} stderr ---\n{log}", node.id);
+            }
+        }
+    }
+}
+
+/// One HTTP/1.1 request over TLS (verified with the cluster CA); returns the status,
+/// the headers and the body.
+pub(crate) async fn http(
+    addr: SocketAddr,
+    ca: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, hyper::HeaderMap, String) {
+    let body = http_body_util::Full::new(bytes::Bytes::from(body.to_string()));
+    http_with(addr, ca, method, path, headers, body).await
+}
+
+/// [`http`] with any request body (a stream, say); the answer's body is read whole.
+pub(crate) async fn http_with<B>(
+    addr: SocketAddr,
+    ca: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: B,
+) -> (u16, hyper::HeaderMap, String)
+where
+    B: hyper::body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    use http_body_util::BodyExt;
+    let connector = themis_replication::ship::tls::client_api_connector(ca).unwrap();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::IpAddress(addr.ip().into());
+    let tls = connector.connect(name, tcp).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await.unwrap();
+    tokio::spawn(conn);
+    let mut request = hyper::Request::builder().method(method).uri(path).header("host", addr.to_string());
+    for (k, v) in headers {
+        request = request.header(*k, *v);
+    }
+    let response = sender.send_request(request.body(body).unwrap()).await.unwrap();
+    let (parts, body) = response.into_parts();
+    let bytes = body.collect().await.unwrap().to_bytes();
+    (parts.status.as_u16(), parts.headers, String::from_utf8_lossy(&bytes).into_owned())
+}
+
+pub(crate) fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+/// The value of a metric line `name{labels} value` (labels matched as given, in order).
+pub(crate) fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+}
