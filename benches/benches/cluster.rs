@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use themis_node::stats::percentile;
-use themis_node::{Client, LocalCluster, Node, NodeConfig};
+use themis_node::{Client, Credentials, LocalCluster, Node, NodeConfig};
 use themis_replication::clock::Timestamp;
 use themis_replication::wal::{NewEntry, Wal, WalConfig};
 
@@ -28,14 +28,14 @@ fn value(i: u64) -> Vec<u8> {
     themis_node::stats::document(0, i, VALUE_BYTES)
 }
 
-async fn start_cluster(dir: &std::path::Path) -> (Vec<Node>, String) {
+async fn start_cluster(dir: &std::path::Path) -> (Vec<Node>, Credentials) {
     let cluster = LocalCluster::write(dir, "bench", 3, 0, "semi_sync").expect("cluster files");
     let mut nodes = Vec::new();
     for node in &cluster.nodes {
         let config = NodeConfig::load(&node.config).expect("bench config");
         nodes.push(Node::start(&config).await.expect("node starts"));
     }
-    (nodes, cluster.ca_pem)
+    (nodes, cluster.admin)
 }
 
 async fn leader(nodes: &[Node]) -> usize {
@@ -49,12 +49,12 @@ async fn leader(nodes: &[Node]) -> usize {
 }
 
 /// Closed loop: every client writes, waits for the acknowledgement, writes again.
-async fn closed_loop(nodes: &[Node], ca: &str, secs: f64) -> (f64, Vec<Duration>) {
+async fn closed_loop(nodes: &[Node], credentials: &Credentials, secs: f64) -> (f64, Vec<Duration>) {
     let lead = leader(nodes).await;
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
     for c in 0..CLIENTS {
-        let client = Client::connect(nodes[lead].client_addr, Some(ca)).await.expect("connect");
+        let client = Client::connect(nodes[lead].client_addr, credentials).await.expect("connect");
         let stop = stop.clone();
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::new();
@@ -83,7 +83,7 @@ async fn closed_loop(nodes: &[Node], ca: &str, secs: f64) -> (f64, Vec<Duration>
 
 /// Open loop at `rate` writes/s: for each acknowledged write, the time until each
 /// follower has applied it.
-async fn lag_at(nodes: &[Node], ca: &str, rate: f64, secs: f64) -> (f64, Vec<Duration>) {
+async fn lag_at(nodes: &[Node], credentials: &Credentials, rate: f64, secs: f64) -> (f64, Vec<Duration>) {
     let lead = leader(nodes).await;
     let followers: Vec<_> =
         (0..nodes.len()).filter(|&i| i != lead).map(|i| nodes[i].manager.clone()).collect();
@@ -91,7 +91,7 @@ async fn lag_at(nodes: &[Node], ca: &str, rate: f64, secs: f64) -> (f64, Vec<Dur
     let mut tasks = Vec::new();
     let deadline = Instant::now() + Duration::from_secs_f64(secs);
     for c in 0..CLIENTS {
-        let client = Client::connect(nodes[lead].client_addr, Some(ca)).await.expect("connect");
+        let client = Client::connect(nodes[lead].client_addr, credentials).await.expect("connect");
         let followers = followers.clone();
         tasks.push(tokio::spawn(async move {
             let mut lags = Vec::new();

@@ -72,6 +72,13 @@ impl ClusterFile {
     pub fn ca_pem(&self) -> Result<String, String> {
         std::fs::read_to_string(&self.ca).map_err(|e| format!("{}: {e}", self.ca.display()))
     }
+
+    /// The admin credential beside the CA (`client-admin.pem` and `.key`, which
+    /// `themis cluster up` writes).
+    pub fn credentials(&self) -> Result<themis_node::Credentials, String> {
+        let dir = self.ca.parent().unwrap_or(Path::new("."));
+        themis_node::Credentials::admin_from_dir(dir)
+    }
 }
 
 /// Whether process `pid` is running (a zombie is not).

@@ -45,7 +45,7 @@ pub fn run(exe: &std::path::Path, options: &DemoOptions) -> Result<(), String> {
             node.id, node.pid, node.raft, node.client, node.admin
         );
     }
-    let ca = file.ca_pem()?;
+    let credentials = file.credentials()?;
     let addrs: Vec<_> = file.nodes.iter().map(|n| n.client).collect();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -54,7 +54,7 @@ pub fn run(exe: &std::path::Path, options: &DemoOptions) -> Result<(), String> {
     let result = runtime.block_on(async {
         let mut clients = Vec::new();
         for addr in &addrs {
-            clients.push(Client::connect(*addr, Some(&ca)).await.ok());
+            clients.push(Client::connect(*addr, &credentials).await.ok());
         }
         let first = wait_for_leader(&clients, Duration::from_secs(15))
             .await
@@ -74,7 +74,7 @@ pub fn run(exe: &std::path::Path, options: &DemoOptions) -> Result<(), String> {
             options.mode.to_uppercase()
         );
         let killed_at = Cell::new(None);
-        let outcome = workload::run(&addrs, Some(&ca), &spec, || {
+        let outcome = workload::run(&addrs, &credentials, &spec, || {
             procs.kill(first); // SIGKILL
             killed_at.set(Some(Instant::now()));
             println!("  SIGKILL node {} (the leader)", first + 1);

@@ -15,7 +15,7 @@ use clap::{Args, Parser, Subcommand};
 use themis_cli::cluster::{self, ClusterFile};
 use themis_cli::demo::{self, DemoOptions};
 use themis_cli::{doctor, workload};
-use themis_node::{Client, Consistency, Request};
+use themis_node::{Client, Consistency, Credentials, Request};
 
 #[derive(Parser)]
 #[command(
@@ -113,18 +113,48 @@ themis get users ada --consistency session --token 42 --dir /tmp/themis")]
         #[command(flatten)]
         target: Target,
     },
-    /// Generate a cluster CA and node certificates (PEM).
-    #[command(after_help = "Example:\n  themis certs --out /etc/themis/certs --nodes 3 --cluster prod")]
+    /// Generate a cluster CA with node certificates and an admin client certificate, or
+    /// (with --client) a client certificate from the CA already in --out.
+    #[command(after_help = "Examples:\n  themis certs --out /etc/themis/certs --nodes 3 --cluster prod\n  \
+themis certs --out /etc/themis/certs --client reporting --role read")]
     Certs {
-        /// Where to write ca.pem, ca.key, node-<id>.pem and node-<id>.key.
+        /// Where to write ca.pem, ca.key, node-<id>.pem, node-<id>.key and
+        /// client-admin.pem/.key (or, with --client, where ca.pem and ca.key are).
         #[arg(long)]
         out: PathBuf,
         /// Node ids 1 to N get a certificate.
-        #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1000))]
-        nodes: u64,
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1000), required_unless_present = "client", conflicts_with = "client")]
+        nodes: Option<u64>,
         /// The cluster name in the certificates.
         #[arg(long, default_value = "themis")]
         cluster: String,
+        /// Issue a client certificate with this name (its CN), written as
+        /// client-NAME.pem and client-NAME.key.
+        #[arg(long, requires = "role")]
+        client: Option<String>,
+        /// The client certificate's role: read, write or admin.
+        #[arg(long, value_parser = ["read", "write", "admin"], requires = "client")]
+        role: Option<String>,
+    },
+    /// Print a bearer token (HS256 JWT) signed with a cluster's JWT secret.
+    #[command(after_help = "Examples:\n  themis token --dir /tmp/themis --name app --role write\n  \
+themis token --secret /etc/themis/jwt.secret --name dash --role read --ttl 600")]
+    Token {
+        /// A cluster started with `themis cluster up` (its certs/jwt-hs256.secret).
+        #[arg(long, conflicts_with = "secret", required_unless_present = "secret")]
+        dir: Option<PathBuf>,
+        /// The HS256 secret file the nodes' [auth] jwt_hs256_secret_file names.
+        #[arg(long)]
+        secret: Option<PathBuf>,
+        /// The token's subject.
+        #[arg(long)]
+        name: String,
+        /// read, write or admin.
+        #[arg(long, value_parser = ["read", "write", "admin"])]
+        role: String,
+        /// Seconds until it expires.
+        #[arg(long, default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..=31_536_000))]
+        ttl: u64,
     },
     /// Closed-loop write benchmark: throughput, latency and replication-lag percentiles.
     #[command(after_help = "Examples:\n  themis bench   # against a fresh local 3-node cluster\n  \
@@ -216,19 +246,45 @@ struct Target {
     /// Connect without TLS (only to nodes with insecure_plaintext = true).
     #[arg(long, conflicts_with = "ca")]
     insecure_plaintext: bool,
+    /// A client certificate from the cluster CA (PEM; `themis certs --client`), with --key.
+    #[arg(long, env = "THEMIS_CERT", requires = "key")]
+    cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, env = "THEMIS_KEY", requires = "cert")]
+    key: Option<PathBuf>,
+    /// A bearer token (JWT; `themis token`) to authenticate with.
+    #[arg(long, env = "THEMIS_AUTH_TOKEN")]
+    auth_token: Option<String>,
 }
 
 impl Target {
-    fn resolve(&self) -> Result<(Vec<SocketAddr>, Option<String>), String> {
-        let read_ca =
-            |path: &Path| std::fs::read_to_string(path).map_err(|e| format!("--ca {}: {e}", path.display()));
+    /// The addresses and the credentials: with --dir the cluster's admin certificate
+    /// unless --cert or --auth-token say otherwise.
+    fn resolve(&self) -> Result<(Vec<SocketAddr>, Credentials), String> {
+        let read = |flag: &str, path: &Path| {
+            std::fs::read_to_string(path).map_err(|e| format!("{flag} {}: {e}", path.display()))
+        };
+        let read_ca = |path: &Path| read("--ca", path);
+        let explicit = |mut credentials: Credentials| -> Result<Credentials, String> {
+            if let (Some(cert), Some(key)) = (&self.cert, &self.key) {
+                credentials = credentials.with_certificate(themis_replication::ship::tls::CertPem {
+                    cert: read("--cert", cert)?,
+                    key: read("--key", key)?,
+                });
+            }
+            if let Some(token) = &self.auth_token {
+                credentials = credentials.with_token(token.trim());
+            }
+            Ok(credentials)
+        };
         if let Some(dir) = &self.dir {
             let file = ClusterFile::load(dir)?;
-            let ca = match &self.ca {
-                Some(path) => read_ca(path)?,
-                None => file.ca_pem()?,
+            let credentials = match &self.ca {
+                Some(path) => Credentials::tls(read_ca(path)?),
+                None if self.cert.is_some() || self.auth_token.is_some() => Credentials::tls(file.ca_pem()?),
+                None => file.credentials()?,
             };
-            return Ok((file.nodes.iter().map(|n| n.client).collect(), Some(ca)));
+            return Ok((file.nodes.iter().map(|n| n.client).collect(), explicit(credentials)?));
         }
         if self.addr.is_empty() {
             return Err(
@@ -236,17 +292,17 @@ impl Target {
                     .into(),
             );
         }
-        let ca = match (&self.ca, self.insecure_plaintext) {
-            (Some(path), _) => Some(read_ca(path)?),
-            (None, true) => None,
+        let credentials = match (&self.ca, self.insecure_plaintext) {
+            (Some(path), _) => Credentials::tls(read_ca(path)?),
+            (None, true) => Credentials::plaintext(),
             (None, false) => return Err("--ca FILE is required with --addr (or --insecure-plaintext)".into()),
         };
-        Ok((self.addr.clone(), ca))
+        Ok((self.addr.clone(), explicit(credentials)?))
     }
 
     async fn connect(&self) -> Result<Client, String> {
-        let (addrs, ca) = self.resolve()?;
-        Client::connect_any(&addrs, ca.as_deref()).await.map_err(|e| e.to_string())
+        let (addrs, credentials) = self.resolve()?;
+        Client::connect_any(&addrs, &credentials).await.map_err(|e| e.to_string())
     }
 }
 
@@ -346,18 +402,8 @@ fn run(command: Cmd) -> Result<ExitCode, String> {
             println!("deleted {collection}/{id} at LSN {lsn}");
         }
         Cmd::Status { json, target } => status(&target, json)?,
-        Cmd::Certs { out, nodes, cluster } => {
-            if cluster.is_empty() || cluster.len() > 255 {
-                return Err(format!("--cluster {cluster:?}: must be 1 to 255 bytes"));
-            }
-            let ids: Vec<_> = (1..=nodes).map(themis_replication::clock::NodeId).collect();
-            themis_replication::ship::tls::write_cluster_certs(&out, &cluster, &ids)
-                .map_err(|e| format!("{}: {e}", out.display()))?;
-            println!(
-                "wrote {}: ca.pem, ca.key and node-1 to node-{nodes} (.pem, .key) for cluster {cluster:?}",
-                out.display()
-            );
-        }
+        Cmd::Certs { out, nodes, cluster, client, role } => certs(&out, nodes, &cluster, client, role)?,
+        Cmd::Token { dir, secret, name, role, ttl } => println!("{}", token(dir, secret, &name, &role, ttl)?),
         Cmd::Bench { clients, conns, duration, value_bytes, mode, json, target } => {
             bench(clients, conns, duration, value_bytes, mode.as_deref(), json, &target)?;
         }
@@ -370,6 +416,55 @@ fn run(command: Cmd) -> Result<ExitCode, String> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `themis certs`: a cluster's CA, node and admin certificates, or one client certificate.
+fn certs(
+    out: &Path,
+    nodes: Option<u64>,
+    cluster: &str,
+    client: Option<String>,
+    role: Option<String>,
+) -> Result<(), String> {
+    match (nodes, client, role) {
+        (Some(nodes), None, None) => {
+            if cluster.is_empty() || cluster.len() > 255 {
+                return Err(format!("--cluster {cluster:?}: must be 1 to 255 bytes"));
+            }
+            let ids: Vec<_> = (1..=nodes).map(themis_replication::clock::NodeId).collect();
+            themis_replication::ship::tls::write_cluster_certs(out, cluster, &ids)
+                .map_err(|e| format!("{}: {e}", out.display()))?;
+            println!(
+                "wrote {}: ca.pem, ca.key, node-1 to node-{nodes} and client-admin (.pem, .key) for cluster {cluster:?}",
+                out.display()
+            );
+        }
+        (None, Some(name), Some(role)) => {
+            let written = themis_replication::ship::tls::write_client_cert(out, &name, &role)
+                .map_err(|e| e.to_string())?;
+            println!("wrote {} and {} (CN={name}, OU={role})", written.0.display(), written.1.display());
+        }
+        _ => return Err("give --nodes N, or --client NAME with --role ROLE".into()),
+    }
+    Ok(())
+}
+
+/// `themis token`: an HS256 bearer token signed with a cluster's secret.
+fn token(
+    dir: Option<PathBuf>,
+    secret: Option<PathBuf>,
+    name: &str,
+    role: &str,
+    ttl: u64,
+) -> Result<String, String> {
+    let path = match (dir, secret) {
+        (_, Some(path)) => path,
+        (Some(dir), None) => dir.join("certs").join(themis_node::local::JWT_SECRET_FILE),
+        (None, None) => return Err("give --dir DIR or --secret FILE".into()),
+    };
+    let secret = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let role = role.parse::<themis_node::auth::Role>()?;
+    themis_node::auth::hs256_token(&secret, name, role, ttl).map_err(|e| e.to_string())
 }
 
 fn cluster_cmd(cmd: ClusterCmd) -> Result<(), String> {
@@ -402,11 +497,11 @@ fn cluster_cmd(cmd: ClusterCmd) -> Result<(), String> {
         }
         ClusterCmd::Status { dir } => {
             let file = ClusterFile::load(&dir)?;
-            let ca = file.ca_pem()?;
+            let credentials = file.credentials()?;
             block_on(async {
                 for n in &file.nodes {
                     let state = if cluster::alive(n.pid) {
-                        match node_status(n.client, Some(&ca)).await {
+                        match node_status(n.client, &credentials).await {
                             Ok(s) => summary(&s),
                             Err(e) => format!("running, not answering: {e}"),
                         }
@@ -422,8 +517,8 @@ fn cluster_cmd(cmd: ClusterCmd) -> Result<(), String> {
     Ok(())
 }
 
-async fn node_status(addr: SocketAddr, ca: Option<&str>) -> Result<serde_json::Value, String> {
-    let client = Client::connect(addr, ca).await.map_err(|e| e.to_string())?;
+async fn node_status(addr: SocketAddr, credentials: &Credentials) -> Result<serde_json::Value, String> {
+    let client = Client::connect(addr, credentials).await.map_err(|e| e.to_string())?;
     client.status().await.map_err(|e| e.to_string())
 }
 
@@ -459,12 +554,12 @@ fn summary(s: &serde_json::Value) -> String {
 }
 
 fn status(target: &Target, json: bool) -> Result<(), String> {
-    let (addrs, ca) = target.resolve()?;
+    let (addrs, credentials) = target.resolve()?;
     block_on(async {
         let mut docs = Vec::new();
         let mut answered = 0;
         for addr in &addrs {
-            match node_status(*addr, ca.as_deref()).await {
+            match node_status(*addr, &credentials).await {
                 Ok(s) => {
                     answered += 1;
                     if json {
@@ -511,12 +606,12 @@ fn bench(
     } else {
         None
     };
-    let (addrs, ca) = match &own {
-        Some((_, file, _)) => (file.nodes.iter().map(|n| n.client).collect(), Some(file.ca_pem()?)),
+    let (addrs, credentials) = match &own {
+        Some((_, file, _)) => (file.nodes.iter().map(|n| n.client).collect(), file.credentials()?),
         None => target.resolve()?,
     };
     let report = block_on(async {
-        let client = Client::connect_any(&addrs, ca.as_deref()).await.map_err(|e| e.to_string())?;
+        let client = Client::connect_any(&addrs, &credentials).await.map_err(|e| e.to_string())?;
         if let Some(mode) = mode {
             let min_sync_replicas = u32::from(mode != "async");
             client
@@ -532,10 +627,10 @@ fn bench(
                 addrs.len()
             );
         }
-        let outcome = workload::run(&addrs, ca.as_deref(), &spec, || None).await;
+        let outcome = workload::run(&addrs, &credentials, &spec, || None).await;
         let mut clients = Vec::new();
         for addr in &addrs {
-            clients.push(Client::connect(*addr, ca.as_deref()).await.ok());
+            clients.push(Client::connect(*addr, &credentials).await.ok());
         }
         let ratio =
             workload::leader_status(&clients).await.and_then(|(_, s)| workload::compression_ratio(&s));

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
-use themis_node::Client;
 use themis_node::stats::{document, percentile};
+use themis_node::{Client, Credentials};
 
 /// A replica the leader has not heard from for this long is down, not lagging: its lag
 /// is left out of the samples.
@@ -202,7 +202,7 @@ pub fn progress(duration: Duration) -> ProgressBar {
 /// demo kills the leader there); it returns the addresses still to sample lag from.
 pub async fn run(
     addrs: &[SocketAddr],
-    ca: Option<&str>,
+    credentials: &Credentials,
     spec: &Spec,
     halfway: impl FnOnce() -> Option<usize>,
 ) -> Outcome {
@@ -215,7 +215,7 @@ pub async fn run(
     for c in 0..spec.connections() {
         let mut order = addrs.to_vec();
         order.rotate_left(c % addrs.len().max(1));
-        conns.push(Client::connect_any(&order, ca).await.ok().map(Arc::new));
+        conns.push(Client::connect_any(&order, credentials).await.ok().map(Arc::new));
     }
     let mut writers = Vec::new();
     for w in 0..spec.clients {
@@ -252,11 +252,11 @@ pub async fn run(
     let dead: Arc<Mutex<Option<usize>>> = Arc::default();
     let sampler = {
         let (stop, lag, dead) = (stop.clone(), lag.clone(), dead.clone());
-        let (addrs, ca) = (addrs.to_vec(), ca.map(str::to_string));
+        let (addrs, credentials) = (addrs.to_vec(), credentials.clone());
         tokio::spawn(async move {
             let mut clients = Vec::new();
             for addr in &addrs {
-                clients.push(Client::connect(*addr, ca.as_deref()).await.ok());
+                clients.push(Client::connect(*addr, &credentials).await.ok());
             }
             while !stop.load(Ordering::Relaxed) {
                 if let Some(i) = *dead.lock().unwrap_or_else(PoisonError::into_inner) {

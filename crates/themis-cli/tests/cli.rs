@@ -53,6 +53,7 @@ fn every_command_has_help_with_an_example() {
         vec!["delete"],
         vec!["status"],
         vec!["certs"],
+        vec!["token"],
         vec!["bench"],
         vec!["doctor", "validate-wal"],
     ] {
@@ -70,7 +71,16 @@ fn certs_writes_a_ca_and_node_certificates_and_refuses_bad_counts() {
     let out = dir.path().join("certs");
     let stdout = ok(&["certs", "--out", out.to_str().unwrap(), "--nodes", "3", "--cluster", "prod"]);
     assert!(stdout.contains("node-3"), "{stdout}");
-    for file in ["ca.pem", "ca.key", "node-1.pem", "node-1.key", "node-3.pem", "node-3.key"] {
+    for file in [
+        "ca.pem",
+        "ca.key",
+        "node-1.pem",
+        "node-1.key",
+        "node-3.pem",
+        "node-3.key",
+        "client-admin.pem",
+        "client-admin.key",
+    ] {
         let body = std::fs::read_to_string(out.join(file)).unwrap();
         assert!(body.contains("-----BEGIN"), "{file}");
     }
@@ -211,6 +221,37 @@ fn a_cluster_comes_up_serves_documents_benchmarks_and_goes_down() {
         .output()
         .unwrap();
     assert!(piped.status.success(), "{:?}", text(&piped));
+
+    // Credentials: none is refused; a read token reads but may not write; a client
+    // certificate issued with role write writes.
+    let file: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(Path::new(dir).join("cluster.json")).unwrap()).unwrap();
+    let addr = file["nodes"][0]["client"].as_str().unwrap().to_string();
+    let certs = Path::new(dir).join("certs");
+    let ca = certs.join("ca.pem");
+    let ca = ca.to_str().unwrap();
+    fails(&["get", "users", "stdin", "--addr", &addr, "--ca", ca], 1, "unauthenticated");
+    let read = ok(&["token", "--dir", dir, "--name", "dash", "--role", "read"]);
+    let read = read.trim();
+    assert_eq!(
+        ok(&["get", "users", "stdin", "--dir", dir, "--auth-token", read]).trim(),
+        r#"{"from":"stdin"}"#
+    );
+    fails(
+        &["put", "users", "x", "{}", "--dir", dir, "--auth-token", read],
+        1,
+        "dash has role read; this needs role write",
+    );
+    let issued = ok(&["certs", "--out", certs.to_str().unwrap(), "--client", "app", "--role", "write"]);
+    assert!(issued.contains("CN=app, OU=write"), "{issued}");
+    let (cert, key) = (certs.join("client-app.pem"), certs.join("client-app.key"));
+    let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
+    assert!(
+        ok(&["put", "users", "x", "{}", "--addr", &addr, "--ca", ca, "--cert", cert, "--key", key])
+            .contains("written users/x")
+    );
+    fails(&["token", "--dir", dir, "--name", "x", "--role", "root"], 2, "--role");
+    fails(&["certs", "--out", certs.to_str().unwrap(), "--client", "x"], 2, "--role");
     assert!(ok(&["delete", "users", "ada", "--dir", dir]).contains("deleted users/ada"));
     fails(&["get", "users", "ada", "--consistency", "strong", "--dir", dir], 1, "not found");
 

@@ -21,6 +21,7 @@ use themis_replication::clock::NodeId;
 use themis_replication::raft::DriverStatus;
 use tokio::net::TcpListener;
 
+use crate::auth::{AuthError, Identity, Role};
 use crate::config::NodeConfig;
 use crate::limits::{HEADER_READ_TIMEOUT, MAX_ADMIN_CONNECTIONS, MAX_DOCUMENT_BYTES, MAX_HTTP_HEAD_BYTES};
 use crate::protocol::{Consistency, ErrorCode, Request, Response};
@@ -119,6 +120,8 @@ pub(crate) fn router(state: Arc<AdminState>) -> Router {
         .route("/v1/collections/{collection}/docs/{id}", put(put_doc).get(get_doc).delete(delete_doc))
         .route("/v1/openapi.json", get(openapi))
         .route("/metrics", get(metrics))
+        // Runs after routing (so it knows the route) and before any handler or body read.
+        .route_layer(axum::middleware::from_fn_with_state(Arc::clone(&state), guard))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .method_not_allowed_fallback(|| async {
             error(
@@ -133,11 +136,72 @@ pub(crate) fn router(state: Arc<AdminState>) -> Router {
         .with_state(state)
 }
 
+/// The role each route needs (see [`crate::auth`]): reads and status `read`, document
+/// writes `write`, cluster operations `admin`.
+#[must_use]
+pub fn route_role(method: &str, path: &str) -> Role {
+    match (method, path) {
+        ("PUT" | "DELETE", "/v1/collections/{collection}/docs/{id}") => Role::Write,
+        ("GET", _) => Role::Read,
+        _ => Role::Admin,
+    }
+}
+
+/// The identity the connection's TLS client certificate gives (none without one).
+#[derive(Debug, Clone)]
+struct ConnIdentity(Arc<Identity>);
+
+/// Authenticates and authorizes a request before its handler runs: a bearer token when
+/// the request has an `Authorization` header, else the connection's client certificate.
+async fn guard(
+    State(state): State<Arc<AdminState>>,
+    matched: axum::extract::MatchedPath,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> HttpResponse {
+    let auth = &state.shared.auth;
+    let needs = route_role(request.method().as_str(), matched.as_str());
+    if matched.as_str() == "/metrics" && auth.metrics_open() {
+        return next.run(request).await;
+    }
+    let identity = match request.headers().get(header::AUTHORIZATION) {
+        Some(value) => match value.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")) {
+            Some(token) => match auth.token(token.trim()) {
+                Ok(principal) => Identity::Known(principal),
+                Err(e) => Identity::Refused(e),
+            },
+            None => Identity::Refused(AuthError::Unauthenticated(
+                "the Authorization header is not \"Bearer <token>\"".into(),
+            )),
+        },
+        None => {
+            request.extensions().get::<ConnIdentity>().map_or(Identity::None, |conn| conn.0.as_ref().clone())
+        }
+    };
+    match auth.authorize(&identity, needs) {
+        Ok(()) => next.run(request).await,
+        Err(e) => {
+            let op = match needs {
+                Role::Admin => "admin",
+                _ => "http",
+            };
+            let response = e.response();
+            state.shared.metrics.count_request(op, response.outcome());
+            reply(response)
+        }
+    }
+}
+
 /// The largest body of a cluster operation (mode, members, transfer).
 const MAX_CONTROL_BODY_BYTES: usize = 64 << 10;
 
-/// Serves `router` on `listener`, over TLS when `tls` is given, until the task is aborted.
-pub(crate) async fn serve(listener: TcpListener, tls: Option<tokio_rustls::TlsAcceptor>, router: Router) {
+/// Serves the router over `state` on `listener`, over TLS when `tls` is given, until the task is aborted.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    state: Arc<AdminState>,
+) {
+    let router = router(Arc::clone(&state));
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_ADMIN_CONNECTIONS));
     loop {
         let Ok(slot) = Arc::clone(&slots).acquire_owned().await else { return };
@@ -149,10 +213,13 @@ pub(crate) async fn serve(listener: TcpListener, tls: Option<tokio_rustls::TlsAc
                 continue;
             }
         };
-        let (tls, router) = (tls.clone(), router.clone());
+        let (tls, router, state) = (tls.clone(), router.clone(), Arc::clone(&state));
         tokio::spawn(async move {
             let _slot = slot;
-            let service = hyper_util::service::TowerToHyperService::new(router);
+            let serve = |identity: Identity| {
+                let router = router.layer(axum::Extension(ConnIdentity(Arc::new(identity))));
+                hyper_util::service::TowerToHyperService::new(router)
+            };
             let mut http = hyper::server::conn::http1::Builder::new();
             // A slow or endless request head holds one connection for a bounded time and
             // buffer, never the node.
@@ -163,6 +230,8 @@ pub(crate) async fn serve(listener: TcpListener, tls: Option<tokio_rustls::TlsAc
                 Some(acceptor) => {
                     match tokio::time::timeout(crate::limits::HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                         Ok(Ok(stream)) => {
+                            let service =
+                                serve(state.shared.auth.certificate(stream.get_ref().1.peer_certificates()));
                             http.serve_connection(hyper_util::rt::TokioIo::new(stream), service).await
                         }
                         Ok(Err(e)) => {
@@ -175,7 +244,7 @@ pub(crate) async fn serve(listener: TcpListener, tls: Option<tokio_rustls::TlsAc
                         }
                     }
                 }
-                None => http.serve_connection(hyper_util::rt::TokioIo::new(tcp), service).await,
+                None => http.serve_connection(hyper_util::rt::TokioIo::new(tcp), serve(Identity::None)).await,
             };
             if let Err(e) = result {
                 tracing::debug!(%peer, error = %e, "admin connection ended");
@@ -233,8 +302,17 @@ fn reply(response: Response) -> HttpResponse {
                 ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
                 ErrorCode::Refused => StatusCode::CONFLICT,
                 ErrorCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+                ErrorCode::Unauthenticated => StatusCode::UNAUTHORIZED,
+                ErrorCode::Forbidden => StatusCode::FORBIDDEN,
             };
-            error(status, code.as_str(), &message)
+            let mut out = error(status, code.as_str(), &message);
+            if code == ErrorCode::Unauthenticated {
+                out.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            out
+        }
+        Response::Authenticated { name, role } => {
+            axum::Json(json!({ "name": name, "role": role })).into_response()
         }
     }
 }
@@ -519,8 +597,15 @@ mod tests {
         assert_eq!(doc["openapi"], "3.0.3");
         let mut documented = Vec::new();
         for (path, item) in doc["paths"].as_object().expect("paths") {
-            for method in item.as_object().expect("path item").keys() {
-                documented.push((method.to_uppercase(), path.clone()));
+            for (method, op) in item.as_object().expect("path item") {
+                let method = method.to_uppercase();
+                // The documented role is the one the guard enforces, and both refusals are listed.
+                assert_eq!(op["x-themis-role"], route_role(&method, path).as_str(), "{method} {path}");
+                assert!(
+                    op["responses"]["401"].is_object() && op["responses"]["403"].is_object(),
+                    "{method} {path}"
+                );
+                documented.push((method, path.clone()));
             }
         }
         let mut routes: Vec<(String, String)> =
@@ -544,6 +629,12 @@ mod tests {
             (Response::Error { code: ErrorCode::Timeout, message: "m".into() }, 504, "timeout"),
             (Response::Error { code: ErrorCode::Unavailable, message: "m".into() }, 503, "unavailable"),
             (Response::Error { code: ErrorCode::Refused, message: "m".into() }, 409, "refused"),
+            (
+                Response::Error { code: ErrorCode::Unauthenticated, message: "m".into() },
+                401,
+                "unauthenticated",
+            ),
+            (Response::Error { code: ErrorCode::Forbidden, message: "m".into() }, 403, "forbidden"),
             (
                 Response::Error { code: ErrorCode::OutcomeUnknown, message: "m".into() },
                 500,

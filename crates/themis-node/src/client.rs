@@ -1,14 +1,17 @@
 //! The Rust client: one pipelined connection (many requests in flight, answers matched by
 //! id), TLS 1.3 against the cluster CA, and writes that follow a follower's redirect to
-//! the leader.
+//! the leader. [`Credentials`] say how it authenticates (a client certificate, a bearer
+//! token, or neither).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rustls_pki_types::ServerName;
+use themis_replication::ship::tls::{ADMIN_CLIENT, CertPem};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
@@ -67,6 +70,93 @@ pub enum ClientError {
     BadName(String),
 }
 
+/// How a client reaches and proves itself to a cluster: the cluster CA (TLS 1.3) or
+/// plaintext, and optionally a client certificate and a bearer token (sent first on every
+/// connection).
+#[derive(Clone, Default)]
+pub struct Credentials {
+    ca: Option<String>,
+    identity: Option<CertPem>,
+    token: Option<String>,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the key or the token.
+        f.debug_struct("Credentials")
+            .field("tls", &self.ca.is_some())
+            .field("certificate", &self.identity.is_some())
+            .field("token", &self.token.is_some())
+            .finish()
+    }
+}
+
+impl Credentials {
+    /// No TLS and no credentials: only for nodes running with `insecure_plaintext`.
+    #[must_use]
+    pub fn plaintext() -> Credentials {
+        Credentials::default()
+    }
+
+    /// TLS 1.3 trusting the cluster CA in `ca_pem`, with no credentials yet.
+    #[must_use]
+    pub fn tls(ca_pem: impl Into<String>) -> Credentials {
+        Credentials { ca: Some(ca_pem.into()), ..Credentials::default() }
+    }
+
+    /// Presents a client certificate (chain and key, PEM) from the cluster CA.
+    #[must_use]
+    pub fn with_certificate(mut self, identity: CertPem) -> Credentials {
+        self.identity = Some(identity);
+        self
+    }
+
+    /// Authenticates every connection with a bearer token (a signed JWT).
+    #[must_use]
+    pub fn with_token(mut self, token: impl Into<String>) -> Credentials {
+        self.token = Some(token.into());
+        self
+    }
+
+    /// The admin credential `themis cluster up` and `themis certs` write into a
+    /// certificate directory: `ca.pem` and `client-admin.pem` / `client-admin.key`.
+    pub fn admin_from_dir(dir: &Path) -> Result<Credentials, String> {
+        let read = |name: String| {
+            let path = dir.join(&name);
+            std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))
+        };
+        let ca = read("ca.pem".into())?;
+        let identity =
+            CertPem { cert: read(format!("{ADMIN_CLIENT}.pem"))?, key: read(format!("{ADMIN_CLIENT}.key"))? };
+        Ok(Credentials::tls(ca).with_certificate(identity))
+    }
+
+    /// The TLS connector these credentials open connections with (presenting the client
+    /// certificate, if any); `None` for plaintext. The HTTP admin API takes the same one.
+    pub fn connector(
+        &self,
+    ) -> Result<Option<tokio_rustls::TlsConnector>, themis_replication::ship::ShipError> {
+        match &self.ca {
+            Some(pem) => {
+                Ok(Some(themis_replication::ship::tls::client_api_connector_as(pem, self.identity.as_ref())?))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// The bearer token, if any (for an `Authorization: Bearer` header).
+    #[must_use]
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
+}
+
+/// What opening a connection takes: the TLS connector (none for plaintext) and the token.
+struct Access {
+    tls: Option<tokio_rustls::TlsConnector>,
+    token: Option<String>,
+}
+
 /// Calls waiting for their answers; `None` once the connection's reader has stopped, so a
 /// call made after that fails at once instead of waiting for an answer nobody will read.
 type Pending = Arc<Mutex<Option<HashMap<u64, oneshot::Sender<Response>>>>>;
@@ -81,7 +171,7 @@ struct Conn {
 }
 
 impl Conn {
-    async fn open(addr: SocketAddr, tls: Option<&tokio_rustls::TlsConnector>) -> Result<Conn, ClientError> {
+    async fn open(addr: SocketAddr, access: &Access) -> Result<Conn, ClientError> {
         let fail = |reason: String| ClientError::Connect { addr, reason };
         let tcp = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr))
             .await
@@ -90,7 +180,7 @@ impl Conn {
         let _ = tcp.set_nodelay(true);
         let pending: Pending = Arc::new(Mutex::new(Some(HashMap::new())));
         let (tx, rx) = mpsc::channel(4096);
-        match tls {
+        match &access.tls {
             Some(connector) => {
                 let name = ServerName::IpAddress(addr.ip().into());
                 let stream = connector.connect(name, tcp).await.map_err(|e| fail(format!("TLS: {e}")))?;
@@ -98,7 +188,15 @@ impl Conn {
             }
             None => spawn_io(tcp, addr, rx, pending.clone()),
         }
-        Ok(Conn { addr, tx, pending, next: AtomicU64::new(1) })
+        let conn = Conn { addr, tx, pending, next: AtomicU64::new(1) };
+        if let Some(token) = &access.token {
+            match conn.call(Request::Authenticate { token: token.clone() }).await? {
+                Response::Authenticated { .. } => {}
+                Response::Error { code, message } => return Err(ClientError::Server { code, message }),
+                other => return Err(ClientError::Unexpected(format!("{other:?}"))),
+            }
+        }
+        Ok(conn)
     }
 
     async fn call(&self, request: Request) -> Result<Response, ClientError> {
@@ -171,7 +269,7 @@ fn spawn_io<S: AsyncRead + AsyncWrite + Send + 'static>(
 /// A client of a Themis cluster. Cheap to share (`Arc`); calls may run concurrently on
 /// one connection.
 pub struct Client {
-    tls: Option<tokio_rustls::TlsConnector>,
+    access: Access,
     /// Every node address known (the seeds, then leaders learned from redirects).
     addrs: Mutex<Vec<SocketAddr>>,
     conn: tokio::sync::RwLock<Arc<Conn>>,
@@ -179,34 +277,31 @@ pub struct Client {
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Client").field("tls", &self.tls.is_some()).finish_non_exhaustive()
+        f.debug_struct("Client").field("tls", &self.access.tls.is_some()).finish_non_exhaustive()
     }
 }
 
 impl Client {
-    /// Connects to the node at `addr`. `ca_pem` is the cluster CA (TLS 1.3); `None` only
-    /// for a node running with `insecure_plaintext`.
-    pub async fn connect(addr: SocketAddr, ca_pem: Option<&str>) -> Result<Client, ClientError> {
-        Client::connect_any(&[addr], ca_pem).await
+    /// Connects to the node at `addr` with `credentials` (a token is checked before this
+    /// returns: a refused one is an `unauthenticated` error).
+    pub async fn connect(addr: SocketAddr, credentials: &Credentials) -> Result<Client, ClientError> {
+        Client::connect_any(&[addr], credentials).await
     }
 
     /// Connects to the first reachable node of `addrs`; calls that lose their node move
-    /// to the next reachable one. `ca_pem` as in [`connect`](Self::connect).
-    pub async fn connect_any(addrs: &[SocketAddr], ca_pem: Option<&str>) -> Result<Client, ClientError> {
+    /// to the next reachable one. `credentials` as in [`connect`](Self::connect).
+    pub async fn connect_any(addrs: &[SocketAddr], credentials: &Credentials) -> Result<Client, ClientError> {
         let first = *addrs.first().ok_or(ClientError::NoLeader { leader: None, addr: None })?;
-        let tls = match ca_pem {
-            Some(pem) => Some(
-                themis_replication::ship::tls::client_api_connector(pem)
-                    .map_err(|e| ClientError::Connect { addr: first, reason: e.to_string() })?,
-            ),
-            None => None,
-        };
+        let tls = credentials
+            .connector()
+            .map_err(|e| ClientError::Connect { addr: first, reason: e.to_string() })?;
+        let access = Access { tls, token: credentials.token.clone() };
         let mut last = None;
         for &addr in addrs {
-            match Conn::open(addr, tls.as_ref()).await {
+            match Conn::open(addr, &access).await {
                 Ok(conn) => {
                     return Ok(Client {
-                        tls,
+                        access,
                         addrs: Mutex::new(addrs.to_vec()),
                         conn: tokio::sync::RwLock::new(Arc::new(conn)),
                     });
@@ -223,7 +318,7 @@ impl Client {
         let start = addrs.iter().position(|a| *a == failed.addr).map_or(0, |p| p + 1);
         for i in 0..addrs.len() {
             let addr = addrs[(start + i) % addrs.len()];
-            if let Ok(next) = Conn::open(addr, self.tls.as_ref()).await {
+            if let Ok(next) = Conn::open(addr, &self.access).await {
                 *self.conn.write().await = Arc::new(next);
                 return true;
             }
@@ -274,7 +369,7 @@ impl Client {
                                     addrs.push(addr);
                                 }
                             }
-                            if let Ok(next) = Conn::open(addr, self.tls.as_ref()).await {
+                            if let Ok(next) = Conn::open(addr, &self.access).await {
                                 *self.conn.write().await = Arc::new(next);
                                 continue;
                             }
@@ -299,7 +394,7 @@ impl Client {
 
     /// Reconnects to `addr` (after the node failed).
     pub async fn reconnect(&self, addr: SocketAddr) -> Result<(), ClientError> {
-        let conn = Conn::open(addr, self.tls.as_ref()).await?;
+        let conn = Conn::open(addr, &self.access).await?;
         *self.conn.write().await = Arc::new(conn);
         Ok(())
     }
@@ -386,7 +481,7 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let server = tokio::spawn(async move { drop(listener.accept().await.unwrap()) });
-        let conn = Conn::open(addr, None).await.unwrap();
+        let conn = Conn::open(addr, &Access { tls: None, token: None }).await.unwrap();
         server.await.unwrap();
         // Wait until the reader has seen the end of the stream.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);

@@ -11,6 +11,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use themis_replication::raft::{AckPolicy, ReplicationMode};
 
+use crate::auth::{AuthSection, Authenticator};
+
 /// A configuration value that cannot be used; the message names the key and the value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid configuration: {0}")]
@@ -110,6 +112,8 @@ struct RawConfig {
     replication: ReplicationSection,
     #[serde(default)]
     peers: Vec<PeerConfig>,
+    #[serde(default)]
+    auth: AuthSection,
 }
 
 fn default_cluster() -> String {
@@ -157,6 +161,10 @@ pub struct NodeConfig {
     pub lag_alert: Duration,
     /// The bootstrap members (this node included).
     pub peers: Vec<(u64, SocketAddr, SocketAddr)>,
+    /// Authentication (`[auth]`): JWT keys and whether metrics are open. Client
+    /// certificates from the cluster CA always authenticate; `insecure_plaintext` turns
+    /// authentication off.
+    pub auth: AuthSection,
 }
 
 fn parse_addr(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
@@ -202,6 +210,15 @@ impl NodeConfig {
             );
         }
         out
+    }
+
+    /// The authenticator this configuration asks for: off under `insecure_plaintext`,
+    /// else with the `[auth]` keys (an error names the key and the file).
+    pub fn authenticator(&self) -> Result<Authenticator, ConfigError> {
+        if self.insecure_plaintext {
+            return Ok(Authenticator::disabled());
+        }
+        Authenticator::new(&self.auth).map_err(|e| ConfigError(e.to_string()))
     }
 
     /// The bootstrap membership's voters.
@@ -372,6 +389,10 @@ impl RawConfig {
             }
             Some(tls)
         };
+        if !self.insecure_plaintext {
+            // Reads the key files now, so a bad one is refused at load, naming it.
+            Authenticator::new(&self.auth).map_err(|e| ConfigError(e.to_string()))?;
+        }
         check_writable(&self.data_dir)?;
         Ok(NodeConfig {
             node_id: self.node_id,
@@ -393,6 +414,7 @@ impl RawConfig {
             fsync,
             lag_alert: Duration::from_millis(r.lag_alert_ms),
             peers,
+            auth: self.auth,
         })
     }
 }

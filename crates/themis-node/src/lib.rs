@@ -4,12 +4,13 @@
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-//! use themis_node::{Client, Consistency, Node, NodeConfig};
+//! use themis_node::{Client, Consistency, Credentials, Node, NodeConfig};
 //!
 //! let config = NodeConfig::load(std::path::Path::new("node-1.toml"))?;
 //! let node = Node::start(&config).await?;
-//! let ca = std::fs::read_to_string("certs/ca.pem")?;
-//! let client = Client::connect(node.client_addr, Some(&ca)).await?;
+//! // certs/ holds ca.pem and an admin client certificate (`themis certs` writes them).
+//! let admin = Credentials::admin_from_dir(std::path::Path::new("certs"))?;
+//! let client = Client::connect(node.client_addr, &admin).await?;
 //! let token = client.put("users", "ada", br#"{"name":"Ada"}"#).await?;
 //! let doc = client.get("users", "ada", Consistency::Session(token)).await?;
 //! assert!(doc.is_some());
@@ -17,6 +18,7 @@
 //! ```
 
 pub mod admin;
+pub mod auth;
 pub mod client;
 pub mod config;
 pub mod limits;
@@ -27,7 +29,7 @@ pub mod server;
 pub mod stats;
 pub mod store;
 
-pub use client::{Client, ClientError};
+pub use client::{Client, ClientError, Credentials};
 pub use config::{ConfigError, NodeConfig};
 pub use local::{LocalCluster, LocalNode};
 pub use metrics::Metrics;

@@ -32,6 +32,11 @@ pub struct LocalCluster {
     pub dir: PathBuf,
     /// The cluster CA certificate, PEM.
     pub ca_pem: String,
+    /// The admin client credential (`certs/client-admin.pem` and `.key`).
+    pub admin: crate::Credentials,
+    /// The HS256 secret every node's `[auth]` names (`certs/jwt-hs256.secret`), for
+    /// `themis token`.
+    pub jwt_secret_file: PathBuf,
     /// The nodes: the bootstrap members first, then the spare ones.
     pub nodes: Vec<LocalNode>,
 }
@@ -95,6 +100,9 @@ impl LocalCluster {
         themis_replication::ship::tls::write_cluster_certs(&certs, cluster, &ids)
             .map_err(|e| format!("certificates: {e}"))?;
         let ca_pem = std::fs::read_to_string(certs.join("ca.pem")).map_err(|e| format!("ca.pem: {e}"))?;
+        let admin = crate::Credentials::admin_from_dir(&certs)?;
+        let jwt_secret_file = certs.join(JWT_SECRET_FILE);
+        write_secret(&jwt_secret_file)?;
         let mut nodes = Vec::new();
         for id in 1..=members + spare {
             let port = |e: std::io::Error| format!("a free port: {e}");
@@ -122,6 +130,7 @@ impl LocalCluster {
             let text = format!(
                 "node_id = {id}\ncluster = \"{cluster}\"\ndata_dir = \"{data}\"\nraft_addr = \"{raft}\"\n\
                  client_addr = \"{client}\"\nadmin_addr = \"{admin}\"\njoin = {join}\n\n[tls]\nca = \"{ca}\"\ncert = \"{cert}\"\nkey = \"{key}\"\n\n\
+                 [auth]\njwt_hs256_secret_file = \"{secret}\"\n\n\
                  [replication]\nmode = \"{mode}\"\nmin_sync_replicas = {min_sync}\nheartbeat_ms = 100\nelection_timeout_ms = 500\n{peers}",
                 id = n.id,
                 data = dir.join(format!("data-{}", n.id)).display(),
@@ -132,11 +141,35 @@ impl LocalCluster {
                 ca = certs.join("ca.pem").display(),
                 cert = certs.join(format!("node-{}.pem", n.id)).display(),
                 key = certs.join(format!("node-{}.key", n.id)).display(),
+                secret = jwt_secret_file.display(),
             );
             std::fs::write(&n.config, text).map_err(|e| format!("{}: {e}", n.config.display()))?;
         }
-        Ok(LocalCluster { dir: dir.to_path_buf(), ca_pem, nodes })
+        Ok(LocalCluster { dir: dir.to_path_buf(), ca_pem, admin, jwt_secret_file, nodes })
     }
+}
+
+/// The name of the HS256 secret file in a local cluster's `certs/`.
+pub const JWT_SECRET_FILE: &str = "jwt-hs256.secret";
+
+/// Writes 32 random bytes, hex-encoded, readable by the owner only.
+fn write_secret(path: &Path) -> Result<(), String> {
+    use ring::rand::SecureRandom;
+    let mut bytes = [0u8; 32];
+    ring::rand::SystemRandom::new().fill(&mut bytes).map_err(|_| "no system randomness".to_string())?;
+    let hex = bytes.iter().fold(String::with_capacity(64), |mut hex, b| {
+        use std::fmt::Write;
+        let _ = write!(hex, "{b:02x}");
+        hex
+    });
+    std::fs::write(path, hex).map_err(|e| format!("{}: {e}", path.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -98,6 +98,13 @@ pub enum Request {
     },
     /// Starts an election on this node.
     Campaign,
+    /// Authenticates the connection with a signed JWT (see [`crate::auth`]): later requests
+    /// on it act as the token's principal until it expires. Answered `Authenticated`, or
+    /// `unauthenticated` (and the connection holds no principal until a good token).
+    Authenticate {
+        /// The token (compact JWS).
+        token: String,
+    },
 }
 
 /// What went wrong, as a stable code.
@@ -118,6 +125,10 @@ pub enum ErrorCode {
     /// The request or document is larger than the node accepts; the message names the
     /// limit. Nothing was written.
     TooLarge,
+    /// No credentials, or credentials that do not verify (HTTP 401).
+    Unauthenticated,
+    /// The caller's role does not allow the request (HTTP 403).
+    Forbidden,
 }
 
 /// A node's answer.
@@ -157,6 +168,13 @@ pub enum Response {
         /// What was wrong.
         message: String,
     },
+    /// The connection now acts as this principal (an answer to `Authenticate`).
+    Authenticated {
+        /// The token's subject.
+        name: String,
+        /// Its role: `read`, `write` or `admin`.
+        role: String,
+    },
 }
 
 impl Response {
@@ -183,6 +201,8 @@ impl ErrorCode {
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Refused => "refused",
             ErrorCode::TooLarge => "too_large",
+            ErrorCode::Unauthenticated => "unauthenticated",
+            ErrorCode::Forbidden => "forbidden",
         }
     }
 }

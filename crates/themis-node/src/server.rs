@@ -22,6 +22,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use crate::auth::{Authenticator, Identity, required_role};
 use crate::config::NodeConfig;
 use crate::limits::{
     HANDSHAKE_TIMEOUT, MAX_CLIENT_CONNECTIONS, MAX_DOCUMENT_BYTES, MAX_INFLIGHT_PER_CONNECTION,
@@ -39,6 +40,7 @@ pub(crate) struct Shared {
     pub(crate) manager: ReplicationManager,
     pub(crate) store: Arc<DocStore>,
     pub(crate) metrics: Arc<Metrics>,
+    pub(crate) auth: Authenticator,
 }
 
 /// Why a node could not start or stopped.
@@ -124,6 +126,31 @@ fn raft_config(config: &NodeConfig, id: NodeId) -> Result<(RaftConfig, Duration)
     Ok((raft, tick))
 }
 
+/// The node link security and the client API acceptor `config` asks for; the node
+/// certificate must name this node.
+fn security(
+    config: &NodeConfig,
+    id: NodeId,
+) -> Result<(Security, Option<tokio_rustls::TlsAcceptor>), NodeError> {
+    if let Some(files) = &config.tls {
+        let tls = TlsConfig::from_files(&files.ca, &files.cert, &files.key)
+            .map_err(|e| NodeError::Io(format!("tls: {e}")))?;
+        if tls.node() != id {
+            return Err(NodeError::Io(format!(
+                "tls.cert = {:?}: the certificate is for node {}, this is node {}",
+                files.cert.display().to_string(),
+                tls.node().0,
+                id.0
+            )));
+        }
+        let acceptor = tls.client_api_acceptor();
+        Ok((Security::Tls(tls), Some(acceptor)))
+    } else {
+        tracing::warn!(node = %id, "insecure_plaintext = true: node links and clients are NOT encrypted, and clients are NOT authenticated (anyone who reaches a port may do everything)");
+        Ok((Security::InsecurePlaintext, None))
+    }
+}
+
 impl Node {
     /// Starts the node described by `config` on the current tokio runtime.
     pub async fn start(config: &NodeConfig) -> Result<Node, NodeError> {
@@ -131,25 +158,11 @@ impl Node {
         let io = |what: &str, e: &dyn std::fmt::Display| NodeError::Io(format!("{what}: {e}"));
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|e| io(&config.data_dir.display().to_string(), &e))?;
-        let (security, client_tls) = if let Some(files) = &config.tls {
-            let tls = TlsConfig::from_files(&files.ca, &files.cert, &files.key).map_err(|e| io("tls", &e))?;
-            if tls.node() != id {
-                return Err(NodeError::Io(format!(
-                    "tls.cert = {:?}: the certificate is for node {}, this is node {}",
-                    files.cert.display().to_string(),
-                    tls.node().0,
-                    id.0
-                )));
-            }
-            let acceptor = tls.client_api_acceptor();
-            (Security::Tls(tls), Some(acceptor))
-        } else {
-            tracing::warn!(node = %id, "insecure_plaintext = true: node links and clients are NOT encrypted or authenticated");
-            (Security::InsecurePlaintext, None)
-        };
+        let (security, client_tls) = security(config, id)?;
         for warning in config.warnings() {
             tracing::warn!(node = %id, "{warning}");
         }
+        let auth = config.authenticator().map_err(|e| NodeError::Io(e.to_string()))?;
         let members = Members::new(config.peers.iter().map(|p| NodeId(p.0)));
         let transport = Transport::new(TransportConfig::new(config.cluster.clone(), id, security), members)
             .map_err(|e| io("transport", &e))?;
@@ -207,8 +220,12 @@ impl Node {
 
         metrics.watch(manager.clone());
         let metrics = Arc::new(metrics);
-        let shared =
-            Arc::new(Shared { manager: manager.clone(), store: store.clone(), metrics: metrics.clone() });
+        let shared = Arc::new(Shared {
+            manager: manager.clone(),
+            store: store.clone(),
+            metrics: metrics.clone(),
+            auth,
+        });
         let client_listener = TcpListener::bind(config.client_addr)
             .await
             .map_err(|e| io(&format!("client_addr {}", config.client_addr), &e))?;
@@ -218,8 +235,8 @@ impl Node {
                 let listener =
                     TcpListener::bind(addr).await.map_err(|e| io(&format!("admin_addr {addr}"), &e))?;
                 let bound = listener.local_addr().map_err(|e| io("admin_addr", &e))?;
-                let router = crate::admin::router(crate::admin::AdminState::new(shared.clone(), config));
-                (Some(tokio::spawn(crate::admin::serve(listener, client_tls.clone(), router))), Some(bound))
+                let state = crate::admin::AdminState::new(shared.clone(), config);
+                (Some(tokio::spawn(crate::admin::serve(listener, client_tls.clone(), state))), Some(bound))
             }
             None => (None, None),
         };
@@ -343,7 +360,7 @@ async fn accept_clients(listener: TcpListener, tls: Option<tokio_rustls::TlsAcce
         tokio::spawn(async move {
             let result = match tls {
                 Some(acceptor) => serve_tls(tcp, acceptor, shared).await,
-                None => serve(tcp, shared).await,
+                None => serve(tcp, shared, Identity::None).await,
             };
             if let Err(e) = result {
                 tracing::debug!(%peer, error = %e, "client connection ended");
@@ -375,28 +392,36 @@ async fn serve_tls(
         .await
         .map_err(|_| format!("the TLS handshake took longer than {HANDSHAKE_TIMEOUT:?}"))?
         .map_err(|e| format!("TLS handshake: {e}"))?;
-    serve(stream, shared).await
+    let identity = shared.auth.certificate(stream.get_ref().1.peer_certificates());
+    serve(stream, shared, identity).await
 }
 
 enum Inbound {
     Request(u64, Request),
-    /// A request refused before it was read (too large): answered under its id.
-    Refused(u64, Response),
+    /// A request answered without running it (too large, refused by authentication, an
+    /// `Authenticate`): its id, the metrics name of its kind, the answer.
+    Answered(u64, &'static str, Response),
     Broken(String),
 }
 
 /// Serves one client connection: a reader that decodes frames, and one task that runs
 /// every request of the connection concurrently and writes each answer as it completes,
 /// flushing once per burst.
+///
+/// Every request is checked against the connection's identity as it is read (the client
+/// certificate, or the last `Authenticate`), so requests after an `Authenticate` act as
+/// its principal and none runs before its check.
 async fn serve<S: AsyncRead + AsyncWrite + Send + 'static>(
     stream: S,
     shared: Arc<Shared>,
+    mut identity: Identity,
 ) -> Result<(), String> {
     use futures_util::FutureExt;
     use futures_util::stream::{FuturesUnordered, StreamExt};
 
     let (mut reader, writer) = tokio::io::split(stream);
     let (tx, mut rx) = mpsc::channel::<Inbound>(MAX_INFLIGHT_PER_CONNECTION);
+    let auth_shared = shared.clone();
     let worker = tokio::spawn(async move {
         let mut writer = BufWriter::new(writer);
         let mut inflight = FuturesUnordered::new();
@@ -408,8 +433,8 @@ async fn serve<S: AsyncRead + AsyncWrite + Send + 'static>(
                         let shared = shared.clone();
                         inflight.push(async move { (id, handle(request, &shared).await) }.boxed());
                     }
-                    Some(Inbound::Refused(id, response)) => {
-                        shared.metrics.count_request("put", response.outcome());
+                    Some(Inbound::Answered(id, op, response)) => {
+                        shared.metrics.count_request(op, response.outcome());
                         inflight.push(async move { (id, response) }.boxed());
                     }
                     Some(Inbound::Broken(message)) => {
@@ -439,8 +464,18 @@ async fn serve<S: AsyncRead + AsyncWrite + Send + 'static>(
     });
     let result = loop {
         match read_frame::<_, Request>(&mut reader).await {
+            Ok(Some((id, Request::Authenticate { token }))) => {
+                let response = authenticate(&auth_shared.auth, &token, &mut identity);
+                if tx.send(Inbound::Answered(id, "authenticate", response)).await.is_err() {
+                    break Ok(());
+                }
+            }
             Ok(Some((id, request))) => {
-                if tx.send(Inbound::Request(id, request)).await.is_err() {
+                let inbound = match auth_shared.auth.authorize(&identity, required_role(&request)) {
+                    Ok(()) => Inbound::Request(id, request),
+                    Err(e) => Inbound::Answered(id, op_name(&request), e.response()),
+                };
+                if tx.send(inbound).await.is_err() {
                     break Ok(());
                 }
             }
@@ -450,7 +485,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Send + 'static>(
                     "request {id}: a {len}-byte frame is above the {}-byte limit (documents up to {MAX_DOCUMENT_BYTES} bytes)",
                     crate::protocol::MAX_FRAME
                 ));
-                if tx.send(Inbound::Refused(id, refusal)).await.is_err() {
+                if tx.send(Inbound::Answered(id, "put", refusal)).await.is_err() {
                     break Ok(());
                 }
                 // The answer goes out while the body is skipped, never buffered.
@@ -471,6 +506,25 @@ async fn serve<S: AsyncRead + AsyncWrite + Send + 'static>(
     drop(tx);
     let _ = worker.await;
     result
+}
+
+/// Answers an `Authenticate`: the connection acts as the token's principal from now on,
+/// or, if the token is refused, as nobody (an earlier identity does not survive a bad
+/// token).
+fn authenticate(auth: &Authenticator, token: &str, identity: &mut Identity) -> Response {
+    match auth.token(token) {
+        Ok(principal) => {
+            let answer =
+                Response::Authenticated { name: principal.name.clone(), role: principal.role.to_string() };
+            *identity = Identity::Known(principal);
+            answer
+        }
+        Err(e) => {
+            let answer = e.response();
+            *identity = Identity::Refused(e);
+            answer
+        }
+    }
 }
 
 fn bad_request(message: String) -> Response {
@@ -521,15 +575,22 @@ fn doc_op(kind: OpKind) -> Bytes {
     encode_batch(&[Op { origin: NodeId(0), txn: 0, kind }]).expect("names and values were checked")
 }
 
-/// Answers one request (client protocol and HTTP admin API alike) and counts it.
-pub(crate) async fn handle(request: Request, shared: &Shared) -> Response {
-    let op = match &request {
+/// A request kind's name in the request metrics.
+fn op_name(request: &Request) -> &'static str {
+    match request {
         Request::Put { .. } => "put",
         Request::Get { .. } => "get",
         Request::Delete { .. } => "delete",
         Request::Status => "status",
+        Request::Authenticate { .. } => "authenticate",
         _ => "admin",
-    };
+    }
+}
+
+/// Answers one request (client protocol and HTTP admin API alike) and counts it. The
+/// caller has authorized it.
+pub(crate) async fn handle(request: Request, shared: &Shared) -> Response {
+    let op = op_name(&request);
     let response = answer(request, &shared.manager, &shared.store).await;
     shared.metrics.count_request(op, response.outcome());
     response
@@ -648,6 +709,11 @@ async fn answer(request: Request, manager: &ReplicationManager, store: &DocStore
             Ok(()) => Response::Done,
             Err(r) => r,
         },
+        // The connection's reader answers these itself; one reaching here (an HTTP route
+        // never builds it) is a bad request rather than a silent success.
+        Request::Authenticate { .. } => {
+            bad_request("authenticate on the connection, not through a route".into())
+        }
     }
 }
 

@@ -8,7 +8,7 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use themis_node::{Client, Consistency, Request};
+use themis_node::{Client, Consistency, Credentials, Request};
 
 mod common;
 
@@ -21,7 +21,7 @@ fn doc(i: u64) -> Vec<u8> {
 /// Reads `key` from every running node at the session token, checking the value.
 async fn read_everywhere(cluster: &Cluster, key: &str, token: u64, value: &[u8]) {
     for node in cluster.nodes.iter().filter(|n| n.child.is_some()) {
-        let client = Client::connect(node.client, Some(&cluster.ca)).await.unwrap();
+        let client = Client::connect(node.client, &cluster.admin).await.unwrap();
         let got = client.get("e2e", key, Consistency::Session(token)).await.unwrap();
         assert_eq!(got.as_deref(), Some(value), "node {} has {key}", node.id);
     }
@@ -41,11 +41,12 @@ fn start_writers(
         cluster.nodes.iter().filter(|n| n.child.is_some()).map(|n| n.client).collect();
     let handles = (0..writers)
         .map(|w| {
-            let (acked, stop, addrs, ca) = (acked.clone(), stop.clone(), addrs.clone(), cluster.ca.clone());
+            let (acked, stop, addrs, ca) =
+                (acked.clone(), stop.clone(), addrs.clone(), cluster.admin.clone());
             tokio::spawn(async move {
                 let mut order = addrs.clone();
                 order.rotate_left(w % addrs.len());
-                let Ok(client) = Client::connect_any(&order, Some(&ca)).await else { return };
+                let Ok(client) = Client::connect_any(&order, &ca).await else { return };
                 let mut n = 0u64;
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                     let key = format!("w{w}-{n}");
@@ -75,7 +76,7 @@ async fn three_nodes_replicate_in_every_mode_and_fail_over_after_sigkill_without
         let token = client.put("e2e", &key, &doc(1)).await.unwrap();
         read_everywhere(&cluster, &key, token, &doc(1)).await;
         for node in &cluster.nodes {
-            let c = Client::connect(node.client, Some(&cluster.ca)).await.unwrap();
+            let c = Client::connect(node.client, &cluster.admin).await.unwrap();
             let mode_seen = c.status().await.unwrap()["status"]["mode"].as_str().unwrap().to_string();
             assert!(mode_seen.starts_with(&mode.to_uppercase()), "node {} sees {mode_seen}", node.id);
         }
@@ -121,7 +122,7 @@ async fn three_nodes_replicate_in_every_mode_and_fail_over_after_sigkill_without
         assert!(acked.len() > 50, "round {round}: only {} writes acknowledged", acked.len());
         let top = acked.iter().map(|a| a.2).max().unwrap();
         for node in &cluster.nodes {
-            let c = Client::connect(node.client, Some(&cluster.ca)).await.unwrap();
+            let c = Client::connect(node.client, &cluster.admin).await.unwrap();
             // The restarted node needs the leader's commit first: wait on the highest token.
             c.get("e2e", "probe", Consistency::Session(top)).await.unwrap();
             for (key, value, ..) in &acked {
@@ -160,7 +161,7 @@ async fn a_learner_joins_catches_up_is_promoted_and_a_node_is_removed() {
         .admin(Request::AddLearner { id: 4, raft_addr: raft.to_string(), client_addr: addr.to_string() })
         .await
         .unwrap();
-    let learner = Client::connect(addr, Some(&cluster.ca)).await.unwrap();
+    let learner = Client::connect(addr, &cluster.admin).await.unwrap();
     assert_eq!(learner.get("e2e", "k199", Consistency::Session(token)).await.unwrap(), Some(doc(199)));
     client.admin(Request::Promote { id: 4 }).await.unwrap();
     let mut promoted = false;
@@ -232,7 +233,8 @@ async fn a_plaintext_client_on_the_tls_port_is_refused() {
     }
     // A client without the CA cannot connect either.
     let other_ca = themis_replication::ship::tls::generate_ca("other").unwrap();
-    let err = Client::connect(cluster.nodes[0].client, Some(&other_ca.cert)).await.unwrap_err();
+    let err =
+        Client::connect(cluster.nodes[0].client, &Credentials::tls(other_ca.cert.clone())).await.unwrap_err();
     assert!(err.to_string().contains("TLS"), "{err}");
 }
 
@@ -290,7 +292,7 @@ async fn a_stopped_follower_raises_a_heartbeat_alert_within_two_intervals_and_re
 #[allow(clippy::too_many_lines, reason = "one cluster, every route checked in turn")]
 async fn the_http_admin_api_serves_cluster_operations_documents_topology_and_metrics() {
     let cluster = Cluster::start(3, 0);
-    let ca = cluster.ca.clone();
+    let ca = cluster.admin.clone();
     let l = cluster.leader().await;
     let f = (l + 1) % 3;
     let (leader, follower) = (cluster.nodes[l].admin, cluster.nodes[f].admin);

@@ -50,7 +50,7 @@ fn streamed(
 
 async fn raw_tls(cluster: &Cluster, i: usize) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
     let addr = cluster.nodes[i].client;
-    let connector = themis_replication::ship::tls::client_api_connector(&cluster.ca).unwrap();
+    let connector = cluster.admin.connector().unwrap().unwrap();
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     connector.connect(rustls_pki_types::ServerName::IpAddress(addr.ip().into()), tcp).await.unwrap()
 }
@@ -77,7 +77,7 @@ async fn every_size_bound_is_refused_with_a_typed_error_and_the_leader_keeps_ser
     });
     let l = cluster.leader().await;
     let leader_id = cluster.nodes[l].id;
-    let (admin, ca) = (cluster.nodes[l].admin, cluster.ca.clone());
+    let (admin, ca) = (cluster.nodes[l].admin, cluster.admin.clone());
     let client = cluster.client(l).await;
 
     // Client protocol: one byte below the limit and at it are written; above is refused

@@ -7,7 +7,7 @@
 //!
 //! Only TLS 1.3 is offered, with the `ring` provider.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls::client::WebPkiServerVerifier;
@@ -78,6 +78,56 @@ pub fn issue_node_cert(ca: &CertPem, node: NodeId, extra_names: &[String]) -> Re
     Ok(CertPem { cert: cert.pem(), key: key.serialize_pem() })
 }
 
+/// Issues a client certificate for the client and admin APIs, signed by `ca`: its
+/// subject is `CN=<name>, OU=<role>` (the node maps the role to what it may do; see
+/// [`client_subject`]), valid for client authentication only.
+pub fn issue_client_cert(ca: &CertPem, name: &str, role: &str) -> Result<CertPem, ShipError> {
+    let printable = |s: &str| !s.is_empty() && s.len() <= 64 && s.chars().all(|c| c.is_ascii_graphic());
+    if !printable(name) || !printable(role) {
+        return Err(ShipError::Certificate(format!(
+            "client certificate {name:?} with role {role:?}: name and role must be 1 to 64 printable ASCII characters"
+        )));
+    }
+    let ca_key = rcgen::KeyPair::from_pem(&ca.key).map_err(|e| cert_err("CA key", e))?;
+    let issuer =
+        rcgen::Issuer::from_ca_cert_pem(&ca.cert, ca_key).map_err(|e| cert_err("CA certificate", e))?;
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new())
+        .map_err(|e| cert_err("client certificate parameters", e))?;
+    params.distinguished_name.push(rcgen::DnType::CommonName, name);
+    params.distinguished_name.push(rcgen::DnType::OrganizationalUnitName, role);
+    params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    params.use_authority_key_identifier_extension = true;
+    let key = rcgen::KeyPair::generate().map_err(|e| cert_err("client key", e))?;
+    let cert = params.signed_by(&key, &issuer).map_err(|e| cert_err("client certificate", e))?;
+    Ok(CertPem { cert: cert.pem(), key: key.serialize_pem() })
+}
+
+/// The `(name, role)` a client certificate's subject carries: its one common name and its
+/// one organizational unit (as [`issue_client_cert`] writes them).
+pub fn client_subject(cert: &CertificateDer<'_>) -> Result<(String, String), String> {
+    let (_, parsed) =
+        x509_parser::parse_x509_certificate(cert).map_err(|e| format!("unparsable certificate: {e}"))?;
+    let subject = parsed.subject();
+    let name = one_attribute(subject.iter_common_name(), "common name (CN)")?;
+    let role = one_attribute(subject.iter_organizational_unit(), "organizational unit (OU) naming a role")?;
+    Ok((name, role))
+}
+
+/// The value of the one attribute `values` yields (`what` names it in the error).
+fn one_attribute<'a>(
+    mut values: impl Iterator<Item = &'a x509_parser::x509::AttributeTypeAndValue<'a>>,
+    what: &str,
+) -> Result<String, String> {
+    match (values.next(), values.next()) {
+        (Some(v), None) => {
+            v.as_str().map(str::to_string).map_err(|e| format!("the subject's {what} is not text: {e}"))
+        }
+        (None, _) => Err(format!("the certificate subject has no {what}")),
+        (Some(_), Some(_)) => Err(format!("the certificate subject has more than one {what}")),
+    }
+}
+
 /// The node id a certificate names in its `node-<id>.themis` DNS name, if exactly one.
 pub fn node_id_of(cert: &CertificateDer<'_>) -> Result<NodeId, String> {
     let (_, parsed) =
@@ -105,7 +155,8 @@ pub struct TlsConfig {
     node: NodeId,
     server: Arc<ServerConfig>,
     client: Arc<ClientConfig>,
-    /// For the client API: this node's certificate, no client certificate asked.
+    /// For the client API: this node's certificate; a client certificate from the cluster
+    /// CA is asked for but not required (clients may authenticate with a token instead).
     client_api: Arc<ServerConfig>,
 }
 
@@ -152,10 +203,14 @@ impl TlsConfig {
             .with_client_cert_verifier(verifier)
             .with_single_cert(chain.clone(), key.clone_key())
             .map_err(|e| cert_err("node certificate and key", e))?;
+        let optional = WebPkiClientVerifier::builder_with_provider(Arc::clone(&roots), provider())
+            .allow_unauthenticated()
+            .build()
+            .map_err(|e| cert_err("client verifier", e))?;
         let client_api = ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(|e| cert_err("TLS 1.3", e))?
-            .with_no_client_auth()
+            .with_client_cert_verifier(optional)
             .with_single_cert(chain.clone(), key.clone_key())
             .map_err(|e| cert_err("node certificate and key", e))?;
         let server_verifier = WebPkiServerVerifier::builder_with_provider(roots, provider())
@@ -190,8 +245,9 @@ impl TlsConfig {
         self.node
     }
 
-    /// A TLS 1.3 acceptor for the client API: this node's certificate; clients are not
-    /// asked for one (they authenticate the node by the cluster CA).
+    /// A TLS 1.3 acceptor for the client API: this node's certificate. Clients authenticate
+    /// the node by the cluster CA; they may present a client certificate from the same CA
+    /// ([`issue_client_cert`]), which the acceptor verifies, or none.
     #[must_use]
     pub fn client_api_acceptor(&self) -> tokio_rustls::TlsAcceptor {
         tokio_rustls::TlsAcceptor::from(Arc::clone(&self.client_api))
@@ -211,8 +267,17 @@ impl TlsConfig {
 }
 
 /// A TLS 1.3 connector for clients of the node API that trusts only the cluster CA in
-/// `ca_pem`.
+/// `ca_pem` and presents no client certificate.
 pub fn client_api_connector(ca_pem: &str) -> Result<tokio_rustls::TlsConnector, ShipError> {
+    client_api_connector_as(ca_pem, None)
+}
+
+/// [`client_api_connector`] presenting `identity` (a client certificate chain and its key,
+/// PEM) when given.
+pub fn client_api_connector_as(
+    ca_pem: &str,
+    identity: Option<&CertPem>,
+) -> Result<tokio_rustls::TlsConnector, ShipError> {
     let mut roots = RootCertStore::empty();
     let mut any = false;
     for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
@@ -226,38 +291,85 @@ pub fn client_api_connector(ca_pem: &str) -> Result<tokio_rustls::TlsConnector, 
     let client = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| cert_err("TLS 1.3", e))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_root_certificates(roots);
+    let client = match identity {
+        None => client.with_no_client_auth(),
+        Some(identity) => {
+            let chain: Vec<CertificateDer<'static>> =
+                CertificateDer::pem_slice_iter(identity.cert.as_bytes())
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| cert_err("client certificate PEM", e))?;
+            if chain.is_empty() {
+                return Err(ShipError::Certificate(
+                    "the client certificate file holds no certificate".into(),
+                ));
+            }
+            let key = PrivateKeyDer::from_pem_slice(identity.key.as_bytes())
+                .map_err(|e| cert_err("client private key PEM", e))?;
+            client.with_client_auth_cert(chain, key).map_err(|e| cert_err("client certificate and key", e))?
+        }
+    };
     Ok(tokio_rustls::TlsConnector::from(Arc::new(client)))
 }
 
+/// The file stem of the admin client credential [`write_cluster_certs`] writes
+/// (`client-admin.pem`, `client-admin.key`).
+pub const ADMIN_CLIENT: &str = "client-admin";
+
 /// Writes a CA and a certificate per node into `dir` as `ca.pem`, `ca.key`,
-/// `node-<id>.pem` and `node-<id>.key` (keys readable by the owner only).
+/// `node-<id>.pem` and `node-<id>.key`, and an admin client certificate (name `admin`,
+/// role `admin`) as `client-admin.pem` and `client-admin.key` (keys readable by the owner
+/// only).
 pub fn write_cluster_certs(dir: &Path, cluster: &str, nodes: &[NodeId]) -> Result<CertPem, ShipError> {
-    let io = |path: &Path, e: std::io::Error| ShipError::Certificate(format!("{}: {e}", path.display()));
-    std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+    std::fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
     let ca = generate_ca(cluster)?;
-    let write = |name: String, text: &str, secret: bool| -> Result<(), ShipError> {
-        let path = dir.join(name);
-        std::fs::write(&path, text).map_err(|e| io(&path, e))?;
-        #[cfg(unix)]
-        if secret {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
-                .map_err(|e| io(&path, e))?;
-        }
-        #[cfg(not(unix))]
-        let _ = secret;
-        Ok(())
-    };
-    write("ca.pem".into(), &ca.cert, false)?;
-    write("ca.key".into(), &ca.key, true)?;
+    write_pem(dir, "ca.pem", &ca.cert, false)?;
+    write_pem(dir, "ca.key", &ca.key, true)?;
     for &node in nodes {
         let cert = issue_node_cert(&ca, node, &["localhost".into(), "127.0.0.1".into()])?;
-        write(format!("node-{}.pem", node.0), &cert.cert, false)?;
-        write(format!("node-{}.key", node.0), &cert.key, true)?;
+        write_pem(dir, &format!("node-{}.pem", node.0), &cert.cert, false)?;
+        write_pem(dir, &format!("node-{}.key", node.0), &cert.key, true)?;
     }
+    let admin = issue_client_cert(&ca, "admin", "admin")?;
+    write_pem(dir, &format!("{ADMIN_CLIENT}.pem"), &admin.cert, false)?;
+    write_pem(dir, &format!("{ADMIN_CLIENT}.key"), &admin.key, true)?;
     Ok(ca)
+}
+
+/// Issues a client certificate ([`issue_client_cert`]) from the CA in `dir` (`ca.pem`,
+/// `ca.key`) and writes it there as `client-<name>.pem` and `client-<name>.key`; returns
+/// the two paths.
+pub fn write_client_cert(dir: &Path, name: &str, role: &str) -> Result<(PathBuf, PathBuf), ShipError> {
+    let read = |file: &str| {
+        let path = dir.join(file);
+        std::fs::read_to_string(&path).map_err(|e| io_err(&path, e))
+    };
+    let ca = CertPem { cert: read("ca.pem")?, key: read("ca.key")? };
+    let client = issue_client_cert(&ca, name, role)?;
+    let (cert, key) = (format!("client-{name}.pem"), format!("client-{name}.key"));
+    write_pem(dir, &cert, &client.cert, false)?;
+    write_pem(dir, &key, &client.key, true)?;
+    Ok((dir.join(cert), dir.join(key)))
+}
+
+#[allow(clippy::needless_pass_by_value, reason = "used as map_err(|e| io_err(&path, e))")]
+fn io_err(path: &Path, e: std::io::Error) -> ShipError {
+    ShipError::Certificate(format!("{}: {e}", path.display()))
+}
+
+/// Writes `text` to `dir/name`; a `secret` is readable by its owner only.
+fn write_pem(dir: &Path, name: &str, text: &str, secret: bool) -> Result<(), ShipError> {
+    let path = dir.join(name);
+    std::fs::write(&path, text).map_err(|e| io_err(&path, e))?;
+    #[cfg(unix)]
+    if secret {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| io_err(&path, e))?;
+    }
+    #[cfg(not(unix))]
+    let _ = secret;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -271,6 +383,27 @@ mod tests {
         let tls = TlsConfig::from_pem(&ca.cert, &cert.cert, &cert.key).unwrap();
         assert_eq!(tls.node(), NodeId(42));
         assert!(!format!("{cert:?}").contains("PRIVATE KEY"), "keys are not printed");
+    }
+
+    #[test]
+    fn client_certificates_carry_their_name_and_role() {
+        let ca = generate_ca("test").unwrap();
+        let client = issue_client_cert(&ca, "alice", "write").unwrap();
+        let der = CertificateDer::from_pem_slice(client.cert.as_bytes()).unwrap();
+        assert_eq!(client_subject(&der).unwrap(), ("alice".to_string(), "write".to_string()));
+        client_api_connector_as(&ca.cert, Some(&client)).unwrap();
+        // A node certificate names no role.
+        let node = issue_node_cert(&ca, NodeId(1), &[]).unwrap();
+        let der = CertificateDer::from_pem_slice(node.cert.as_bytes()).unwrap();
+        assert!(client_subject(&der).unwrap_err().contains("organizational unit"));
+        for (name, role) in [("", "admin"), ("bob", ""), ("a b", "admin"), ("bob", &"r".repeat(65))] {
+            assert!(issue_client_cert(&ca, name, role).is_err(), "{name:?} {role:?}");
+        }
+        let bad = CertPem { cert: String::new(), key: client.key.clone() };
+        let Err(err) = client_api_connector_as(&ca.cert, Some(&bad)) else {
+            panic!("an empty chain was accepted")
+        };
+        assert!(err.to_string().contains("no certificate"), "{err}");
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use themis_node::{Client, LocalCluster};
+use themis_node::{Client, Credentials, LocalCluster};
 pub(crate) struct Proc {
     pub(crate) id: u64,
     pub(crate) raft: SocketAddr,
@@ -21,6 +21,10 @@ pub(crate) struct Proc {
 pub(crate) struct Cluster {
     pub(crate) _dir: tempfile::TempDir,
     pub(crate) ca: String,
+    /// The admin client certificate every call below presents.
+    pub(crate) admin: Credentials,
+    /// The HS256 secret the nodes verify bearer tokens with.
+    pub(crate) jwt_secret_file: PathBuf,
     pub(crate) nodes: Vec<Proc>,
 }
 
@@ -74,7 +78,13 @@ impl Cluster {
                 child: None,
             })
             .collect();
-        let mut cluster = Cluster { _dir: dir, ca: layout.ca_pem, nodes };
+        let mut cluster = Cluster {
+            _dir: dir,
+            ca: layout.ca_pem,
+            admin: layout.admin,
+            jwt_secret_file: layout.jwt_secret_file,
+            nodes,
+        };
         for i in 0..n as usize {
             cluster.restart(i);
         }
@@ -95,7 +105,7 @@ impl Cluster {
     }
 
     pub(crate) async fn client(&self, i: usize) -> Client {
-        Client::connect(self.nodes[i].client, Some(&self.ca)).await.unwrap()
+        Client::connect(self.nodes[i].client, &self.admin).await.unwrap()
     }
 
     /// The index of the node that reports itself leader.
@@ -105,7 +115,7 @@ impl Cluster {
                 if node.child.is_none() {
                     continue;
                 }
-                if let Ok(c) = Client::connect(node.client, Some(&self.ca)).await
+                if let Ok(c) = Client::connect(node.client, &self.admin).await
                     && let Ok(status) = c.status().await
                     && status["status"]["role"] == "Leader"
                 {
@@ -132,24 +142,25 @@ impl Drop for Cluster {
     }
 }
 
-/// One HTTP/1.1 request over TLS (verified with the cluster CA); returns the status,
-/// the headers and the body.
+/// One HTTP/1.1 request over TLS with `credentials` (the cluster CA, a client certificate
+/// if they hold one, and `Authorization: Bearer` if they hold a token); returns the
+/// status, the headers and the body.
 pub(crate) async fn http(
     addr: SocketAddr,
-    ca: &str,
+    credentials: &Credentials,
     method: &str,
     path: &str,
     headers: &[(&str, &str)],
     body: &str,
 ) -> (u16, hyper::HeaderMap, String) {
     let body = http_body_util::Full::new(bytes::Bytes::from(body.to_string()));
-    http_with(addr, ca, method, path, headers, body).await
+    http_with(addr, credentials, method, path, headers, body).await
 }
 
 /// [`http`] with any request body (a stream, say); the answer's body is read whole.
 pub(crate) async fn http_with<B>(
     addr: SocketAddr,
-    ca: &str,
+    credentials: &Credentials,
     method: &str,
     path: &str,
     headers: &[(&str, &str)],
@@ -160,7 +171,7 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     use http_body_util::BodyExt;
-    let connector = themis_replication::ship::tls::client_api_connector(ca).unwrap();
+    let connector = credentials.connector().unwrap().expect("a TLS cluster");
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let name = rustls_pki_types::ServerName::IpAddress(addr.ip().into());
     let tls = connector.connect(name, tcp).await.unwrap();
@@ -168,6 +179,9 @@ where
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await.unwrap();
     tokio::spawn(conn);
     let mut request = hyper::Request::builder().method(method).uri(path).header("host", addr.to_string());
+    if let Some(token) = credentials.token() {
+        request = request.header("authorization", format!("Bearer {token}"));
+    }
     for (k, v) in headers {
         request = request.header(*k, *v);
     }
