@@ -125,6 +125,18 @@ impl Collector for StatusCollector {
         counter(&mut encoder, "elections", "Elections this node started", c.elections)?;
         counter(&mut encoder, "failovers", "Changes of leader this node saw", c.leader_changes)?;
         counter(&mut encoder, "peer_messages_sent", "Messages sent to peers", c.sent_msgs)?;
+        let rejected = ConstCounter::new(0u64);
+        let mut family = encoder.encode_descriptor(
+            "votes_rejected",
+            "Vote requests and answers refused by signature checks, by reason",
+            None,
+            rejected.metric_type(),
+        )?;
+        for (reason, n) in
+            [("unsigned", c.votes_unsigned), ("invalid", c.votes_invalid), ("replayed", c.votes_replayed)]
+        {
+            ConstCounter::new(n).encode(family.encode_family(&[("reason", reason)])?)?;
+        }
         counter(
             &mut encoder,
             "shipped_payload_bytes",

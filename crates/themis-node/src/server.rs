@@ -78,8 +78,9 @@ pub struct Node {
 }
 
 /// Loads this node's vote signing seed from `dir/vote-key`, creating it (32 random
-/// bytes, owner-only, fsynced) on first start. Peers learn the public key from the
-/// node's TLS-authenticated hello.
+/// bytes, owner-only, fsynced) on first start. Only under `insecure_plaintext`, where
+/// peers learn the public key from the hello on first use; under TLS the node
+/// certificate's key signs votes ([`vote_signer`]).
 fn vote_key(dir: &Path) -> Result<Vec<u8>, NodeError> {
     let path = dir.join("vote-key");
     match std::fs::read(&path) {
@@ -110,6 +111,32 @@ fn vote_key(dir: &Path) -> Result<Vec<u8>, NodeError> {
         }
         Err(e) => Err(NodeError::Io(format!("{}: {e}", path.display()))),
     }
+}
+
+/// This node's vote signer: under TLS the node certificate's Ed25519 key (peers take the
+/// public key from the certificate, so it cannot be learned or replaced in-band), else
+/// the seed in `data_dir/vote-key`.
+fn vote_signer(config: &NodeConfig, id: NodeId, security: &Security) -> Result<Ed25519Votes, NodeError> {
+    let Security::Tls(tls) = security else {
+        let seed = vote_key(&config.data_dir)?;
+        return Ok(Ed25519Votes::from_seed(id, &seed).map_err(DriverError::from)?);
+    };
+    let files = config.tls.as_ref().map(|t| (t.cert.display().to_string(), t.key.display().to_string()));
+    let (cert, key) = files.unwrap_or_default();
+    let certified = themis_replication::ship::tls::ed25519_public_key(tls.certificate()).map_err(|why| {
+        NodeError::Io(format!(
+            "tls.cert = {cert:?}: the node signs its votes with its certificate's key, and {why}"
+        ))
+    })?;
+    let der = tls.private_key_pkcs8().ok_or_else(|| {
+        NodeError::Io(format!("tls.key = {key:?}: the node key must be PKCS#8 (as `themis certs` writes it)"))
+    })?;
+    let votes =
+        Ed25519Votes::from_pkcs8(id, der).map_err(|e| NodeError::Io(format!("tls.key = {key:?}: {e}")))?;
+    if votes.public_key() != certified {
+        return Err(NodeError::Io(format!("tls.key = {key:?}: not the key of tls.cert = {cert:?}")));
+    }
+    Ok(votes)
 }
 
 /// The Raft core's settings for `config`, and the tick they count in.
@@ -159,6 +186,7 @@ impl Node {
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|e| io(&config.data_dir.display().to_string(), &e))?;
         let (security, client_tls) = security(config, id)?;
+        let signer = vote_signer(config, id, &security)?;
         for warning in config.warnings() {
             tracing::warn!(node = %id, "{warning}");
         }
@@ -190,7 +218,6 @@ impl Node {
         }
 
         let (raft, tick) = raft_config(config, id)?;
-        let seed = vote_key(&config.data_dir)?;
         let peers = config
             .peers
             .iter()
@@ -210,7 +237,7 @@ impl Node {
         driver_config.peer.heartbeat_interval = config.heartbeat;
         driver_config.peer.peer_timeout = config.election_timeout;
 
-        let votes = SharedVotes::new(Ed25519Votes::from_seed(id, &seed).map_err(DriverError::from)?);
+        let votes = SharedVotes::new(signer);
         let store = Arc::new(DocStore::new());
         let hlc = Arc::new(Hlc::new(id));
         let (manager, driver) =
@@ -730,5 +757,51 @@ mod tests {
         std::fs::write(dir.path().join("vote-key"), [1u8; 5]).unwrap();
         let err = vote_key(dir.path()).unwrap_err().to_string();
         assert!(err.contains("vote-key") && err.contains("5 bytes, expected 32"), "{err}");
+    }
+
+    #[test]
+    fn under_tls_votes_are_signed_with_the_node_certificates_key_and_only_an_ed25519_one() {
+        use themis_replication::ship::tls::{generate_ca, issue_node_cert};
+        let dir = tempfile::tempdir().unwrap();
+        let ca = generate_ca("c").unwrap();
+        let config = |cert: &str, key: &str| {
+            let (ca_path, cert_path, key_path) =
+                (dir.path().join("ca.pem"), dir.path().join("n.pem"), dir.path().join("n.key"));
+            std::fs::write(&ca_path, &ca.cert).unwrap();
+            std::fs::write(&cert_path, cert).unwrap();
+            std::fs::write(&key_path, key).unwrap();
+            let text = format!(
+                "node_id = 1\ncluster = \"c\"\ndata_dir = {:?}\nraft_addr = \"127.0.0.1:1\"\nclient_addr = \"127.0.0.1:2\"\n\
+                 peers = [[1, \"127.0.0.1:1\", \"127.0.0.1:2\"]]\n[replication]\nmode = \"async\"\n[tls]\nca = {ca_path:?}\ncert = {cert_path:?}\nkey = {key_path:?}\n",
+                dir.path().join("data")
+            );
+            let file = dir.path().join("node.toml");
+            std::fs::write(&file, text).unwrap();
+            NodeConfig::load(&file).unwrap()
+        };
+        let good = issue_node_cert(&ca, NodeId(1), &[]).unwrap();
+        let c = config(&good.cert, &good.key);
+        let (links, _) = super::security(&c, NodeId(1)).unwrap();
+        let votes = vote_signer(&c, NodeId(1), &links).unwrap();
+        let Security::Tls(tls) = &links else { panic!("TLS") };
+        let certified = themis_replication::ship::tls::ed25519_public_key(tls.certificate()).unwrap();
+        assert_eq!(votes.public_key(), certified);
+        assert!(!dir.path().join("data/vote-key").exists(), "no separate vote key under TLS");
+
+        // A node certificate with an ECDSA key (from another tool) cannot sign votes.
+        let ca_key = rcgen::KeyPair::from_pem(&ca.key).unwrap();
+        let issuer = rcgen::Issuer::from_ca_cert_pem(&ca.cert, ca_key).unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["node-1.themis".to_string()]).unwrap();
+        params.extended_key_usages =
+            vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth, rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let cert = params.signed_by(&key, &issuer).unwrap();
+        let c = config(&cert.pem(), &key.serialize_pem());
+        let (links, _) = super::security(&c, NodeId(1)).unwrap();
+        let err = vote_signer(&c, NodeId(1), &links).unwrap_err().to_string();
+        assert!(
+            err.contains("tls.cert") && err.contains("not Ed25519") && err.contains("themis certs"),
+            "{err}"
+        );
     }
 }

@@ -292,6 +292,14 @@ pub struct DriverCounters {
     pub sent_payload_bytes: u64,
     /// Bytes that crossed the links to peers (frame headers included, after compression).
     pub sent_wire_bytes: u64,
+    /// Vote requests and answers refused for a missing signature.
+    pub votes_unsigned: u64,
+    /// Vote requests and answers whose signature does not verify under the key the
+    /// sender's certificate certifies (a forged vote, or a node signing with another key).
+    pub votes_invalid: u64,
+    /// Vote requests and answers with a valid signature over another term, candidate or
+    /// vote kind (a replay).
+    pub votes_replayed: u64,
 }
 
 /// A change of leader this node saw.
@@ -750,15 +758,41 @@ async fn accept_loop(
                     return;
                 }
             };
-            // The hello's extra bytes are the dialer's vote key; mutual TLS has already
-            // proved the dialer is the node it names.
-            if let Err(err) = votes.add_peer(incoming.hello.node, &incoming.hello.extra) {
-                tracing::warn!(peer = %incoming.hello.node, error = %err, "peer sent no usable vote key");
-            }
+            bind_vote_key(&votes, &incoming);
             if let Err(err) = serve_messages(incoming, deliver, &config).await {
                 tracing::debug!(error = %err, "peer link ended");
             }
         });
+    }
+}
+
+/// Trusts the dialer's vote key before any of its messages is read. Under TLS the key is
+/// the one its certificate certifies (the CA vouches for it; mutual TLS has proved the
+/// dialer holds it and is the node it names), and whatever the hello says is ignored.
+/// Under `InsecurePlaintext` nothing is authenticated: the hello's key is trusted on first
+/// use and a different one later is refused.
+fn bind_vote_key(votes: &SharedVotes, incoming: &themis_ship::transport::Incoming) {
+    let node = incoming.hello.node;
+    match &incoming.certificate {
+        Some(cert) => match themis_ship::tls::ed25519_public_key(cert) {
+            Ok(key) => {
+                if let Err(err) = votes.add_peer(node, &key) {
+                    tracing::warn!(peer = %node, error = %err, "the certificate's vote key is unusable");
+                }
+            }
+            Err(reason) => {
+                tracing::warn!(peer = %node, %reason, "the peer's certificate carries no vote key; its votes will not count");
+            }
+        },
+        None => match votes.learn_peer(node, &incoming.hello.extra) {
+            Ok(true) => {
+                tracing::info!(peer = %node, "trusting the vote key a plaintext peer sent, on first use");
+            }
+            Ok(false) => {}
+            Err(err) => {
+                tracing::warn!(peer = %node, error = %err, "refused a vote key from a plaintext peer");
+            }
+        },
     }
 }
 
@@ -1419,7 +1453,12 @@ impl Loop {
             learners: status.conf_state.learners.iter().copied().collect(),
             lease_valid: status.lease_valid,
             replicas,
-            counters: self.totals(),
+            counters: DriverCounters {
+                votes_unsigned: status.vote_rejections.unsigned,
+                votes_invalid: status.vote_rejections.invalid,
+                votes_replayed: status.vote_rejections.replayed,
+                ..self.totals()
+            },
         });
     }
 

@@ -113,9 +113,25 @@ impl Ed25519Votes {
             value: format!("{} bytes", seed.len()),
             reason: format!("not an ed25519 seed of {ED25519_KEY_LEN} bytes: {err}"),
         })?;
+        Ok(Ed25519Votes::with_key(node, key))
+    }
+
+    /// A signer from this node's Ed25519 private key in PKCS#8 DER (the node certificate's
+    /// key, so peers can take the public key from the certificate the CA signed).
+    pub fn from_pkcs8(node: NodeId, der: &[u8]) -> Result<Ed25519Votes, RaftError> {
+        let key = Ed25519KeyPair::from_pkcs8_maybe_unchecked(der).map_err(|err| RaftError::Config {
+            key: "vote_key",
+            value: format!("a {}-byte PKCS#8 key", der.len()),
+            reason: format!("not an Ed25519 private key: {err}"),
+        })?;
+        Ok(Ed25519Votes::with_key(node, key))
+    }
+
+    /// This node's own key is registered as a peer too, so it can verify its own vote.
+    fn with_key(node: NodeId, key: Ed25519KeyPair) -> Ed25519Votes {
         let mut peers = BTreeMap::new();
         peers.insert(node, key.public_key().as_ref().to_vec());
-        Ok(Ed25519Votes { key, peers })
+        Ed25519Votes { key, peers }
     }
 
     /// This node's public key, for its peers.
@@ -124,18 +140,51 @@ impl Ed25519Votes {
         self.key.public_key().as_ref().to_vec()
     }
 
-    /// Trusts `public_key` as `node`'s vote key.
+    /// Trusts `public_key` as `node`'s vote key, replacing any earlier one: for keys from an
+    /// authority (the node's CA-signed certificate, or configuration).
     pub fn add_peer(&mut self, node: NodeId, public_key: &[u8]) -> Result<(), RaftError> {
-        if public_key.len() != ED25519_KEY_LEN {
-            return Err(RaftError::Config {
-                key: "peer_vote_key",
-                value: format!("node {node}: {} bytes", public_key.len()),
-                reason: format!("an ed25519 public key has {ED25519_KEY_LEN} bytes"),
-            });
-        }
+        check_public_key(node, public_key)?;
         self.peers.insert(node, public_key.to_vec());
         Ok(())
     }
+
+    /// Trusts `public_key` as `node`'s vote key if none is known yet (trust on first use);
+    /// a different key for a node already known is refused, so a key learned in-band can
+    /// never be replaced in-band. `Ok(true)` when the key was new.
+    pub fn learn_peer(&mut self, node: NodeId, public_key: &[u8]) -> Result<bool, RaftError> {
+        check_public_key(node, public_key)?;
+        match self.peers.get(&node) {
+            None => {
+                self.peers.insert(node, public_key.to_vec());
+                Ok(true)
+            }
+            Some(known) if known == public_key => Ok(false),
+            Some(_) => Err(RaftError::Config {
+                key: "peer_vote_key",
+                value: format!("node {node}"),
+                reason: "a different vote key than the one first seen for this node; it is ignored \
+                         (restart this node to trust a replaced key)"
+                    .into(),
+            }),
+        }
+    }
+
+    /// The vote key trusted for `node`, if any.
+    #[must_use]
+    pub fn peer_key(&self, node: NodeId) -> Option<&[u8]> {
+        self.peers.get(&node).map(Vec::as_slice)
+    }
+}
+
+fn check_public_key(node: NodeId, public_key: &[u8]) -> Result<(), RaftError> {
+    if public_key.len() == ED25519_KEY_LEN {
+        return Ok(());
+    }
+    Err(RaftError::Config {
+        key: "peer_vote_key",
+        value: format!("node {node}: {} bytes", public_key.len()),
+        reason: format!("an ed25519 public key has {ED25519_KEY_LEN} bytes"),
+    })
 }
 
 impl VoteSigner for Ed25519Votes {
@@ -172,6 +221,17 @@ impl SharedVotes {
     /// Trusts `public_key` as `node`'s vote key (see [`Ed25519Votes::add_peer`]).
     pub fn add_peer(&self, node: NodeId, public_key: &[u8]) -> Result<(), RaftError> {
         self.0.write().unwrap_or_else(std::sync::PoisonError::into_inner).add_peer(node, public_key)
+    }
+
+    /// Trusts `public_key` on first use (see [`Ed25519Votes::learn_peer`]).
+    pub fn learn_peer(&self, node: NodeId, public_key: &[u8]) -> Result<bool, RaftError> {
+        self.0.write().unwrap_or_else(std::sync::PoisonError::into_inner).learn_peer(node, public_key)
+    }
+
+    /// The vote key trusted for `node`, if any.
+    #[must_use]
+    pub fn peer_key(&self, node: NodeId) -> Option<Vec<u8>> {
+        self.0.read().unwrap_or_else(std::sync::PoisonError::into_inner).peer_key(node).map(<[u8]>::to_vec)
     }
 }
 
@@ -241,5 +301,37 @@ mod tests {
         let mut a = Ed25519Votes::from_seed(NodeId(1), &[1; 32]).unwrap();
         let err = a.add_peer(NodeId(2), &[0; 33]).unwrap_err();
         assert!(err.to_string().contains("node 2: 33 bytes"), "{err}");
+    }
+
+    #[test]
+    fn a_key_learned_in_band_is_never_replaced_in_band() {
+        let honest = Ed25519Votes::from_seed(NodeId(2), &[2; 32]).unwrap();
+        let rogue = Ed25519Votes::from_seed(NodeId(2), &[9; 32]).unwrap();
+        let mut a = Ed25519Votes::from_seed(NodeId(1), &[1; 32]).unwrap();
+        assert!(a.learn_peer(NodeId(2), &honest.public_key()).unwrap());
+        assert!(!a.learn_peer(NodeId(2), &honest.public_key()).unwrap(), "the same key again is no change");
+        let err = a.learn_peer(NodeId(2), &rogue.public_key()).unwrap_err();
+        assert!(err.to_string().contains("different vote key"), "{err}");
+        assert_eq!(a.peer_key(NodeId(2)), Some(honest.public_key().as_slice()));
+        // The rogue key's votes do not verify; the honest one's do.
+        assert!(!a.verify(NodeId(2), &claim(), &rogue.sign(&claim())));
+        assert!(a.verify(NodeId(2), &claim(), &honest.sign(&claim())));
+        // Only an authority (add_peer: a certificate or configuration) replaces a key.
+        a.add_peer(NodeId(2), &rogue.public_key()).unwrap();
+        assert!(a.verify(NodeId(2), &claim(), &rogue.sign(&claim())));
+    }
+
+    #[test]
+    fn a_pkcs8_key_signs_as_its_public_key_and_other_keys_are_refused() {
+        let rng = ring::rand::SystemRandom::new();
+        let der = Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
+        let pair = Ed25519KeyPair::from_pkcs8(der.as_ref()).unwrap();
+        let votes = Ed25519Votes::from_pkcs8(NodeId(1), der.as_ref()).unwrap();
+        assert_eq!(votes.public_key(), pair.public_key().as_ref());
+        assert!(votes.verify(NodeId(1), &claim(), &votes.sign(&claim())));
+        let p256 = signature::EcdsaKeyPair::generate_pkcs8(&signature::ECDSA_P256_SHA256_ASN1_SIGNING, &rng)
+            .unwrap();
+        let err = Ed25519Votes::from_pkcs8(NodeId(1), p256.as_ref()).unwrap_err();
+        assert!(err.to_string().contains("not an Ed25519 private key"), "{err}");
     }
 }

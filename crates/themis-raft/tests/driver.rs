@@ -64,7 +64,7 @@ fn put(key: &str, value: &str) -> Bytes {
 fn start_node(
     id: NodeId,
     dir: tempfile::TempDir,
-    (transport, listener): (Transport, themis_ship::transport::Listener),
+    (transport, listener, votes): Bound,
     peers: Vec<PeerInfo>,
     bootstrap: ConfState,
     snapshot_entries: u64,
@@ -82,7 +82,7 @@ fn start_node(
     let mut config = DriverConfig::new(raft, peers);
     config.tick = Duration::from_millis(20);
     config.snapshot_entries = snapshot_entries;
-    let votes = SharedVotes::new(Ed25519Votes::from_seed(id, &[id.0 as u8; 32]).unwrap());
+    let votes = SharedVotes::new(votes);
     let machine = Arc::new(MemoryStateMachine::new());
     let hlc = Arc::new(Hlc::new(id));
     let (manager, handle) =
@@ -91,21 +91,20 @@ fn start_node(
     Node { id, manager: Some(manager), machine, handle: Some(handle), dir, addr }
 }
 
-async fn bind(
-    ca: &CertPem,
-    id: NodeId,
-    members: &[NodeId],
-    addr: &str,
-) -> (Transport, themis_ship::transport::Listener) {
+/// A node's transport, its bound listener, and its vote signer (its certificate's key).
+type Bound = (Transport, themis_ship::transport::Listener, Ed25519Votes);
+
+async fn bind(ca: &CertPem, id: NodeId, members: &[NodeId], addr: &str) -> Bound {
     let cert = issue_node_cert(ca, id, &[]).unwrap();
     let tls = TlsConfig::from_pem(&ca.cert, &cert.cert, &cert.key).unwrap();
+    let votes = Ed25519Votes::from_pkcs8(id, tls.private_key_pkcs8().unwrap()).unwrap();
     let transport = Transport::new(
         TransportConfig::new("driver-test", id, Security::Tls(tls)),
         Members::new(members.iter().copied()),
     )
     .unwrap();
     let listener = transport.bind(addr.parse().unwrap()).await.unwrap();
-    (transport, listener)
+    (transport, listener, votes)
 }
 
 impl Cluster {
@@ -366,5 +365,55 @@ async fn an_oversized_proposal_is_refused_unwritten_and_a_stopped_driver_reports
         );
         let refused = node.manager().propose(put("k", "v")).await.unwrap_err();
         assert!(matches!(refused, DriverError::Stopped(_)), "{refused}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vote_counts_only_under_the_key_its_senders_certificate_certifies() {
+    // Node 3 holds a valid certificate but signs its votes with another key, and sends that
+    // key in its hello, as a node trying to replace its key in-band would. Its peers take
+    // the key from the certificate instead, so none of its votes verifies: it never leads
+    // and its grants never count.
+    let ca = generate_ca("driver-test").unwrap();
+    let ids: Vec<NodeId> = (1..=3).map(NodeId).collect();
+    let mut bound = Vec::new();
+    let mut peers = Vec::new();
+    for &id in &ids {
+        let b = bind(&ca, id, &ids, "127.0.0.1:0").await;
+        peers.push(PeerInfo { id, raft_addr: b.1.local_addr().unwrap(), meta: vec![] });
+        bound.push(b);
+    }
+    let rogue = Ed25519Votes::from_seed(NodeId(3), &[3; 32]).unwrap();
+    assert_ne!(rogue.public_key(), bound[2].2.public_key());
+    bound[2].2 = rogue;
+    let conf = ConfState::with_voters(ids.iter().copied());
+    let mut nodes: Vec<Node> = bound
+        .into_iter()
+        .zip(&ids)
+        .map(|(b, id)| start_node(*id, tempfile::tempdir().unwrap(), b, peers.clone(), conf.clone(), 100_000))
+        .collect();
+    let cluster_leader = |nodes: &[Node]| nodes.iter().position(|n| n.manager().status().role == "Leader");
+    let mut leader = None;
+    for _ in 0..500 {
+        leader = cluster_leader(&nodes);
+        if leader.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let leader = leader.expect("nodes 1 and 2 elect one of them");
+    assert_ne!(leader, 2, "node 3 cannot win with votes nobody can verify");
+    for _ in 0..5 {
+        let _ = nodes[2].manager().start_election().await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_ne!(nodes[2].manager().status().role, "Leader");
+    }
+    let invalid: u64 = nodes[..2].iter().map(|n| n.manager().status().counters.votes_invalid).sum();
+    assert!(invalid > 0, "the peers counted node 3's votes as invalid");
+    // The two honest nodes still form a majority and write.
+    let leader = cluster_leader(&nodes).expect("a leader");
+    write(nodes[leader].manager(), "k", "v").await;
+    for node in &mut nodes {
+        node.stop().await;
     }
 }

@@ -60,6 +60,10 @@ pub fn generate_ca(cluster: &str) -> Result<CertPem, ShipError> {
 
 /// Issues a certificate for `node`, signed by `ca`, valid for client and server use.
 /// `extra_names` adds DNS names or IP addresses (for tools that connect by address).
+///
+/// The node's key is Ed25519: the same key signs the node's Raft votes, so its peers take
+/// the vote key from the certificate the CA signed ([`ed25519_public_key`]), never from a
+/// message.
 pub fn issue_node_cert(ca: &CertPem, node: NodeId, extra_names: &[String]) -> Result<CertPem, ShipError> {
     let ca_key = rcgen::KeyPair::from_pem(&ca.key).map_err(|e| cert_err("CA key", e))?;
     let issuer =
@@ -73,7 +77,7 @@ pub fn issue_node_cert(ca: &CertPem, node: NodeId, extra_names: &[String]) -> Re
     params.extended_key_usages =
         vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth, rcgen::ExtendedKeyUsagePurpose::ClientAuth];
     params.use_authority_key_identifier_extension = true;
-    let key = rcgen::KeyPair::generate().map_err(|e| cert_err("node key", e))?;
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).map_err(|e| cert_err("node key", e))?;
     let cert = params.signed_by(&key, &issuer).map_err(|e| cert_err("node certificate", e))?;
     Ok(CertPem { cert: cert.pem(), key: key.serialize_pem() })
 }
@@ -128,6 +132,24 @@ fn one_attribute<'a>(
     }
 }
 
+/// The Ed25519 public key a certificate certifies (32 bytes), or why it has none.
+pub fn ed25519_public_key(cert: &CertificateDer<'_>) -> Result<Vec<u8>, String> {
+    let (_, parsed) =
+        x509_parser::parse_x509_certificate(cert).map_err(|e| format!("unparsable certificate: {e}"))?;
+    let spki = parsed.public_key();
+    if spki.algorithm.algorithm != x509_parser::oid_registry::OID_SIG_ED25519 {
+        return Err(format!(
+            "its key is not Ed25519 (algorithm {}); issue node certificates with `themis certs`",
+            spki.algorithm.algorithm
+        ));
+    }
+    let key = spki.subject_public_key.data.to_vec();
+    if key.len() != 32 {
+        return Err(format!("its Ed25519 key has {} bytes, not 32", key.len()));
+    }
+    Ok(key)
+}
+
 /// The node id a certificate names in its `node-<id>.themis` DNS name, if exactly one.
 pub fn node_id_of(cert: &CertificateDer<'_>) -> Result<NodeId, String> {
     let (_, parsed) =
@@ -153,6 +175,9 @@ pub fn node_id_of(cert: &CertificateDer<'_>) -> Result<NodeId, String> {
 #[derive(Clone)]
 pub struct TlsConfig {
     node: NodeId,
+    /// The node certificate (the leaf) and its key, PKCS#8 DER when it is PKCS#8.
+    leaf: CertificateDer<'static>,
+    pkcs8: Option<Arc<[u8]>>,
     server: Arc<ServerConfig>,
     client: Arc<ClientConfig>,
     /// For the client API: this node's certificate; a client certificate from the cluster
@@ -187,8 +212,13 @@ impl TlsConfig {
             return Err(ShipError::Certificate("the certificate file holds no certificate".into()));
         };
         let node = node_id_of(leaf).map_err(|e| cert_err("node certificate", e))?;
+        let leaf = leaf.clone();
         let key =
             PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| cert_err("private key PEM", e))?;
+        let pkcs8 = match &key {
+            PrivateKeyDer::Pkcs8(der) => Some(Arc::from(der.secret_pkcs8_der())),
+            _ => None,
+        };
         let mut roots = RootCertStore::empty();
         for cert in ca {
             roots.add(cert).map_err(|e| cert_err("CA certificate", e))?;
@@ -224,6 +254,8 @@ impl TlsConfig {
             .map_err(|e| cert_err("node certificate and key", e))?;
         Ok(TlsConfig {
             node,
+            leaf,
+            pkcs8,
             server: Arc::new(server),
             client: Arc::new(client),
             client_api: Arc::new(client_api),
@@ -243,6 +275,19 @@ impl TlsConfig {
     #[must_use]
     pub fn node(&self) -> NodeId {
         self.node
+    }
+
+    /// The node's certificate (the leaf of its chain).
+    #[must_use]
+    pub fn certificate(&self) -> &CertificateDer<'static> {
+        &self.leaf
+    }
+
+    /// The node's private key as PKCS#8 DER (what `themis certs` writes), for signing with
+    /// the identity the certificate binds (Raft votes); `None` for a SEC1 or PKCS#1 key.
+    #[must_use]
+    pub fn private_key_pkcs8(&self) -> Option<&[u8]> {
+        self.pkcs8.as_deref()
     }
 
     /// A TLS 1.3 acceptor for the client API: this node's certificate. Clients authenticate
@@ -383,6 +428,24 @@ mod tests {
         let tls = TlsConfig::from_pem(&ca.cert, &cert.cert, &cert.key).unwrap();
         assert_eq!(tls.node(), NodeId(42));
         assert!(!format!("{cert:?}").contains("PRIVATE KEY"), "keys are not printed");
+    }
+
+    #[test]
+    fn a_node_certificate_certifies_its_ed25519_key_and_others_certify_none() {
+        let ca = generate_ca("c").unwrap();
+        let node = issue_node_cert(&ca, NodeId(4), &[]).unwrap();
+        let tls = TlsConfig::from_pem(&ca.cert, &node.cert, &node.key).unwrap();
+        let key = ed25519_public_key(tls.certificate()).unwrap();
+        assert_eq!(key.len(), 32);
+        // The PKCS#8 key is the certificate's.
+        let der = tls.private_key_pkcs8().expect("PKCS#8");
+        let pair = rcgen::KeyPair::try_from(der).unwrap();
+        assert_eq!(pair.public_key_raw(), key.as_slice());
+        assert!(pair.is_compatible(&rcgen::PKCS_ED25519));
+        // The CA's key is ECDSA: it certifies no Ed25519 key.
+        let ca_der = CertificateDer::from_pem_slice(ca.cert.as_bytes()).unwrap();
+        let err = ed25519_public_key(&ca_der).unwrap_err();
+        assert!(err.contains("not Ed25519"), "{err}");
     }
 
     #[test]

@@ -19,6 +19,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
+use rustls_pki_types::CertificateDer;
 use themis_clock::NodeId;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::{TcpListener, TcpStream};
@@ -600,7 +601,9 @@ impl Pending {
         let Pending { tcp, peer, transport } = self;
         let c = Arc::clone(&transport.config);
         timed(c.handshake_timeout, peer, "handshake", async move {
-            let (io, cert_node, plaintext): (BoxIo, Option<NodeId>, bool) = match &c.security {
+            let (io, certificate, plaintext): (BoxIo, Option<CertificateDer<'static>>, bool) = match &c
+                .security
+            {
                 Security::Tls(tls) => {
                     let mut first = [0u8; 4];
                     let n = tcp.peek(&mut first).await.map_err(|e| io_error("read", peer, e))?;
@@ -618,11 +621,15 @@ impl Pending {
                         peer,
                         reason: "no client certificate".into(),
                     })?;
-                    let node = crate::tls::node_id_of(&cert)
-                        .map_err(|reason| ShipError::UnknownNode { peer, reason })?;
-                    (Box::new(stream), Some(node), false)
+                    (Box::new(stream), Some(cert), false)
                 }
                 Security::InsecurePlaintext => (Box::new(tcp), None, true),
+            };
+            let cert_node = match &certificate {
+                Some(cert) => Some(
+                    crate::tls::node_id_of(cert).map_err(|reason| ShipError::UnknownNode { peer, reason })?,
+                ),
+                None => None,
             };
             let mut conn = Connection::new(io, peer, NodeId(0), c.max_frame, plaintext);
             let first = conn.reader.recv().await?;
@@ -668,7 +675,7 @@ impl Pending {
                 });
             }
             conn.peer_node = hello.node;
-            Ok(Incoming { conn, hello, node: c.node })
+            Ok(Incoming { conn, hello, certificate, node: c.node })
         })
         .await
     }
@@ -681,6 +688,9 @@ pub struct Incoming {
     conn: Connection,
     /// The dialer's hello.
     pub hello: Hello,
+    /// The dialer's certificate, verified against the cluster CA and naming the node the
+    /// hello names (`None` under `InsecurePlaintext`).
+    pub certificate: Option<CertificateDer<'static>>,
     node: NodeId,
 }
 
