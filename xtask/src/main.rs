@@ -13,9 +13,10 @@ tasks:
                                  --full runs the slow suites with their long budgets
   layers [--manifest-path PATH]  check dependency edges against xtask/layers.toml
   fuzz <target> [--seconds N]    run a cargo-fuzz target on nightly (default 60 s)
-  sim [--seeds N] [--nodes K[,K..]] [--seed S]
+  sim [--seeds N] [--nodes K[,K..]] [--start S] [--seed S]
                                  run the Raft cluster simulator (release build): N seeds per
-                                 size (default 1000, sizes 3,5,7), or replay seed S
+                                 size (default 1000, sizes 3,5,7) from a random first seed
+                                 (printed; --start S repeats a run), or replay seed S
   help                           this text
 ";
 
@@ -70,6 +71,7 @@ fn sim_task(root: &Path, args: &[&str]) -> anyhow::Result<()> {
             "--seeds" => "THEMIS_SIM_SEEDS",
             "--nodes" => "THEMIS_SIM_NODES",
             "--seed" => "THEMIS_SIM_SEED",
+            "--start" => "THEMIS_SIM_START",
             other => anyhow::bail!("unknown sim flag {other:?}; see `cargo xtask help`"),
         };
         if value.split(',').any(|v| v.trim().parse::<u64>().is_err()) {

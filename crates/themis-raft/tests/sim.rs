@@ -3,7 +3,9 @@
 //! Seeds per cluster size: `THEMIS_SIM_SEEDS`, else 500 under `cargo xtask ci`
 //! (`THEMIS_TEST_BUDGET=ci`), 5000 under `--full`, 40 for a plain `cargo test`.
 //! `THEMIS_SIM_NODES` picks the sizes (default `3,5,7`); `THEMIS_SIM_SEED` replays one seed.
-//! `cargo xtask sim --seeds N --nodes K` sets these.
+//! The seeds run are `start..start + N`, with `start` drawn afresh for every run and
+//! printed (so each CI run explores seeds no earlier run did); `THEMIS_SIM_START` repeats a
+//! run. `cargo xtask sim --seeds N --nodes K --start S` sets these.
 
 use themis_testkit::sim::{SimReport, Violation, run_seed};
 
@@ -17,7 +19,25 @@ fn seeds() -> Vec<u64> {
         _ => 40,
     };
     let count: u64 = std::env::var("THEMIS_SIM_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(budget);
-    (0..count).collect()
+    let start = start();
+    (start..start + count).collect()
+}
+
+/// The first seed: `THEMIS_SIM_START`, else drawn from the OS's randomness (below 10^9, so
+/// a seed is easy to copy), printed either way.
+fn start() -> u64 {
+    static START: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *START.get_or_init(|| {
+        let start = match std::env::var("THEMIS_SIM_START") {
+            Ok(s) => s.parse().expect("THEMIS_SIM_START is a number"),
+            Err(_) => {
+                use std::hash::{BuildHasher, Hasher};
+                std::collections::hash_map::RandomState::new().build_hasher().finish() % 1_000_000_000
+            }
+        };
+        eprintln!("simulation seeds start at {start} (THEMIS_SIM_START={start} runs the same seeds again)");
+        start
+    })
 }
 
 /// One seed; a slow one is reported, since the CI budget is per size.
