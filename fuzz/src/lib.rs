@@ -169,10 +169,20 @@ pub fn raft_message_decode(data: &[u8]) {
         max_record_bytes: 1 << 16,
         max_snapshot_bytes: 1 << 20,
         max_ctx_bytes: 1024,
+        max_chunk_bytes: 1 << 12,
     };
     let bytes = bytes::Bytes::copy_from_slice(data);
     if let Ok(message) = wire::decode(&bytes, &limits) {
         let again = bytes::Bytes::from(wire::encode(&message));
         assert_eq!(wire::decode(&again, &limits).ok(), Some(message), "raft message round-trip");
+    }
+    // Everything a peer link carries, snapshot chunks and their answers included.
+    if let Ok(packet) = wire::decode_packet(&bytes, &limits) {
+        let again = bytes::Bytes::from(match &packet {
+            wire::Packet::Message(m) => wire::encode(m),
+            wire::Packet::Chunk(c) => wire::encode_chunk(c),
+            wire::Packet::Ack(a) => wire::encode_ack(a),
+        });
+        assert_eq!(wire::decode_packet(&again, &limits).ok(), Some(packet), "raft packet round-trip");
     }
 }

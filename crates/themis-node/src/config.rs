@@ -67,6 +67,9 @@ pub struct ReplicationSection {
     /// ...once they hold this percentage of the last snapshot's bytes too (default 100;
     /// 0 to 10000; 0 counts entries alone).
     pub snapshot_log_percent: u32,
+    /// Snapshots travel to followers in chunks of this many bytes (default 1048576;
+    /// 1024 to 16777216).
+    pub snapshot_chunk_bytes: usize,
     /// Applier threads, 1 to 64 (default 1: serial).
     pub apply_workers: usize,
     /// `always` (group commit, default) or `never` (tests only: a crash can lose writes).
@@ -84,6 +87,7 @@ impl Default for ReplicationSection {
             election_timeout_ms: 500,
             snapshot_entries: 100_000,
             snapshot_log_percent: 100,
+            snapshot_chunk_bytes: 1 << 20,
             apply_workers: 1,
             fsync: "always".into(),
             lag_alert_ms: 1000,
@@ -153,6 +157,8 @@ pub struct NodeConfig {
     pub snapshot_entries: u64,
     /// Snapshot threshold in percent of the last snapshot's bytes.
     pub snapshot_log_percent: u32,
+    /// Snapshot chunk size.
+    pub snapshot_chunk_bytes: usize,
     /// Applier threads.
     pub apply_workers: usize,
     /// Whether appends are fsynced.
@@ -333,6 +339,12 @@ impl RawConfig {
                 r.snapshot_log_percent
             ));
         }
+        if !(1024..=16 << 20).contains(&r.snapshot_chunk_bytes) {
+            return bad(format!(
+                "replication.snapshot_chunk_bytes = {}: must be 1024 to 16777216",
+                r.snapshot_chunk_bytes
+            ));
+        }
         if !(1..=64).contains(&r.apply_workers) {
             return bad(format!("replication.apply_workers = {}: must be 1 to 64", r.apply_workers));
         }
@@ -410,6 +422,7 @@ impl RawConfig {
             election_timeout: Duration::from_millis(r.election_timeout_ms),
             snapshot_entries: r.snapshot_entries,
             snapshot_log_percent: r.snapshot_log_percent,
+            snapshot_chunk_bytes: r.snapshot_chunk_bytes,
             apply_workers: r.apply_workers,
             fsync,
             lag_alert: Duration::from_millis(r.lag_alert_ms),
@@ -534,6 +547,10 @@ client_addr = "127.0.0.1:8003"
             (
                 good.replace("[replication]", "[replication]\nsnapshot_log_percent = 10001"),
                 "replication.snapshot_log_percent = 10001",
+            ),
+            (
+                good.replace("[replication]", "[replication]\nsnapshot_chunk_bytes = 100"),
+                "replication.snapshot_chunk_bytes = 100",
             ),
             (good.replace("[replication]", "[replication]\nfsync = \"sometimes\""), "fsync = \"sometimes\""),
             (good.replace("node_id = 1", "node_id = 0"), "node_id = 0"),

@@ -110,6 +110,57 @@ fn signed(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
+/// The running totals of a driver's status: proposals, elections, votes refused, peer
+/// messages and snapshot transfers.
+fn encode_totals(encoder: &mut DescriptorEncoder<'_>, s: &DriverStatus) -> std::fmt::Result {
+    let c = s.counters;
+    counter(encoder, "proposals", "Entries this node proposed as leader", c.proposals)?;
+    counter(encoder, "elections", "Elections this node started", c.elections)?;
+    counter(encoder, "failovers", "Changes of leader this node saw", c.leader_changes)?;
+    counter(encoder, "peer_messages_sent", "Messages sent to peers", c.sent_msgs)?;
+    counter(encoder, "snapshot_chunks_sent", "Snapshot chunks sent to followers", c.snapshot_chunks_sent)?;
+    counter(encoder, "snapshot_chunks_received", "Snapshot chunks received", c.snapshot_chunks_received)?;
+    counter(encoder, "snapshots_sent", "Snapshots a follower received whole and verified", c.snapshots_sent)?;
+    counter(encoder, "snapshots_received", "Snapshots received whole and verified", c.snapshots_received)?;
+    counter(
+        encoder,
+        "snapshot_resumed_bytes",
+        "Snapshot bytes a transfer found already received when it resumed after a restart",
+        c.snapshot_bytes_resumed,
+    )?;
+    gauge(
+        encoder,
+        "snapshot_transfers",
+        "Snapshot transfers in progress",
+        signed(s.snapshot_transfers.len() as u64),
+    )?;
+    let rejected = ConstCounter::new(0u64);
+    let mut family = encoder.encode_descriptor(
+        "votes_rejected",
+        "Vote requests and answers refused by signature checks, by reason",
+        None,
+        rejected.metric_type(),
+    )?;
+    for (reason, n) in
+        [("unsigned", c.votes_unsigned), ("invalid", c.votes_invalid), ("replayed", c.votes_replayed)]
+    {
+        ConstCounter::new(n).encode(family.encode_family(&[("reason", reason)])?)?;
+    }
+    counter(
+        encoder,
+        "shipped_payload_bytes",
+        "Replication bytes sent to peers before compression",
+        c.sent_payload_bytes,
+    )?;
+    counter(
+        encoder,
+        "shipped_wire_bytes",
+        "Replication bytes that crossed the links (after compression, frame headers included)",
+        c.sent_wire_bytes,
+    )?;
+    Ok(())
+}
+
 impl Collector for StatusCollector {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> std::fmt::Result {
         let s: DriverStatus = self.manager.status();
@@ -121,34 +172,7 @@ impl Collector for StatusCollector {
         gauge(&mut encoder, "applied_lsn", "The LSN the state machine has applied", signed(s.applied_lsn))?;
         gauge(&mut encoder, "voters", "Voting members", signed(s.voters.len() as u64))?;
         gauge(&mut encoder, "learners", "Learners", signed(s.learners.len() as u64))?;
-        counter(&mut encoder, "proposals", "Entries this node proposed as leader", c.proposals)?;
-        counter(&mut encoder, "elections", "Elections this node started", c.elections)?;
-        counter(&mut encoder, "failovers", "Changes of leader this node saw", c.leader_changes)?;
-        counter(&mut encoder, "peer_messages_sent", "Messages sent to peers", c.sent_msgs)?;
-        let rejected = ConstCounter::new(0u64);
-        let mut family = encoder.encode_descriptor(
-            "votes_rejected",
-            "Vote requests and answers refused by signature checks, by reason",
-            None,
-            rejected.metric_type(),
-        )?;
-        for (reason, n) in
-            [("unsigned", c.votes_unsigned), ("invalid", c.votes_invalid), ("replayed", c.votes_replayed)]
-        {
-            ConstCounter::new(n).encode(family.encode_family(&[("reason", reason)])?)?;
-        }
-        counter(
-            &mut encoder,
-            "shipped_payload_bytes",
-            "Replication bytes sent to peers before compression",
-            c.sent_payload_bytes,
-        )?;
-        counter(
-            &mut encoder,
-            "shipped_wire_bytes",
-            "Replication bytes that crossed the links (after compression, frame headers included)",
-            c.sent_wire_bytes,
-        )?;
+        encode_totals(&mut encoder, &s)?;
         let ratio =
             if c.sent_wire_bytes == 0 { 1.0 } else { c.sent_payload_bytes as f64 / c.sent_wire_bytes as f64 };
         let metric = ConstGauge::new(ratio);

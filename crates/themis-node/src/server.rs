@@ -153,6 +153,31 @@ fn raft_config(config: &NodeConfig, id: NodeId) -> Result<(RaftConfig, Duration)
     Ok((raft, tick))
 }
 
+/// The replication driver's settings for `config`.
+fn driver_config(config: &NodeConfig, id: NodeId) -> Result<DriverConfig, NodeError> {
+    let (raft, tick) = raft_config(config, id)?;
+    let peers = config
+        .peers
+        .iter()
+        .map(|(pid, raft_addr, client_addr)| PeerInfo {
+            id: NodeId(*pid),
+            raft_addr: *raft_addr,
+            meta: client_addr.to_string().into_bytes(),
+        })
+        .collect();
+    let mut driver_config = DriverConfig::new(raft, peers);
+    driver_config.tick = tick;
+    driver_config.snapshot_entries = config.snapshot_entries;
+    driver_config.snapshot_log_percent = config.snapshot_log_percent;
+    driver_config.snapshot_chunk_bytes = config.snapshot_chunk_bytes;
+    driver_config.apply_workers = config.apply_workers;
+    driver_config.lag_alert = config.lag_alert;
+    driver_config.wire.max_record_bytes = MAX_RECORD_BYTES;
+    driver_config.peer.heartbeat_interval = config.heartbeat;
+    driver_config.peer.peer_timeout = config.election_timeout;
+    Ok(driver_config)
+}
+
 /// The node link security and the client API acceptor `config` asks for; the node
 /// certificate must name this node.
 fn security(
@@ -217,25 +242,7 @@ impl Node {
             tracing::warn!(node = %id, ?report, "the WAL had a torn tail, truncated at open");
         }
 
-        let (raft, tick) = raft_config(config, id)?;
-        let peers = config
-            .peers
-            .iter()
-            .map(|(pid, raft_addr, client_addr)| PeerInfo {
-                id: NodeId(*pid),
-                raft_addr: *raft_addr,
-                meta: client_addr.to_string().into_bytes(),
-            })
-            .collect();
-        let mut driver_config = DriverConfig::new(raft, peers);
-        driver_config.tick = tick;
-        driver_config.snapshot_entries = config.snapshot_entries;
-        driver_config.snapshot_log_percent = config.snapshot_log_percent;
-        driver_config.apply_workers = config.apply_workers;
-        driver_config.lag_alert = config.lag_alert;
-        driver_config.wire.max_record_bytes = MAX_RECORD_BYTES;
-        driver_config.peer.heartbeat_interval = config.heartbeat;
-        driver_config.peer.peer_timeout = config.election_timeout;
+        let driver_config = driver_config(config, id)?;
 
         let votes = SharedVotes::new(signer);
         let store = Arc::new(DocStore::new());

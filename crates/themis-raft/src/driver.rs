@@ -40,8 +40,9 @@ use crate::progress::ProgressState;
 use crate::raw_node::{RawNode, Ready};
 use crate::signing::SharedVotes;
 use crate::storage::Storage;
+use crate::transfer::{AckOutcome, Outgoing, Received, Receiver};
 use crate::types::{AckPolicy, ConfState, Role, Snapshot, SnapshotMeta};
-use crate::wire::{self, WireLimits};
+use crate::wire::{self, Packet, SnapshotAck, SnapshotChunk, SnapshotId, WireLimits};
 
 /// The entry kind that records a member's addresses in the log, so every node (and every
 /// node that joins later) learns where its peers are.
@@ -97,6 +98,11 @@ pub struct DriverConfig {
     /// to a leader whose answer was lost) fails with [`DriverError::ReadTimeout`] instead
     /// of waiting forever (default 5 s).
     pub read_timeout: Duration,
+    /// Snapshots travel in chunks of at most this many bytes (default 1 MiB; 1 KiB to
+    /// `wire.max_chunk_bytes`), so a snapshot of any size fits the peer frame limit.
+    pub snapshot_chunk_bytes: usize,
+    /// Chunks sent ahead of the receiver's answers (default 4, 1 to 64).
+    pub snapshot_window: usize,
 }
 
 impl DriverConfig {
@@ -116,6 +122,8 @@ impl DriverConfig {
             lag_alert_lsns: 10_000,
             lag_alert: Duration::from_secs(1),
             read_timeout: Duration::from_secs(5),
+            snapshot_chunk_bytes: 1 << 20,
+            snapshot_window: 4,
         }
     }
 
@@ -138,6 +146,15 @@ impl DriverConfig {
         }
         if self.max_pending == 0 {
             return bad("max_pending = 0: must be at least 1".into());
+        }
+        if !(1024..=self.wire.max_chunk_bytes).contains(&self.snapshot_chunk_bytes) {
+            return bad(format!(
+                "snapshot_chunk_bytes = {}: must be 1024 to {} (wire.max_chunk_bytes)",
+                self.snapshot_chunk_bytes, self.wire.max_chunk_bytes
+            ));
+        }
+        if !(1..=64).contains(&self.snapshot_window) {
+            return bad(format!("snapshot_window = {}: must be 1 to 64", self.snapshot_window));
         }
         if self.read_timeout < self.tick {
             return bad(format!(
@@ -275,6 +292,10 @@ pub struct DriverStatus {
     pub replicas: Vec<ReplicaStatus>,
     /// Running totals since the driver started.
     pub counters: DriverCounters,
+    /// Snapshot transfers in progress.
+    pub snapshot_transfers: Vec<SnapshotTransfer>,
+    /// The LSN of this node's latest snapshot (its log is compacted up to there).
+    pub snapshot_lsn: Lsn,
 }
 
 /// Running totals of a driver, for metrics.
@@ -300,6 +321,31 @@ pub struct DriverCounters {
     /// Vote requests and answers with a valid signature over another term, candidate or
     /// vote kind (a replay).
     pub votes_replayed: u64,
+    /// Snapshot chunks sent to followers.
+    pub snapshot_chunks_sent: u64,
+    /// Snapshot chunks received (written or already held).
+    pub snapshot_chunks_received: u64,
+    /// Snapshots a follower received whole and verified.
+    pub snapshots_sent: u64,
+    /// Snapshots received whole and verified, handed to the core.
+    pub snapshots_received: u64,
+    /// Bytes of snapshot transfers that resumed from a part file after a restart.
+    pub snapshot_bytes_resumed: u64,
+}
+
+/// A snapshot transfer in progress.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotTransfer {
+    /// The other side.
+    pub peer: NodeId,
+    /// `"send"` (this node leads) or `"receive"`.
+    pub direction: String,
+    /// The snapshot's LSN.
+    pub lsn: Lsn,
+    /// Bytes the receiver holds.
+    pub bytes_done: u64,
+    /// The snapshot's size.
+    pub bytes_total: u64,
 }
 
 /// A change of leader this node saw.
@@ -614,6 +660,30 @@ fn max_payload_bytes(config: &DriverConfig, storage: &WalStorage) -> usize {
     record - record::RECORD_HEADER_LEN
 }
 
+/// Refuses a transport frame limit that could not carry one append of the largest record
+/// or one snapshot chunk: that follower would stall for good.
+fn check_frame(config: &DriverConfig, frame: usize) -> Result<(), DriverError> {
+    // An append carries up to `max_msg_bytes` of entries plus one more, each a record;
+    // a frame that cannot hold the largest record would stall that follower for good.
+    let needed = config.wire.max_record_bytes + wire::APPEND_HEADER_LEN;
+    if frame < needed {
+        return Err(DriverError::Config(format!(
+            "transport max_frame = {frame}: below the {needed} bytes one append of the largest record needs"
+        )));
+    }
+    // A chunk carries the snapshot metadata beside its data (up to 1 MiB, bounded by
+    // the decoder).
+    let chunk_frame = config.snapshot_chunk_bytes + (1 << 20) + 128;
+    if frame < chunk_frame {
+        return Err(DriverError::Config(format!(
+            "transport max_frame = {frame}: below the {chunk_frame} bytes a snapshot chunk of \
+             snapshot_chunk_bytes = {} may need",
+            config.snapshot_chunk_bytes
+        )));
+    }
+    Ok(())
+}
+
 /// Starts replication. See the module documentation.
 #[derive(Debug)]
 pub struct Driver;
@@ -636,15 +706,7 @@ impl Driver {
         config.validate()?;
         let id = config.raft.id;
         let max_payload_bytes = max_payload_bytes(&config, &storage);
-        // An append carries up to `max_msg_bytes` of entries plus one more, each a record;
-        // a frame that cannot hold the largest record would stall that follower for good.
-        let frame = transport.config().max_frame;
-        let needed = config.wire.max_record_bytes + wire::APPEND_HEADER_LEN;
-        if frame < needed {
-            return Err(DriverError::Config(format!(
-                "transport max_frame = {frame}: below the {needed} bytes one append of the largest record needs"
-            )));
-        }
+        check_frame(&config, transport.config().max_frame)?;
         config.peer.hello_extra = Bytes::from(votes.public_key());
         let clock: Arc<dyn Fn() -> Timestamp + Send + Sync> = Arc::new(clock);
         // Restore the state machine from the snapshot before the log replays after it.
@@ -666,6 +728,14 @@ impl Driver {
             .name(format!("themis-apply-{}", id.0))
             .spawn(move || apply_thread(&machine, workers, apply_rx, &applied_tx))
             .map_err(|e| DriverError::Apply(format!("spawn the applier thread: {e}")))?;
+
+        let (chunks_tx, chunks_rx) = mpsc::channel(config.snapshot_window * 2);
+        let (reports_tx, reports) = mpsc::channel(config.snapshot_window * 2);
+        let raft_dir = storage.dir().to_path_buf();
+        std::thread::Builder::new()
+            .name(format!("themis-snap-{}", id.0))
+            .spawn(move || receiver_thread(id, &raft_dir, chunks_rx, &reports_tx))
+            .map_err(|e| DriverError::Apply(format!("spawn the snapshot receiver thread: {e}")))?;
 
         let (inbound_tx, inbound) = mpsc::channel(4096);
         let accept = tokio::spawn(accept_loop(listener, inbound_tx, config.peer.clone(), votes));
@@ -707,10 +777,14 @@ impl Driver {
             last_snapshot_bytes: snapshot.data.len() as u64,
             last_role: Role::Follower,
             counters: DriverCounters::default(),
+            outgoing: BTreeMap::new(),
+            sent_id: None,
+            chunks_tx,
+            incoming: None,
         };
         driver.sync_peers();
         let handle = tokio::spawn(async move {
-            let result = driver.run(inbound, commands).await;
+            let result = driver.run(inbound, commands, reports).await;
             accept.abort();
             if let Err(err) = &result {
                 // The caller owns the handle and decides what a stop means (the node exits
@@ -918,6 +992,52 @@ struct Loop {
     last_role: Role,
     /// Totals; the link byte counts of links already closed are kept here.
     counters: DriverCounters,
+    /// Snapshots on their way to followers (leader only).
+    outgoing: BTreeMap<NodeId, Outgoing>,
+    /// The id (with its CRC) of the last snapshot sent, so each is checksummed once.
+    sent_id: Option<SnapshotId>,
+    /// Chunks for the receiver thread, which writes them to the part file.
+    chunks_tx: mpsc::Sender<SnapshotChunk>,
+    /// The snapshot this node is receiving: from whom, which, bytes held.
+    incoming: Option<(NodeId, SnapshotId, u64)>,
+}
+
+/// How long a snapshot transfer may go without an answer that moves it before chunks are
+/// sent again from what the receiver holds.
+const SNAPSHOT_RESEND_AFTER: Duration = Duration::from_secs(2);
+/// How long it may go before it is given up (the core then decides again).
+const SNAPSHOT_GIVE_UP_AFTER: Duration = Duration::from_mins(1);
+
+/// What the receiver thread reports for one chunk: the sender's term and the result.
+type ChunkReport = (u64, Received);
+
+/// Writes snapshot chunks to the part file in the Raft directory, off the loop: file I/O
+/// never delays heartbeats. Ends when the loop drops its sender.
+fn receiver_thread(
+    me: NodeId,
+    dir: &std::path::Path,
+    mut chunks: mpsc::Receiver<SnapshotChunk>,
+    reports: &mpsc::Sender<ChunkReport>,
+) {
+    let mut receiver = Receiver::open(me, dir);
+    while let Some(chunk) = chunks.blocking_recv() {
+        let term = chunk.term;
+        let result = match receiver.chunk(&chunk) {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                tracing::warn!(node = %me, error = %e, "writing a snapshot chunk failed; the transfer starts over");
+                receiver.discard();
+                Received {
+                    ack: SnapshotAck { from: me, to: chunk.from, id: chunk.id, received: 0 },
+                    complete: None,
+                    resumed: 0,
+                }
+            }
+        };
+        if reports.blocking_send((term, result)).is_err() {
+            return;
+        }
+    }
 }
 
 /// Closes a peer's link, keeping what it sent in the totals.
@@ -938,6 +1058,7 @@ impl Loop {
         &mut self,
         mut inbound: mpsc::Receiver<(NodeId, Bytes)>,
         mut commands: mpsc::Receiver<Command>,
+        mut reports: mpsc::Receiver<ChunkReport>,
     ) -> Result<(), DriverError> {
         let mut ticker = tokio::time::interval(self.config.tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -952,6 +1073,7 @@ impl Loop {
                         return Err(DriverError::Apply(e.clone()));
                     }
                     self.expire_reads();
+                    self.tick_transfers();
                     if self.peers.values().any(|p| p.retry_at.is_some_and(|at| at <= Instant::now())) {
                         self.sync_peers();
                     }
@@ -969,6 +1091,12 @@ impl Loop {
                 }
                 snap = wait_snapshot(&mut self.snapshotting) => {
                     self.finish_snapshot(snap)?;
+                }
+                report = reports.recv() => {
+                    let Some((term, received)) = report else {
+                        return Err(DriverError::Stopped("the snapshot receiver thread has ended".into()));
+                    };
+                    self.chunk_received(term, received);
                 }
             }
             for _ in 0..MAX_BATCH {
@@ -1006,16 +1134,151 @@ impl Loop {
     }
 
     fn step(&mut self, from: NodeId, bytes: &Bytes) {
-        match wire::decode(bytes, &self.config.wire) {
-            Ok(message) if message.from == from => {
+        let packet = match wire::decode_packet(bytes, &self.config.wire) {
+            Ok(packet) => packet,
+            Err(err) => {
+                tracing::warn!(%from, error = %err, "undecodable message dropped");
+                return;
+            }
+        };
+        let (claims, to) = match &packet {
+            Packet::Message(m) => (m.from, m.to),
+            Packet::Chunk(c) => (c.from, c.to),
+            Packet::Ack(a) => (a.from, a.to),
+        };
+        if claims != from || to != self.id {
+            tracing::warn!(link = %from, %claims, %to, "a message names another sender or receiver; dropped");
+            return;
+        }
+        match packet {
+            Packet::Message(message) => {
                 if let Err(err) = self.node.step(message) {
                     tracing::debug!(%from, error = %err, "message refused");
                 }
             }
-            Ok(message) => {
-                tracing::warn!(link = %from, claims = %message.from, "a message names another sender; dropped");
+            Packet::Chunk(chunk) => {
+                // A chunk from a leader of an older term is not this term's snapshot.
+                if chunk.term < self.node.term() {
+                    return;
+                }
+                // A full queue drops the chunk; the sender sends it again.
+                let _ = self.chunks_tx.try_send(chunk);
             }
-            Err(err) => tracing::warn!(%from, error = %err, "undecodable message dropped"),
+            Packet::Ack(ack) => self.snapshot_acked(&ack),
+        }
+    }
+
+    /// The receiver thread has taken a chunk: answer its sender, and hand a snapshot that
+    /// is complete and verified to the core as if it had arrived whole.
+    fn chunk_received(&mut self, term: u64, received: Received) {
+        let Received { ack, complete, resumed } = received;
+        self.counters.snapshot_chunks_received += 1;
+        self.counters.snapshot_bytes_resumed += resumed;
+        if resumed > 0 {
+            tracing::info!(node = %self.id, lsn = ack.id.lsn, resumed, "a snapshot transfer resumed from what this node held");
+        }
+        self.incoming = (ack.received < ack.id.total).then_some((ack.to, ack.id, ack.received));
+        if let Some(sender) = self.peers.get(&ack.to).and_then(|p| p.sender.as_ref()) {
+            let _ = sender.try_send(Bytes::from(wire::encode_ack(&ack)));
+        }
+        if let Some(snapshot) = complete {
+            self.counters.snapshots_received += 1;
+            tracing::info!(node = %self.id, from = %ack.to, lsn = snapshot.meta.lsn, bytes = snapshot.data.len(), "snapshot received whole");
+            let message = Message { from: ack.to, to: self.id, term, body: Body::Snapshot(snapshot) };
+            if let Err(err) = self.node.step(message) {
+                tracing::debug!(from = %ack.to, error = %err, "snapshot refused");
+            }
+        }
+    }
+
+    /// A follower's answer to snapshot chunks.
+    fn snapshot_acked(&mut self, ack: &SnapshotAck) {
+        let peer = ack.from;
+        let Some(out) = self.outgoing.get_mut(&peer) else { return };
+        match out.ack(ack, Instant::now()) {
+            AckOutcome::Done => {
+                self.outgoing.remove(&peer);
+                self.counters.snapshots_sent += 1;
+                tracing::info!(node = %self.id, to = %peer, lsn = ack.id.lsn, "snapshot delivered");
+                self.node.report_snapshot(peer, true);
+            }
+            AckOutcome::Going => self.pump(peer),
+            AckOutcome::Stale => {}
+        }
+    }
+
+    /// Starts sending `snapshot` to `to` in chunks, unless that very snapshot is already
+    /// on its way (the core asks again when its wait for the answer runs out).
+    fn start_transfer(&mut self, to: NodeId, snapshot: &Snapshot) {
+        let same = |id: &SnapshotId| {
+            (id.lsn, id.term, id.total) == (snapshot.meta.lsn, snapshot.meta.term, snapshot.data.len() as u64)
+        };
+        if self.outgoing.get(&to).is_some_and(|o| same(&o.id)) {
+            return;
+        }
+        let id = match self.sent_id {
+            Some(id) if same(&id) => id,
+            _ => crate::transfer::snapshot_id(snapshot),
+        };
+        self.sent_id = Some(id);
+        tracing::info!(node = %self.id, %to, lsn = id.lsn, bytes = id.total, chunk = self.config.snapshot_chunk_bytes, "sending a snapshot in chunks");
+        self.outgoing.insert(to, Outgoing::new(snapshot, id, Instant::now()));
+        self.pump(to);
+    }
+
+    /// Sends chunks to `to` while its window has room and its link takes them.
+    fn pump(&mut self, to: NodeId) {
+        let term = self.node.term();
+        let (Some(out), Some(peer)) = (self.outgoing.get_mut(&to), self.peers.get_mut(&to)) else { return };
+        let Some(sender) = peer.sender.as_ref() else { return };
+        while let Some(chunk) =
+            out.next_chunk(self.id, to, term, self.config.snapshot_chunk_bytes, self.config.snapshot_window)
+        {
+            match sender.try_send(Bytes::from(wire::encode_chunk(&chunk))) {
+                Ok(()) => self.counters.snapshot_chunks_sent += 1,
+                Err(SendError::Full { .. }) => {
+                    out.unsend(chunk.offset);
+                    return;
+                }
+                Err(SendError::Closed { .. }) => {
+                    out.unsend(chunk.offset);
+                    close_link(peer, &mut self.counters);
+                    peer.retry_at = Some(Instant::now() + LINK_RETRY);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Once a tick: transfers of a node that no longer leads end; quiet ones send again
+    /// from what the receiver holds; one quiet for too long is given up.
+    fn tick_transfers(&mut self) {
+        if self.outgoing.is_empty() {
+            return;
+        }
+        if self.node.leader() != Some(self.id) {
+            self.outgoing.clear();
+            return;
+        }
+        let now = Instant::now();
+        let progress = self.node.status().progress;
+        let peers: Vec<NodeId> = self.outgoing.keys().copied().collect();
+        for peer in peers {
+            let out = self.outgoing.get_mut(&peer).expect("listed above");
+            // A follower that already holds everything the snapshot does (it installed it,
+            // or caught up from the log) needs no more of it.
+            if progress.get(&peer).is_none_or(|p| p.match_lsn >= out.id.lsn) {
+                self.outgoing.remove(&peer);
+                continue;
+            }
+            if out.stalled(now, SNAPSHOT_GIVE_UP_AFTER) {
+                tracing::warn!(node = %self.id, %peer, lsn = out.id.lsn, "a snapshot transfer made no progress for a minute; given up");
+                self.outgoing.remove(&peer);
+                self.node.report_snapshot(peer, false);
+                continue;
+            }
+            out.maybe_rewind(now, SNAPSHOT_RESEND_AFTER);
+            self.pump(peer);
         }
     }
 
@@ -1219,7 +1482,11 @@ impl Loop {
     fn send(&mut self, messages: Vec<Message>) {
         for message in messages {
             let to = message.to;
-            let is_snapshot = matches!(message.body, Body::Snapshot { .. });
+            if let Body::Snapshot(snapshot) = &message.body {
+                // Never as one message: in chunks, answered as they arrive.
+                self.start_transfer(to, snapshot);
+                continue;
+            }
             let sent = match self.peers.get_mut(&to) {
                 Some(peer) => {
                     match peer.sender.as_ref().map(|s| s.try_send(Bytes::from(wire::encode(&message)))) {
@@ -1236,9 +1503,6 @@ impl Loop {
             };
             if !sent {
                 self.node.report_unreachable(to);
-            }
-            if is_snapshot {
-                self.node.report_snapshot(to, sent);
             }
         }
     }
@@ -1347,7 +1611,12 @@ impl Loop {
             .send(ApplyMsg::Snapshot { lsn, reply: tx })
             .await
             .map_err(|_| DriverError::Apply("the applier thread has ended".into()))?;
-        self.log_bytes_since_snapshot = 0;
+        // Entries already appended past the snapshot's LSN (uncommitted ones) are not in
+        // it: they count toward the next.
+        self.log_bytes_since_snapshot = self
+            .storage
+            .entries(lsn + 1, status.last_lsn + 1, u64::MAX)
+            .map_or(0, |entries| entries.iter().map(|e| e.payload.len() as u64).sum());
         self.snapshotting = Some(Snapshotting {
             lsn,
             conf_state: status.conf_state,
@@ -1459,7 +1728,34 @@ impl Loop {
                 votes_replayed: status.vote_rejections.replayed,
                 ..self.totals()
             },
+            snapshot_transfers: self.transfers(),
+            snapshot_lsn: self.storage.snapshot_meta().lsn,
         });
+    }
+
+    /// The snapshot transfers in progress, both ways.
+    fn transfers(&self) -> Vec<SnapshotTransfer> {
+        let mut out: Vec<SnapshotTransfer> = self
+            .outgoing
+            .iter()
+            .map(|(peer, o)| SnapshotTransfer {
+                peer: *peer,
+                direction: "send".into(),
+                lsn: o.id.lsn,
+                bytes_done: o.acked,
+                bytes_total: o.id.total,
+            })
+            .collect();
+        if let Some((peer, id, done)) = self.incoming {
+            out.push(SnapshotTransfer {
+                peer,
+                direction: "receive".into(),
+                lsn: id.lsn,
+                bytes_done: done,
+                bytes_total: id.total,
+            });
+        }
+        out
     }
 
     /// The totals, with what the open links have sent so far.

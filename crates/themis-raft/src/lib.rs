@@ -88,6 +88,7 @@ mod raft;
 mod raw_node;
 mod signing;
 mod storage;
+pub mod transfer;
 mod types;
 pub mod wire;
 

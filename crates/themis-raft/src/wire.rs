@@ -34,6 +34,8 @@ pub struct WireLimits {
     pub max_snapshot_bytes: usize,
     /// Largest read context.
     pub max_ctx_bytes: usize,
+    /// Largest data of one snapshot chunk.
+    pub max_chunk_bytes: usize,
 }
 
 impl Default for WireLimits {
@@ -43,6 +45,7 @@ impl Default for WireLimits {
             max_record_bytes: 16 << 20,
             max_snapshot_bytes: 1 << 30,
             max_ctx_bytes: 1 << 16,
+            max_chunk_bytes: 16 << 20,
         }
     }
 }
@@ -61,6 +64,69 @@ const TAG_SNAPSHOT: u8 = 7;
 const TAG_TIMEOUT_NOW: u8 = 8;
 const TAG_READ_INDEX: u8 = 9;
 const TAG_READ_INDEX_RESPONSE: u8 = 10;
+const TAG_SNAPSHOT_CHUNK: u8 = 11;
+const TAG_SNAPSHOT_ACK: u8 = 12;
+
+/// Which snapshot a chunked transfer carries: its LSN and term, its size and the CRC32C
+/// of all its bytes. Two transfers with the same id carry the same bytes, so a receiver
+/// resumes one from what it already holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SnapshotId {
+    /// The snapshot's last LSN.
+    pub lsn: Lsn,
+    /// The term of that entry.
+    pub term: u64,
+    /// Bytes of snapshot data.
+    pub total: u64,
+    /// CRC32C of the whole data.
+    pub crc: u32,
+}
+
+/// One piece of a snapshot on its way to a follower (the driver's, not the core's: the
+/// receiver hands the core the whole snapshot once every chunk is on its disk).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotChunk {
+    /// The sender (the leader).
+    pub from: NodeId,
+    /// The receiver.
+    pub to: NodeId,
+    /// The sender's term.
+    pub term: u64,
+    /// The snapshot.
+    pub id: SnapshotId,
+    /// Its metadata (membership and policy), in every chunk so any chunk starts a transfer.
+    pub meta: SnapshotMeta,
+    /// Where `data` starts in the snapshot.
+    pub offset: u64,
+    /// The bytes; their CRC32C travels beside them and is checked on decoding.
+    pub data: Bytes,
+}
+
+/// A receiver's answer: how many leading bytes of the snapshot it holds. The sender goes
+/// on from there, so a transfer resumes after a lost link or a restart of either side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnapshotAck {
+    /// The receiver.
+    pub from: NodeId,
+    /// The sender of the chunks.
+    pub to: NodeId,
+    /// The snapshot.
+    pub id: SnapshotId,
+    /// Bytes held, from the start; `id.total` once the snapshot is complete and verified.
+    pub received: u64,
+}
+
+/// What a peer link carries: a Raft message for the core, or a snapshot transfer's chunk
+/// or answer for the driver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Packet {
+    /// A Raft message.
+    Message(Message),
+    /// A snapshot chunk.
+    Chunk(SnapshotChunk),
+    /// A snapshot chunk's answer.
+    Ack(SnapshotAck),
+}
 
 const VOTE_PRE: u8 = 1;
 const VOTE_GRANTED: u8 = 2;
@@ -156,6 +222,100 @@ pub fn encode(message: &Message) -> Vec<u8> {
     out
 }
 
+fn put_header(out: &mut Vec<u8>, tag: u8, from: NodeId, to: NodeId) {
+    out.put_u8(WIRE_VERSION);
+    out.put_u8(tag);
+    out.put_u64_le(from.0);
+    out.put_u64_le(to.0);
+}
+
+fn put_snapshot_id(out: &mut Vec<u8>, id: &SnapshotId) {
+    out.put_u64_le(id.lsn);
+    out.put_u64_le(id.term);
+    out.put_u64_le(id.total);
+    out.put_u32_le(id.crc);
+}
+
+/// Encodes a snapshot chunk: the header (version, tag 11, from, to), the sender's term,
+/// the snapshot id (LSN, term, total, CRC), the offset, the metadata (length-prefixed
+/// postcard), then the data's CRC32C and the data (length-prefixed).
+#[must_use]
+pub fn encode_chunk(chunk: &SnapshotChunk) -> Vec<u8> {
+    // Encoding plain integers and sets into a Vec cannot fail.
+    let meta = postcard::to_allocvec(&chunk.meta).unwrap_or_default();
+    let mut out = Vec::with_capacity(96 + meta.len() + chunk.data.len());
+    put_header(&mut out, TAG_SNAPSHOT_CHUNK, chunk.from, chunk.to);
+    out.put_u64_le(chunk.term);
+    put_snapshot_id(&mut out, &chunk.id);
+    out.put_u64_le(chunk.offset);
+    put_bytes(&mut out, &meta);
+    out.put_u32_le(crc32c::crc32c(&chunk.data));
+    put_bytes(&mut out, &chunk.data);
+    out
+}
+
+/// Encodes a snapshot chunk's answer: the header (tag 12), the snapshot id, the bytes held.
+#[must_use]
+pub fn encode_ack(ack: &SnapshotAck) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64);
+    put_header(&mut out, TAG_SNAPSHOT_ACK, ack.from, ack.to);
+    put_snapshot_id(&mut out, &ack.id);
+    out.put_u64_le(ack.received);
+    out
+}
+
+/// Decodes whatever a peer link carries ([`Packet`]).
+pub fn decode_packet(buf: &Bytes, limits: &WireLimits) -> Result<Packet, RaftError> {
+    let tag = buf.get(1).copied();
+    if buf.first() != Some(&WIRE_VERSION) || !matches!(tag, Some(TAG_SNAPSHOT_CHUNK | TAG_SNAPSHOT_ACK)) {
+        return decode(buf, limits).map(Packet::Message);
+    }
+    let mut r = Reader { buf, at: 2 };
+    let from = r.node("from")?;
+    let to = r.node("to")?;
+    let packet = if tag == Some(TAG_SNAPSHOT_CHUNK) {
+        let term = r.lsn("term")?;
+        let id = r.snapshot_id(limits)?;
+        let offset = r.u64("chunk offset")?;
+        let meta = r.bytes(1 << 20, "snapshot metadata")?;
+        let meta: SnapshotMeta =
+            postcard::from_bytes(&meta).map_err(|err| r.bad(format!("snapshot metadata: {err}")))?;
+        if (meta.lsn, meta.term) != (id.lsn, id.term) {
+            return Err(r.bad(format!(
+                "the metadata says LSN {} term {}, the chunk LSN {} term {}",
+                meta.lsn, meta.term, id.lsn, id.term
+            )));
+        }
+        let crc = r.u32("chunk CRC")?;
+        let data = r.bytes(limits.max_chunk_bytes, "chunk data")?;
+        if data.is_empty() || offset > id.total || data.len() as u64 > id.total - offset {
+            return Err(r.bad(format!(
+                "a chunk of {} bytes at offset {offset} of a {}-byte snapshot",
+                data.len(),
+                id.total
+            )));
+        }
+        let actual = crc32c::crc32c(&data);
+        if actual != crc {
+            return Err(
+                r.bad(format!("chunk at offset {offset}: checksum {actual:#010x}, expected {crc:#010x}"))
+            );
+        }
+        Packet::Chunk(SnapshotChunk { from, to, term, id, meta, offset, data })
+    } else {
+        let id = r.snapshot_id(limits)?;
+        let received = r.u64("bytes received")?;
+        if received > id.total {
+            return Err(r.bad(format!("{received} bytes received of a {}-byte snapshot", id.total)));
+        }
+        Packet::Ack(SnapshotAck { from, to, id, received })
+    };
+    if r.at != buf.len() {
+        return Err(r.bad(format!("{} trailing bytes", buf.len() - r.at)));
+    }
+    Ok(packet)
+}
+
 /// Reads fields off a buffer, naming the offset of anything short or invalid.
 struct Reader<'a> {
     buf: &'a Bytes,
@@ -214,6 +374,19 @@ impl Reader<'_> {
         let start = self.at;
         self.take(len, what)?;
         Ok(self.buf.slice(start..start + len))
+    }
+
+    fn snapshot_id(&mut self, limits: &WireLimits) -> Result<SnapshotId, RaftError> {
+        let lsn = self.lsn("snapshot LSN")?;
+        let term = self.lsn("snapshot term")?;
+        let total = self.u64("snapshot length")?;
+        if total > limits.max_snapshot_bytes as u64 {
+            return Err(self.bad(format!(
+                "snapshot of {total} bytes, above the limit of {}",
+                limits.max_snapshot_bytes
+            )));
+        }
+        Ok(SnapshotId { lsn, term, total, crc: self.u32("snapshot CRC")? })
     }
 
     fn claim(&mut self) -> Result<(VoteClaim, Signature, bool), RaftError> {
@@ -410,6 +583,75 @@ mod tests {
             longer.push(0);
             assert!(decode(&Bytes::from(longer), &WireLimits::default()).is_err(), "trailing byte");
         }
+    }
+
+    fn chunk_samples() -> (SnapshotChunk, SnapshotAck) {
+        let meta = SnapshotMeta {
+            lsn: 9,
+            term: 2,
+            conf_state: ConfState::with_voters([NodeId(1)]),
+            ..SnapshotMeta::default()
+        };
+        let id = SnapshotId { lsn: 9, term: 2, total: 10, crc: crc32c::crc32c(b"0123456789") };
+        let chunk = SnapshotChunk {
+            from: NodeId(1),
+            to: NodeId(2),
+            term: 3,
+            id,
+            meta,
+            offset: 4,
+            data: Bytes::from_static(b"456789"),
+        };
+        (chunk, SnapshotAck { from: NodeId(2), to: NodeId(1), id, received: 4 })
+    }
+
+    #[test]
+    fn snapshot_chunks_and_answers_round_trip_and_damage_is_refused() {
+        let (chunk, ack) = chunk_samples();
+        let limits = WireLimits::default();
+        let bytes = encode_chunk(&chunk);
+        assert_eq!(
+            decode_packet(&Bytes::from(bytes.clone()), &limits).unwrap(),
+            Packet::Chunk(chunk.clone())
+        );
+        let ack_bytes = encode_ack(&ack);
+        assert_eq!(decode_packet(&Bytes::from(ack_bytes.clone()), &limits).unwrap(), Packet::Ack(ack));
+        for message in samples() {
+            let bytes = Bytes::from(encode(&message));
+            assert_eq!(decode_packet(&bytes, &limits).unwrap(), Packet::Message(message));
+        }
+        for whole in [&bytes, &ack_bytes] {
+            for cut in 0..whole.len() {
+                assert!(
+                    decode_packet(&Bytes::copy_from_slice(&whole[..cut]), &limits).is_err(),
+                    "cut at {cut}"
+                );
+            }
+        }
+        // A flipped data byte fails the chunk's CRC.
+        let mut flipped = bytes.clone();
+        let last = flipped.len() - 1;
+        flipped[last] ^= 1;
+        let err = decode_packet(&Bytes::from(flipped), &limits).unwrap_err();
+        assert!(err.to_string().contains("checksum"), "{err}");
+        // A chunk past the end, an ack past the end, and a snapshot above the limit.
+        let past = SnapshotChunk { offset: 5, ..chunk.clone() };
+        let err = decode_packet(&Bytes::from(encode_chunk(&past)), &limits).unwrap_err();
+        assert!(err.to_string().contains("6 bytes at offset 5 of a 10-byte snapshot"), "{err}");
+        let err = decode_packet(&Bytes::from(encode_ack(&SnapshotAck { received: 11, ..ack })), &limits)
+            .unwrap_err();
+        assert!(err.to_string().contains("11 bytes received"), "{err}");
+        let small = WireLimits { max_snapshot_bytes: 9, max_chunk_bytes: 4, ..limits };
+        let err = decode_packet(&Bytes::from(bytes.clone()), &small).unwrap_err();
+        assert!(err.to_string().contains("above the limit of 9"), "{err}");
+        let small = WireLimits { max_chunk_bytes: 4, ..limits };
+        let err = decode_packet(&Bytes::from(bytes), &small).unwrap_err();
+        assert!(err.to_string().contains("chunk data: 6 bytes, above the limit of 4"), "{err}");
+        // Metadata that disagrees with the id.
+        let mut other = chunk;
+        other.meta.lsn = 8;
+        let err = decode_packet(&Bytes::from(encode_chunk(&other)), &limits).unwrap_err();
+        assert!(err.to_string().contains("the metadata says LSN 8"), "{err}");
     }
 
     #[test]

@@ -46,6 +46,8 @@ struct Cluster {
     nodes: Vec<Node>,
     peers: Vec<PeerInfo>,
     snapshot_entries: u64,
+    /// Changes every node's driver settings (at start and restart).
+    edit: fn(&mut DriverConfig),
 }
 
 fn put(key: &str, value: &str) -> Bytes {
@@ -64,10 +66,23 @@ fn put(key: &str, value: &str) -> Bytes {
 fn start_node(
     id: NodeId,
     dir: tempfile::TempDir,
+    bound: Bound,
+    peers: Vec<PeerInfo>,
+    bootstrap: ConfState,
+    snapshot_entries: u64,
+) -> Node {
+    start_node_with(id, dir, bound, peers, bootstrap, snapshot_entries, |_| {})
+}
+
+/// [`start_node`] with the driver's settings changed by `edit` first.
+fn start_node_with(
+    id: NodeId,
+    dir: tempfile::TempDir,
     (transport, listener, votes): Bound,
     peers: Vec<PeerInfo>,
     bootstrap: ConfState,
     snapshot_entries: u64,
+    edit: impl FnOnce(&mut DriverConfig),
 ) -> Node {
     let addr = listener.local_addr().unwrap();
     let wal = WalConfig {
@@ -82,6 +97,7 @@ fn start_node(
     let mut config = DriverConfig::new(raft, peers);
     config.tick = Duration::from_millis(20);
     config.snapshot_entries = snapshot_entries;
+    edit(&mut config);
     let votes = SharedVotes::new(votes);
     let machine = Arc::new(MemoryStateMachine::new());
     let hlc = Arc::new(Hlc::new(id));
@@ -109,6 +125,10 @@ async fn bind(ca: &CertPem, id: NodeId, members: &[NodeId], addr: &str) -> Bound
 
 impl Cluster {
     async fn start(n: u64, snapshot_entries: u64) -> Cluster {
+        Cluster::start_with(n, snapshot_entries, |_| {}).await
+    }
+
+    async fn start_with(n: u64, snapshot_entries: u64, edit: fn(&mut DriverConfig)) -> Cluster {
         let ca = generate_ca("driver-test").unwrap();
         let mut listeners = Vec::new();
         let mut peers = Vec::new();
@@ -122,9 +142,17 @@ impl Cluster {
         let mut nodes = Vec::new();
         for (i, listener) in (1..=n).zip(listeners) {
             let dir = tempfile::tempdir().unwrap();
-            nodes.push(start_node(NodeId(i), dir, listener, peers.clone(), conf.clone(), snapshot_entries));
+            nodes.push(start_node_with(
+                NodeId(i),
+                dir,
+                listener,
+                peers.clone(),
+                conf.clone(),
+                snapshot_entries,
+                edit,
+            ));
         }
-        Cluster { ca, nodes, peers, snapshot_entries }
+        Cluster { ca, nodes, peers, snapshot_entries, edit }
     }
 
     async fn leader(&self) -> usize {
@@ -150,7 +178,8 @@ impl Cluster {
         let ids: Vec<NodeId> = self.peers.iter().map(|p| p.id).collect();
         let listener = bind(&self.ca, id, &ids, &addr.to_string()).await;
         let conf = ConfState::with_voters(self.peers.iter().map(|p| p.id));
-        self.nodes[index] = start_node(id, dir, listener, self.peers.clone(), conf, self.snapshot_entries);
+        self.nodes[index] =
+            start_node_with(id, dir, listener, self.peers.clone(), conf, self.snapshot_entries, self.edit);
     }
 }
 
@@ -414,6 +443,135 @@ async fn a_vote_counts_only_under_the_key_its_senders_certificate_certifies() {
     let leader = cluster_leader(&nodes).expect("a leader");
     write(nodes[leader].manager(), "k", "v").await;
     for node in &mut nodes {
+        node.stop().await;
+    }
+}
+
+/// Chunks of 1 KiB (the least allowed), so a store of a few hundred KiB is hundreds of them.
+fn small_chunks(config: &mut DriverConfig) {
+    config.snapshot_chunk_bytes = 1024;
+    config.snapshot_window = 2;
+}
+
+async fn status_until(node: &Node, what: &str, ok: impl Fn(&themis_raft::driver::DriverStatus) -> bool) {
+    for _ in 0..1000 {
+        if ok(&node.manager().status()) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("node {}: {what} within 5 s: {:?}", node.id, node.manager().status());
+}
+
+/// A three-node cluster with `values` documents of 1 KiB written and compacted away, and
+/// a learner (node 4) on `learner_dir` added: it can catch up only from a snapshot.
+async fn cluster_with_a_learner(values: usize, learner_dir: tempfile::TempDir) -> (Cluster, PeerInfo) {
+    let mut cluster = Cluster::start_with(3, 64, small_chunks).await;
+    let leader = cluster.leader().await;
+    let lm = cluster.nodes[leader].manager().clone();
+    let value = "x".repeat(1000);
+    let writes: Vec<_> = (0..values)
+        .map(|i| {
+            let (m, v) = (lm.clone(), value.clone());
+            tokio::spawn(async move { m.propose(put(&format!("k{i}"), &v)).await.unwrap() })
+        })
+        .collect();
+    for w in writes {
+        w.await.unwrap();
+    }
+    write(&lm, "last", "1").await;
+    let all: Vec<&Node> = cluster.nodes.iter().collect();
+    converge(&all, "last", "1").await;
+    // The leader's latest snapshot holds (nearly) everything, and its log is compacted.
+    let half = values as u64 / 2;
+    status_until(&cluster.nodes[leader], "a snapshot of the store", |s| s.snapshot_lsn > half).await;
+    let id = NodeId(4);
+    let mut ids: Vec<NodeId> = cluster.peers.iter().map(|p| p.id).collect();
+    ids.push(id);
+    let bound = bind(&cluster.ca, id, &ids, "127.0.0.1:0").await;
+    let info = PeerInfo { id, raft_addr: bound.1.local_addr().unwrap(), meta: vec![] };
+    let mut peers = cluster.peers.clone();
+    peers.push(info.clone());
+    let mut conf = ConfState::with_voters(cluster.peers.iter().map(|p| p.id));
+    conf.learners.insert(id);
+    cluster.nodes.push(start_node_with(id, learner_dir, bound, peers, conf, 64, small_chunks));
+    lm.add_learner(info.clone()).await.unwrap();
+    (cluster, info)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_learner_catches_up_from_a_snapshot_of_hundreds_of_chunks() {
+    let (mut cluster, _) = cluster_with_a_learner(300, tempfile::tempdir().unwrap()).await;
+    let all: Vec<&Node> = cluster.nodes.iter().collect();
+    converge(&all, "last", "1").await;
+    converge(&all, "k299", &"x".repeat(1000)).await;
+    let learner = cluster.nodes[3].manager().status();
+    // Over 300 KB of state in 1 KiB chunks: far more than 10 chunks, one snapshot.
+    assert!(learner.counters.snapshot_chunks_received >= 290, "{:?}", learner.counters);
+    assert_eq!(learner.counters.snapshots_received, 1, "{:?}", learner.counters);
+    // The leader sent them all and has no transfer left (its status is published a tick
+    // later).
+    let leader = cluster.leader().await;
+    status_until(&cluster.nodes[leader], "the transfer done", |s| {
+        s.counters.snapshot_chunks_sent >= 290 && s.snapshot_transfers.is_empty()
+    })
+    .await;
+    for node in &mut cluster.nodes {
+        node.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_transfer_cut_by_the_receivers_restart_resumes_from_its_part_file() {
+    let (mut cluster, info) = cluster_with_a_learner(2000, tempfile::tempdir().unwrap()).await;
+    // Stop the learner once it holds a part of the snapshot, then start it again on the
+    // same directory and address.
+    status_until(&cluster.nodes[3], "a transfer under way", |s| {
+        s.snapshot_transfers.iter().any(|t| t.direction == "receive" && t.bytes_done > 100_000)
+    })
+    .await;
+    cluster.nodes[3].stop().await;
+    let dir = std::mem::replace(&mut cluster.nodes[3].dir, tempfile::tempdir().unwrap());
+    assert!(dir.path().join(themis_raft::transfer::PART_FILE).exists(), "the part file is kept");
+    let mut ids: Vec<NodeId> = cluster.peers.iter().map(|p| p.id).collect();
+    ids.push(info.id);
+    let bound = bind(&cluster.ca, info.id, &ids, &info.raft_addr.to_string()).await;
+    let mut peers = cluster.peers.clone();
+    peers.push(info.clone());
+    let mut conf = ConfState::with_voters(cluster.peers.iter().map(|p| p.id));
+    conf.learners.insert(info.id);
+    cluster.nodes[3] = start_node_with(info.id, dir, bound, peers, conf, 64, small_chunks);
+    let all: Vec<&Node> = cluster.nodes.iter().collect();
+    converge(&all, "last", "1").await;
+    let learner = cluster.nodes[3].manager().status();
+    assert!(
+        learner.counters.snapshot_bytes_resumed > 100_000,
+        "resumed, not restarted: {:?}",
+        learner.counters
+    );
+    assert_eq!(learner.counters.snapshots_received, 1, "{:?}", learner.counters);
+    for node in &mut cluster.nodes {
+        node.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_transfer_cut_by_the_senders_loss_completes_from_the_next_leader() {
+    let (mut cluster, _) = cluster_with_a_learner(2000, tempfile::tempdir().unwrap()).await;
+    let leader = cluster.leader().await;
+    status_until(&cluster.nodes[leader], "a transfer under way", |s| {
+        s.snapshot_transfers.iter().any(|t| t.direction == "send" && t.bytes_done > 100_000)
+    })
+    .await;
+    cluster.nodes[leader].stop().await;
+    // The two others elect a leader, which sends its own snapshot (or resumes the same).
+    let rest: Vec<&Node> =
+        cluster.nodes.iter().enumerate().filter(|(i, _)| *i != leader).map(|(_, n)| n).collect();
+    converge(&rest, "last", "1").await;
+    converge(&rest, "k1999", &"x".repeat(1000)).await;
+    let learner = cluster.nodes[3].manager().status();
+    assert!(learner.counters.snapshots_received >= 1, "{:?}", learner.counters);
+    for node in &mut cluster.nodes {
         node.stop().await;
     }
 }

@@ -28,12 +28,11 @@ fn seeds() -> Vec<u64> {
 fn start() -> u64 {
     static START: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
     *START.get_or_init(|| {
-        let start = match std::env::var("THEMIS_SIM_START") {
-            Ok(s) => s.parse().expect("THEMIS_SIM_START is a number"),
-            Err(_) => {
-                use std::hash::{BuildHasher, Hasher};
-                std::collections::hash_map::RandomState::new().build_hasher().finish() % 1_000_000_000
-            }
+        let start = if let Ok(s) = std::env::var("THEMIS_SIM_START") {
+            s.parse().expect("THEMIS_SIM_START is a number")
+        } else {
+            use std::hash::{BuildHasher, Hasher};
+            std::collections::hash_map::RandomState::new().build_hasher().finish() % 1_000_000_000
         };
         eprintln!("simulation seeds start at {start} (THEMIS_SIM_START={start} runs the same seeds again)");
         start
