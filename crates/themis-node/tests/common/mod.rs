@@ -19,7 +19,7 @@ pub(crate) struct Proc {
 }
 
 pub(crate) struct Cluster {
-    pub(crate) _dir: tempfile::TempDir,
+    pub(crate) dir: tempfile::TempDir,
     pub(crate) ca: String,
     /// The admin client certificate every call below presents.
     pub(crate) admin: Credentials,
@@ -79,7 +79,7 @@ impl Cluster {
             })
             .collect();
         let mut cluster = Cluster {
-            _dir: dir,
+            dir,
             ca: layout.ca_pem,
             admin: layout.admin,
             jwt_secret_file: layout.jwt_secret_file,
