@@ -1,5 +1,6 @@
 //! Test tooling for Themis replication (dev-only): a deterministic simulator of whole Raft
-//! clusters under faults, and a linearizability checker for the histories it produces.
+//! clusters under faults, a linearizability checker for the histories it and real-process
+//! tests produce, and a fault-injecting TCP proxy ([`proxy`]) for those tests.
 //!
 //! ```
 //! use themis_testkit::sim::{SimConfig, Simulation};
@@ -16,4 +17,5 @@
 
 pub mod linearizability;
 pub mod network;
+pub mod proxy;
 pub mod sim;
