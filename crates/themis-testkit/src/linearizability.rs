@@ -86,57 +86,107 @@ pub fn check(history: &[Op]) -> Result<(), NotLinearizable> {
 }
 
 /// Whether one register's history (sorted by invocation) is linearizable.
+///
+/// A depth-first search with an explicit stack (real-process histories hold thousands of
+/// operations per key, too deep to recurse): each level picks the next operation to
+/// linearize among those invoked before the earliest return still pending. Since the
+/// operations are sorted by invocation, only the window from the first one not yet
+/// linearized up to that horizon is scanned. The memo of visited states keys the set of
+/// linearized operations by a 128-bit Zobrist hash (updated in O(1) per step).
 fn check_register(ops: &[Op]) -> bool {
-    let words = ops.len().div_ceil(64);
-    let mut search =
-        Search { ops, seen: HashSet::new(), required: ops.iter().filter(|op| op.ret.is_some()).count() };
-    search.dfs(&mut vec![0u64; words], None, 0)
-}
-
-struct Search<'a> {
-    ops: &'a [Op],
-    seen: HashSet<(Vec<u64>, Option<u64>)>,
-    /// Completed operations; all must be linearized.
-    required: usize,
-}
-
-impl Search<'_> {
-    fn dfs(&mut self, done: &mut Vec<u64>, value: Option<u64>, completed_done: usize) -> bool {
-        if completed_done == self.required {
-            return true;
+    let required = ops.iter().filter(|op| op.ret.is_some()).count();
+    if required == 0 {
+        return true;
+    }
+    let mut rng = fastrand::Rng::with_seed(0x11ea_5eed);
+    let zobrist: Vec<u128> =
+        (0..ops.len()).map(|_| u128::from(rng.u64(..)) << 64 | u128::from(rng.u64(..))).collect();
+    let mut done = vec![false; ops.len()];
+    // Returns of the completed operations not yet linearized, with their multiplicity.
+    let mut pending: BTreeMap<u64, usize> = BTreeMap::new();
+    for op in ops {
+        if let Some(ret) = op.ret {
+            *pending.entry(ret).or_default() += 1;
         }
-        if !self.seen.insert((done.clone(), value)) {
-            return false;
+    }
+    let horizon = |pending: &BTreeMap<u64, usize>| pending.keys().next().copied().unwrap_or(u64::MAX);
+    let mut seen: HashSet<(u128, Option<u64>)> = HashSet::new();
+    seen.insert((0, None));
+    let mut stack =
+        vec![Level { value: None, completed: 0, first: 0, next: 0, horizon: horizon(&pending), hash: 0 }];
+    // The operation each level above the first linearized, to undo on the way back.
+    let mut chosen: Vec<usize> = Vec::new();
+    let undo = |i: usize, done: &mut Vec<bool>, pending: &mut BTreeMap<u64, usize>| {
+        done[i] = false;
+        if let Some(ret) = ops[i].ret {
+            *pending.entry(ret).or_default() += 1;
         }
-        let is_done = |done: &[u64], i: usize| done[i / 64] & (1 << (i % 64)) != 0;
-        // The earliest return among remaining completed operations bounds what may go next.
-        let horizon = self
-            .ops
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| !is_done(done, *i))
-            .filter_map(|(_, op)| op.ret)
-            .min()
-            .unwrap_or(u64::MAX);
-        for i in 0..self.ops.len() {
-            let op = self.ops[i];
-            if is_done(done, i) || op.invoke > horizon {
+    };
+    while let Some(level) = stack.last_mut() {
+        let mut found = None;
+        while level.next < ops.len() {
+            let i = level.next;
+            let op = ops[i];
+            if op.invoke > level.horizon {
+                level.next = ops.len();
+                break;
+            }
+            level.next += 1;
+            if done[i] {
                 continue;
             }
-            let next = match op.kind {
+            let value = match op.kind {
                 OpKind::Write(v) => Some(v),
-                OpKind::Read(seen) if seen == value => value,
+                OpKind::Read(read) if read == level.value => level.value,
                 OpKind::Read(_) => continue,
             };
-            done[i / 64] |= 1 << (i % 64);
-            let completed = completed_done + usize::from(op.ret.is_some());
-            if self.dfs(done, next, completed) {
-                return true;
-            }
-            done[i / 64] &= !(1 << (i % 64));
+            found = Some((i, value, level.completed + usize::from(op.ret.is_some())));
+            break;
         }
-        false
+        let (first, hash) = (level.first, level.hash);
+        let Some((i, value, completed)) = found else {
+            stack.pop();
+            if let Some(i) = chosen.pop() {
+                undo(i, &mut done, &mut pending);
+            }
+            continue;
+        };
+        if completed == required {
+            return true;
+        }
+        let hash = hash ^ zobrist[i];
+        if !seen.insert((hash, value)) {
+            continue;
+        }
+        done[i] = true;
+        if let Some(ret) = ops[i].ret
+            && let Some(n) = pending.get_mut(&ret)
+        {
+            *n -= 1;
+            if *n == 0 {
+                pending.remove(&ret);
+            }
+        }
+        chosen.push(i);
+        let mut first = first;
+        while first < ops.len() && done[first] {
+            first += 1;
+        }
+        stack.push(Level { value, completed, first, next: first, horizon: horizon(&pending), hash });
     }
+    false
+}
+
+/// One level of the search: the register's value after the operations linearized so far,
+/// how many of them completed, the first operation not linearized, the next one to try,
+/// the horizon, and the hash of the set linearized.
+struct Level {
+    value: Option<u64>,
+    completed: usize,
+    first: usize,
+    next: usize,
+    horizon: u64,
+    hash: u128,
 }
 
 #[cfg(test)]
@@ -203,6 +253,18 @@ mod tests {
         // A read of a value never written is still caught.
         history.push(r(Some(99_999), 9002, 9003));
         assert!(check(&history).is_err());
+    }
+
+    #[test]
+    fn a_long_sequential_history_does_not_exhaust_the_stack() {
+        // 20,000 operations on one key, one after another: 20,000 levels deep.
+        let mut history = Vec::new();
+        for i in 0..10_000u64 {
+            history.push(w(i, 4 * i, 4 * i + 1));
+            history.push(r(Some(i), 4 * i + 2, 4 * i + 3));
+        }
+        let checker = std::thread::Builder::new().stack_size(256 << 10).spawn(move || check(&history));
+        assert!(checker.unwrap().join().unwrap().is_ok());
     }
 
     #[test]

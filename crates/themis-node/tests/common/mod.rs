@@ -60,12 +60,24 @@ impl Cluster {
     /// [`start`](Self::start) with each node's configuration file rewritten by `edit`
     /// first (other timings, say).
     pub(crate) fn start_with(n: u64, spare: u64, edit: impl Fn(String) -> String) -> Cluster {
-        let dir = tempfile::tempdir().unwrap();
-        let layout = LocalCluster::write(dir.path(), "e2e", n, spare, "semi_sync").unwrap();
+        let (dir, layout) = Cluster::layout(n, spare);
         for node in &layout.nodes {
             let text = std::fs::read_to_string(&node.config).unwrap();
             std::fs::write(&node.config, edit(text)).unwrap();
         }
+        Cluster::launch(dir, layout, n)
+    }
+
+    /// The files of a cluster of `n` members and `spare` nodes, not started yet (so a test
+    /// can rewrite each node's configuration before [`launch`](Self::launch)).
+    pub(crate) fn layout(n: u64, spare: u64) -> (tempfile::TempDir, LocalCluster) {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = LocalCluster::write(dir.path(), "e2e", n, spare, "semi_sync").unwrap();
+        (dir, layout)
+    }
+
+    /// Starts the first `n` nodes of `layout`.
+    pub(crate) fn launch(dir: tempfile::TempDir, layout: LocalCluster, n: u64) -> Cluster {
         let nodes = layout
             .nodes
             .into_iter()
