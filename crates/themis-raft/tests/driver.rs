@@ -575,3 +575,81 @@ async fn a_snapshot_transfer_cut_by_the_senders_loss_completes_from_the_next_lea
         node.stop().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forwarded_read_whose_answer_is_lost_times_out_instead_of_waiting() {
+    use themis_testkit::proxy::{Fault, Proxy};
+    // Node 3 forwards its ReadIndex to the leader; the answer comes back on the link the
+    // leader dials to node 3, which passes through a proxy here that discards it.
+    let ca = generate_ca("driver-test").unwrap();
+    let ids: Vec<NodeId> = (1..=3).map(NodeId).collect();
+    let mut bound = Vec::new();
+    let mut peers = Vec::new();
+    let mut proxy = None;
+    for &id in &ids {
+        let b = bind(&ca, id, &ids, "127.0.0.1:0").await;
+        let mut raft_addr = b.1.local_addr().unwrap();
+        if id == NodeId(3) {
+            let p = Proxy::start(raft_addr).await.unwrap();
+            raft_addr = p.addr();
+            proxy = Some(p);
+        }
+        peers.push(PeerInfo { id, raft_addr, meta: vec![] });
+        bound.push(b);
+    }
+    let proxy = proxy.unwrap();
+    let conf = ConfState::with_voters(ids.iter().copied());
+    let mut nodes: Vec<Node> = bound
+        .into_iter()
+        .zip(&ids)
+        .map(|(b, id)| {
+            start_node_with(*id, tempfile::tempdir().unwrap(), b, peers.clone(), conf.clone(), 100_000, |c| {
+                c.read_timeout = Duration::from_millis(300);
+                // Node 3 hears nobody while the proxy discards: it must not campaign (and
+                // fail its reads as leaderless) before the read times out.
+                if c.raft.id == NodeId(3) {
+                    c.raft.election_tick = 200;
+                }
+            })
+        })
+        .collect();
+    let mut leader = None;
+    for _ in 0..500 {
+        leader = nodes.iter().position(|n| n.manager().status().role == "Leader");
+        if leader.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let leader = leader.expect("a leader");
+    assert_ne!(leader, 2, "node 3 waits far longer to campaign");
+    write(nodes[leader].manager(), "k", "v").await;
+    let all: Vec<&Node> = nodes.iter().collect();
+    converge(&all, "k", "v").await;
+    nodes[2].manager().read_index().await.expect("a read through the leader");
+
+    proxy.set(Fault::Blackhole);
+    let started = std::time::Instant::now();
+    match nodes[2].manager().read_index().await {
+        Err(DriverError::ReadTimeout { after }) => assert_eq!(after, Duration::from_millis(300)),
+        other => panic!("expected ReadTimeout, got {other:?}"),
+    }
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(300) && took < Duration::from_secs(2), "{took:?}");
+
+    // Healed, reads go through again (the links reconnect).
+    proxy.set(Fault::Pass);
+    proxy.cut();
+    let mut ok = false;
+    for _ in 0..100 {
+        if nodes[2].manager().read_index().await.is_ok() {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(ok, "reads work again once the link heals");
+    for node in &mut nodes {
+        node.stop().await;
+    }
+}
