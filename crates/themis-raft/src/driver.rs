@@ -1878,4 +1878,43 @@ mod tests {
         let decoded = DriverSnapshot::decode(&encoded).unwrap();
         assert_eq!((decoded.peers, decoded.machine.as_ref()), (peers, machine.as_slice()));
     }
+
+    #[test]
+    fn chunk_settings_and_the_frame_limit_are_checked_at_start() {
+        let config = |edit: fn(&mut DriverConfig)| {
+            let me = PeerInfo { id: NodeId(1), raft_addr: "127.0.0.1:1".parse().unwrap(), meta: Vec::new() };
+            let mut c = DriverConfig::new(Config::new(NodeId(1), "c"), vec![me]);
+            edit(&mut c);
+            c
+        };
+        let ok = config(|_| {});
+        ok.validate().unwrap();
+        for (edit, needle) in [
+            (
+                (|c: &mut DriverConfig| c.snapshot_chunk_bytes = 1023) as fn(&mut DriverConfig),
+                "snapshot_chunk_bytes = 1023",
+            ),
+            (
+                |c: &mut DriverConfig| c.snapshot_chunk_bytes = (16 << 20) + 1,
+                "snapshot_chunk_bytes = 16777217",
+            ),
+            (|c: &mut DriverConfig| c.snapshot_window = 0, "snapshot_window = 0"),
+            (|c: &mut DriverConfig| c.snapshot_window = 65, "snapshot_window = 65"),
+        ] {
+            let err = config(edit).validate().unwrap_err().to_string();
+            assert!(err.contains(needle), "{err}");
+        }
+        // The frame must carry one append of the largest record and one chunk with its
+        // metadata: 16 MiB records need 16 MiB and a little more; 1 MiB chunks 2 MiB.
+        assert!(check_frame(&ok, 64 << 20).is_ok());
+        let err = check_frame(&ok, 16 << 20).unwrap_err().to_string();
+        assert!(err.contains("one append of the largest record"), "{err}");
+        let small_records = config(|c| {
+            c.wire.max_record_bytes = 1 << 16;
+            c.snapshot_chunk_bytes = 4 << 20;
+        });
+        let err = check_frame(&small_records, 4 << 20).unwrap_err().to_string();
+        assert!(err.contains("a snapshot chunk of snapshot_chunk_bytes = 4194304"), "{err}");
+        assert!(check_frame(&small_records, 6 << 20).is_ok());
+    }
 }
