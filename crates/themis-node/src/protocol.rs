@@ -251,12 +251,35 @@ pub async fn write_frame<W: AsyncWrite + Unpin, T: Serialize>(
 pub async fn read_frame<R: AsyncRead + Unpin, T: for<'de> Deserialize<'de>>(
     r: &mut R,
 ) -> Result<Option<(u64, T)>, ProtocolError> {
+    read_frame_within(r, None).await
+}
+
+/// [`read_frame`], with the rest of the frame due within `body` once its length has
+/// arrived (a connection may idle between frames, not inside one): a sender that stalls
+/// mid-frame gets `Io` of kind `TimedOut`.
+pub async fn read_frame_within<R: AsyncRead + Unpin, T: for<'de> Deserialize<'de>>(
+    r: &mut R,
+    body: Option<std::time::Duration>,
+) -> Result<Option<(u64, T)>, ProtocolError> {
     let mut head = [0u8; 4];
     match r.read_exact(&mut head).await {
         Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
         Err(e) => return Err(e.into()),
     }
+    let Some(limit) = body else { return read_rest(r, head).await };
+    tokio::time::timeout(limit, read_rest(r, head)).await.unwrap_or_else(|_| {
+        Err(ProtocolError::Io(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("the rest of a frame did not arrive within {limit:?}"),
+        )))
+    })
+}
+
+async fn read_rest<R: AsyncRead + Unpin, T: for<'de> Deserialize<'de>>(
+    r: &mut R,
+    head: [u8; 4],
+) -> Result<Option<(u64, T)>, ProtocolError> {
     let len = u32::from_le_bytes(head);
     if len < 8 {
         return Err(ProtocolError::Frame(format!("length {len} is outside 8..={MAX_FRAME}")));

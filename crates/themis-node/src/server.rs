@@ -30,7 +30,8 @@ use crate::limits::{
 };
 use crate::metrics::Metrics;
 use crate::protocol::{
-    Consistency, ErrorCode, ProtocolError, Request, Response, check_name, read_frame, skip_body, write_frame,
+    Consistency, ErrorCode, ProtocolError, Request, Response, check_name, read_frame_within, skip_body,
+    write_frame,
 };
 use crate::store::DocStore;
 
@@ -411,8 +412,14 @@ async fn serve_tls(
     acceptor: tokio_rustls::TlsAcceptor,
     shared: Arc<Shared>,
 ) -> Result<(), String> {
+    // The first byte counts against the handshake's bound too: a connection that sends
+    // nothing must not hold its slot forever.
     let mut first = [0u8; 1];
-    let n = tcp.peek(&mut first).await.map_err(|e| e.to_string())?;
+    let started = tokio::time::Instant::now();
+    let n = tokio::time::timeout(HANDSHAKE_TIMEOUT, tcp.peek(&mut first))
+        .await
+        .map_err(|_| format!("nothing arrived within {HANDSHAKE_TIMEOUT:?}"))?
+        .map_err(|e| e.to_string())?;
     if n == 1 && first[0] != 0x16 {
         let refusal = Response::Error {
             code: ErrorCode::Unavailable,
@@ -422,7 +429,7 @@ async fn serve_tls(
         let _ = tcp.shutdown().await;
         return Err("a plaintext client was refused".into());
     }
-    let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
+    let stream = tokio::time::timeout_at(started + HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
         .await
         .map_err(|_| format!("the TLS handshake took longer than {HANDSHAKE_TIMEOUT:?}"))?
         .map_err(|e| format!("TLS handshake: {e}"))?;
@@ -497,7 +504,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Send + 'static>(
         }
     });
     let result = loop {
-        match read_frame::<_, Request>(&mut reader).await {
+        match read_frame_within::<_, Request>(&mut reader, Some(crate::limits::FRAME_BODY_TIMEOUT)).await {
             Ok(Some((id, Request::Authenticate { token }))) => {
                 let response = authenticate(&auth_shared.auth, &token, &mut identity);
                 if tx.send(Inbound::Answered(id, "authenticate", response)).await.is_err() {
