@@ -69,7 +69,7 @@ async fn a_frame_whose_body_never_arrives_is_dropped_after_its_bound() {
     let _ = cluster.leader().await;
     let took = endless_frame(&cluster, cluster.nodes[0].client).await;
     assert!(
-        took >= FRAME_BODY_TIMEOUT - Duration::from_secs(1)
+        took + Duration::from_secs(1) >= FRAME_BODY_TIMEOUT
             && took <= FRAME_BODY_TIMEOUT + Duration::from_secs(5),
         "{took:?}"
     );
@@ -89,7 +89,7 @@ async fn stalled_handshakes_and_request_heads_are_dropped_after_their_bound() {
         ("admin API, a request head that never ends", head, HEADER_READ_TIMEOUT),
     ] {
         eprintln!("{what}: dropped after {took:?} (bound {bound:?})");
-        assert!(took >= bound - Duration::from_millis(500) && took <= bound + slack, "{what}: {took:?}");
+        assert!(took + Duration::from_millis(500) >= bound && took <= bound + slack, "{what}: {took:?}");
     }
     // The node serves on.
     let c = cluster.client(0).await;
