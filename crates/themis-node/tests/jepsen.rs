@@ -119,9 +119,9 @@ fn pid(cluster: &Cluster, i: usize) -> Option<u32> {
     cluster.nodes[i].child.as_ref().map(std::process::Child::id)
 }
 
-fn signal(pid: u32, sig: &str) {
-    let status = std::process::Command::new("kill").arg(sig).arg(pid.to_string()).status().unwrap();
-    assert!(status.success(), "kill {sig} {pid}");
+fn signal(pid: u32, sig: nix::sys::signal::Signal) {
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(pid).expect("a pid"));
+    nix::sys::signal::kill(pid, sig).unwrap_or_else(|e| panic!("{sig} to {pid}: {e}"));
 }
 
 /// The node that says it leads, asked with a short timeout; `None` while there is none.
@@ -242,10 +242,10 @@ async fn nemesis(cluster: &mut Cluster, net: &Net, rng: &mut fastrand::Rng) -> B
             }
             1 => {
                 let p = pid(cluster, target).expect("running");
-                signal(p, "-STOP");
+                signal(p, nix::sys::signal::Signal::SIGSTOP);
                 stopped[target] = true;
                 tokio::time::sleep(pause(rng, 800, 2000)).await;
-                signal(p, "-CONT");
+                signal(p, nix::sys::signal::Signal::SIGCONT);
                 stopped[target] = false;
                 "sigstop"
             }
