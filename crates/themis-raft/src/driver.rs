@@ -690,8 +690,10 @@ pub struct Driver;
 
 impl Driver {
     /// Starts the driver on the current tokio runtime: the loop task, the accept task on
-    /// `listener` and the applier thread over `machine`. `votes` signs this node's votes
-    /// and learns peers' keys from their hellos; `clock` stamps entries (an HLC's `now`).
+    /// `listener`, the snapshot receiver thread and the applier thread over `machine`.
+    /// `votes` signs this node's votes and holds its peers' keys: under TLS each peer's is
+    /// bound from its certificate when its link opens (plaintext: the hello's, trusted on
+    /// first use); `clock` stamps entries (an HLC's `now`).
     /// The returned handle ends when the loop stops (storage or apply failure, or every
     /// [`ReplicationManager`] dropped).
     pub fn start<S: StateMachine>(
