@@ -62,10 +62,8 @@ async fn endless(addr: SocketAddr, mib: usize, byte: u8) {
 
 /// Garbage inside a TLS session the node accepted (the admin client certificate).
 async fn inside_tls(cluster: &Cluster, addr: SocketAddr, bytes: &[u8]) {
-    let connector = cluster.admin.connector().unwrap().unwrap();
-    let Ok(tcp) = TcpStream::connect(addr).await else { return };
-    let name = rustls_pki_types::ServerName::IpAddress(addr.ip().into());
-    let Ok(Ok(mut tls)) = tokio::time::timeout(Duration::from_secs(5), connector.connect(name, tcp)).await
+    let Ok(Ok(mut tls)) =
+        tokio::time::timeout(Duration::from_secs(5), common::tls(&cluster.admin, addr)).await
     else {
         return;
     };

@@ -49,10 +49,7 @@ fn streamed(
 }
 
 async fn raw_tls(cluster: &Cluster, i: usize) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
-    let addr = cluster.nodes[i].client;
-    let connector = cluster.admin.connector().unwrap().unwrap();
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    connector.connect(rustls_pki_types::ServerName::IpAddress(addr.ip().into()), tcp).await.unwrap()
+    common::tls(&cluster.admin, cluster.nodes[i].client).await.unwrap()
 }
 
 fn expect_too_large(response: &Response) -> &str {

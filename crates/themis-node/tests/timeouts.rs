@@ -36,10 +36,7 @@ async fn silent(addr: SocketAddr) -> Duration {
 }
 
 async fn endless_head(cluster: &Cluster, addr: SocketAddr) -> Duration {
-    let connector = cluster.admin.connector().unwrap().unwrap();
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let name = rustls_pki_types::ServerName::IpAddress(addr.ip().into());
-    let mut tls = connector.connect(name, tcp).await.unwrap();
+    let mut tls = common::tls(&cluster.admin, addr).await.unwrap();
     // A request line and one header, and never the blank line that ends the head.
     tls.write_all(b"GET /v1/cluster/status HTTP/1.1\r\nhost: node\r\n").await.unwrap();
     tls.flush().await.unwrap();
@@ -48,10 +45,7 @@ async fn endless_head(cluster: &Cluster, addr: SocketAddr) -> Duration {
 
 /// A client-protocol frame that announces 100 bytes and sends 4 of them.
 async fn endless_frame(cluster: &Cluster, addr: SocketAddr) -> Duration {
-    let connector = cluster.admin.connector().unwrap().unwrap();
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let name = rustls_pki_types::ServerName::IpAddress(addr.ip().into());
-    let mut tls = connector.connect(name, tcp).await.unwrap();
+    let mut tls = common::tls(&cluster.admin, addr).await.unwrap();
     let mut frame = 100u32.to_le_bytes().to_vec();
     frame.extend_from_slice(&[1, 2, 3, 4]);
     tls.write_all(&frame).await.unwrap();

@@ -154,6 +154,17 @@ impl Drop for Cluster {
     }
 }
 
+/// A TLS connection to `addr` (a node's client, admin or Raft port) with `credentials`,
+/// for tests that speak raw bytes inside it.
+pub(crate) async fn tls(
+    credentials: &Credentials,
+    addr: SocketAddr,
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let connector = credentials.connector().map_err(std::io::Error::other)?.expect("a TLS cluster");
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    connector.connect(rustls_pki_types::ServerName::IpAddress(addr.ip().into()), tcp).await
+}
+
 /// One HTTP/1.1 request over TLS with `credentials` (the cluster CA, a client certificate
 /// if they hold one, and `Authorization: Bearer` if they hold a token); returns the
 /// status, the headers and the body.
@@ -183,10 +194,7 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     use http_body_util::BodyExt;
-    let connector = credentials.connector().unwrap().expect("a TLS cluster");
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let name = rustls_pki_types::ServerName::IpAddress(addr.ip().into());
-    let tls = connector.connect(name, tcp).await.unwrap();
+    let tls = tls(credentials, addr).await.unwrap();
     let (mut sender, conn) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await.unwrap();
     tokio::spawn(conn);
