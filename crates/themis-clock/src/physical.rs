@@ -127,9 +127,11 @@ mod tests {
     #[test]
     fn cached_system_clock_tracks_the_os_clock() {
         let os_ms = || read_system_clock().0;
+        // At least 50 ms and at least 1,000 readings: a loaded machine that deschedules
+        // this thread for the whole 50 ms still gets its readings.
         let deadline = std::time::Instant::now() + Duration::from_millis(50);
         let mut readings = 0u64;
-        while std::time::Instant::now() < deadline {
+        while readings < 1_000 || std::time::Instant::now() < deadline {
             let before = os_ms();
             let ours = SystemClock.now_ms();
             let after = os_ms();
@@ -138,7 +140,6 @@ mod tests {
             assert!(before <= ours && ours <= after, "{before} <= {ours} <= {after}");
             readings += 1;
         }
-        assert!(readings > 1_000, "the loop ran {readings} times");
     }
 
     #[test]
