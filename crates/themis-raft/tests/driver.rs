@@ -506,14 +506,15 @@ async fn a_learner_catches_up_from_a_snapshot_of_hundreds_of_chunks() {
     converge(&all, "last", "1").await;
     converge(&all, "k299", &"x".repeat(1000)).await;
     let learner = cluster.nodes[3].manager().status();
-    // Over 300 KB of state in 1 KiB chunks: far more than 10 chunks, one snapshot.
-    assert!(learner.counters.snapshot_chunks_received >= 290, "{:?}", learner.counters);
+    // A snapshot of at least half the 300 KB store (the leader's latest covers more than
+    // half the writes) in 1 KiB chunks: far more than 10 chunks, in one snapshot.
+    assert!(learner.counters.snapshot_chunks_received >= 140, "{:?}", learner.counters);
     assert_eq!(learner.counters.snapshots_received, 1, "{:?}", learner.counters);
     // The leader sent them all and has no transfer left (its status is published a tick
     // later).
     let leader = cluster.leader().await;
     status_until(&cluster.nodes[leader], "the transfer done", |s| {
-        s.counters.snapshot_chunks_sent >= 290 && s.snapshot_transfers.is_empty()
+        s.counters.snapshot_chunks_sent >= 140 && s.snapshot_transfers.is_empty()
     })
     .await;
     for node in &mut cluster.nodes {
