@@ -163,6 +163,13 @@ fn plan(root: &Path, budget: Budget) -> Result<Vec<Step>> {
         },
         Step { name: "layers", action: Action::Layers },
         Step {
+            name: "doc",
+            action: Action::Commands(vec![
+                Cmd::cargo(&["doc", "--locked", "--workspace", "--no-deps"])
+                    .env("RUSTDOCFLAGS", "-D warnings"),
+            ]),
+        },
+        Step {
             name: "test",
             action: Action::Commands(vec![with_budget(Cmd::cargo(&["test", "--locked", "--workspace"]))]),
         },

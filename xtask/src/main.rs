@@ -9,7 +9,7 @@ const HELP: &str = "\
 cargo xtask <task>
 
 tasks:
-  ci [--full]                    fmt, clippy, layers, tests, loom, fuzz-corpus replay, fuzz (nightly), bench build;
+  ci [--full]                    fmt, clippy, layers, doc, tests, loom, fuzz-corpus replay, fuzz (nightly), bench build;
                                  --full runs the slow suites with their long budgets
   layers [--manifest-path PATH]  check dependency edges against xtask/layers.toml
   fuzz <target> [--seconds N]    run a cargo-fuzz target on nightly (default 60 s)

@@ -118,7 +118,7 @@ themis get users ada --consistency session --token 42 --dir /tmp/themis")]
     #[command(after_help = "Examples:\n  themis certs --out /etc/themis/certs --nodes 3 --cluster prod\n  \
 themis certs --out /etc/themis/certs --client reporting --role read")]
     Certs {
-        /// Where to write ca.pem, ca.key, node-<id>.pem, node-<id>.key and
+        /// Where to write ca.pem, ca.key, node-N.pem, node-N.key and
         /// client-admin.pem/.key (or, with --client, where ca.pem and ca.key are).
         #[arg(long)]
         out: PathBuf,
@@ -143,7 +143,7 @@ themis token --secret /etc/themis/jwt.secret --name dash --role read --ttl 600")
         /// A cluster started with `themis cluster up` (its certs/jwt-hs256.secret).
         #[arg(long, conflicts_with = "secret", required_unless_present = "secret")]
         dir: Option<PathBuf>,
-        /// The HS256 secret file the nodes' [auth] jwt_hs256_secret_file names.
+        /// The HS256 secret file (what the nodes' auth.jwt_hs256_secret_file names).
         #[arg(long)]
         secret: Option<PathBuf>,
         /// The token's subject.

@@ -4,8 +4,8 @@
 //!   with LZ4, Zstd, Snappy, or a codec picked per batch by measured throughput.
 //! - [`tls`] and [`transport`]: TLS 1.3-only mutual TLS between nodes of one cluster CA,
 //!   the node id taken from the certificate, and a hello / welcome handshake.
-//! - [`ship`]: [`WalShipper`](ship::WalShipper) streams a WAL to a follower's
-//!   [`WalReceiver`](ship::WalReceiver) and resumes after a reconnect with no gap and no
+//! - [`ship`]: [`WalShipper`] streams a WAL to a follower's
+//!   [`WalReceiver`] and resumes after a reconnect with no gap and no
 //!   duplicate.
 //! - [`apply`]: serial and parallel appliers that keep each key's writes in log order.
 //!
