@@ -320,7 +320,12 @@ impl Authenticator {
             name: data.claims.sub,
             role,
             method: Method::Token,
-            expires: Some(UNIX_EPOCH + Duration::from_secs(data.claims.exp)),
+            // An `exp` past what the clock can hold is refused, not a panic.
+            expires: Some(
+                UNIX_EPOCH
+                    .checked_add(Duration::from_secs(data.claims.exp))
+                    .ok_or_else(|| bad(format!("its exp {} is out of range", data.claims.exp)))?,
+            ),
         })
     }
 
@@ -369,7 +374,7 @@ pub fn required_role(request: &Request) -> Role {
 /// `themis token` and tests; production tokens usually come from an identity provider).
 pub fn hs256_token(secret: &[u8], name: &str, role: Role, ttl_secs: u64) -> Result<String, AuthConfigError> {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
-    let claims = Claims { sub: name.to_string(), role: role.as_str().to_string(), exp: now + ttl_secs };
+    let claims = Claims { sub: name.to_string(), role: role.as_str().to_string(), exp: now.saturating_add(ttl_secs) };
     jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),
         &claims,
@@ -443,6 +448,12 @@ mod tests {
             "role \"root\"",
         );
         refused(&sign(&serde_json::json!({"sub": "a", "role": "admin"}), SECRET), "exp");
+        // A validly signed exp beyond any clock is refused, not a panic.
+        refused(
+            &sign(&serde_json::json!({"sub": "a", "role": "admin", "exp": u64::MAX}), SECRET),
+            "out of range",
+        );
+        assert!(hs256_token(SECRET, "a", Role::Read, u64::MAX).is_ok(), "a huge ttl saturates");
         refused("not.a.token", "refused");
         refused("", "refused");
         // An EdDSA token where only HS256 is configured.
