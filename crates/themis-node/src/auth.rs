@@ -374,7 +374,8 @@ pub fn required_role(request: &Request) -> Role {
 /// `themis token` and tests; production tokens usually come from an identity provider).
 pub fn hs256_token(secret: &[u8], name: &str, role: Role, ttl_secs: u64) -> Result<String, AuthConfigError> {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
-    let claims = Claims { sub: name.to_string(), role: role.as_str().to_string(), exp: now.saturating_add(ttl_secs) };
+    let claims =
+        Claims { sub: name.to_string(), role: role.as_str().to_string(), exp: now.saturating_add(ttl_secs) };
     jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),
         &claims,

@@ -71,13 +71,20 @@ async fn add_learner(cluster: &mut Cluster, leader: &Client, index: usize) -> Cl
     Client::connect(node.client, &cluster.admin).await.unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_learner_killed_mid_snapshot_resumes_from_its_part_file() {
-    let mut cluster = Cluster::start_with(3, 1, |t| small_chunks(&t));
+/// Three voters and a spare node, 3,000 documents written and the leader's log compacted
+/// past half of them: the leader's index, a client on it, the last write's token.
+async fn compacted_store() -> (Cluster, usize, std::sync::Arc<Client>, u64) {
+    let cluster = Cluster::start_with(3, 1, |t| small_chunks(&t));
     let leader = cluster.leader().await;
     let client = std::sync::Arc::new(cluster.client(leader).await);
     let token = fill(&client, 3000).await;
     until(&client, "a snapshot of most of the store", |s| s["snapshot_lsn"].as_u64() > Some(1500)).await;
+    (cluster, leader, client, token)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_learner_killed_mid_snapshot_resumes_from_its_part_file() {
+    let (mut cluster, _, client, token) = compacted_store().await;
 
     let learner = add_learner(&mut cluster, &client, 3).await;
     until(&learner, "a transfer under way", |s| receiving(s, 100_000)).await;
@@ -107,11 +114,7 @@ async fn a_learner_killed_mid_snapshot_resumes_from_its_part_file() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_killed_mid_snapshot_is_replaced_and_the_learner_completes() {
-    let mut cluster = Cluster::start_with(3, 1, |t| small_chunks(&t));
-    let leader = cluster.leader().await;
-    let client = std::sync::Arc::new(cluster.client(leader).await);
-    let token = fill(&client, 3000).await;
-    until(&client, "a snapshot of most of the store", |s| s["snapshot_lsn"].as_u64() > Some(1500)).await;
+    let (mut cluster, leader, client, token) = compacted_store().await;
     // Every voter snapshots on its own; wait for the others too, so the next leader also
     // has to send one.
     for i in (0..3).filter(|&i| i != leader) {

@@ -397,12 +397,9 @@ async fn an_oversized_proposal_is_refused_unwritten_and_a_stopped_driver_reports
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_vote_counts_only_under_the_key_its_senders_certificate_certifies() {
-    // Node 3 holds a valid certificate but signs its votes with another key, and sends that
-    // key in its hello, as a node trying to replace its key in-band would. Its peers take
-    // the key from the certificate instead, so none of its votes verifies: it never leads
-    // and its grants never count.
+/// Three nodes of one CA bound to loopback, not started: their ids, transports and peer
+/// addresses (a test may put a proxy in front of one before starting them).
+async fn bind_three() -> (Vec<NodeId>, Vec<Bound>, Vec<PeerInfo>) {
     let ca = generate_ca("driver-test").unwrap();
     let ids: Vec<NodeId> = (1..=3).map(NodeId).collect();
     let mut bound = Vec::new();
@@ -412,6 +409,27 @@ async fn a_vote_counts_only_under_the_key_its_senders_certificate_certifies() {
         peers.push(PeerInfo { id, raft_addr: b.1.local_addr().unwrap(), meta: vec![] });
         bound.push(b);
     }
+    (ids, bound, peers)
+}
+
+/// The index of the first of `nodes` to report itself leader (5 s at most).
+async fn first_leader(nodes: &[Node]) -> usize {
+    for _ in 0..500 {
+        if let Some(i) = nodes.iter().position(|n| n.manager().status().role == "Leader") {
+            return i;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("no leader within 5 s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vote_counts_only_under_the_key_its_senders_certificate_certifies() {
+    // Node 3 holds a valid certificate but signs its votes with another key, and sends that
+    // key in its hello, as a node trying to replace its key in-band would. Its peers take
+    // the key from the certificate instead, so none of its votes verifies: it never leads
+    // and its grants never count.
+    let (ids, mut bound, peers) = bind_three().await;
     let rogue = Ed25519Votes::from_seed(NodeId(3), &[3; 32]).unwrap();
     assert_ne!(rogue.public_key(), bound[2].2.public_key());
     bound[2].2 = rogue;
@@ -422,15 +440,7 @@ async fn a_vote_counts_only_under_the_key_its_senders_certificate_certifies() {
         .map(|(b, id)| start_node(*id, tempfile::tempdir().unwrap(), b, peers.clone(), conf.clone(), 100_000))
         .collect();
     let cluster_leader = |nodes: &[Node]| nodes.iter().position(|n| n.manager().status().role == "Leader");
-    let mut leader = None;
-    for _ in 0..500 {
-        leader = cluster_leader(&nodes);
-        if leader.is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let leader = leader.expect("nodes 1 and 2 elect one of them");
+    let leader = first_leader(&nodes).await;
     assert_ne!(leader, 2, "node 3 cannot win with votes nobody can verify");
     for _ in 0..5 {
         let _ = nodes[2].manager().start_election().await;
@@ -582,23 +592,9 @@ async fn a_forwarded_read_whose_answer_is_lost_times_out_instead_of_waiting() {
     use themis_testkit::proxy::{Fault, Proxy};
     // Node 3 forwards its ReadIndex to the leader; the answer comes back on the link the
     // leader dials to node 3, which passes through a proxy here that discards it.
-    let ca = generate_ca("driver-test").unwrap();
-    let ids: Vec<NodeId> = (1..=3).map(NodeId).collect();
-    let mut bound = Vec::new();
-    let mut peers = Vec::new();
-    let mut proxy = None;
-    for &id in &ids {
-        let b = bind(&ca, id, &ids, "127.0.0.1:0").await;
-        let mut raft_addr = b.1.local_addr().unwrap();
-        if id == NodeId(3) {
-            let p = Proxy::start(raft_addr).await.unwrap();
-            raft_addr = p.addr();
-            proxy = Some(p);
-        }
-        peers.push(PeerInfo { id, raft_addr, meta: vec![] });
-        bound.push(b);
-    }
-    let proxy = proxy.unwrap();
+    let (ids, bound, mut peers) = bind_three().await;
+    let proxy = Proxy::start(peers[2].raft_addr).await.unwrap();
+    peers[2].raft_addr = proxy.addr();
     let conf = ConfState::with_voters(ids.iter().copied());
     let mut nodes: Vec<Node> = bound
         .into_iter()
@@ -614,15 +610,7 @@ async fn a_forwarded_read_whose_answer_is_lost_times_out_instead_of_waiting() {
             })
         })
         .collect();
-    let mut leader = None;
-    for _ in 0..500 {
-        leader = nodes.iter().position(|n| n.manager().status().role == "Leader");
-        if leader.is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let leader = leader.expect("a leader");
+    let leader = first_leader(&nodes).await;
     assert_ne!(leader, 2, "node 3 waits far longer to campaign");
     write(nodes[leader].manager(), "k", "v").await;
     let all: Vec<&Node> = nodes.iter().collect();
