@@ -664,7 +664,7 @@ async fn answer(request: Request, manager: &ReplicationManager, store: &DocStore
             if let Err(m) = check_name("collection", &collection).and_then(|()| check_name("id", &id)) {
                 return bad_request(m);
             }
-            let op = OpKind::Delete { collection, key: Bytes::from(id.into_bytes()) };
+            let op = OpKind::Delete { collection, key: Bytes::from(id.into_bytes()), before: None };
             match timed(WRITE_TIMEOUT, "the delete", manager.propose(doc_op(op))).await {
                 Ok(lsn) => Response::Written { lsn },
                 Err(r) => r,

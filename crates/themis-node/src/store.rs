@@ -230,7 +230,7 @@ mod tests {
         assert_eq!(store.apply(1, &[upsert("a", "1"), upsert("b", "2")]).unwrap().len(), 2);
         assert!(store.apply(1, &[upsert("a", "1")]).unwrap().is_empty(), "a replay changes nothing");
         let changes = store
-            .apply(2, &[op(OpKind::Delete { collection: "c".into(), key: Bytes::from_static(b"a") })])
+            .apply(2, &[op(OpKind::Delete { collection: "c".into(), key: Bytes::from_static(b"a"), before: None })])
             .unwrap();
         assert_eq!(changes[0].previous.as_deref(), Some(&b"1"[..]));
         assert!(store.get("c", b"a").is_none());
@@ -244,6 +244,7 @@ mod tests {
             collection: "c".into(),
             key: Bytes::from_static(b"z"),
             value: Bytes::from_static(b"9"),
+            before: None,
         });
         assert!(store.apply(3, &[insert, update]).unwrap().is_empty());
         assert_eq!(store.get("c", b"b").unwrap(), (Bytes::from_static(b"2"), 1));

@@ -104,7 +104,7 @@ fn changes_report_the_previous_value() {
             vec![Op {
                 origin: NodeId(1),
                 txn: 0,
-                kind: OpKind::Delete { collection: "c".into(), key: Bytes::from_static(b"k") },
+                kind: OpKind::Delete { collection: "c".into(), key: Bytes::from_static(b"k"), before: None },
             }],
         )
         .unwrap();
@@ -146,6 +146,7 @@ fn a_failed_apply_stops_the_applier_and_names_the_lsn() {
                 collection: "c".into(),
                 key: Bytes::from_static(b"missing"),
                 value: Bytes::new(),
+                before: None,
             },
         };
         let _ = applier.submit(1, vec![update]);
@@ -211,7 +212,7 @@ fn snapshots_restore_documents_schema_and_idempotence() {
             &[Op {
                 origin: NodeId(1),
                 txn: 0,
-                kind: OpKind::Delete { collection: "c".into(), key: Bytes::from_static(b"b") },
+                kind: OpKind::Delete { collection: "c".into(), key: Bytes::from_static(b"b"), before: None },
             }],
         )
         .unwrap();
@@ -343,7 +344,7 @@ fn log(steps: &[Step]) -> Vec<(Lsn, Vec<Op>)> {
         let collection = if key.len() % 2 == 0 { "even" } else { "odd" }.to_owned();
         let kind = match value {
             Some(v) => OpKind::Upsert { collection, key, value: Bytes::from(format!("{v}@{lsn}")) },
-            None => OpKind::Delete { collection, key },
+            None => OpKind::Delete { collection, key, before: None },
         };
         Op { origin: NodeId(1), txn, kind }
     };

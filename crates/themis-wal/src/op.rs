@@ -2,14 +2,22 @@
 //! holds. Versioned and hand-framed (little-endian, `u32` length prefixes):
 //!
 //! ```text
-//! op     = version:u8 (1) kind:u8 origin:u64 txn:u64 body
-//! body   = insert | update | upsert (kinds 1, 2, 3): collection:str key:bytes value:bytes
-//!        | delete (4): collection:str key:bytes
+//! op     = version:u8 (1 or 2) kind:u8 origin:u64 txn:u64 body
+//! body   = insert | upsert (kinds 1, 3): collection:str key:bytes value:bytes
+//!        | update (2): collection:str key:bytes value:bytes before
+//!        | delete (4): collection:str key:bytes before
 //!        | ddl (5): statement:str schema_version:u64
 //!        | begin (6) | commit (7): empty
+//! before = (version 1: nothing) | (version 2: 0:u8 | 1:u8 bytes)
 //! str    = len:u32 utf-8 bytes        bytes = len:u32 bytes
 //! batch  = count:u32 (len:u32 op){count}
 //! ```
+//!
+//! An update or delete may carry the document it replaces (its *before-image*, as
+//! PostgreSQL logs the old row under `REPLICA IDENTITY FULL`), so any reader of the log,
+//! change data capture included, can tell what changed without the store. An op with a
+//! before-image is written as version 2; every other op as version 1, so logs written
+//! before version 2 existed read unchanged and sizes of ops without one do not move.
 //!
 //! Decoding checks every length against the bytes present before slicing, allocates
 //! nothing sized by a stored length, and rejects trailing bytes: an unknown version or
@@ -18,8 +26,9 @@
 use bytes::{BufMut, Bytes};
 use themis_clock::NodeId;
 
-/// The format version this crate writes.
-pub const OP_VERSION: u8 = 1;
+/// The newest format version this crate reads and writes (ops without a before-image are
+/// still written as version 1).
+pub const OP_VERSION: u8 = 2;
 
 /// A document operation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,6 +61,8 @@ pub enum OpKind {
         key: Bytes,
         /// The new document.
         value: Bytes,
+        /// The document it replaces, when the writer logs before-images.
+        before: Option<Bytes>,
     },
     /// Create or replace a document.
     Upsert {
@@ -68,6 +79,8 @@ pub enum OpKind {
         collection: String,
         /// The document key.
         key: Bytes,
+        /// The document it removes, when the writer logs before-images.
+        before: Option<Bytes>,
     },
     /// A schema change.
     Ddl {
@@ -102,7 +115,7 @@ impl OpKind {
             OpKind::Insert { collection, key, .. }
             | OpKind::Update { collection, key, .. }
             | OpKind::Upsert { collection, key, .. }
-            | OpKind::Delete { collection, key } => Some((collection, key)),
+            | OpKind::Delete { collection, key, .. } => Some((collection, key)),
             OpKind::Ddl { .. } | OpKind::Begin | OpKind::Commit => None,
         }
     }
@@ -141,29 +154,61 @@ pub enum OpError {
     /// Bytes follow the last field.
     #[error("{0} unexpected bytes after the op")]
     Trailing(usize),
+    /// A presence byte is neither 0 nor 1.
+    #[error("op field {field} at offset {offset}: presence byte {flag}, expected 0 or 1")]
+    BadFlag {
+        /// The field.
+        field: &'static str,
+        /// Where.
+        offset: usize,
+        /// The byte found.
+        flag: u8,
+    },
     /// A field is longer than the `u32` length prefix allows.
     #[error("op field {0} is longer than 4 GiB")]
     TooLong(&'static str),
 }
 
 impl Op {
+    /// The before-image it carries, if any.
+    #[must_use]
+    pub fn before(&self) -> Option<&Bytes> {
+        match &self.kind {
+            OpKind::Update { before, .. } | OpKind::Delete { before, .. } => before.as_ref(),
+            _ => None,
+        }
+    }
+
     /// Appends the encoding to `out`.
     pub fn encode_into(&self, out: &mut Vec<u8>) -> Result<(), OpError> {
-        out.put_u8(OP_VERSION);
+        let before = self.before();
+        out.put_u8(if before.is_some() { 2 } else { 1 });
         out.put_u8(self.kind.code());
         out.put_u64_le(self.origin.0);
         out.put_u64_le(self.txn);
+        let put_before = |out: &mut Vec<u8>| -> Result<(), OpError> {
+            if let Some(before) = before {
+                out.put_u8(1);
+                put_field(out, "before", before)?;
+            }
+            Ok(())
+        };
         match &self.kind {
-            OpKind::Insert { collection, key, value }
-            | OpKind::Update { collection, key, value }
-            | OpKind::Upsert { collection, key, value } => {
+            OpKind::Insert { collection, key, value } | OpKind::Upsert { collection, key, value } => {
                 put_field(out, "collection", collection.as_bytes())?;
                 put_field(out, "key", key)?;
                 put_field(out, "value", value)?;
             }
-            OpKind::Delete { collection, key } => {
+            OpKind::Update { collection, key, value, .. } => {
                 put_field(out, "collection", collection.as_bytes())?;
                 put_field(out, "key", key)?;
+                put_field(out, "value", value)?;
+                put_before(out)?;
+            }
+            OpKind::Delete { collection, key, .. } => {
+                put_field(out, "collection", collection.as_bytes())?;
+                put_field(out, "key", key)?;
+                put_before(out)?;
             }
             OpKind::Ddl { statement, schema_version } => {
                 put_field(out, "statement", statement.as_bytes())?;
@@ -279,7 +324,7 @@ impl Reader<'_> {
 
     fn op(&mut self) -> Result<Op, OpError> {
         let version = self.u8("version")?;
-        if version != OP_VERSION {
+        if !(1..=OP_VERSION).contains(&version) {
             return Err(OpError::UnknownVersion(version));
         }
         let code = self.u8("kind")?;
@@ -295,11 +340,15 @@ impl Reader<'_> {
                 let value = self.field("value")?;
                 match code {
                     1 => OpKind::Insert { collection, key, value },
-                    2 => OpKind::Update { collection, key, value },
+                    2 => OpKind::Update { collection, key, value, before: self.before(version)? },
                     _ => OpKind::Upsert { collection, key, value },
                 }
             }
-            4 => OpKind::Delete { collection: self.string("collection")?, key: self.field("key")? },
+            4 => {
+                let collection = self.string("collection")?;
+                let key = self.field("key")?;
+                OpKind::Delete { collection, key, before: self.before(version)? }
+            }
             5 => OpKind::Ddl {
                 statement: self.string("statement")?,
                 schema_version: self.u64("schema_version")?,
@@ -308,6 +357,19 @@ impl Reader<'_> {
             _ => OpKind::Commit,
         };
         Ok(Op { origin, txn, kind })
+    }
+
+    /// A before-image: absent in version 1, a presence byte (and the bytes) in version 2.
+    fn before(&mut self, version: u8) -> Result<Option<Bytes>, OpError> {
+        if version < 2 {
+            return Ok(None);
+        }
+        let offset = self.at;
+        match self.u8("before")? {
+            0 => Ok(None),
+            1 => Ok(Some(self.field("before")?)),
+            flag => Err(OpError::BadFlag { field: "before", offset, flag }),
+        }
     }
 
     fn finish(&self) -> Result<(), OpError> {
@@ -326,9 +388,11 @@ mod tests {
         let b = |s: &'static str| Bytes::from_static(s.as_bytes());
         let kinds = vec![
             OpKind::Insert { collection: "users".into(), key: b("u1"), value: b("{\"n\":1}") },
-            OpKind::Update { collection: "users".into(), key: b("u1"), value: b("{}") },
+            OpKind::Update { collection: "users".into(), key: b("u1"), value: b("{}"), before: None },
             OpKind::Upsert { collection: "c".into(), key: b(""), value: b("") },
-            OpKind::Delete { collection: "users".into(), key: b("u1") },
+            OpKind::Delete { collection: "users".into(), key: b("u1"), before: None },
+            OpKind::Update { collection: "users".into(), key: b("u1"), value: b("{}"), before: Some(b("{\"n\":1}")) },
+            OpKind::Delete { collection: "users".into(), key: b("u1"), before: Some(b("")) },
             OpKind::Ddl { statement: "CREATE COLLECTION x".into(), schema_version: 4 },
             OpKind::Begin,
             OpKind::Commit,
@@ -348,9 +412,9 @@ mod tests {
     #[test]
     fn bad_input_is_a_typed_error() {
         let good = all_kinds()[0].encode().unwrap().to_vec();
-        let mut v2 = good.clone();
-        v2[0] = 2;
-        assert_eq!(Op::decode(&v2.into()), Err(OpError::UnknownVersion(2)));
+        let mut v3 = good.clone();
+        v3[0] = 3;
+        assert_eq!(Op::decode(&v3.into()), Err(OpError::UnknownVersion(3)));
         let mut k9 = good.clone();
         k9[1] = 9;
         assert_eq!(Op::decode(&k9.into()), Err(OpError::UnknownKind(9)));
@@ -369,10 +433,30 @@ mod tests {
     }
 
     #[test]
+    fn before_images_are_version_2_and_other_ops_stay_version_1() {
+        let ops = all_kinds();
+        let versions: Vec<u8> = ops.iter().map(|op| op.encode().unwrap()[0]).collect();
+        assert_eq!(versions, [1, 1, 1, 1, 2, 2, 1, 1, 1]);
+        // A version 2 delete whose presence byte is neither 0 nor 1 is refused, naming it.
+        let mut bad = ops[5].encode().unwrap().to_vec();
+        let flag_at = 18 + 4 + "users".len() + 4 + 2;
+        bad[flag_at] = 7;
+        assert_eq!(
+            Op::decode(&bad.into()),
+            Err(OpError::BadFlag { field: "before", offset: flag_at, flag: 7 })
+        );
+        // Version 2 with the presence byte 0 decodes as no before-image.
+        let mut absent = ops[3].encode().unwrap().to_vec();
+        absent[0] = 2;
+        absent.push(0);
+        assert_eq!(Op::decode(&absent.into()).unwrap(), ops[3]);
+    }
+
+    #[test]
     fn targets_name_collection_and_key() {
         let ops = all_kinds();
         assert_eq!(ops[0].kind.target().map(|(c, k)| (c, &k[..])), Some(("users", &b"u1"[..])));
-        assert_eq!(ops[4].kind.target(), None);
+        assert_eq!(ops[6].kind.target(), None);
     }
 
     #[test]
