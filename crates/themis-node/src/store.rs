@@ -230,7 +230,10 @@ mod tests {
         assert_eq!(store.apply(1, &[upsert("a", "1"), upsert("b", "2")]).unwrap().len(), 2);
         assert!(store.apply(1, &[upsert("a", "1")]).unwrap().is_empty(), "a replay changes nothing");
         let changes = store
-            .apply(2, &[op(OpKind::Delete { collection: "c".into(), key: Bytes::from_static(b"a"), before: None })])
+            .apply(
+                2,
+                &[op(OpKind::Delete { collection: "c".into(), key: Bytes::from_static(b"a"), before: None })],
+            )
             .unwrap();
         assert_eq!(changes[0].previous.as_deref(), Some(&b"1"[..]));
         assert!(store.get("c", b"a").is_none());

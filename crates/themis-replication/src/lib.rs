@@ -17,6 +17,7 @@
 //! # Ok::<(), themis_replication::clock::ClockError>(())
 //! ```
 
+pub use themis_cdc as cdc;
 pub use themis_clock as clock;
 pub use themis_crdt as crdt;
 pub use themis_raft as raft;
@@ -25,6 +26,9 @@ pub use themis_wal as wal;
 
 /// The types most users of the toolkit need, for a glob import.
 pub mod prelude {
+    pub use themis_cdc::{
+        CdcConfig, CdcError, CdcStream, ChangeEvent, ChangeOp, Filter as CdcFilter, Subscription,
+    };
     pub use themis_clock::{CausalOrder, ClockError, Hlc, NodeId, PhysicalClock, Timestamp, VectorClock};
     pub use themis_crdt::{
         ConflictResolver, Crdt, CrdtError, GCounter, LwwRegister, OrSet, PnCounter, Resolution, Strategy,

@@ -391,7 +391,12 @@ mod tests {
             OpKind::Update { collection: "users".into(), key: b("u1"), value: b("{}"), before: None },
             OpKind::Upsert { collection: "c".into(), key: b(""), value: b("") },
             OpKind::Delete { collection: "users".into(), key: b("u1"), before: None },
-            OpKind::Update { collection: "users".into(), key: b("u1"), value: b("{}"), before: Some(b("{\"n\":1}")) },
+            OpKind::Update {
+                collection: "users".into(),
+                key: b("u1"),
+                value: b("{}"),
+                before: Some(b("{\"n\":1}")),
+            },
             OpKind::Delete { collection: "users".into(), key: b("u1"), before: Some(b("")) },
             OpKind::Ddl { statement: "CREATE COLLECTION x".into(), schema_version: 4 },
             OpKind::Begin,
