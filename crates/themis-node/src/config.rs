@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+use themis_replication::cdc::{CdcConfig, Filter as CdcFilter};
 use themis_replication::raft::{AckPolicy, ReplicationMode};
 
 use crate::auth::{AuthSection, Authenticator};
@@ -95,6 +96,28 @@ impl Default for ReplicationSection {
     }
 }
 
+/// Change data capture settings (`[cdc]`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CdcSection {
+    /// Data entries the live queue holds (default 65536; 1 to 16777216). Subscribers
+    /// further behind read the WAL; writers never wait.
+    pub max_depth: usize,
+    /// Idle subscriptions get a heartbeat this often, in ms (default 1000; 10 to 3600000).
+    pub heartbeat_ms: u64,
+    /// Collections (exact names or patterns, as in subscription filters) whose updates and
+    /// deletes log the document they replace, so change events carry `before`.
+    pub before_images: Vec<String>,
+    /// Concurrent change streams served over HTTP (default 64; 1 to 4096).
+    pub max_subscribers: usize,
+}
+
+impl Default for CdcSection {
+    fn default() -> Self {
+        CdcSection { max_depth: 65_536, heartbeat_ms: 1000, before_images: Vec::new(), max_subscribers: 64 }
+    }
+}
+
 /// The file as written.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -118,6 +141,8 @@ struct RawConfig {
     peers: Vec<PeerConfig>,
     #[serde(default)]
     auth: AuthSection,
+    #[serde(default)]
+    cdc: CdcSection,
 }
 
 fn default_cluster() -> String {
@@ -171,6 +196,10 @@ pub struct NodeConfig {
     /// certificates from the cluster CA always authenticate; `insecure_plaintext` turns
     /// authentication off.
     pub auth: AuthSection,
+    /// Change data capture (`[cdc]`).
+    pub cdc: CdcSection,
+    /// `cdc.before_images`, compiled (none: no collection logs before-images).
+    pub before_images: Option<CdcFilter>,
 }
 
 fn parse_addr(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
@@ -225,6 +254,16 @@ impl NodeConfig {
             return Ok(Authenticator::disabled());
         }
         Authenticator::new(&self.auth).map_err(|e| ConfigError(e.to_string()))
+    }
+
+    /// The change stream's settings.
+    #[must_use]
+    pub fn cdc_config(&self) -> CdcConfig {
+        CdcConfig {
+            max_depth: self.cdc.max_depth,
+            heartbeat: Duration::from_millis(self.cdc.heartbeat_ms),
+            ..CdcConfig::default()
+        }
     }
 
     /// The bootstrap membership's voters.
@@ -405,6 +444,30 @@ impl RawConfig {
             // Reads the key files now, so a bad one is refused at load, naming it.
             Authenticator::new(&self.auth).map_err(|e| ConfigError(e.to_string()))?;
         }
+        let cdc = self.cdc;
+        let cdc_config = CdcConfig {
+            max_depth: cdc.max_depth,
+            heartbeat: Duration::from_millis(cdc.heartbeat_ms),
+            ..CdcConfig::default()
+        };
+        if let Err(e) = cdc_config.validate() {
+            return bad(e
+                .to_string()
+                .replace("cdc config: ", "cdc.")
+                .replace("heartbeat = ", "heartbeat_ms = "));
+        }
+        if !(1..=4096).contains(&cdc.max_subscribers) {
+            return bad(format!("cdc.max_subscribers = {}: must be 1 to 4096", cdc.max_subscribers));
+        }
+        // No patterns means no collection (a filter with no patterns would mean every one).
+        let before_images = if cdc.before_images.is_empty() {
+            None
+        } else {
+            Some(
+                CdcFilter::new(&[], &cdc.before_images)
+                    .map_err(|e| ConfigError(format!("cdc.before_images: {e}")))?,
+            )
+        };
         check_writable(&self.data_dir)?;
         Ok(NodeConfig {
             node_id: self.node_id,
@@ -428,6 +491,8 @@ impl RawConfig {
             lag_alert: Duration::from_millis(r.lag_alert_ms),
             peers,
             auth: self.auth,
+            cdc,
+            before_images,
         })
     }
 }

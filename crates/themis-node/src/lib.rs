@@ -28,6 +28,7 @@ pub mod protocol;
 pub mod server;
 pub mod stats;
 pub mod store;
+mod writes;
 
 pub use client::{Client, ClientError, Credentials};
 pub use config::{ConfigError, NodeConfig};

@@ -7,16 +7,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use themis_replication::cdc::CdcStream;
 use themis_replication::clock::{Hlc, NodeId};
-use themis_replication::raft::driver::{Driver, DriverConfig, PeerInfo, ReplicationManager};
+use themis_replication::raft::driver::{CommitObserver, Driver, DriverConfig, PeerInfo, ReplicationManager};
 use themis_replication::raft::{
     AckPolicy, ConfState, Config as RaftConfig, DriverError, Ed25519Votes, ReplicationMode, SharedVotes,
     WalStorage,
 };
 use themis_replication::ship::tls::TlsConfig;
 use themis_replication::ship::{Members, Security, Transport, TransportConfig};
-use themis_replication::wal::op::{Op, OpKind, encode_batch};
-use themis_replication::wal::{FsyncPolicy, WalConfig};
+use themis_replication::wal::{Entry, FsyncPolicy, Lsn, WalConfig};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -34,6 +34,7 @@ use crate::protocol::{
     write_frame,
 };
 use crate::store::DocStore;
+use crate::writes::Sequencer;
 
 /// What every request handler works with.
 #[derive(Debug)]
@@ -42,6 +43,25 @@ pub(crate) struct Shared {
     pub(crate) store: Arc<DocStore>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) auth: Authenticator,
+    pub(crate) cdc: CdcStream,
+    pub(crate) writes: Sequencer,
+}
+
+/// Hands what the applier applied to the change stream (never waits on a subscriber).
+#[derive(Debug)]
+struct CdcObserver {
+    cdc: CdcStream,
+    hlc: Arc<Hlc>,
+}
+
+impl CommitObserver for CdcObserver {
+    fn applied(&self, entries: &[Entry]) {
+        self.cdc.publish(entries);
+    }
+
+    fn restored(&self, lsn: Lsn) {
+        self.cdc.restart_at(lsn, self.hlc.now());
+    }
 }
 
 /// Why a node could not start or stopped.
@@ -73,6 +93,8 @@ pub struct Node {
     pub admin_addr: Option<SocketAddr>,
     /// The node's metrics.
     pub metrics: Arc<Metrics>,
+    /// The node's change stream.
+    pub cdc: CdcStream,
     driver: JoinHandle<Result<(), DriverError>>,
     clients: JoinHandle<()>,
     admin: Option<JoinHandle<()>>,
@@ -243,11 +265,22 @@ impl Node {
             tracing::warn!(node = %id, ?report, "the WAL had a torn tail, truncated at open");
         }
 
-        let driver_config = driver_config(config, id)?;
+        let mut driver_config = driver_config(config, id)?;
+        let hlc = Arc::new(Hlc::new(id));
+        // Subscribers from before the snapshot read the WAL (what compaction left of it);
+        // the applier publishes everything after it as it replays and applies.
+        let cdc = CdcStream::new(
+            config.cdc_config(),
+            Arc::new(storage.wal().clone()),
+            storage.snapshot_meta().lsn,
+            hlc.now(),
+        )
+        .map_err(|e| io("cdc", &e))?;
+        driver_config.commit_observer =
+            Some(Arc::new(CdcObserver { cdc: cdc.clone(), hlc: Arc::clone(&hlc) }));
 
         let votes = SharedVotes::new(signer);
         let store = Arc::new(DocStore::new());
-        let hlc = Arc::new(Hlc::new(id));
         let (manager, driver) =
             Driver::start(driver_config, storage, transport, listener, store.clone(), votes, move || {
                 hlc.now()
@@ -260,6 +293,8 @@ impl Node {
             store: store.clone(),
             metrics: metrics.clone(),
             auth,
+            cdc: cdc.clone(),
+            writes: Sequencer::new(id, config.before_images.clone()),
         });
         let client_listener = TcpListener::bind(config.client_addr)
             .await
@@ -277,12 +312,13 @@ impl Node {
         };
         let clients = tokio::spawn(accept_clients(client_listener, client_tls, shared));
         tracing::info!(node = %id, raft = %config.raft_addr, client = %client_addr, admin = ?admin_addr, "node started");
-        Ok(Node { manager, store, client_addr, admin_addr, metrics, driver, clients, admin })
+        Ok(Node { manager, store, client_addr, admin_addr, metrics, cdc, driver, clients, admin })
     }
 
     /// Runs until the driver stops; returns its result.
     pub async fn wait(self) -> Result<(), NodeError> {
         let result = self.driver.await;
+        self.cdc.close();
         self.clients.abort();
         if let Some(admin) = self.admin {
             admin.abort();
@@ -612,10 +648,6 @@ async fn timed<T>(
     }
 }
 
-fn doc_op(kind: OpKind) -> Bytes {
-    encode_batch(&[Op { origin: NodeId(0), txn: 0, kind }]).expect("names and values were checked")
-}
-
 /// A request kind's name in the request metrics.
 fn op_name(request: &Request) -> &'static str {
     match request {
@@ -632,13 +664,14 @@ fn op_name(request: &Request) -> &'static str {
 /// caller has authorized it.
 pub(crate) async fn handle(request: Request, shared: &Shared) -> Response {
     let op = op_name(&request);
-    let response = answer(request, &shared.manager, &shared.store).await;
+    let response = answer(request, shared).await;
     shared.metrics.count_request(op, response.outcome());
     response
 }
 
 #[allow(clippy::too_many_lines, reason = "one arm per request kind, each short")]
-async fn answer(request: Request, manager: &ReplicationManager, store: &DocStore) -> Response {
+async fn answer(request: Request, shared: &Shared) -> Response {
+    let (manager, store) = (&shared.manager, &*shared.store);
     match request {
         Request::Put { collection, id, value } => {
             if let Err(m) = check_name("collection", &collection).and_then(|()| check_name("id", &id)) {
@@ -653,9 +686,14 @@ async fn answer(request: Request, manager: &ReplicationManager, store: &DocStore
             if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&value) {
                 return bad_request(format!("the document for {collection}/{id} is not JSON: {e}"));
             }
-            let op =
-                OpKind::Upsert { collection, key: Bytes::from(id.into_bytes()), value: Bytes::from(value) };
-            match timed(WRITE_TIMEOUT, "the write", manager.propose(doc_op(op))).await {
+            let write = shared.writes.write(
+                manager,
+                store,
+                collection,
+                Bytes::from(id.into_bytes()),
+                Some(Bytes::from(value)),
+            );
+            match timed(WRITE_TIMEOUT, "the write", write).await {
                 Ok(lsn) => Response::Written { lsn },
                 Err(r) => r,
             }
@@ -664,8 +702,8 @@ async fn answer(request: Request, manager: &ReplicationManager, store: &DocStore
             if let Err(m) = check_name("collection", &collection).and_then(|()| check_name("id", &id)) {
                 return bad_request(m);
             }
-            let op = OpKind::Delete { collection, key: Bytes::from(id.into_bytes()), before: None };
-            match timed(WRITE_TIMEOUT, "the delete", manager.propose(doc_op(op))).await {
+            let write = shared.writes.write(manager, store, collection, Bytes::from(id.into_bytes()), None);
+            match timed(WRITE_TIMEOUT, "the delete", write).await {
                 Ok(lsn) => Response::Written { lsn },
                 Err(r) => r,
             }

@@ -4,6 +4,7 @@
 //! replays the log after it.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use bytes::Bytes;
@@ -27,17 +28,25 @@ type Shard = HashMap<(String, Bytes), Doc>;
 ///
 /// Applying is idempotent by LSN: a document that already reflects an LSN at or after
 /// the op's is left alone, so replaying the log after a snapshot changes nothing twice.
-/// The client API writes with upserts and deletes; an insert of an existing document or
-/// an update of a missing one (which other writers could log) keeps the current state
-/// and is reported as no change, because a committed entry must never stop the applier.
+///
+/// The leader labels each write insert, update or delete, with the replaced document when
+/// the collection logs before-images (`crate::writes`). The store applies inserts and
+/// updates as upserts whatever the label, and a delete of a missing document as nothing,
+/// because a committed entry must never stop the applier or lose a client's write; a
+/// label that disagrees with the document as found (an insert over an existing one, an
+/// update of a missing one, a before-image that is not the current value) is counted in [`DocStore::label_mismatches`].
 #[derive(Debug)]
 pub struct DocStore {
     shards: Vec<Mutex<Shard>>,
+    label_mismatches: AtomicU64,
 }
 
 impl Default for DocStore {
     fn default() -> Self {
-        DocStore { shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect() }
+        DocStore {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            label_mismatches: AtomicU64::new(0),
+        }
     }
 }
 
@@ -91,6 +100,13 @@ impl DocStore {
         (0..SHARDS).map(|i| self.shard(i).len()).sum()
     }
 
+    /// Ops applied whose label disagreed with the document as found (see the type's
+    /// documentation); zero when every write went through the leader's sequencer.
+    #[must_use]
+    pub fn label_mismatches(&self) -> u64 {
+        self.label_mismatches.load(Ordering::Relaxed)
+    }
+
     /// Whether the store is empty.
     #[must_use]
     pub fn is_empty(&self) -> bool {
@@ -118,10 +134,23 @@ impl StateMachine for DocStore {
                 continue;
             }
             let previous = current.map(|d| d.value.clone());
+            let stale =
+                |before: &Option<Bytes>| before.as_ref().is_some_and(|b| previous.as_ref() != Some(b));
+            let mismatch = match &op.kind {
+                OpKind::Insert { .. } => previous.is_some(),
+                OpKind::Update { before, .. } => previous.is_none() || stale(before),
+                // A delete of a missing document may be a replay (no tombstones are kept),
+                // so only a before-image that disagrees with a present one counts.
+                OpKind::Delete { before, .. } => previous.is_some() && stale(before),
+                _ => false,
+            };
+            if mismatch {
+                self.label_mismatches.fetch_add(1, Ordering::Relaxed);
+            }
             let next = match &op.kind {
-                OpKind::Upsert { value, .. } => Some(value.clone()),
-                OpKind::Insert { value, .. } if previous.is_none() => Some(value.clone()),
-                OpKind::Update { value, .. } if previous.is_some() => Some(value.clone()),
+                OpKind::Upsert { value, .. }
+                | OpKind::Insert { value, .. }
+                | OpKind::Update { value, .. } => Some(value.clone()),
                 OpKind::Delete { .. } if previous.is_some() => None,
                 _ => continue,
             };
@@ -237,7 +266,9 @@ mod tests {
             .unwrap();
         assert_eq!(changes[0].previous.as_deref(), Some(&b"1"[..]));
         assert!(store.get("c", b"a").is_none());
-        // An insert over an existing document keeps it; an update of a missing one does nothing.
+        // Labels that disagree with the store still apply as upserts (no write is lost) and
+        // are counted; a delete of a missing document changes nothing.
+        assert_eq!(store.label_mismatches(), 0);
         let insert = op(OpKind::Insert {
             collection: "c".into(),
             key: Bytes::from_static(b"b"),
@@ -249,8 +280,52 @@ mod tests {
             value: Bytes::from_static(b"9"),
             before: None,
         });
-        assert!(store.apply(3, &[insert, update]).unwrap().is_empty());
-        assert_eq!(store.get("c", b"b").unwrap(), (Bytes::from_static(b"2"), 1));
+        let delete =
+            op(OpKind::Delete { collection: "c".into(), key: Bytes::from_static(b"gone"), before: None });
+        assert_eq!(store.apply(3, &[insert, update, delete]).unwrap().len(), 2);
+        assert_eq!(store.get("c", b"b").unwrap(), (Bytes::from_static(b"9"), 3));
+        assert_eq!(store.get("c", b"z").unwrap(), (Bytes::from_static(b"9"), 3));
+        assert_eq!(store.label_mismatches(), 2);
+        // A before-image that is not the current value is a mismatch too.
+        let stale = op(OpKind::Update {
+            collection: "c".into(),
+            key: Bytes::from_static(b"b"),
+            value: Bytes::from_static(b"10"),
+            before: Some(Bytes::from_static(b"old")),
+        });
+        store.apply(4, &[stale]).unwrap();
+        assert_eq!(store.label_mismatches(), 3);
+        store
+            .apply(
+                5,
+                &[op(OpKind::Delete { collection: "c".into(), key: Bytes::from_static(b"z"), before: None })],
+            )
+            .unwrap();
+        store
+            .apply(
+                5,
+                &[op(OpKind::Delete { collection: "c".into(), key: Bytes::from_static(b"z"), before: None })],
+            )
+            .unwrap();
+        store
+            .apply(
+                6,
+                &[op(OpKind::Update {
+                    collection: "c".into(),
+                    key: Bytes::from_static(b"b"),
+                    value: Bytes::from_static(b"11"),
+                    before: Some(Bytes::from_static(b"10")),
+                })],
+            )
+            .unwrap();
+        assert_eq!(store.label_mismatches(), 3, "right labels and replays are not mismatches");
+        store
+            .apply(
+                7,
+                &[op(OpKind::Delete { collection: "c".into(), key: Bytes::from_static(b"b"), before: None })],
+            )
+            .unwrap();
+        store.apply(8, &[upsert("b", "2")]).unwrap();
         let snapshot = store.snapshot().unwrap();
         let copy = DocStore::new();
         copy.apply(9, &[upsert("stale", "x")]).unwrap();

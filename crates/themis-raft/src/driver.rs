@@ -103,6 +103,21 @@ pub struct DriverConfig {
     pub snapshot_chunk_bytes: usize,
     /// Chunks sent ahead of the receiver's answers (default 4, 1 to 64).
     pub snapshot_window: usize,
+    /// Told of every committed entry once it is applied, in log order, on the applier
+    /// thread (change data capture hangs here). None by default.
+    pub commit_observer: Option<Arc<dyn CommitObserver>>,
+}
+
+/// Sees what the applier thread applies, in log order: every committed entry once the
+/// state machine holds it, and every snapshot the state machine is restored from. Called
+/// on the applier thread between batches, so it must not block: hand the entries on (the
+/// CDC queue takes them without waiting) and return.
+pub trait CommitObserver: Send + Sync + std::fmt::Debug + 'static {
+    /// `entries` (every kind, in LSN order) were applied.
+    fn applied(&self, entries: &[Entry]);
+    /// The state machine was replaced by a snapshot taken at `lsn`; entries after it
+    /// follow.
+    fn restored(&self, lsn: Lsn);
 }
 
 impl DriverConfig {
@@ -124,6 +139,7 @@ impl DriverConfig {
             read_timeout: Duration::from_secs(5),
             snapshot_chunk_bytes: 1 << 20,
             snapshot_window: 4,
+            commit_observer: None,
         }
     }
 
@@ -522,6 +538,30 @@ impl ReplicationManager {
         self.call(|reply| Command::Propose { kind: EntryKind::DATA, payload, reply }).await
     }
 
+    /// Queues `payload` for proposal and returns once it is queued, with a future that
+    /// resolves as [`ReplicationManager::propose`] does. Proposals reach the log in the
+    /// order they were queued, so a caller that queues under its own lock knows the log
+    /// order of its writes (the node's write sequencer relies on this).
+    pub async fn propose_queued(
+        &self,
+        payload: Bytes,
+    ) -> Result<impl Future<Output = Result<Lsn, DriverError>> + Send + 'static, DriverError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Propose { kind: EntryKind::DATA, payload, reply: tx })
+            .await
+            .map_err(|_| DriverError::Stopped("the loop has ended".into()))?;
+        Ok(async move { rx.await.map_err(|_| DriverError::Stopped("the loop dropped the request".into()))? })
+    }
+
+    /// This node's term and whether it leads, as last published (every tick and on every
+    /// change); cheaper than [`ReplicationManager::status`], which copies everything.
+    #[must_use]
+    pub fn leadership(&self) -> (u64, bool) {
+        let status = self.status.borrow();
+        (status.term, status.role == "Leader")
+    }
+
     /// A linearizable read point: returns an LSN once the state machine has applied it;
     /// reading the state machine then sees every write acknowledged before the call
     /// (lease or `ReadIndex`, as the Raft config says).
@@ -726,9 +766,10 @@ impl Driver {
         let (applied_tx, applied) = watch::channel(Ok(snapshot.meta.lsn));
         let (apply_tx, apply_rx) = mpsc::channel(1024);
         let workers = config.apply_workers;
+        let observer = config.commit_observer.clone();
         std::thread::Builder::new()
             .name(format!("themis-apply-{}", id.0))
-            .spawn(move || apply_thread(&machine, workers, apply_rx, &applied_tx))
+            .spawn(move || apply_thread(&machine, workers, observer.as_deref(), apply_rx, &applied_tx))
             .map_err(|e| DriverError::Apply(format!("spawn the applier thread: {e}")))?;
 
         let (chunks_tx, chunks_rx) = mpsc::channel(config.snapshot_window * 2);
@@ -875,6 +916,7 @@ fn bind_vote_key(votes: &SharedVotes, incoming: &themis_ship::transport::Incomin
 fn apply_thread<S: StateMachine>(
     machine: &Arc<S>,
     workers: usize,
+    observer: Option<&dyn CommitObserver>,
     mut rx: mpsc::Receiver<ApplyMsg>,
     published: &watch::Sender<Result<Lsn, String>>,
 ) {
@@ -906,6 +948,9 @@ fn apply_thread<S: StateMachine>(
                 match result {
                     Ok(_) => {
                         let _ = published.send_replace(Ok(last));
+                        if let Some(observer) = observer {
+                            observer.applied(&entries);
+                        }
                     }
                     Err(e) => return fail(published, &e),
                 }
@@ -915,6 +960,9 @@ fn apply_thread<S: StateMachine>(
                 match result {
                     Ok(()) => {
                         let _ = published.send_replace(Ok(lsn));
+                        if let Some(observer) = observer {
+                            observer.restored(lsn);
+                        }
                     }
                     Err(e) => return fail(published, &e),
                 }

@@ -95,8 +95,8 @@ pub mod wire;
 pub use confchange::{ConfigChange, MemberChange};
 pub use config::{Config, MAX_CLOCK_DRIFT_PPM};
 pub use driver::{
-    AlertEvent, Driver, DriverConfig, DriverCounters, DriverError, DriverStatus, FailoverEvent, HealthAlert,
-    PeerInfo, ReplicaStatus, ReplicationManager, STOPPED_ROLE,
+    AlertEvent, CommitObserver, Driver, DriverConfig, DriverCounters, DriverError, DriverStatus,
+    FailoverEvent, HealthAlert, PeerInfo, ReplicaStatus, ReplicationManager, STOPPED_ROLE,
 };
 pub use durable::WalStorage;
 pub use error::{RaftError, StorageError};
