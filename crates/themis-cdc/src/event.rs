@@ -121,6 +121,10 @@ pub struct ChangeEvent {
     pub txn: u64,
     /// The schema change, for DDL events.
     pub ddl: Option<DdlChange>,
+    /// Whether this is the last event of its entry that the subscriber receives:
+    /// resuming after its LSN then loses nothing (an entry can hold several changes, and
+    /// resuming after an LSN skips the rest of that entry). Heartbeats are always ends.
+    pub entry_end: bool,
 }
 
 impl ChangeEvent {
@@ -139,6 +143,7 @@ impl ChangeEvent {
             origin: hlc.node(),
             txn: 0,
             ddl: None,
+            entry_end: true,
         }
     }
 
@@ -149,7 +154,8 @@ impl ChangeEvent {
     }
 }
 
-/// The events a committed entry holds, in its order. Entries that are not data (Raft's
+/// The events a committed entry holds, in its order (the last marked
+/// [`ChangeEvent::entry_end`]). Entries that are not data (Raft's
 /// no-ops and configuration changes) hold none. `Upsert` ops, whose writer did not say
 /// whether the document existed, are reported as updates; the node logs inserts and
 /// updates as such.
@@ -163,6 +169,9 @@ pub fn decode_entry(entry: &Entry) -> Result<Vec<ChangeEvent>, CdcError> {
         if let Some(event) = event_of(entry, index as u32, op) {
             events.push(event);
         }
+    }
+    if let Some(last) = events.last_mut() {
+        last.entry_end = true;
     }
     Ok(events)
 }
@@ -181,6 +190,7 @@ fn event_of(entry: &Entry, index: u32, op: Op) -> Option<ChangeEvent> {
         origin,
         txn: op.txn,
         ddl,
+        entry_end: false,
     };
     Some(match op.kind {
         OpKind::Insert { collection, key, value } => {

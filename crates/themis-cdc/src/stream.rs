@@ -401,10 +401,16 @@ impl Subscription {
     }
 
     fn take(&mut self, entry: &Entry) -> Result<(), CdcError> {
-        for event in decode_entry(entry)? {
+        let mut taken = false;
+        for mut event in decode_entry(entry)? {
             if self.filter.matches(&event) {
+                event.entry_end = false;
                 self.buffer.push_back(event);
+                taken = true;
             }
+        }
+        if taken && let Some(last) = self.buffer.back_mut() {
+            last.entry_end = true;
         }
         self.advance(entry.lsn, entry.timestamp);
         Ok(())

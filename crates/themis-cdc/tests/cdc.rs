@@ -127,6 +127,10 @@ async fn ten_thousand_changes_reach_each_filter_exactly_as_it_asks_in_order() {
         assert_eq!(got_keys.len(), expected.len(), "filter ops={ops:?} collections={cols:?}");
         assert_eq!(got_keys, expected, "filter ops={ops:?} collections={cols:?}");
         assert!(got.windows(2).all(|w| (w[0].lsn, w[0].index) < (w[1].lsn, w[1].index)), "log order");
+        // Exactly the last event a subscriber gets from each entry ends it.
+        for w in got.windows(2) {
+            assert_eq!(w[0].entry_end, w[0].lsn != w[1].lsn, "entry_end at LSN {}", w[0].lsn);
+        }
         // Updates carry their before-image; every event names its origin and commit time.
         assert!(
             got.iter().filter(|e| e.op == ChangeOp::Update).all(|e| e.before.as_deref() == Some(&b"{}"[..]))
@@ -290,6 +294,7 @@ fn events_decode_every_op_kind() {
     let ops: Vec<ChangeOp> = events.iter().map(|e| e.op).collect();
     assert_eq!(ops, [ChangeOp::Insert, ChangeOp::Update, ChangeOp::Ddl]);
     assert_eq!(events.iter().map(|e| e.index).collect::<Vec<_>>(), [1, 2, 3]);
+    assert_eq!(events.iter().map(|e| e.entry_end).collect::<Vec<_>>(), [false, false, true]);
     assert_eq!(events[2].ddl.as_ref().unwrap().schema_version, 2);
     let by_op: HashMap<&str, &str> = ChangeOp::ALL.iter().map(|o| (o.name(), o.debezium())).collect();
     assert_eq!(by_op["insert"], "c");

@@ -40,6 +40,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("PUT", "/v1/collections/{collection}/docs/{id}"),
     ("GET", "/v1/collections/{collection}/docs/{id}"),
     ("DELETE", "/v1/collections/{collection}/docs/{id}"),
+    ("GET", "/v1/cdc/events"),
     ("GET", "/v1/openapi.json"),
     ("GET", "/metrics"),
 ];
@@ -65,7 +66,9 @@ struct Topology {
 /// What the admin handlers share.
 #[derive(Debug)]
 pub(crate) struct AdminState {
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
+    /// Change streams open now (`cdc.max_subscribers` at most).
+    pub(crate) streams: Arc<tokio::sync::Semaphore>,
     id: u64,
     regions: BTreeMap<u64, String>,
     topology: Mutex<Topology>,
@@ -75,6 +78,7 @@ impl AdminState {
     pub(crate) fn new(shared: Arc<Shared>, config: &NodeConfig) -> Arc<AdminState> {
         let state = Arc::new(AdminState {
             shared,
+            streams: Arc::new(tokio::sync::Semaphore::new(config.cdc.max_subscribers)),
             id: config.node_id,
             regions: config.regions.clone(),
             topology: Mutex::new(Topology::default()),
@@ -118,6 +122,7 @@ pub(crate) fn router(state: Arc<AdminState>) -> Router {
         .route("/v1/cluster/transfer", post(transfer))
         .route("/v1/cluster/topology", get(topology))
         .route("/v1/collections/{collection}/docs/{id}", put(put_doc).get(get_doc).delete(delete_doc))
+        .route("/v1/cdc/events", get(crate::changes::sse))
         .route("/v1/openapi.json", get(openapi))
         .route("/metrics", get(metrics))
         // Runs after routing (so it knows the route) and before any handler or body read.
@@ -147,6 +152,10 @@ pub fn route_role(method: &str, path: &str) -> Role {
     }
 }
 
+/// Who made a request that passed [`guard`].
+#[derive(Debug, Clone)]
+pub(crate) struct Caller(pub(crate) Arc<Identity>);
+
 /// The identity the connection's TLS client certificate gives (none without one).
 #[derive(Debug, Clone)]
 struct ConnIdentity(Arc<Identity>);
@@ -156,7 +165,7 @@ struct ConnIdentity(Arc<Identity>);
 async fn guard(
     State(state): State<Arc<AdminState>>,
     matched: axum::extract::MatchedPath,
-    request: axum::extract::Request,
+    mut request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> HttpResponse {
     let auth = &state.shared.auth;
@@ -179,7 +188,11 @@ async fn guard(
         }
     };
     match auth.authorize(&identity, needs) {
-        Ok(()) => next.run(request).await,
+        Ok(()) => {
+            // Handlers that narrow further (a change stream's collections) read it.
+            request.extensions_mut().insert(Caller(Arc::new(identity)));
+            next.run(request).await
+        }
         Err(e) => {
             let op = match needs {
                 Role::Admin => "admin",
@@ -253,11 +266,11 @@ pub(crate) async fn serve(
     }
 }
 
-fn error(status: StatusCode, code: &str, message: &str) -> HttpResponse {
+pub(crate) fn error(status: StatusCode, code: &str, message: &str) -> HttpResponse {
     (status, axum::Json(json!({ "code": code, "message": message }))).into_response()
 }
 
-fn bad_request(message: &str) -> HttpResponse {
+pub(crate) fn bad_request(message: &str) -> HttpResponse {
     error(StatusCode::BAD_REQUEST, ErrorCode::BadRequest.as_str(), message)
 }
 

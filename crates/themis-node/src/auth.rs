@@ -108,6 +108,26 @@ pub struct Principal {
     pub method: Method,
     /// When a token stops being valid (a certificate's validity was checked by TLS).
     pub expires: Option<SystemTime>,
+    /// The collections its change streams may cover (a token's `collections` claim:
+    /// names or patterns); none means every collection.
+    pub collections: Option<Vec<String>>,
+}
+
+impl Principal {
+    /// Whether a change stream over `patterns` (empty: every collection) stays within
+    /// this principal's collections: each pattern must be a name its scope matches, or
+    /// one of its scope's patterns exactly.
+    #[must_use]
+    pub fn covers(&self, patterns: &[String]) -> bool {
+        let Some(scope) = &self.collections else { return true };
+        if patterns.is_empty() {
+            return false;
+        }
+        let Ok(filter) = themis_replication::cdc::Filter::new(&[], scope) else { return false };
+        patterns.iter().all(|p| {
+            scope.contains(p) || (!p.contains(['*', '?', '[', '{', '\\']) && filter.matches_collection(p))
+        })
+    }
 }
 
 /// What is known about the caller of one connection or request.
@@ -203,6 +223,8 @@ struct Claims {
     sub: String,
     role: String,
     exp: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    collections: Option<Vec<String>>,
 }
 
 fn read_key(key: &str, path: &Path) -> Result<Vec<u8>, AuthConfigError> {
@@ -277,9 +299,13 @@ impl Authenticator {
         };
         match themis_replication::ship::tls::client_subject(leaf) {
             Ok((name, role)) => match role.parse::<Role>() {
-                Ok(role) => {
-                    Identity::Known(Principal { name, role, method: Method::Certificate, expires: None })
-                }
+                Ok(role) => Identity::Known(Principal {
+                    name,
+                    role,
+                    method: Method::Certificate,
+                    expires: None,
+                    collections: None,
+                }),
                 Err(e) => refused(format!("its OU names {e}")),
             },
             Err(e) => refused(e),
@@ -320,6 +346,7 @@ impl Authenticator {
             name: data.claims.sub,
             role,
             method: Method::Token,
+            collections: data.claims.collections,
             // An `exp` past what the clock can hold is refused, not a panic.
             expires: Some(
                 UNIX_EPOCH
@@ -373,9 +400,24 @@ pub fn required_role(request: &Request) -> Role {
 /// Signs an HS256 token for `name` with `role`, valid for `ttl_secs` from now (for
 /// `themis token` and tests; production tokens usually come from an identity provider).
 pub fn hs256_token(secret: &[u8], name: &str, role: Role, ttl_secs: u64) -> Result<String, AuthConfigError> {
+    hs256_scoped_token(secret, name, role, ttl_secs, None)
+}
+
+/// [`hs256_token`] whose change streams are limited to `collections` (names or patterns).
+pub fn hs256_scoped_token(
+    secret: &[u8],
+    name: &str,
+    role: Role,
+    ttl_secs: u64,
+    collections: Option<Vec<String>>,
+) -> Result<String, AuthConfigError> {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
-    let claims =
-        Claims { sub: name.to_string(), role: role.as_str().to_string(), exp: now.saturating_add(ttl_secs) };
+    let claims = Claims {
+        sub: name.to_string(),
+        role: role.as_str().to_string(),
+        exp: now.saturating_add(ttl_secs),
+        collections,
+    };
     jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),
         &claims,
@@ -471,6 +513,7 @@ mod tests {
             role: Role::Admin,
             method: Method::Token,
             expires: Some(SystemTime::now() - Duration::from_secs(1)),
+            collections: None,
         });
         assert!(auth.authorize(&short, Role::Read).unwrap_err().to_string().contains("expired"));
     }

@@ -19,8 +19,10 @@
 
 pub mod admin;
 pub mod auth;
+pub mod changes;
 pub mod client;
 pub mod config;
+pub mod feed;
 pub mod limits;
 pub mod local;
 pub mod metrics;
@@ -32,6 +34,7 @@ mod writes;
 
 pub use client::{Client, ClientError, Credentials};
 pub use config::{ConfigError, NodeConfig};
+pub use feed::{ChangeFeed, FeedError, FeedEvent};
 pub use local::{LocalCluster, LocalNode};
 pub use metrics::Metrics;
 pub use protocol::{Consistency, ErrorCode, Request, Response};

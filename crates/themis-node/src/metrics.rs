@@ -13,7 +13,12 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use std::sync::Arc;
+
+use themis_replication::cdc::CdcStream;
 use themis_replication::raft::{DriverStatus, ReplicaStatus, ReplicationManager};
+
+use crate::store::DocStore;
 
 /// Labels of a client request counter.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -57,6 +62,12 @@ impl Metrics {
     /// Reads the driver's status at every scrape.
     pub fn watch(&mut self, manager: ReplicationManager) {
         self.registry.register_collector(Box::new(StatusCollector { manager }));
+    }
+
+    /// Reads the change stream's queue and subscribers, and the store's label
+    /// disagreements, at every scrape.
+    pub fn watch_cdc(&mut self, cdc: CdcStream, store: Arc<DocStore>) {
+        self.registry.register_collector(Box::new(CdcCollector { cdc, store }));
     }
 
     /// The fsync histogram (a handle to the same one), for the WAL's sync observer.
@@ -203,6 +214,88 @@ impl Collector for StatusCollector {
                 for replica in &s.replicas {
                     let labels = ReplicaLabels { replica: replica.id.0 };
                     ConstGauge::new(value(replica)).encode(family.encode_family(&labels)?)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug)]
+struct CdcCollector {
+    cdc: CdcStream,
+    store: Arc<DocStore>,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SubscriberLabels {
+    subscriber: u64,
+}
+
+impl Collector for CdcCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> std::fmt::Result {
+        let s = self.cdc.stats();
+        let e = &mut encoder;
+        gauge(
+            e,
+            "cdc_queue_depth",
+            "Committed data entries in the live CDC queue",
+            signed(s.queue_depth as u64),
+        )?;
+        gauge(
+            e,
+            "cdc_resolved_lsn",
+            "Everything up to this LSN has been published to CDC",
+            signed(s.resolved_lsn),
+        )?;
+        let catching_up = s.subscribers.iter().filter(|x| x.catching_up).count() as u64;
+        gauge(
+            e,
+            "cdc_subscribers_live",
+            "CDC subscribers reading the live queue",
+            signed(s.subscribers.len() as u64 - catching_up),
+        )?;
+        gauge(
+            e,
+            "cdc_subscribers_catching_up",
+            "CDC subscribers reading the WAL because they fell behind the queue",
+            signed(catching_up),
+        )?;
+        counter(
+            e,
+            "cdc_events_delivered",
+            "Change events (heartbeats included) handed to subscribers",
+            s.delivered,
+        )?;
+        counter(
+            e,
+            "cdc_queue_evicted",
+            "Entries dropped from the full live queue (subscribers that needed them read the WAL)",
+            s.evicted,
+        )?;
+        counter(
+            e,
+            "cdc_label_mismatches",
+            "Writes whose insert/update label or before-image disagreed with the document as applied",
+            self.store.label_mismatches(),
+        )?;
+        if !s.subscribers.is_empty() {
+            type Field = fn(&themis_replication::cdc::SubscriberStats) -> i64;
+            let fields: [(&str, &str, Field); 2] = [
+                ("cdc_subscriber_lag_lsns", "LSNs published past a subscriber's position", |x| {
+                    signed(x.lag_lsn)
+                }),
+                (
+                    "cdc_subscriber_lag_ms",
+                    "Commit-time distance from a subscriber's position to the newest entry, ms",
+                    |x| signed(x.lag_ms),
+                ),
+            ];
+            for (name, help, value) in fields {
+                let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+                for sub in &s.subscribers {
+                    ConstGauge::new(value(sub))
+                        .encode(family.encode_family(&SubscriberLabels { subscriber: sub.id })?)?;
                 }
             }
         }

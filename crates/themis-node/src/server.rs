@@ -287,6 +287,7 @@ impl Node {
             })?;
 
         metrics.watch(manager.clone());
+        metrics.watch_cdc(cdc.clone(), Arc::clone(&store));
         let metrics = Arc::new(metrics);
         let shared = Arc::new(Shared {
             manager: manager.clone(),

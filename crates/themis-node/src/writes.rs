@@ -164,7 +164,8 @@ impl Sequencer {
                 }
             };
             let answer = manager.propose_queued(self.op(kind)).await?;
-            let entry = overlay.entry(map_key.clone()).or_insert(Pending { in_flight: 0, after: None, lsn: 0 });
+            let entry =
+                overlay.entry(map_key.clone()).or_insert(Pending { in_flight: 0, after: None, lsn: 0 });
             entry.in_flight += 1;
             entry.after = value;
             drop(overlay);
