@@ -1,7 +1,7 @@
 //! The `themis` command's building blocks: local clusters of `themis server` processes
 //! ([`cluster`]), the closed-loop write workload behind `themis bench` and `themis demo`
 //! ([`workload`]), the failover demo ([`demo`]) and the WAL check behind
-//! `themis doctor validate-wal` ([`doctor`]).
+//! `themis doctor validate-wal` ([`doctor`]), and `themis cdc tail` ([`cdc`]).
 //!
 //! ```
 //! use themis_node::stats::document;
@@ -21,6 +21,7 @@
 //! println!("leader candidates: {:?}", file.nodes.iter().map(|n| n.client).collect::<Vec<_>>());
 //! ```
 
+pub mod cdc;
 pub mod cluster;
 pub mod demo;
 pub mod doctor;

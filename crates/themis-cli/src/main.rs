@@ -15,7 +15,7 @@ use clap::{Args, Parser, Subcommand};
 use themis_cli::cluster::{self, ClusterFile};
 use themis_cli::demo::{self, DemoOptions};
 use themis_cli::{doctor, workload};
-use themis_node::{Client, Consistency, Credentials, Request};
+use themis_node::{ChangeFeed, Client, Consistency, Credentials, Request};
 
 #[derive(Parser)]
 #[command(
@@ -138,7 +138,8 @@ themis certs --out /etc/themis/certs --client reporting --role read")]
     },
     /// Print a bearer token (HS256 JWT) signed with a cluster's JWT secret.
     #[command(after_help = "Examples:\n  themis token --dir /tmp/themis --name app --role write\n  \
-themis token --secret /etc/themis/jwt.secret --name dash --role read --ttl 600")]
+themis token --secret /etc/themis/jwt.secret --name dash --role read --ttl 600\n  \
+themis token --dir /tmp/themis --name acme-cdc --role read --collections 'tenant_acme.*'")]
     Token {
         /// A cluster started with `themis cluster up` (its certs/jwt-hs256.secret).
         #[arg(long, conflicts_with = "secret", required_unless_present = "secret")]
@@ -155,6 +156,10 @@ themis token --secret /etc/themis/jwt.secret --name dash --role read --ttl 600")
         /// Seconds until it expires.
         #[arg(long, default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..=31_536_000))]
         ttl: u64,
+        /// Limit the token's change streams to these collections (comma-separated names
+        /// or patterns, e.g. 'tenant_acme.*').
+        #[arg(long)]
+        collections: Option<String>,
     },
     /// Closed-loop write benchmark: throughput, latency and replication-lag percentiles.
     #[command(after_help = "Examples:\n  themis bench   # against a fresh local 3-node cluster\n  \
@@ -186,6 +191,43 @@ themis bench --dir /tmp/themis --duration 5")]
     /// Offline checks.
     #[command(subcommand)]
     Doctor(DoctorCmd),
+    /// Change data capture.
+    #[command(subcommand)]
+    Cdc(CdcCmd),
+}
+
+#[derive(Subcommand)]
+enum CdcCmd {
+    /// Follow the cluster's change stream (leader changes and node failures included) and
+    /// print each change: `LSN op collection/id document`, or the JSON envelope.
+    #[command(after_help = "Examples:\n  themis cdc tail --dir /tmp/themis\n  \
+themis cdc tail --collections 'orders_*' --ops insert,update --from-lsn 0 --json --dir /tmp/themis\n  \
+themis cdc tail --collections 'tenant_{acme,globex}.*' --admin-addr 127.0.0.1:7300 --ca ca.pem --auth-token \"$T\"")]
+    Tail {
+        /// Collections: comma-separated names or patterns (`orders_*`, `tenant_{a,b}.*`); all when absent.
+        #[arg(long, default_value = "")]
+        collections: String,
+        /// Ops: comma-separated insert, update, delete, ddl; all when absent.
+        #[arg(long, default_value = "")]
+        ops: String,
+        /// Print what was committed after this LSN (default: from now).
+        #[arg(long)]
+        from_lsn: Option<u64>,
+        /// Print each event's JSON envelope.
+        #[arg(long)]
+        json: bool,
+        /// Print heartbeats too.
+        #[arg(long)]
+        heartbeats: bool,
+        /// Stop after this many changes.
+        #[arg(long)]
+        limit: Option<u64>,
+        /// Node admin API addresses (with --addr; --dir knows them).
+        #[arg(long, value_delimiter = ',')]
+        admin_addr: Vec<SocketAddr>,
+        #[command(flatten)]
+        target: Target,
+    },
 }
 
 #[derive(Subcommand)]
@@ -403,9 +445,42 @@ fn run(command: Cmd) -> Result<ExitCode, String> {
         }
         Cmd::Status { json, target } => status(&target, json)?,
         Cmd::Certs { out, nodes, cluster, client, role } => certs(&out, nodes, &cluster, client, role)?,
-        Cmd::Token { dir, secret, name, role, ttl } => println!("{}", token(dir, secret, &name, &role, ttl)?),
+        Cmd::Token { dir, secret, name, role, ttl, collections } => {
+            println!("{}", token(dir, secret, &name, &role, ttl, collections.as_deref())?);
+        }
         Cmd::Bench { clients, conns, duration, value_bytes, mode, json, target } => {
             bench(clients, conns, duration, value_bytes, mode.as_deref(), json, &target)?;
+        }
+        Cmd::Cdc(CdcCmd::Tail {
+            collections,
+            ops,
+            from_lsn,
+            json,
+            heartbeats,
+            limit,
+            admin_addr,
+            target,
+        }) => {
+            let admin = if let Some(dir) = &target.dir {
+                ClusterFile::load(dir)?.nodes.iter().map(|n| n.admin).collect()
+            } else if admin_addr.is_empty() {
+                return Err("give --dir DIR (a `themis cluster up` cluster) or --admin-addr ADDR".into());
+            } else {
+                admin_addr
+            };
+            let credentials = if target.addr.is_empty() && target.dir.is_none() {
+                // --admin-addr alone: the credentials come from --ca and friends.
+                Target { addr: admin.clone(), ..target }.resolve()?.1
+            } else {
+                target.resolve()?.1
+            };
+            // Fail early on a filter the node would refuse, with the same message.
+            themis_replication::cdc::Filter::parse(&ops, &collections).map_err(|e| e.to_string())?;
+            let mut feed = ChangeFeed::new(admin, credentials, &collections, &ops, from_lsn);
+            let options = themis_cli::cdc::TailOptions { json, heartbeats, limit };
+            block_on(async {
+                themis_cli::cdc::tail(&mut feed, &options, &mut std::io::stdout().lock()).await
+            })?;
         }
         Cmd::Doctor(DoctorCmd::ValidateWal { dir }) => {
             let (wal, report) = doctor::validate(&dir)?;
@@ -456,6 +531,7 @@ fn token(
     name: &str,
     role: &str,
     ttl: u64,
+    collections: Option<&str>,
 ) -> Result<String, String> {
     let path = match (dir, secret) {
         (_, Some(path)) => path,
@@ -464,7 +540,18 @@ fn token(
     };
     let secret = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
     let role = role.parse::<themis_node::auth::Role>()?;
-    themis_node::auth::hs256_token(&secret, name, role, ttl).map_err(|e| e.to_string())
+    let collections = match collections {
+        Some(list) => {
+            let patterns: Vec<String> =
+                themis_replication::cdc::split_list(list).into_iter().map(str::to_string).collect();
+            // A scope that does not parse would make every stream a 403; refuse it here.
+            themis_replication::cdc::Filter::new(&[], &patterns)
+                .map_err(|e| format!("--collections: {e}"))?;
+            Some(patterns)
+        }
+        None => None,
+    };
+    themis_node::auth::hs256_scoped_token(&secret, name, role, ttl, collections).map_err(|e| e.to_string())
 }
 
 fn cluster_cmd(cmd: ClusterCmd) -> Result<(), String> {
