@@ -451,37 +451,7 @@ fn run(command: Cmd) -> Result<ExitCode, String> {
         Cmd::Bench { clients, conns, duration, value_bytes, mode, json, target } => {
             bench(clients, conns, duration, value_bytes, mode.as_deref(), json, &target)?;
         }
-        Cmd::Cdc(CdcCmd::Tail {
-            collections,
-            ops,
-            from_lsn,
-            json,
-            heartbeats,
-            limit,
-            admin_addr,
-            target,
-        }) => {
-            let admin = if let Some(dir) = &target.dir {
-                ClusterFile::load(dir)?.nodes.iter().map(|n| n.admin).collect()
-            } else if admin_addr.is_empty() {
-                return Err("give --dir DIR (a `themis cluster up` cluster) or --admin-addr ADDR".into());
-            } else {
-                admin_addr
-            };
-            let credentials = if target.addr.is_empty() && target.dir.is_none() {
-                // --admin-addr alone: the credentials come from --ca and friends.
-                Target { addr: admin.clone(), ..target }.resolve()?.1
-            } else {
-                target.resolve()?.1
-            };
-            // Fail early on a filter the node would refuse, with the same message.
-            themis_replication::cdc::Filter::parse(&ops, &collections).map_err(|e| e.to_string())?;
-            let mut feed = ChangeFeed::new(admin, credentials, &collections, &ops, from_lsn);
-            let options = themis_cli::cdc::TailOptions { json, heartbeats, limit };
-            block_on(async {
-                themis_cli::cdc::tail(&mut feed, &options, &mut std::io::stdout().lock()).await
-            })?;
-        }
+        Cmd::Cdc(cmd) => cdc(cmd)?,
         Cmd::Doctor(DoctorCmd::ValidateWal { dir }) => {
             let (wal, report) = doctor::validate(&dir)?;
             println!("{}", doctor::render(&wal, &report));
@@ -491,6 +461,30 @@ fn run(command: Cmd) -> Result<ExitCode, String> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `themis cdc ...`.
+fn cdc(cmd: CdcCmd) -> Result<(), String> {
+    let CdcCmd::Tail { collections, ops, from_lsn, json, heartbeats, limit, admin_addr, target } = cmd;
+    let admin = if let Some(dir) = &target.dir {
+        ClusterFile::load(dir)?.nodes.iter().map(|n| n.admin).collect()
+    } else if admin_addr.is_empty() {
+        return Err("give --dir DIR (a `themis cluster up` cluster) or --admin-addr ADDR".into());
+    } else {
+        admin_addr
+    };
+    let credentials = if target.addr.is_empty() && target.dir.is_none() {
+        // --admin-addr alone: the credentials come from --ca and friends.
+        Target { addr: admin.clone(), ..target }.resolve()?.1
+    } else {
+        target.resolve()?.1
+    };
+    // Fail early on a filter the node would refuse, with the same message.
+    themis_replication::cdc::Filter::parse(&ops, &collections).map_err(|e| e.to_string())?;
+    let mut feed = ChangeFeed::new(admin, credentials, &collections, &ops, from_lsn);
+    let options = themis_cli::cdc::TailOptions { json, heartbeats, limit };
+    block_on(async { themis_cli::cdc::tail(&mut feed, &options, &mut std::io::stdout().lock()).await })?;
+    Ok(())
 }
 
 /// `themis certs`: a cluster's CA, node and admin certificates, or one client certificate.
