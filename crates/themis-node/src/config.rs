@@ -110,11 +110,135 @@ pub struct CdcSection {
     pub before_images: Vec<String>,
     /// Concurrent change streams served over HTTP (default 64; 1 to 4096).
     pub max_subscribers: usize,
+    /// Connectors that produce the change stream to Kafka (`[[cdc.sinks]]`).
+    pub sinks: Vec<SinkSection>,
 }
 
 impl Default for CdcSection {
     fn default() -> Self {
-        CdcSection { max_depth: 65_536, heartbeat_ms: 1000, before_images: Vec::new(), max_subscribers: 64 }
+        CdcSection {
+            max_depth: 65_536,
+            heartbeat_ms: 1000,
+            before_images: Vec::new(),
+            max_subscribers: 64,
+            sinks: Vec::new(),
+        }
+    }
+}
+
+/// One Kafka sink (`[[cdc.sinks]]`): the leader produces every change passing its filter
+/// to a topic per collection (or one topic), keyed by document id.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkSection {
+    /// Its name (1 to 64 of `a-z 0-9 _ -`): names its checkpoint, WAL hold and metrics.
+    pub name: String,
+    /// Bootstrap brokers, `host:port`.
+    pub brokers: Vec<String>,
+    /// The topic; `{collection}` is replaced by the collection's name (characters Kafka
+    /// does not allow become `_`). Default `themis.{collection}`.
+    #[serde(default = "default_topic")]
+    pub topic: String,
+    /// Collections (names or patterns); all when empty.
+    #[serde(default)]
+    pub collections: Vec<String>,
+    /// Ops (`insert`, `update`, `delete`, `ddl`); all when empty.
+    #[serde(default)]
+    pub ops: Vec<String>,
+    /// A tombstone (the key with no value) after each delete, for compacted topics
+    /// (default true).
+    #[serde(default = "default_true")]
+    pub tombstones: bool,
+    /// Partitions of the topics the sink creates; a record goes to the partition of its
+    /// key's hash (default 1; 1 to 1024).
+    #[serde(default = "default_partitions")]
+    pub partitions: i32,
+    /// Most records per produce request (default 500; 1 to 100000).
+    #[serde(default = "default_sink_batch")]
+    pub max_batch: usize,
+    /// How often the acknowledged LSN is written to the replicated checkpoint, ms
+    /// (default 1000; 100 to 3600000).
+    #[serde(default = "default_checkpoint_ms")]
+    pub checkpoint_ms: u64,
+}
+
+fn default_topic() -> String {
+    "themis.{collection}".into()
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_partitions() -> i32 {
+    1
+}
+
+fn default_sink_batch() -> usize {
+    500
+}
+
+fn default_checkpoint_ms() -> u64 {
+    1000
+}
+
+impl SinkSection {
+    /// The filter its collections and ops compile to.
+    pub fn filter(&self) -> Result<CdcFilter, String> {
+        let ops = self
+            .ops
+            .iter()
+            .map(|op| op.parse::<themis_replication::cdc::ChangeOp>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| e.to_string())?;
+        CdcFilter::new(&ops, &self.collections).map_err(|e| e.to_string())
+    }
+
+    fn validate(&self, at: &str, names: &mut Vec<String>) -> Result<(), ConfigError> {
+        let name_ok = |n: &str| {
+            !n.is_empty()
+                && n.len() <= 64
+                && n.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_-".contains(&b))
+        };
+        if !name_ok(&self.name) {
+            return bad(format!("{at}.name = {:?}: must be 1 to 64 of a-z 0-9 _ -", self.name));
+        }
+        if names.contains(&self.name) {
+            return bad(format!("{at}.name = {:?}: two sinks have this name", self.name));
+        }
+        names.push(self.name.clone());
+        if self.brokers.is_empty() {
+            return bad(format!("{at}.brokers: give at least one host:port"));
+        }
+        for broker in &self.brokers {
+            if broker
+                .rsplit_once(':')
+                .is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err())
+            {
+                return bad(format!("{at}.brokers: {broker:?} is not host:port"));
+            }
+        }
+        let literal = self.topic.replace("{collection}", "");
+        if self.topic.is_empty()
+            || self.topic.len() > 200
+            || !literal.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        {
+            return bad(format!(
+                "{at}.topic = {:?}: 1 to 200 of a-z A-Z 0-9 . _ - (and {{collection}})",
+                self.topic
+            ));
+        }
+        self.filter().map_err(|e| ConfigError(format!("{at}: {e}")))?;
+        if !(1..=1024).contains(&self.partitions) {
+            return bad(format!("{at}.partitions = {}: must be 1 to 1024", self.partitions));
+        }
+        if !(1..=100_000).contains(&self.max_batch) {
+            return bad(format!("{at}.max_batch = {}: must be 1 to 100000", self.max_batch));
+        }
+        if !(100..=3_600_000).contains(&self.checkpoint_ms) {
+            return bad(format!("{at}.checkpoint_ms = {}: must be 100 to 3600000", self.checkpoint_ms));
+        }
+        Ok(())
     }
 }
 
@@ -445,19 +569,18 @@ impl RawConfig {
             Authenticator::new(&self.auth).map_err(|e| ConfigError(e.to_string()))?;
         }
         let cdc = self.cdc;
-        let cdc_config = CdcConfig {
-            max_depth: cdc.max_depth,
-            heartbeat: Duration::from_millis(cdc.heartbeat_ms),
-            ..CdcConfig::default()
-        };
-        if let Err(e) = cdc_config.validate() {
-            return bad(e
-                .to_string()
-                .replace("cdc config: ", "cdc.")
-                .replace("heartbeat = ", "heartbeat_ms = "));
+        if !(1..=1 << 24).contains(&cdc.max_depth) {
+            return bad(format!("cdc.max_depth = {}: must be 1 to 16777216", cdc.max_depth));
+        }
+        if !(10..=3_600_000).contains(&cdc.heartbeat_ms) {
+            return bad(format!("cdc.heartbeat_ms = {}: must be 10 to 3600000", cdc.heartbeat_ms));
         }
         if !(1..=4096).contains(&cdc.max_subscribers) {
             return bad(format!("cdc.max_subscribers = {}: must be 1 to 4096", cdc.max_subscribers));
+        }
+        let mut sink_names = Vec::new();
+        for (i, sink) in cdc.sinks.iter().enumerate() {
+            sink.validate(&format!("cdc.sinks[{i}]"), &mut sink_names)?;
         }
         // No patterns means no collection (a filter with no patterns would mean every one).
         let before_images = if cdc.before_images.is_empty() {
@@ -633,6 +756,54 @@ client_addr = "127.0.0.1:8003"
         let env = |k: &str| (k == "THEMIS_DATA_DIR").then(|| "/proc/themis-cannot-write".to_string());
         let err = NodeConfig::parse(&good, env).unwrap_err();
         assert!(err.to_string().contains("data_dir = \"/proc/themis-cannot-write\": not writable"), "{err}");
+    }
+
+    #[test]
+    fn cdc_settings_and_sinks_load_and_bad_ones_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = base(dir.path());
+        let sink = "[[cdc.sinks]]\nname = \"k\"\nbrokers = [\"127.0.0.1:9092\"]\n";
+        let with = |cdc: &str| format!("{good}\n[cdc]\n{cdc}");
+        let config = NodeConfig::parse(
+            &with(&format!("max_depth = 1024\nheartbeat_ms = 250\nbefore_images = [\"orders_*\"]\n{sink}collections = [\"orders_*\"]\nops = [\"insert\"]\n")),
+            |_| None,
+        )
+        .unwrap();
+        assert_eq!(
+            (config.cdc_config().max_depth, config.cdc_config().heartbeat),
+            (1024, Duration::from_millis(250))
+        );
+        assert!(config.before_images.as_ref().unwrap().matches_collection("orders_eu"));
+        assert!(NodeConfig::parse(&good, |_| None).unwrap().before_images.is_none(), "none unless asked");
+        let sink0 = &config.cdc.sinks[0];
+        assert_eq!(
+            (sink0.topic.as_str(), sink0.partitions, sink0.tombstones),
+            ("themis.{collection}", 1, true)
+        );
+        let cases = [
+            (with("max_depth = 0\n"), "cdc.max_depth = 0"),
+            (with("heartbeat_ms = 5\n"), "cdc.heartbeat_ms = 5: must be 10 to 3600000"),
+            (with("max_subscribers = 0\n"), "cdc.max_subscribers = 0"),
+            (
+                with("before_images = [\"a{b\"]\n"),
+                "cdc.before_images: collection pattern \"a{b\": '{' without a '}' at position 1",
+            ),
+            (with(&format!("{sink}collections = [\"x[\"]\n")), "cdc.sinks[0]: collection pattern \"x[\""),
+            (with(&format!("{sink}ops = [\"upsert\"]\n")), "cdc.sinks[0]: unknown op \"upsert\""),
+            (with(&sink.replace("name = \"k\"", "name = \"K!\"")), "cdc.sinks[0].name = \"K!\""),
+            (with(&format!("{sink}{sink}")), "cdc.sinks[1].name = \"k\": two sinks"),
+            (with(&sink.replace("127.0.0.1:9092", "nowhere")), "cdc.sinks[0].brokers: \"nowhere\""),
+            (with(&sink.replace("brokers = [\"127.0.0.1:9092\"]", "brokers = []")), "cdc.sinks[0].brokers"),
+            (with(&format!("{sink}topic = \"bad topic\"\n")), "cdc.sinks[0].topic = \"bad topic\""),
+            (with(&format!("{sink}partitions = 0\n")), "cdc.sinks[0].partitions = 0"),
+            (with(&format!("{sink}max_batch = 0\n")), "cdc.sinks[0].max_batch = 0"),
+            (with(&format!("{sink}checkpoint_ms = 1\n")), "cdc.sinks[0].checkpoint_ms = 1"),
+            (with(&format!("{sink}colour = 1\n")), "unknown field `colour`"),
+        ];
+        for (text, needle) in cases {
+            let err = NodeConfig::parse(&text, |_| None).unwrap_err();
+            assert!(err.to_string().contains(needle), "{needle}: {err}");
+        }
     }
 
     #[test]

@@ -28,6 +28,7 @@ pub mod local;
 pub mod metrics;
 pub mod protocol;
 pub mod server;
+pub mod sink;
 pub mod stats;
 pub mod store;
 mod writes;

@@ -66,8 +66,8 @@ impl Metrics {
 
     /// Reads the change stream's queue and subscribers, and the store's label
     /// disagreements, at every scrape.
-    pub fn watch_cdc(&mut self, cdc: CdcStream, store: Arc<DocStore>) {
-        self.registry.register_collector(Box::new(CdcCollector { cdc, store }));
+    pub fn watch_cdc(&mut self, cdc: CdcStream, store: Arc<DocStore>, sinks: crate::sink::Sinks) {
+        self.registry.register_collector(Box::new(CdcCollector { cdc, store, sinks }));
     }
 
     /// The fsync histogram (a handle to the same one), for the WAL's sync observer.
@@ -225,6 +225,12 @@ impl Collector for StatusCollector {
 struct CdcCollector {
     cdc: CdcStream,
     store: Arc<DocStore>,
+    sinks: crate::sink::Sinks,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SinkLabels {
+    sink: String,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -233,6 +239,7 @@ struct SubscriberLabels {
 }
 
 impl Collector for CdcCollector {
+    #[allow(clippy::too_many_lines, reason = "one entry per metric, each short")]
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> std::fmt::Result {
         let s = self.cdc.stats();
         let e = &mut encoder;
@@ -279,6 +286,54 @@ impl Collector for CdcCollector {
             "Writes whose insert/update label or before-image disagreed with the document as applied",
             self.store.label_mismatches(),
         )?;
+        if !self.sinks.is_empty() {
+            use std::sync::atomic::Ordering::Relaxed;
+            type Field = fn(&crate::sink::SinkStats, u64) -> u64;
+            let gauges: [(&str, &str, Field); 3] = [
+                (
+                    "cdc_sink_acknowledged_lsn",
+                    "Everything up to this LSN reached the sink's broker",
+                    |x, _| x.acknowledged_lsn.load(Relaxed),
+                ),
+                (
+                    "cdc_sink_lag_lsns",
+                    "LSNs published past what the sink's broker acknowledged (0 where the sink is idle)",
+                    |x, resolved| {
+                        if x.active.load(Relaxed) == 1 {
+                            resolved.saturating_sub(x.acknowledged_lsn.load(Relaxed))
+                        } else {
+                            0
+                        }
+                    },
+                ),
+                ("cdc_sink_active", "1 while this node's sink produces (it leads)", |x, _| {
+                    x.active.load(Relaxed)
+                }),
+            ];
+            let counters: [(&str, &str, Field); 2] = [
+                ("cdc_sink_records", "Records the sink's broker acknowledged", |x, _| {
+                    x.records.load(Relaxed)
+                }),
+                ("cdc_sink_errors", "Sink failures (connect, produce, subscribe), each retried", |x, _| {
+                    x.errors.load(Relaxed)
+                }),
+            ];
+            for (name, help, value) in gauges {
+                let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+                for (sink, stats) in &self.sinks {
+                    let labels = SinkLabels { sink: sink.clone() };
+                    ConstGauge::new(signed(value(stats, s.resolved_lsn)))
+                        .encode(family.encode_family(&labels)?)?;
+                }
+            }
+            for (name, help, value) in counters {
+                let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+                for (sink, stats) in &self.sinks {
+                    let labels = SinkLabels { sink: sink.clone() };
+                    ConstCounter::new(value(stats, s.resolved_lsn)).encode(family.encode_family(&labels)?)?;
+                }
+            }
+        }
         if !s.subscribers.is_empty() {
             type Field = fn(&themis_replication::cdc::SubscriberStats) -> i64;
             let fields: [(&str, &str, Field); 2] = [

@@ -45,6 +45,8 @@ pub(crate) struct Shared {
     pub(crate) auth: Authenticator,
     pub(crate) cdc: CdcStream,
     pub(crate) writes: Sequencer,
+    /// The log (for retention holds).
+    pub(crate) wal: themis_replication::wal::Wal,
 }
 
 /// Hands what the applier applied to the change stream (never waits on a subscriber).
@@ -266,6 +268,7 @@ impl Node {
         }
 
         let mut driver_config = driver_config(config, id)?;
+        let wal_handle = storage.wal().clone();
         let hlc = Arc::new(Hlc::new(id));
         // Subscribers from before the snapshot read the WAL (what compaction left of it);
         // the applier publishes everything after it as it replays and applies.
@@ -287,7 +290,8 @@ impl Node {
             })?;
 
         metrics.watch(manager.clone());
-        metrics.watch_cdc(cdc.clone(), Arc::clone(&store));
+        let sinks = crate::sink::stats(&config.cdc.sinks);
+        metrics.watch_cdc(cdc.clone(), Arc::clone(&store), sinks.clone());
         let metrics = Arc::new(metrics);
         let shared = Arc::new(Shared {
             manager: manager.clone(),
@@ -296,7 +300,9 @@ impl Node {
             auth,
             cdc: cdc.clone(),
             writes: Sequencer::new(id, config.before_images.clone()),
+            wal: wal_handle,
         });
+        crate::sink::start(&shared, &config.cdc.sinks, &sinks);
         let client_listener = TcpListener::bind(config.client_addr)
             .await
             .map_err(|e| io(&format!("client_addr {}", config.client_addr), &e))?;
