@@ -6,7 +6,10 @@
 //!
 //! Phase 1: 64 closed-loop clients, `SEMI_SYNC` (`min_sync_replicas = 1`): throughput and
 //! latency percentiles. Phase 2: an open loop at 10,000 writes/s: replication lag, from
-//! the leader's acknowledgement to each follower having applied the write.
+//! the leader's acknowledgement to each follower having applied the write. Phase 3: the
+//! closed loop again with 8 change-stream subscribers (`GET /v1/cdc/events` over TLS,
+//! each decoding every event) on the leader, between two runs without them: the write
+//! throughput they leave, against the DESIGN.md target of 95 %.
 //!
 //! `cargo bench -p themis-benches --bench cluster` (`THEMIS_BENCH_SECS`, default 5).
 //! Under `cargo bench -- --test` (CI's bench build check) it runs for half a second.
@@ -17,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use themis_node::stats::percentile;
-use themis_node::{Client, Credentials, LocalCluster, Node, NodeConfig};
+use themis_node::{ChangeFeed, Client, Credentials, LocalCluster, Node, NodeConfig};
 use themis_replication::clock::Timestamp;
 use themis_replication::wal::{NewEntry, Wal, WalConfig};
 
@@ -123,6 +126,68 @@ async fn lag_at(nodes: &[Node], credentials: &Credentials, rate: f64, secs: f64)
     (total as f64 / started.elapsed().as_secs_f64(), lags)
 }
 
+/// CPU seconds this process has used (user + system), from `/proc/self/stat`.
+fn cpu_secs() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which ends with ')'): utime and stime are the 12th
+    // and 13th, in clock ticks (100 per second on Linux).
+    let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// One run of [`with_subscribers`].
+struct SubscriberRun {
+    writes_per_sec: f64,
+    events: u64,
+    /// CPU seconds the process used per wall second (2.0: both cores busy).
+    cores_busy: f64,
+    /// CPU seconds used in all.
+    cpu: f64,
+    writes: f64,
+}
+
+/// The closed loop with `subscribers` SSE change streams open on the leader, each reading
+/// every event; the write rate, the change events the subscribers received, and the CPU the
+/// process used meanwhile.
+async fn with_subscribers(
+    nodes: &[Node],
+    credentials: &Credentials,
+    subscribers: usize,
+    secs: f64,
+) -> SubscriberRun {
+    let lead = leader(nodes).await;
+    let admin = nodes[lead].admin_addr.expect("the bench cluster serves the admin API");
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut readers = Vec::new();
+    for _ in 0..subscribers {
+        let mut feed = ChangeFeed::new(vec![admin], credentials.clone(), "", "", None);
+        let stop = stop.clone();
+        readers.push(tokio::spawn(async move {
+            let mut events = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                match tokio::time::timeout(Duration::from_millis(200), feed.next()).await {
+                    Ok(Ok(event)) if event.kind == "change" => events += 1,
+                    Ok(Ok(_)) | Err(_) => {}
+                    Ok(Err(e)) => panic!("change stream: {e}"),
+                }
+            }
+            events
+        }));
+    }
+    // Let every stream open before the writes start.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (cpu0, t0) = (cpu_secs(), Instant::now());
+    let (rate, lat) = closed_loop(nodes, credentials, secs).await;
+    let (cpu, wall) = (cpu_secs() - cpu0, t0.elapsed().as_secs_f64());
+    stop.store(true, Ordering::Relaxed);
+    let mut events = 0;
+    for r in readers {
+        events += r.await.unwrap();
+    }
+    SubscriberRun { writes_per_sec: rate, events, cores_busy: cpu / wall, cpu, writes: lat.len() as f64 }
+}
+
 /// The baseline: CLIENTS threads appending the same values to one WAL, group commit on.
 fn wal_baseline(dir: &std::path::Path, secs: f64) -> f64 {
     let (wal, _) = Wal::open(dir.join("baseline-wal"), WalConfig::default()).expect("wal");
@@ -182,6 +247,34 @@ fn main() {
             percentile(&lags, 0.99),
             if percentile(&lags, 0.99) <= Duration::from_millis(5) { "MET" } else { "MISSED" },
             lags.last().copied().unwrap_or_default(),
+        );
+        // Without, with, and again without subscribers, so drift over the run shows.
+        let before = with_subscribers(&nodes, &ca, 0, secs).await;
+        let with = with_subscribers(&nodes, &ca, 8, secs).await;
+        let after = with_subscribers(&nodes, &ca, 0, secs).await;
+        let without = f64::midpoint(before.writes_per_sec, after.writes_per_sec);
+        let ratio = with.writes_per_sec / without;
+        // The ceiling on this machine: with both cores busy in every phase, the writers get
+        // what the subscribers' path leaves. CPU per write from the runs without, CPU per
+        // delivered event from the run with; 8 events per write.
+        let per_write = (before.cpu + after.cpu) / (before.writes + after.writes);
+        let per_event = (with.cpu - with.writes * per_write).max(0.0) / (with.events.max(1) as f64);
+        let ceiling = 1.0 / (1.0 + 8.0 * per_event / per_write);
+        println!(
+            "cluster/cdc_8_subscribers: {:.0} writes/s with 8 SSE subscribers ({} events delivered, {:.2} cores busy), \
+             {without:.0} without ({:.0} before, {:.0} after; {:.2} and {:.2} cores busy); ratio {ratio:.3} \
+             (target 0.95: {}); CPU per write {:.1} us, per delivered event {:.1} us (server encode + TLS + the \
+             bench's SSE clients), so on these saturated cores the ratio's ceiling is {ceiling:.3}",
+            with.writes_per_sec,
+            with.events,
+            with.cores_busy,
+            before.writes_per_sec,
+            after.writes_per_sec,
+            before.cores_busy,
+            after.cores_busy,
+            if ratio >= 0.95 { "MET" } else { "MISSED" },
+            per_write * 1e6,
+            per_event * 1e6,
         );
         for node in nodes {
             let _ = node.shutdown().await;
