@@ -11,6 +11,7 @@ pub const TARGETS: &[(&str, fn(&[u8]))] = &[
     ("wal_op_decode", wal_op_decode),
     ("frame_decode", frame_decode),
     ("raft_message_decode", raft_message_decode),
+    ("cdc_decode", cdc_decode),
 ];
 
 /// Timestamps from bytes and from text: decoding never panics, and whatever decodes
@@ -184,5 +185,38 @@ pub fn raft_message_decode(data: &[u8]) {
             wire::Packet::Ack(a) => wire::encode_ack(a),
         });
         assert_eq!(wire::decode_packet(&again, &limits).ok(), Some(packet), "raft packet round-trip");
+    }
+}
+
+/// Change data capture's two inputs from outside: a subscription's filter text (from a URL
+/// or a config) and a committed entry's payload. The first byte picks which. Parsing a
+/// filter never panics, and one that parses matches any name without panicking; decoding
+/// an entry never panics, and its events name the entry's LSN in batch order.
+pub fn cdc_decode(data: &[u8]) {
+    use themis_cdc::{Filter, decode_entry};
+    use themis_wal::{Entry, EntryKind};
+
+    let Some((&which, rest)) = data.split_first() else { return };
+    if which % 2 == 0 {
+        let text = String::from_utf8_lossy(rest);
+        let (ops, collections) = text.split_once('|').unwrap_or(("", &text));
+        if let Ok(filter) = Filter::parse(ops, collections) {
+            for name in ["", "orders", collections, ops, "tenant_acme.x"] {
+                let _ = filter.matches_collection(name);
+            }
+        }
+    } else {
+        let entry = Entry {
+            lsn: 9,
+            term: 1,
+            timestamp: themis_clock::Timestamp::ZERO,
+            kind: EntryKind::DATA,
+            payload: bytes::Bytes::copy_from_slice(rest),
+        };
+        if let Ok(events) = decode_entry(&entry) {
+            assert!(events.iter().all(|e| e.lsn == 9), "events carry their entry's LSN");
+            assert!(events.windows(2).all(|w| w[0].index < w[1].index), "events in batch order");
+            assert!(events.last().is_none_or(|e| e.entry_end), "the last event ends the entry");
+        }
     }
 }

@@ -80,6 +80,17 @@ fn write_seed_corpus() {
     ];
     write("wal_op_decode", "upsert", &ops[0].encode().unwrap());
     write("wal_op_decode", "batch", &op::encode_batch(&ops).unwrap());
+    let update = Op {
+        origin: NodeId(1),
+        txn: 0,
+        kind: OpKind::Update {
+            collection: "orders".into(),
+            key: Bytes::from_static(b"o1"),
+            value: Bytes::from_static(b"{\"n\":2}"),
+            before: Some(Bytes::from_static(b"{\"n\":1}")),
+        },
+    };
+    write("wal_op_decode", "update_with_before_image", &update.encode().unwrap());
     write("wal_op_decode", "unknown_kind", &[1, 99, 0, 0]);
     write("wal_op_decode", "huge_count", &[0xff, 0xff, 0xff, 0xff, 1]);
 
