@@ -24,6 +24,7 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response as HttpResponse};
 use bytes::Bytes;
+use futures_util::FutureExt as _;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use themis_replication::cdc::{CdcError, ChangeEvent, ChangeOp, Filter, Subscription};
@@ -129,6 +130,9 @@ fn frame(event: &ChangeEvent, node: u64) -> Bytes {
     Bytes::from(out)
 }
 
+/// Events that are already waiting are sent together, up to about this many bytes.
+const MAX_CHUNK_BYTES: usize = 64 << 10;
+
 /// The query of `GET /v1/cdc/events`.
 #[derive(Debug, Deserialize)]
 pub(crate) struct EventsQuery {
@@ -198,18 +202,35 @@ pub(crate) async fn sse(
     };
     let node = state.shared.manager.id().0;
     // The stream ends when the client goes away (hyper drops the body, and with it the
-    // subscription and the slot) or the node closes the change stream.
+    // subscription and the slot) or the node closes the change stream. Events already
+    // waiting go out together in one chunk (one TLS record and write for many events).
     let body = futures_util::stream::unfold(
         Some((subscription, slot)),
         move |state: Option<(Subscription, tokio::sync::OwnedSemaphorePermit)>| async move {
             let (mut subscription, slot) = state?;
-            match subscription.next().await {
-                Ok(event) => Some((Ok::<_, Infallible>(frame(&event, node)), Some((subscription, slot)))),
-                Err(e) => {
-                    let data = serde_json::json!({ "code": "stream_ended", "message": e.to_string() });
-                    Some((Ok(Bytes::from(format!("event: error\ndata: {data}\n\n"))), None))
+            let ended = |e: CdcError| {
+                let data = serde_json::json!({ "code": "stream_ended", "message": e.to_string() });
+                Bytes::from(format!("event: error\ndata: {data}\n\n"))
+            };
+            let mut chunk = match subscription.next().await {
+                Ok(event) => frame(&event, node),
+                Err(e) => return Some((Ok::<_, Infallible>(ended(e)), None)),
+            };
+            if chunk.len() < MAX_CHUNK_BYTES {
+                let mut more = bytes::BytesMut::from(&chunk[..]);
+                while more.len() < MAX_CHUNK_BYTES {
+                    match subscription.next().now_or_never() {
+                        Some(Ok(event)) => more.extend_from_slice(&frame(&event, node)),
+                        Some(Err(e)) => {
+                            more.extend_from_slice(&ended(e));
+                            return Some((Ok(more.freeze()), None));
+                        }
+                        None => break,
+                    }
                 }
+                chunk = more.freeze();
             }
+            Some((Ok(chunk), Some((subscription, slot))))
         },
     );
     (
