@@ -154,6 +154,30 @@ async fn bad_filters_positions_and_credentials_are_refused_with_their_reason() {
         let event = tokio::time::timeout(Duration::from_secs(10), feed.next()).await.unwrap().unwrap();
         assert_eq!(event.kind, "heartbeat", "{allowed}");
     }
+    // A client that drops its connection mid-stream frees its subscription and slot.
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut tls = common::tls(&cluster.admin, node).await.unwrap();
+        let request = format!("GET /v1/cdc/events?from_lsn=0 HTTP/1.1\r\nhost: {node}\r\n\r\n");
+        tls.write_all(request.as_bytes()).await.unwrap();
+        let mut head = [0u8; 256];
+        let n = tls.read(&mut head).await.unwrap();
+        assert!(String::from_utf8_lossy(&head[..n]).starts_with("HTTP/1.1 200"), "the stream opened");
+        let live = |text: &str| metric(text, "themis_cdc_subscribers_live").unwrap_or(-1.0);
+        let (_, _, text) = http(node, &cluster.admin, "GET", "/metrics", &[], "").await;
+        assert!(live(&text) >= 1.0, "{text}");
+        drop(tls);
+        let mut freed = false;
+        for _ in 0..100 {
+            let (_, _, text) = http(node, &cluster.admin, "GET", "/metrics", &[], "").await;
+            if live(&text) == 0.0 {
+                freed = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(freed, "the dropped stream's subscription was released");
+    }
     // A feed refused by the node returns the refusal instead of retrying.
     let read =
         Credentials::tls(cluster.ca.clone()).with_token(hs256_token(&secret, "r", Role::Read, 600).unwrap());
