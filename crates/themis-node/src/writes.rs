@@ -15,6 +15,10 @@
 //! a new term (the previous leader's last entries may not be applied here yet); a failed
 //! proposal (refused, or of unknown outcome: later labels may have assumed it); and start.
 //!
+//! A node whose published status does not say it leads sends no labeled op: it probes
+//! with an empty batch, which a follower refuses with `NotLeader` (naming the leader) and a
+//! leader whose status lags appends harmlessly, and the write then waits for the status.
+//!
 //! The store applies labeled ops as upserts whatever the label, so a label that is wrong
 //! (a window no lock covers: this node losing and regaining leadership between queueing a
 //! write and the driver taking it) never loses a write; it is counted
@@ -23,6 +27,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use bytes::Bytes;
 use themis_replication::cdc::Filter as CdcFilter;
@@ -122,13 +127,14 @@ impl Sequencer {
         loop {
             let (term, leads) = manager.leadership();
             if !leads {
-                // The driver answers NotLeader (naming the leader); the op's label does not
-                // matter, since it is refused.
-                let kind = match value {
-                    Some(value) => OpKind::Upsert { collection, key, value },
-                    None => OpKind::Delete { collection, key, before: None },
-                };
-                return manager.propose(self.op(kind)).await;
+                // Probe with an empty batch: a follower answers NotLeader, naming the
+                // leader. A node that leads but has not published it yet appends a harmless
+                // empty entry instead, and the write waits for the status and goes on
+                // through the sequencer: no labeled op ever bypasses it.
+                manager.propose(encode_batch(&[]).expect("empty")).await?;
+                let mut status = manager.watch_status();
+                let _ = tokio::time::timeout(Duration::from_millis(100), status.changed()).await;
+                continue;
             }
             let epoch = self.epoch.read().await;
             if epoch.term != term || self.dirty.load(Ordering::Acquire) {

@@ -180,8 +180,28 @@ pub(crate) async fn http(
     http_with(addr, credentials, method, path, headers, body).await
 }
 
-/// [`http`] with any request body (a stream, say); the answer's body is read whole.
+/// [`http`] with any request body (a stream, say); the answer's body is read whole. A
+/// request not answered whole within a minute (a stream that never ends) fails the test
+/// rather than hanging it.
 pub(crate) async fn http_with<B>(
+    addr: SocketAddr,
+    credentials: &Credentials,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: B,
+) -> (u16, hyper::HeaderMap, String)
+where
+    B: hyper::body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let what = format!("{method} {path}");
+    tokio::time::timeout(Duration::from_mins(1), http_once(addr, credentials, method, path, headers, body))
+        .await
+        .unwrap_or_else(|_| panic!("{what} was not answered within a minute"))
+}
+
+async fn http_once<B>(
     addr: SocketAddr,
     credentials: &Credentials,
     method: &str,
