@@ -154,6 +154,15 @@ pub enum OpError {
     /// Bytes follow the last field.
     #[error("{0} unexpected bytes after the op")]
     Trailing(usize),
+    /// A version this kind is never written in (version 2 is only for updates and
+    /// deletes that carry a before-image).
+    #[error("op kind {kind} is never written as version {version}")]
+    VersionForKind {
+        /// The version found.
+        version: u8,
+        /// The kind found.
+        kind: u8,
+    },
     /// The byte before a version 2 field is not 1.
     #[error(
         "op field {field} at offset {offset}: marker byte {flag}, expected 1 (an op without it is version 1)"
@@ -333,6 +342,11 @@ impl Reader<'_> {
         if !(1..=7).contains(&code) {
             return Err(OpError::UnknownKind(code));
         }
+        // Only updates and deletes carrying a before-image are written as version 2; any
+        // other op as version 2 would be a second encoding of a version 1 op.
+        if version == 2 && code != 2 && code != 4 {
+            return Err(OpError::VersionForKind { version, kind: code });
+        }
         let origin = NodeId(self.u64("origin")?);
         let txn = self.u64("txn")?;
         let kind = match code {
@@ -460,6 +474,15 @@ mod tests {
         absent.push(0);
         let offset = absent.len() - 1;
         assert_eq!(Op::decode(&absent.into()), Err(OpError::BadFlag { field: "before", offset, flag: 0 }));
+        // Kinds that never carry a before-image are never version 2.
+        for op in [&ops[0], &ops[2], &ops[6], &ops[7]] {
+            let mut v2 = op.encode().unwrap().to_vec();
+            v2[0] = 2;
+            assert!(
+                matches!(Op::decode(&v2.into()), Err(OpError::VersionForKind { version: 2, .. })),
+                "{op:?}"
+            );
+        }
     }
 
     #[test]
