@@ -119,14 +119,9 @@ fn topic(template: &str, collection: &str) -> String {
 }
 
 fn partition_of(key: &[u8], partitions: i32) -> i32 {
-    // FNV-1a: the same key always lands on the same partition, across nodes and restarts.
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in key {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x100_0000_01b3);
-    }
+    // The same key always lands on the same partition, across nodes and restarts.
     let count = u64::try_from(partitions.max(1)).unwrap_or(1);
-    i32::try_from(h % count).unwrap_or(0)
+    i32::try_from(crate::store::document_hash("", key) % count).unwrap_or(0)
 }
 
 /// A connection to the brokers with the partitions it has used.

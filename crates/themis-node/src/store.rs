@@ -50,14 +50,20 @@ impl Default for DocStore {
     }
 }
 
-fn shard_of(collection: &str, key: &[u8]) -> usize {
-    // FNV-1a: stable across processes, cheap for short keys.
+/// FNV-1a of a document's collection and key: stable across processes and nodes, cheap
+/// for short keys. Store shards, the write sequencer's stripes and Kafka sink partitions
+/// all place a document by it.
+pub(crate) fn document_hash(collection: &str, key: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in collection.as_bytes().iter().chain([0xffu8].iter()).chain(key) {
         h ^= u64::from(*b);
         h = h.wrapping_mul(0x100_0000_01b3);
     }
-    (h % SHARDS as u64) as usize
+    h
+}
+
+fn shard_of(collection: &str, key: &[u8]) -> usize {
+    (document_hash(collection, key) % SHARDS as u64) as usize
 }
 
 /// One document in a snapshot. A snapshot is postcard's `Vec<SnapshotRow>`: a varint

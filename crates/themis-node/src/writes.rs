@@ -89,13 +89,7 @@ pub(crate) struct Sequencer {
 }
 
 fn stripe_of(collection: &str, key: &[u8]) -> usize {
-    // FNV-1a, as the store shards.
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in collection.as_bytes().iter().chain([0xffu8].iter()).chain(key) {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x100_0000_01b3);
-    }
-    (h % STRIPES as u64) as usize
+    (crate::store::document_hash(collection, key) % STRIPES as u64) as usize
 }
 
 impl Sequencer {
