@@ -42,12 +42,19 @@ impl Default for CdcConfig {
 }
 
 impl CdcConfig {
+    /// The largest `max_depth`.
+    pub const MAX_DEPTH_LIMIT: usize = 1 << 24;
+    /// The shortest `heartbeat`.
+    pub const HEARTBEAT_MIN: Duration = Duration::from_millis(10);
+    /// The longest `heartbeat`.
+    pub const HEARTBEAT_MAX: Duration = Duration::from_hours(1);
+
     /// Checks every bound.
     pub fn validate(&self) -> Result<(), CdcError> {
-        if !(1..=1 << 24).contains(&self.max_depth) {
+        if !(1..=Self::MAX_DEPTH_LIMIT).contains(&self.max_depth) {
             return Err(CdcError::Config(format!("max_depth = {}: must be 1 to 16,777,216", self.max_depth)));
         }
-        if self.heartbeat < Duration::from_millis(10) || self.heartbeat > Duration::from_hours(1) {
+        if !(Self::HEARTBEAT_MIN..=Self::HEARTBEAT_MAX).contains(&self.heartbeat) {
             return Err(CdcError::Config(format!(
                 "heartbeat = {:?}: must be 10 ms to 1 hour",
                 self.heartbeat
@@ -202,11 +209,11 @@ impl CdcStream {
     /// what follows it.
     pub fn subscribe(&self, filter: Filter, from: Lsn) -> Result<Subscription, CdcError> {
         let inner = &self.inner;
-        let last = inner.source.last_lsn().max(inner.queue.depths().resolved);
+        let depths = inner.queue.depths();
+        let last = inner.source.last_lsn().max(depths.resolved);
         if from > last {
             return Err(CdcError::BeyondLog { from, last });
         }
-        let depths = inner.queue.depths();
         let oldest = inner.source.first_lsn();
         if from < depths.floor && from + 1 < oldest {
             return Err(CdcError::Gone { needed: from + 1, oldest });

@@ -569,11 +569,18 @@ impl RawConfig {
             Authenticator::new(&self.auth).map_err(|e| ConfigError(e.to_string()))?;
         }
         let cdc = self.cdc;
-        if !(1..=1 << 24).contains(&cdc.max_depth) {
-            return bad(format!("cdc.max_depth = {}: must be 1 to 16777216", cdc.max_depth));
+        // The change stream's own bounds, named by their keys here.
+        if !(1..=CdcConfig::MAX_DEPTH_LIMIT).contains(&cdc.max_depth) {
+            return bad(format!(
+                "cdc.max_depth = {}: must be 1 to {}",
+                cdc.max_depth,
+                CdcConfig::MAX_DEPTH_LIMIT
+            ));
         }
-        if !(10..=3_600_000).contains(&cdc.heartbeat_ms) {
-            return bad(format!("cdc.heartbeat_ms = {}: must be 10 to 3600000", cdc.heartbeat_ms));
+        let (beat_min, beat_max) =
+            (CdcConfig::HEARTBEAT_MIN.as_millis(), CdcConfig::HEARTBEAT_MAX.as_millis());
+        if !(beat_min..=beat_max).contains(&u128::from(cdc.heartbeat_ms)) {
+            return bad(format!("cdc.heartbeat_ms = {}: must be {beat_min} to {beat_max}", cdc.heartbeat_ms));
         }
         if !(1..=4096).contains(&cdc.max_subscribers) {
             return bad(format!("cdc.max_subscribers = {}: must be 1 to 4096", cdc.max_subscribers));

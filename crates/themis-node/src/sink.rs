@@ -217,6 +217,9 @@ async fn lead(
     let node = shared.manager.id().0;
     let mut position = from;
     let checkpoint_every = Duration::from_millis(sink.checkpoint_ms);
+    // Everything up to here is covered by the last checkpoint, the checkpoint's own entry
+    // included: reaching that entry (by a heartbeat, say) is no progress to record, so an
+    // idle sink stops writing checkpoints instead of checkpointing its checkpoints.
     let mut checkpointed = from;
     let mut next_checkpoint = tokio::time::Instant::now() + checkpoint_every;
     stats.acknowledged_lsn.store(position, Ordering::Relaxed);
@@ -268,8 +271,8 @@ async fn lead(
             );
             // A checkpoint that fails is retried at the next one; the sink goes on.
             match tokio::time::timeout(Duration::from_secs(10), write).await {
-                Ok(Ok(_)) => {
-                    checkpointed = position;
+                Ok(Ok(lsn)) => {
+                    checkpointed = position.max(lsn);
                     shared.wal.set_hold(&hold_name(&sink.name), position + 1);
                 }
                 Ok(Err(e)) => tracing::debug!(sink = %sink.name, error = %e, "checkpoint not written"),

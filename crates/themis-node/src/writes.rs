@@ -57,12 +57,6 @@ struct Pending {
 
 type Overlay = HashMap<(String, Bytes), Pending>;
 
-/// The term the overlay was built in; writes hold it shared, a resync exclusively.
-#[derive(Debug)]
-struct Epoch {
-    term: u64,
-}
-
 /// Marks the sequencer dirty if a write is dropped before its answer is recorded.
 struct Flight<'a> {
     sequencer: &'a Sequencer,
@@ -82,7 +76,8 @@ impl Drop for Flight<'_> {
 pub(crate) struct Sequencer {
     origin: NodeId,
     before_images: Option<CdcFilter>,
-    epoch: RwLock<Epoch>,
+    /// The term the overlay was built in; writes hold it shared, a resync exclusively.
+    epoch: RwLock<u64>,
     /// A proposal failed since the last resync.
     dirty: AtomicBool,
     stripes: Vec<Mutex<Overlay>>,
@@ -98,7 +93,7 @@ impl Sequencer {
             origin,
             before_images,
             // Term 0 never leads, so the first write as leader resyncs.
-            epoch: RwLock::new(Epoch { term: 0 }),
+            epoch: RwLock::new(0),
             dirty: AtomicBool::new(false),
             stripes: (0..STRIPES).map(|_| Mutex::new(HashMap::new())).collect(),
         }
@@ -131,7 +126,7 @@ impl Sequencer {
                 continue;
             }
             let epoch = self.epoch.read().await;
-            if epoch.term != term || self.dirty.load(Ordering::Acquire) {
+            if *epoch != term || self.dirty.load(Ordering::Acquire) {
                 drop(epoch);
                 self.resync(manager, term).await?;
                 continue;
@@ -194,14 +189,14 @@ impl Sequencer {
     /// and starts an empty overlay in `term`.
     async fn resync(&self, manager: &ReplicationManager, term: u64) -> Result<(), DriverError> {
         let mut epoch = self.epoch.write().await;
-        if epoch.term == term && !self.dirty.load(Ordering::Acquire) {
+        if *epoch == term && !self.dirty.load(Ordering::Acquire) {
             return Ok(());
         }
         manager.read_index().await?;
         for stripe in &self.stripes {
             stripe.lock().await.clear();
         }
-        epoch.term = term;
+        *epoch = term;
         self.dirty.store(false, Ordering::Release);
         Ok(())
     }
