@@ -195,40 +195,27 @@ where
     B: hyper::body::Body<Data = bytes::Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let what = format!("{method} {path}");
-    tokio::time::timeout(Duration::from_mins(1), http_once(addr, credentials, method, path, headers, body))
-        .await
-        .unwrap_or_else(|_| panic!("{what} was not answered within a minute"))
-}
-
-async fn http_once<B>(
-    addr: SocketAddr,
-    credentials: &Credentials,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: B,
-) -> (u16, hyper::HeaderMap, String)
-where
-    B: hyper::body::Body<Data = bytes::Bytes> + Send + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
     use http_body_util::BodyExt;
-    let tls = tls(credentials, addr).await.unwrap();
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await.unwrap();
-    tokio::spawn(conn);
-    let mut request = hyper::Request::builder().method(method).uri(path).header("host", addr.to_string());
-    if let Some(token) = credentials.token() {
-        request = request.header("authorization", format!("Bearer {token}"));
-    }
-    for (k, v) in headers {
-        request = request.header(*k, *v);
-    }
-    let response = sender.send_request(request.body(body).unwrap()).await.unwrap();
-    let (parts, body) = response.into_parts();
-    let bytes = body.collect().await.unwrap().to_bytes();
-    (parts.status.as_u16(), parts.headers, String::from_utf8_lossy(&bytes).into_owned())
+    let exchange = async {
+        let tls = tls(credentials, addr).await.unwrap();
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await.unwrap();
+        tokio::spawn(conn);
+        let mut request = hyper::Request::builder().method(method).uri(path).header("host", addr.to_string());
+        if let Some(token) = credentials.token() {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        for (k, v) in headers {
+            request = request.header(*k, *v);
+        }
+        let response = sender.send_request(request.body(body).unwrap()).await.unwrap();
+        let (parts, body) = response.into_parts();
+        let bytes = body.collect().await.unwrap().to_bytes();
+        (parts.status.as_u16(), parts.headers, String::from_utf8_lossy(&bytes).into_owned())
+    };
+    tokio::time::timeout(Duration::from_mins(1), exchange)
+        .await
+        .unwrap_or_else(|_| panic!("{method} {path} was not answered within a minute"))
 }
 
 pub(crate) fn json(text: &str) -> serde_json::Value {
