@@ -376,6 +376,45 @@ impl Subscription {
         Ok(event)
     }
 
+    /// Up to `max` events at once: waits at most `wait` for the first (no heartbeat is
+    /// made; an empty batch means nothing arrived), then takes what is ready without
+    /// waiting. An error after some events were taken is kept for the next call.
+    pub async fn next_batch(&mut self, max: usize, wait: Duration) -> Result<Vec<ChangeEvent>, CdcError> {
+        let mut out = Vec::new();
+        if max == 0 {
+            return Ok(out);
+        }
+        match tokio::time::timeout(wait, std::future::poll_fn(|cx| self.poll_fill(cx))).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Ok(out),
+        }
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        while out.len() < max {
+            if let Some(event) = self.buffer.pop_front() {
+                out.push(event);
+                continue;
+            }
+            match self.poll_fill(&mut cx) {
+                Poll::Ready(Ok(())) => {}
+                // Reported by the next call, which finds the same state.
+                Poll::Ready(Err(_)) | Poll::Pending => break,
+            }
+        }
+        let taken = out.len() as u64;
+        self.progress.delivered.fetch_add(taken, Ordering::Relaxed);
+        self.stream.inner.delivered.fetch_add(taken, Ordering::Relaxed);
+        self.heartbeat_due = None;
+        Ok(out)
+    }
+
+    /// Everything up to this LSN has been returned by [`Subscription::next`] or
+    /// [`Subscription::next_batch`] or filtered out: resuming after it loses nothing.
+    #[must_use]
+    pub fn delivered_through(&self) -> Lsn {
+        self.buffer.front().map_or(self.position, |event| event.lsn - 1)
+    }
+
     /// The subscription as a `futures` stream; it ends after the first error.
     pub fn into_stream(self) -> impl futures_util::Stream<Item = Result<ChangeEvent, CdcError>> + Send {
         futures_util::stream::unfold(Some(self), |state| async move {

@@ -20,6 +20,7 @@
 pub use themis_cdc as cdc;
 pub use themis_clock as clock;
 pub use themis_crdt as crdt;
+pub use themis_logical as logical;
 pub use themis_raft as raft;
 pub use themis_ship as ship;
 pub use themis_wal as wal;
@@ -32,6 +33,10 @@ pub mod prelude {
     pub use themis_clock::{CausalOrder, ClockError, Hlc, NodeId, PhysicalClock, Timestamp, VectorClock};
     pub use themis_crdt::{
         ConflictResolver, Crdt, CrdtError, GCounter, LwwRegister, OrSet, PnCounter, Resolution, Strategy,
+    };
+    pub use themis_logical::{
+        ChangeBatch, LogicalChange, LogicalConfig, LogicalError, LogicalReplicationManager, OutputPlugin,
+        SlotConfig, SlotInfo,
     };
     pub use themis_raft::{AckPolicy, Config as RaftConfig, RawNode, Ready, ReplicationMode};
     pub use themis_ship::{
