@@ -1,7 +1,8 @@
 //! The `themis` command's building blocks: local clusters of `themis server` processes
 //! ([`cluster`]), the closed-loop write workload behind `themis bench` and `themis demo`
 //! ([`workload`]), the failover demo ([`demo`]) and the WAL check behind
-//! `themis doctor validate-wal` ([`doctor`]), and `themis cdc tail` ([`cdc`]).
+//! `themis doctor validate-wal` ([`doctor`]), `themis cdc tail` ([`cdc`]), and `themis slot`,
+//! `themis ddl` and the logical replica `themis subscribe` ([`logical`]).
 //!
 //! ```
 //! use themis_node::stats::document;
@@ -25,4 +26,5 @@ pub mod cdc;
 pub mod cluster;
 pub mod demo;
 pub mod doctor;
+pub mod logical;
 pub mod workload;

@@ -14,7 +14,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use themis_cli::cluster::{self, ClusterFile};
 use themis_cli::demo::{self, DemoOptions};
-use themis_cli::{doctor, workload};
+use themis_cli::{doctor, logical, workload};
 use themis_node::{ChangeFeed, Client, Consistency, Credentials, Request};
 
 #[derive(Parser)]
@@ -194,6 +194,152 @@ themis bench --dir /tmp/themis --duration 5")]
     /// Change data capture.
     #[command(subcommand)]
     Cdc(CdcCmd),
+    /// Logical replication slots: durable, failover-safe change consumers.
+    #[command(subcommand)]
+    Slot(SlotCmd),
+    /// Run a DDL statement: CREATE COLLECTION c, DROP COLLECTION c, ALTER COLLECTION c SET
+    /// SCHEMA VERSION n.
+    #[command(after_help = "Example:\n  themis ddl 'CREATE COLLECTION orders' --dir /tmp/themis")]
+    Ddl {
+        /// The statement.
+        statement: String,
+        #[command(flatten)]
+        admin: AdminTarget,
+    },
+    /// Run a logical replica: apply a json slot's changes into a one-node store of its own
+    /// in --data-dir (readable with `themis get --dir DATA_DIR`), confirming each batch, so a
+    /// restart resumes after the slot's confirmed LSN.
+    #[command(
+        after_help = "Example:\n  themis slot create tenant_acme --predicate \"tenant == 'acme'\" --initial-sync --dir /tmp/themis\n  \
+themis subscribe --slot tenant_acme --data-dir /tmp/acme --dir /tmp/themis\n  themis get orders o1 --dir /tmp/acme"
+    )]
+    Subscribe {
+        /// The slot to apply (its plugin must be json).
+        #[arg(long)]
+        slot: String,
+        /// Where the replica keeps its store.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Changes per read.
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+        max: u64,
+        /// Report lag this often, in seconds.
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600))]
+        report_secs: u64,
+        /// Stop once the slot has nothing more to deliver.
+        #[arg(long)]
+        until_idle: bool,
+        #[command(flatten)]
+        admin: AdminTarget,
+    },
+}
+
+/// A source cluster's admin API: --dir, or --admin-addr with credentials.
+#[derive(Args)]
+struct AdminTarget {
+    /// Node admin API addresses (with --ca and friends; --dir knows them).
+    #[arg(long, value_delimiter = ',')]
+    admin_addr: Vec<SocketAddr>,
+    #[command(flatten)]
+    target: Target,
+}
+
+impl AdminTarget {
+    fn client(self) -> Result<themis_node::admin_client::AdminClient, String> {
+        let (addrs, credentials) = admin_target(self.admin_addr, self.target)?;
+        Ok(themis_node::admin_client::AdminClient::new(addrs, credentials))
+    }
+}
+
+#[derive(Subcommand)]
+enum SlotCmd {
+    /// Create a slot: it delivers what is committed from now (a snapshot first with
+    /// --initial-sync) and holds the WAL until confirmed.
+    #[command(
+        after_help = "Examples:\n  themis slot create tenant_acme --include orders,users --predicate \"tenant == 'acme'\" --dir /tmp/themis\n  \
+themis slot create analytics --plugin avro --exclude 'audit_*' --initial-sync --dir /tmp/themis"
+    )]
+    Create {
+        /// Its name: 1 to 63 of a-z, 0-9, _.
+        name: String,
+        /// Output plugin.
+        #[arg(long, default_value = "json", value_parser = ["json", "json-txn", "protobuf", "avro"])]
+        plugin: String,
+        /// Collections delivered (names or patterns, comma-separated); all when absent.
+        #[arg(long, value_delimiter = ',')]
+        include: Vec<String>,
+        /// Collections never delivered.
+        #[arg(long, value_delimiter = ',')]
+        exclude: Vec<String>,
+        /// A row predicate over the document: tenant == 'acme' && region != 'eu'.
+        #[arg(long)]
+        predicate: Option<String>,
+        /// Start with a snapshot of the matching documents.
+        #[arg(long)]
+        initial_sync: bool,
+        /// Leave DDL changes out.
+        #[arg(long)]
+        no_ddl: bool,
+        /// A transform file (JSON: {"steps": [{"op": "rename", "from": "a", "to": "b"}, ...]}).
+        #[arg(long)]
+        transform: Option<PathBuf>,
+        #[command(flatten)]
+        admin: AdminTarget,
+    },
+    /// List the slots with their positions, lag and WAL status.
+    List {
+        /// Print the JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        admin: AdminTarget,
+    },
+    /// Read a slot's next changes, one per line (binary plugins as base64).
+    Read {
+        /// The slot.
+        name: String,
+        /// Most changes.
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+        max: u64,
+        /// Wait this long for a first change, ms.
+        #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=30_000))]
+        wait_ms: u64,
+        /// Confirm what was printed (advance to the read's confirm LSN).
+        #[arg(long)]
+        advance: bool,
+        #[command(flatten)]
+        admin: AdminTarget,
+    },
+    /// Confirm everything up to an LSN.
+    Advance {
+        /// The slot.
+        name: String,
+        /// The LSN.
+        lsn: u64,
+        #[command(flatten)]
+        admin: AdminTarget,
+    },
+    /// Pause a slot: it keeps its WAL and delivers nothing.
+    Pause {
+        /// The slot.
+        name: String,
+        #[command(flatten)]
+        admin: AdminTarget,
+    },
+    /// Resume a paused slot.
+    Resume {
+        /// The slot.
+        name: String,
+        #[command(flatten)]
+        admin: AdminTarget,
+    },
+    /// Drop a slot and release its WAL.
+    Drop {
+        /// The slot.
+        name: String,
+        #[command(flatten)]
+        admin: AdminTarget,
+    },
 }
 
 #[derive(Subcommand)]
@@ -452,6 +598,24 @@ fn run(command: Cmd) -> Result<ExitCode, String> {
             bench(clients, conns, duration, value_bytes, mode.as_deref(), json, &target)?;
         }
         Cmd::Cdc(cmd) => cdc(cmd)?,
+        Cmd::Slot(cmd) => slot(cmd)?,
+        Cmd::Ddl { statement, admin } => {
+            let mut client = admin.client()?;
+            let body = serde_json::json!({ "statement": statement });
+            let answer = block_on(logical::call(&mut client, "POST", "/v1/ddl", Some(&body)))?;
+            println!("{} at LSN {}", answer["statement"].as_str().unwrap_or_default(), answer["lsn"]);
+        }
+        Cmd::Subscribe { slot, data_dir, max, report_secs, until_idle, admin } => {
+            let options = logical::SubscribeOptions {
+                source: admin.client()?,
+                slot,
+                data_dir,
+                max: usize::try_from(max).map_err(|e| e.to_string())?,
+                report_every: Duration::from_secs(report_secs),
+                until_idle,
+            };
+            block_on(async { logical::subscribe(options, &mut std::io::stdout()).await })?;
+        }
         Cmd::Doctor(DoctorCmd::ValidateWal { dir }) => {
             let (wal, report) = doctor::validate(&dir)?;
             println!("{}", doctor::render(&wal, &report));
@@ -463,9 +627,114 @@ fn run(command: Cmd) -> Result<ExitCode, String> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `themis cdc ...`.
-fn cdc(cmd: CdcCmd) -> Result<(), String> {
-    let CdcCmd::Tail { collections, ops, from_lsn, json, heartbeats, limit, admin_addr, target } = cmd;
+/// `themis slot ...`.
+fn slot(cmd: SlotCmd) -> Result<(), String> {
+    match cmd {
+        SlotCmd::Create {
+            name,
+            plugin,
+            include,
+            exclude,
+            predicate,
+            initial_sync,
+            no_ddl,
+            transform,
+            admin,
+        } => {
+            let transform = match transform {
+                Some(path) => {
+                    let text =
+                        std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+                    Some(
+                        serde_json::from_str(&text)
+                            .map_err(|e| format!("{}: not JSON: {e}", path.display()))?,
+                    )
+                }
+                None => None,
+            };
+            let options = logical::CreateOptions {
+                plugin,
+                include,
+                exclude,
+                predicate,
+                initial_sync,
+                no_ddl,
+                transform,
+            };
+            let mut client = admin.client()?;
+            let body = logical::slot_body(&name, &options);
+            let info = block_on(logical::call(&mut client, "POST", "/v1/slots", Some(&body)))?;
+            println!(
+                "created slot {name}: delivers what follows LSN {}{}",
+                info["confirmed_flush_lsn"],
+                if info["snapshot_lsn"].is_u64() { ", after a snapshot" } else { "" }
+            );
+        }
+        SlotCmd::List { json, admin } => {
+            let mut client = admin.client()?;
+            let stats = block_on(logical::call(&mut client, "GET", "/v1/slots", None))?;
+            if json {
+                println!("{stats:#}");
+            } else {
+                print!("{}", logical::render_slots(&stats));
+            }
+        }
+        SlotCmd::Read { name, max, wait_ms, advance, admin } => {
+            let mut client = admin.client()?;
+            block_on(async {
+                let read = logical::call(
+                    &mut client,
+                    "GET",
+                    &format!("/v1/slots/{name}/changes?max={max}&wait_ms={wait_ms}"),
+                    None,
+                )
+                .await?;
+                for line in logical::render_changes(&read) {
+                    println!("{line}");
+                }
+                eprintln!("{} changes; confirm_lsn {}", read["count"], read["confirm_lsn"]);
+                if advance && let Some(lsn) = read["confirm_lsn"].as_u64() {
+                    let body = serde_json::json!({ "lsn": lsn });
+                    logical::call(&mut client, "POST", &format!("/v1/slots/{name}/advance"), Some(&body))
+                        .await?;
+                    eprintln!("confirmed through LSN {lsn}");
+                }
+                Ok(())
+            })?;
+        }
+        SlotCmd::Advance { name, lsn, admin } => {
+            let mut client = admin.client()?;
+            let body = serde_json::json!({ "lsn": lsn });
+            let info = block_on(logical::call(
+                &mut client,
+                "POST",
+                &format!("/v1/slots/{name}/advance"),
+                Some(&body),
+            ))?;
+            println!("slot {name} confirmed through LSN {}", info["confirmed_flush_lsn"]);
+        }
+        SlotCmd::Pause { name, admin } => {
+            block_on(logical::call(&mut admin.client()?, "POST", &format!("/v1/slots/{name}/pause"), None))?;
+            println!("slot {name} paused");
+        }
+        SlotCmd::Resume { name, admin } => {
+            block_on(logical::call(&mut admin.client()?, "POST", &format!("/v1/slots/{name}/resume"), None))?;
+            println!("slot {name} resumed");
+        }
+        SlotCmd::Drop { name, admin } => {
+            block_on(logical::call(&mut admin.client()?, "DELETE", &format!("/v1/slots/{name}"), None))?;
+            println!("slot {name} dropped");
+        }
+    }
+    Ok(())
+}
+
+/// The admin API addresses and credentials: --dir's nodes, or --admin-addr with the
+/// credentials from --ca and friends.
+fn admin_target(
+    admin_addr: Vec<SocketAddr>,
+    target: Target,
+) -> Result<(Vec<SocketAddr>, Credentials), String> {
     let admin = if let Some(dir) = &target.dir {
         ClusterFile::load(dir)?.nodes.iter().map(|n| n.admin).collect()
     } else if admin_addr.is_empty() {
@@ -479,6 +748,13 @@ fn cdc(cmd: CdcCmd) -> Result<(), String> {
     } else {
         target.resolve()?.1
     };
+    Ok((admin, credentials))
+}
+
+/// `themis cdc ...`.
+fn cdc(cmd: CdcCmd) -> Result<(), String> {
+    let CdcCmd::Tail { collections, ops, from_lsn, json, heartbeats, limit, admin_addr, target } = cmd;
+    let (admin, credentials) = admin_target(admin_addr, target)?;
     // Fail early on a filter the node would refuse, with the same message.
     themis_replication::cdc::Filter::parse(&ops, &collections).map_err(|e| e.to_string())?;
     let mut feed = ChangeFeed::new(admin, credentials, &collections, &ops, from_lsn);

@@ -41,6 +41,18 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/collections/{collection}/docs/{id}"),
     ("DELETE", "/v1/collections/{collection}/docs/{id}"),
     ("GET", "/v1/cdc/events"),
+    ("GET", "/v1/slots"),
+    ("POST", "/v1/slots"),
+    ("GET", "/v1/slots/{name}"),
+    ("DELETE", "/v1/slots/{name}"),
+    ("GET", "/v1/slots/{name}/changes"),
+    ("POST", "/v1/slots/{name}/advance"),
+    ("POST", "/v1/slots/{name}/pause"),
+    ("POST", "/v1/slots/{name}/resume"),
+    ("GET", "/v1/logical/schemas/ids/{id}"),
+    ("GET", "/v1/logical/schemas/protobuf"),
+    ("POST", "/v1/ddl"),
+    ("GET", "/v1/collections"),
     ("GET", "/v1/openapi.json"),
     ("GET", "/metrics"),
 ];
@@ -123,6 +135,16 @@ pub(crate) fn router(state: Arc<AdminState>) -> Router {
         .route("/v1/cluster/topology", get(topology))
         .route("/v1/collections/{collection}/docs/{id}", put(put_doc).get(get_doc).delete(delete_doc))
         .route("/v1/cdc/events", get(crate::changes::sse))
+        .route("/v1/slots", get(crate::slots::list).post(crate::slots::create))
+        .route("/v1/slots/{name}", get(crate::slots::get_slot).delete(crate::slots::drop_slot))
+        .route("/v1/slots/{name}/changes", get(crate::slots::read))
+        .route("/v1/slots/{name}/advance", post(crate::slots::advance))
+        .route("/v1/slots/{name}/pause", post(crate::slots::pause))
+        .route("/v1/slots/{name}/resume", post(crate::slots::resume))
+        .route("/v1/logical/schemas/ids/{id}", get(crate::slots::avro_schema))
+        .route("/v1/logical/schemas/protobuf", get(crate::slots::proto_schema))
+        .route("/v1/ddl", post(crate::slots::ddl))
+        .route("/v1/collections", get(crate::slots::collections))
         .route("/v1/openapi.json", get(openapi))
         .route("/metrics", get(metrics))
         // Runs after routing (so it knows the route) and before any handler or body read.
@@ -142,11 +164,13 @@ pub(crate) fn router(state: Arc<AdminState>) -> Router {
 }
 
 /// The role each route needs (see [`crate::auth`]): reads and status `read`, document
-/// writes `write`, cluster operations `admin`.
+/// writes and slot confirmations `write`, cluster operations, DDL and slot management
+/// `admin`.
 #[must_use]
 pub fn route_role(method: &str, path: &str) -> Role {
     match (method, path) {
-        ("PUT" | "DELETE", "/v1/collections/{collection}/docs/{id}") => Role::Write,
+        ("PUT" | "DELETE", "/v1/collections/{collection}/docs/{id}")
+        | ("POST", "/v1/slots/{name}/advance") => Role::Write,
         ("GET", _) => Role::Read,
         _ => Role::Admin,
     }
@@ -275,7 +299,7 @@ pub(crate) fn bad_request(message: &str) -> HttpResponse {
 }
 
 /// The HTTP form of a node answer.
-fn reply(response: Response) -> HttpResponse {
+pub(crate) fn reply(response: Response) -> HttpResponse {
     match response {
         Response::Written { lsn } => {
             let mut out = axum::Json(json!({ "lsn": lsn, "session_token": lsn.to_string() })).into_response();

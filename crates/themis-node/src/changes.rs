@@ -78,7 +78,7 @@ struct Envelope<'a> {
     ddl: Option<Ddl<'a>>,
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 

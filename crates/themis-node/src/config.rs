@@ -126,6 +126,23 @@ impl Default for CdcSection {
     }
 }
 
+/// Logical replication settings (`[logical]`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogicalSection {
+    /// The most WAL bytes one slot may hold, in MiB; a slot that would hold more is
+    /// marked lost and releases it (default 0: no bound, as PostgreSQL's -1).
+    pub max_slot_wal_keep_size_mb: u64,
+    /// The most slots (default 64; 1 to 1024).
+    pub max_slots: usize,
+}
+
+impl Default for LogicalSection {
+    fn default() -> Self {
+        LogicalSection { max_slot_wal_keep_size_mb: 0, max_slots: 64 }
+    }
+}
+
 /// One Kafka sink (`[[cdc.sinks]]`): the leader produces every change passing its filter
 /// to a topic per collection (or one topic), keyed by document id.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -267,6 +284,8 @@ struct RawConfig {
     auth: AuthSection,
     #[serde(default)]
     cdc: CdcSection,
+    #[serde(default)]
+    logical: LogicalSection,
 }
 
 fn default_cluster() -> String {
@@ -324,6 +343,8 @@ pub struct NodeConfig {
     pub cdc: CdcSection,
     /// `cdc.before_images`, compiled (none: no collection logs before-images).
     pub before_images: Option<CdcFilter>,
+    /// Logical replication (`[logical]`).
+    pub logical: LogicalSection,
 }
 
 fn parse_addr(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
@@ -378,6 +399,17 @@ impl NodeConfig {
             return Ok(Authenticator::disabled());
         }
         Authenticator::new(&self.auth).map_err(|e| ConfigError(e.to_string()))
+    }
+
+    /// The logical replication manager's settings.
+    #[must_use]
+    pub fn logical_config(&self) -> themis_replication::logical::LogicalConfig {
+        let mb = self.logical.max_slot_wal_keep_size_mb;
+        themis_replication::logical::LogicalConfig {
+            max_slot_wal_keep_size: (mb > 0).then_some(mb << 20),
+            max_slots: self.logical.max_slots,
+            ..themis_replication::logical::LogicalConfig::default()
+        }
     }
 
     /// The change stream's settings.
@@ -589,6 +621,16 @@ impl RawConfig {
         for (i, sink) in cdc.sinks.iter().enumerate() {
             sink.validate(&format!("cdc.sinks[{i}]"), &mut sink_names)?;
         }
+        if !(1..=1024).contains(&self.logical.max_slots) {
+            return bad(format!("logical.max_slots = {}: must be 1 to 1024", self.logical.max_slots));
+        }
+        if self.logical.max_slot_wal_keep_size_mb > 1 << 30 {
+            return bad(format!(
+                "logical.max_slot_wal_keep_size_mb = {}: must be at most {} (1 PiB)",
+                self.logical.max_slot_wal_keep_size_mb,
+                1u64 << 30
+            ));
+        }
         // No patterns means no collection (a filter with no patterns would mean every one).
         let before_images = if cdc.before_images.is_empty() {
             None
@@ -623,6 +665,7 @@ impl RawConfig {
             auth: self.auth,
             cdc,
             before_images,
+            logical: self.logical,
         })
     }
 }

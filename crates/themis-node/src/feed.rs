@@ -160,38 +160,17 @@ impl ChangeFeed {
 
     async fn connect(&self, addr: SocketAddr) -> Result<Open, FeedError> {
         let fail = |reason: String| FeedError::Connect { addr, reason };
-        let tcp = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
-            .await
-            .map_err(|_| fail("connect timed out".into()))?
-            .map_err(|e| fail(e.to_string()))?;
         let mut path = format!("/v1/cdc/events{}", self.query);
         if let Some(lsn) = self.last_id {
             path.push_str(if self.query.is_empty() { "?" } else { "&" });
             let _ = write!(path, "from_lsn={lsn}");
         }
-        let mut request = hyper::Request::builder()
-            .method("GET")
-            .uri(path)
-            .header("host", addr.to_string())
-            .header("accept", "text/event-stream");
-        if let Some(token) = self.credentials.token() {
-            request = request.header("authorization", format!("Bearer {token}"));
-        }
+        let mut request =
+            hyper::Request::builder().method("GET").uri(path).header("accept", "text/event-stream");
         if let Some(lsn) = self.last_id {
             request = request.header("last-event-id", lsn.to_string());
         }
-        let request = request.body(http_body_util::Empty::<Bytes>::new()).map_err(|e| fail(e.to_string()))?;
-        let response = match self.credentials.connector().map_err(|e| fail(e.to_string()))? {
-            Some(connector) => {
-                let tls = connector
-                    .connect(rustls_pki_types::ServerName::IpAddress(addr.ip().into()), tcp)
-                    .await
-                    .map_err(|e| fail(format!("TLS: {e}")))?;
-                send(hyper_util::rt::TokioIo::new(tls), request).await
-            }
-            None => send(hyper_util::rt::TokioIo::new(tcp), request).await,
-        }
-        .map_err(fail)?;
+        let response = exchange(addr, &self.credentials, request, Bytes::new()).await.map_err(fail)?;
         let status = response.status().as_u16();
         let body = response.into_body();
         if status != 200 {
@@ -258,9 +237,39 @@ impl ChangeFeed {
     }
 }
 
+/// Sends one request to the admin API at `addr` on a new connection (TLS with the
+/// credentials' client certificate unless they are plaintext; their bearer token, if any),
+/// and returns the response with its body unread. The error says what failed.
+pub(crate) async fn exchange(
+    addr: SocketAddr,
+    credentials: &Credentials,
+    request: hyper::http::request::Builder,
+    body: Bytes,
+) -> Result<hyper::Response<Body>, String> {
+    let tcp = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
+        .await
+        .map_err(|_| "connect timed out".to_string())?
+        .map_err(|e| e.to_string())?;
+    let mut request = request.header("host", addr.to_string());
+    if let Some(token) = credentials.token() {
+        request = request.header("authorization", format!("Bearer {token}"));
+    }
+    let request = request.body(http_body_util::Full::new(body)).map_err(|e| e.to_string())?;
+    match credentials.connector().map_err(|e| e.to_string())? {
+        Some(connector) => {
+            let tls = connector
+                .connect(rustls_pki_types::ServerName::IpAddress(addr.ip().into()), tcp)
+                .await
+                .map_err(|e| format!("TLS: {e}"))?;
+            send(hyper_util::rt::TokioIo::new(tls), request).await
+        }
+        None => send(hyper_util::rt::TokioIo::new(tcp), request).await,
+    }
+}
+
 async fn send<IO>(
     io: IO,
-    request: hyper::Request<http_body_util::Empty<Bytes>>,
+    request: hyper::Request<http_body_util::Full<Bytes>>,
 ) -> Result<hyper::Response<Body>, String>
 where
     IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,

@@ -18,6 +18,7 @@
 //! ```
 
 pub mod admin;
+pub mod admin_client;
 pub mod auth;
 pub mod changes;
 pub mod client;
@@ -29,6 +30,7 @@ pub mod metrics;
 pub mod protocol;
 pub mod server;
 pub mod sink;
+pub mod slots;
 pub mod stats;
 pub mod store;
 mod writes;

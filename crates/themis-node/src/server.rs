@@ -47,6 +47,12 @@ pub(crate) struct Shared {
     pub(crate) writes: Sequencer,
     /// The log (for retention holds).
     pub(crate) wal: themis_replication::wal::Wal,
+    /// Logical replication slots.
+    pub(crate) logical: themis_replication::logical::LogicalReplicationManager,
+    /// `logical.max_slots`.
+    pub(crate) logical_max_slots: usize,
+    /// Serializes the leader's read-modify-writes of slot records.
+    pub(crate) slot_writes: tokio::sync::Mutex<()>,
 }
 
 /// Hands what the applier applied to the change stream (never waits on a subscriber).
@@ -282,6 +288,7 @@ impl Node {
         driver_config.commit_observer =
             Some(Arc::new(CdcObserver { cdc: cdc.clone(), hlc: Arc::clone(&hlc) }));
 
+        let logical = crate::slots::open(config, &wal_handle, &cdc).map_err(|e| io("logical slots", &e))?;
         let votes = SharedVotes::new(signer);
         let store = Arc::new(DocStore::new());
         let (manager, driver) =
@@ -301,8 +308,12 @@ impl Node {
             cdc: cdc.clone(),
             writes: Sequencer::new(id, config.before_images.clone()),
             wal: wal_handle,
+            logical,
+            logical_max_slots: config.logical.max_slots,
+            slot_writes: tokio::sync::Mutex::new(()),
         });
         crate::sink::start(&shared, &config.cdc.sinks, &sinks);
+        crate::slots::start(&shared);
         let client_listener = TcpListener::bind(config.client_addr)
             .await
             .map_err(|e| io(&format!("client_addr {}", config.client_addr), &e))?;
@@ -619,7 +630,7 @@ fn too_large(message: String) -> Response {
     Response::Error { code: ErrorCode::TooLarge, message }
 }
 
-fn driver_error(e: DriverError) -> Response {
+pub(crate) fn driver_error(e: DriverError) -> Response {
     match e {
         DriverError::NotLeader { leader, leader_info, .. } => Response::NotLeader {
             leader: leader.map(|l| l.0),

@@ -3,17 +3,29 @@
 //! storage keeps them in its snapshot file, and a restart restores the snapshot and
 //! replays the log after it.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
+use themis_replication::logical::{DdlStatement, SnapshotDoc};
 use themis_replication::ship::{ApplyError, Change, StateMachine};
 use themis_replication::wal::Lsn;
 use themis_replication::wal::op::{Op, OpKind};
 
 const SHARDS: usize = 64;
+
+/// Collections whose names start with this are the node's own bookkeeping (slot records,
+/// sink checkpoints, collection metadata). The store also keeps them in a small index of
+/// their own, so they can be listed without scanning every document.
+pub const INTERNAL_PREFIX: &str = "_themis_";
+
+/// The collection holding each created collection's metadata (`{"schema_version": n}`),
+/// written by the store itself when it applies DDL.
+pub const COLLECTIONS_COLLECTION: &str = "_themis_collections";
+
+type Internal = BTreeMap<(String, Bytes), (Bytes, Lsn)>;
 
 #[derive(Debug, Clone)]
 struct Doc {
@@ -39,6 +51,10 @@ type Shard = HashMap<(String, Bytes), Doc>;
 pub struct DocStore {
     shards: Vec<Mutex<Shard>>,
     label_mismatches: AtomicU64,
+    /// The internal collections' documents, also held in the shards.
+    internal: Mutex<Internal>,
+    /// Moves on every change to an internal document.
+    internal_version: AtomicU64,
 }
 
 impl Default for DocStore {
@@ -46,6 +62,8 @@ impl Default for DocStore {
         DocStore {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             label_mismatches: AtomicU64::new(0),
+            internal: Mutex::new(BTreeMap::new()),
+            internal_version: AtomicU64::new(0),
         }
     }
 }
@@ -118,10 +136,131 @@ impl DocStore {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// The documents of an internal collection (its name starts with
+    /// [`INTERNAL_PREFIX`]): id, document and the LSN that wrote it, by id.
+    #[must_use]
+    pub fn internal_docs(&self, collection: &str) -> Vec<(Bytes, Bytes, Lsn)> {
+        let internal = self.internal.lock().unwrap_or_else(PoisonError::into_inner);
+        internal
+            .range((collection.to_string(), Bytes::new())..)
+            .take_while(|((c, _), _)| c == collection)
+            .map(|((_, k), (v, lsn))| (k.clone(), v.clone(), *lsn))
+            .collect()
+    }
+
+    /// A number that moves whenever an internal document changes.
+    #[must_use]
+    pub fn internal_version(&self) -> u64 {
+        self.internal_version.load(Ordering::Acquire)
+    }
+
+    fn note_internal(&self, collection: &str, key: &Bytes, doc: Option<&Doc>) {
+        if !collection.starts_with(INTERNAL_PREFIX) {
+            return;
+        }
+        let mut internal = self.internal.lock().unwrap_or_else(PoisonError::into_inner);
+        let map_key = (collection.to_string(), key.clone());
+        match doc {
+            Some(d) => internal.insert(map_key, (d.value.clone(), d.lsn)),
+            None => internal.remove(&map_key),
+        };
+        self.internal_version.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// The documents of store shard `shard` (of [`DocStore::SHARDS`]) whose collection
+    /// `wants`, copied under the shard's lock: an initial sync reads the store a shard at
+    /// a time, each document with the LSN of its version.
+    pub(crate) fn shard_docs(&self, shard: usize, wants: &dyn Fn(&str) -> bool) -> Vec<SnapshotDoc> {
+        self.shard(shard)
+            .iter()
+            .filter(|((c, _), _)| wants(c))
+            .map(|((c, k), d)| SnapshotDoc {
+                collection: c.clone(),
+                key: k.clone(),
+                value: d.value.clone(),
+                lsn: d.lsn,
+            })
+            .collect()
+    }
+
+    /// How many shards the store has.
+    pub(crate) const SHARDS: usize = SHARDS;
+
+    /// Applies a DDL statement at `lsn`: a drop removes every document of the collection
+    /// written before it; create and schema version changes write the collection's
+    /// metadata document. A statement the store does not know changes nothing (the
+    /// leader refuses those before they reach the log). Every shard is locked: the
+    /// applier runs DDL as a barrier, alone.
+    fn apply_ddl(&self, lsn: Lsn, statement: &str) -> Vec<Change> {
+        let Ok(statement) = DdlStatement::parse(statement) else {
+            tracing::warn!(lsn, statement, "a DDL entry the store does not know; nothing applied");
+            return Vec::new();
+        };
+        let collection = statement.collection().to_string();
+        let mut shards: Vec<MutexGuard<'_, Shard>> = (0..SHARDS).map(|i| self.shard(i)).collect();
+        let mut changes = Vec::new();
+        if let DdlStatement::DropCollection(_) = statement {
+            for shard in &mut shards {
+                shard.retain(|(c, k), d| {
+                    if *c != collection || d.lsn >= lsn {
+                        return true;
+                    }
+                    changes.push(Change {
+                        lsn,
+                        collection: c.clone(),
+                        key: k.clone(),
+                        previous: Some(d.value.clone()),
+                        current: None,
+                    });
+                    false
+                });
+            }
+            for change in &changes {
+                self.note_internal(&change.collection, &change.key, None);
+            }
+        }
+        let meta_key = Bytes::from(collection.into_bytes());
+        let shard = &mut shards[shard_of(COLLECTIONS_COLLECTION, &meta_key)];
+        let map_key = (COLLECTIONS_COLLECTION.to_string(), meta_key.clone());
+        if shard.get(&map_key).is_some_and(|d| d.lsn >= lsn) {
+            return changes;
+        }
+        let meta = match statement {
+            DdlStatement::DropCollection(_) => None,
+            _ => Some(Doc {
+                value: serde_json::json!({ "schema_version": statement.schema_version() }).to_string().into(),
+                lsn,
+            }),
+        };
+        let previous = match &meta {
+            Some(doc) => shard.insert(map_key, doc.clone()),
+            None => shard.remove(&map_key),
+        };
+        self.note_internal(COLLECTIONS_COLLECTION, &meta_key, meta.as_ref());
+        changes.push(Change {
+            lsn,
+            collection: COLLECTIONS_COLLECTION.to_string(),
+            key: meta_key,
+            previous: previous.map(|d| d.value),
+            current: meta.map(|d| d.value),
+        });
+        changes
+    }
 }
 
 impl StateMachine for DocStore {
     fn apply(&self, lsn: Lsn, ops: &[Op]) -> Result<Vec<Change>, ApplyError> {
+        if ops.iter().any(|op| matches!(op.kind, OpKind::Ddl { .. })) {
+            let mut changes = Vec::new();
+            for op in ops {
+                match &op.kind {
+                    OpKind::Ddl { statement, .. } => changes.extend(self.apply_ddl(lsn, statement)),
+                    _ => changes.extend(self.apply(lsn, std::slice::from_ref(op))?),
+                }
+            }
+            return Ok(changes);
+        }
         // Lock every shard the task touches, in index order, so the task is atomic.
         let mut ids: Vec<usize> =
             ops.iter().filter_map(|op| op.kind.target()).map(|(c, k)| shard_of(c, k)).collect();
@@ -160,13 +299,13 @@ impl StateMachine for DocStore {
                 OpKind::Delete { .. } if previous.is_some() => None,
                 _ => continue,
             };
-            match &next {
-                Some(value) => {
-                    shard.insert(map_key, Doc { value: value.clone(), lsn });
-                }
-                None => {
-                    shard.remove(&map_key);
-                }
+            if let Some(value) = &next {
+                let doc = Doc { value: value.clone(), lsn };
+                self.note_internal(collection, key, Some(&doc));
+                shard.insert(map_key, doc);
+            } else {
+                self.note_internal(collection, key, None);
+                shard.remove(&map_key);
             }
             changes.push(Change {
                 lsn,
@@ -231,13 +370,18 @@ impl StateMachine for DocStore {
         for shard in &mut shards {
             shard.clear();
         }
+        let mut internal = self.internal.lock().unwrap_or_else(PoisonError::into_inner);
+        internal.clear();
         for row in rows {
             let i = shard_of(row.collection, row.key);
-            shards[i].insert(
-                (row.collection.to_string(), Bytes::copy_from_slice(row.key)),
-                Doc { value: Bytes::copy_from_slice(row.value), lsn: row.lsn },
-            );
+            let map_key = (row.collection.to_string(), Bytes::copy_from_slice(row.key));
+            let doc = Doc { value: Bytes::copy_from_slice(row.value), lsn: row.lsn };
+            if row.collection.starts_with(INTERNAL_PREFIX) {
+                internal.insert(map_key.clone(), (doc.value.clone(), doc.lsn));
+            }
+            shards[i].insert(map_key, doc);
         }
+        self.internal_version.fetch_add(1, Ordering::AcqRel);
         Ok(())
     }
 }

@@ -99,6 +99,20 @@ impl Sequencer {
         }
     }
 
+    /// The node id its ops carry as their origin.
+    pub(crate) fn origin(&self) -> NodeId {
+        self.origin
+    }
+
+    /// Proposes a DDL batch while no labeled write is in flight, and sends the next write
+    /// through a resync: a drop changes documents the overlay may hold.
+    pub(crate) async fn ddl(&self, manager: &ReplicationManager, payload: Bytes) -> Result<Lsn, DriverError> {
+        let _exclusive = self.epoch.write().await;
+        let result = manager.propose(payload).await;
+        self.dirty.store(true, Ordering::Release);
+        result
+    }
+
     fn op(&self, kind: OpKind) -> Bytes {
         encode_batch(&[Op { origin: self.origin, txn: 0, kind }]).expect("names and values were checked")
     }
