@@ -117,7 +117,7 @@ impl AdminClient {
                             return Ok(AdminAnswer { addr, status, body });
                         }
                         Ok(body) => {
-                            last = format!("{addr} answered {status}: {}", String::from_utf8_lossy(&body))
+                            last = format!("{addr} answered {status}: {}", String::from_utf8_lossy(&body));
                         }
                         Err(e) => last = format!("{addr}: reading the answer: {e}"),
                     }

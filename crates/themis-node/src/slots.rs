@@ -28,7 +28,7 @@ use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
-use themis_replication::cdc::{CdcStream, ChangeOp, Filter};
+use themis_replication::cdc::CdcStream;
 use themis_replication::logical::{
     AVRO_SCHEMA, AVRO_SCHEMA_ID, DdlStatement, LogicalError, LogicalReplicationManager, PROTO_SCHEMA,
     SlotConfig, SlotRecord, SnapshotDoc, SnapshotProvider, SnapshotSource,
@@ -128,15 +128,21 @@ fn stored_records(store: &DocStore) -> BTreeMap<String, Stored> {
             }
             // Only the node writes these; one that does not parse is reported, not guessed at.
             Err(e) => {
-                tracing::error!(slot = %name, lsn, error = %e, "a slot record does not parse; left alone")
+                tracing::error!(slot = %name, lsn, error = %e, "a slot record does not parse; left alone");
             }
         }
     }
     out
 }
 
-/// Brings this node's slots in line with the replicated records.
+/// Brings this node's slots in line with the replicated records, and records the DDL the
+/// store applied in the slots' schema catalog.
 fn reconcile(shared: &Shared) {
+    for (statement, version, lsn) in shared.store.take_ddl() {
+        if let Err(e) = shared.logical.record_ddl(&statement, version, lsn) {
+            tracing::error!(lsn, error = %e, "recording a DDL change in the slot catalog failed");
+        }
+    }
     for (name, record) in stored_records(&shared.store) {
         let result = match record {
             Stored::Live(record) => shared.logical.apply_record(*record),
@@ -163,7 +169,6 @@ pub(crate) fn start(shared: &Arc<Shared>) {
         manager: shared.manager.clone(),
     }));
     tokio::spawn(follow_records(Arc::clone(shared)));
-    tokio::spawn(follow_ddl(Arc::clone(shared)));
     tokio::spawn(maintain(Arc::clone(shared)));
 }
 
@@ -172,6 +177,7 @@ async fn follow_records(shared: Arc<Shared>) {
     let mut seen = u64::MAX;
     let mut term = 0;
     loop {
+        // A DDL change always writes an internal document (the collection's metadata).
         let version = shared.store.internal_version();
         if version != seen {
             seen = version;
@@ -183,52 +189,6 @@ async fn follow_records(shared: Arc<Shared>) {
         }
         term = if leads { now } else { 0 };
         tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// Records every DDL change in the slots' schema catalog.
-async fn follow_ddl(shared: Arc<Shared>) {
-    let filter = Filter::new(&[ChangeOp::Ddl], &[] as &[&str]).expect("a filter of ops alone compiles");
-    // From the last change the catalog holds; what the log no longer holds was recorded
-    // before (the catalog is persisted) or is gone with the compacted log.
-    let mut from = shared.logical.catalog().history().last().map_or(0, |r| r.lsn);
-    loop {
-        let mut sub = match shared.cdc.subscribe(filter.clone(), from) {
-            Ok(sub) => sub,
-            Err(themis_replication::cdc::CdcError::Gone { oldest, .. }) => {
-                from = oldest.saturating_sub(1);
-                continue;
-            }
-            Err(_) => {
-                from = shared.cdc.resolved().0;
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        loop {
-            match sub.next().await {
-                Ok(event) => {
-                    if let Some(ddl) = &event.ddl {
-                        let logical = shared.logical.clone();
-                        let (statement, version, lsn) =
-                            (ddl.statement.clone(), ddl.schema_version, event.lsn);
-                        let recorded =
-                            tokio::task::spawn_blocking(move || logical.record_ddl(&statement, version, lsn))
-                                .await;
-                        if let Ok(Err(e)) = recorded {
-                            tracing::error!(lsn, error = %e, "recording a DDL change in the slot catalog failed");
-                        }
-                    }
-                    from = event.lsn;
-                }
-                Err(themis_replication::cdc::CdcError::Closed) => return,
-                Err(e) => {
-                    tracing::warn!(error = %e, "the DDL follower restarts");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    break;
-                }
-            }
-        }
     }
 }
 

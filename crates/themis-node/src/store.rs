@@ -55,6 +55,9 @@ pub struct DocStore {
     internal: Mutex<Internal>,
     /// Moves on every change to an internal document.
     internal_version: AtomicU64,
+    /// DDL applied and not yet taken by [`DocStore::take_ddl`]: statement, schema
+    /// version, LSN.
+    ddl: Mutex<Vec<(String, u64, Lsn)>>,
 }
 
 impl Default for DocStore {
@@ -64,6 +67,7 @@ impl Default for DocStore {
             label_mismatches: AtomicU64::new(0),
             internal: Mutex::new(BTreeMap::new()),
             internal_version: AtomicU64::new(0),
+            ddl: Mutex::new(Vec::new()),
         }
     }
 }
@@ -149,6 +153,12 @@ impl DocStore {
             .collect()
     }
 
+    /// The DDL statements applied since the last call (statement, schema version, LSN),
+    /// in log order; the node records them in the slots' schema catalog.
+    pub fn take_ddl(&self) -> Vec<(String, u64, Lsn)> {
+        std::mem::take(&mut *self.ddl.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
     /// A number that moves whenever an internal document changes.
     #[must_use]
     pub fn internal_version(&self) -> u64 {
@@ -198,6 +208,11 @@ impl DocStore {
             return Vec::new();
         };
         let collection = statement.collection().to_string();
+        self.ddl.lock().unwrap_or_else(PoisonError::into_inner).push((
+            statement.to_string(),
+            statement.schema_version(),
+            lsn,
+        ));
         let mut shards: Vec<MutexGuard<'_, Shard>> = (0..SHARDS).map(|i| self.shard(i)).collect();
         let mut changes = Vec::new();
         if let DdlStatement::DropCollection(_) = statement {

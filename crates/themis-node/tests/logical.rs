@@ -8,6 +8,7 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use base64::Engine as _;
 use common::{Cluster, http, json};
 use serde_json::{Value, json};
 use themis_node::Credentials;
@@ -263,7 +264,17 @@ async fn ddl_is_replicated_applied_and_delivered_and_bad_requests_are_refused() 
     let last = read["changes"].as_array().unwrap().last().unwrap().clone();
     assert_eq!((last["id"].clone(), last["schema_version"].clone()), (json!("o2"), json!(4)), "{read}");
 
-    // Bad requests: each refused with a status and a message that says why.
+    bad_requests_are_refused(&cluster, &mut admin, leader, follower).await;
+}
+
+/// Bad requests: each refused with a status and a message that says why; pause, schemas
+/// and token scopes.
+async fn bad_requests_are_refused(
+    cluster: &Cluster,
+    admin: &mut AdminClient,
+    leader: usize,
+    follower: usize,
+) {
     let a = cluster.nodes[leader].admin;
     let f = cluster.nodes[follower].admin;
     let creds = &cluster.admin;
@@ -294,10 +305,10 @@ async fn ddl_is_replicated_applied_and_delivered_and_bad_requests_are_refused() 
         assert!(text.contains(fragment), "{method} {path} {body}: {text}");
     }
     // Pause: reads refused, the WAL still held; resume: reads again.
-    ok(&mut admin, "POST", "/v1/slots/orders_only/pause", None).await;
-    let (status, body) = call(&mut admin, "GET", "/v1/slots/orders_only/changes", None).await;
+    ok(admin, "POST", "/v1/slots/orders_only/pause", None).await;
+    let (status, body) = call(admin, "GET", "/v1/slots/orders_only/changes", None).await;
     assert_eq!(status, 409, "{body}");
-    ok(&mut admin, "POST", "/v1/slots/orders_only/resume", None).await;
+    ok(admin, "POST", "/v1/slots/orders_only/resume", None).await;
     // Schemas for the binary plugins.
     let (_, _, avro) = http(a, creds, "GET", "/v1/logical/schemas/ids/1", &[], "").await;
     assert!(json(&avro)["schema"].as_str().unwrap().contains("ChangeRecord"));
@@ -306,8 +317,7 @@ async fn ddl_is_replicated_applied_and_delivered_and_bad_requests_are_refused() 
     // A token scoped to other collections may not read a slot of orders.
     let secret = std::fs::read(&cluster.jwt_secret_file).unwrap();
     let token =
-        hs256_scoped_token(&secret, "acme-reader", Role::Write, 300, Some(vec!["users".into()]))
-            .unwrap();
+        hs256_scoped_token(&secret, "acme-reader", Role::Write, 300, Some(vec!["users".into()])).unwrap();
     let scoped = Credentials::tls(cluster.ca.clone()).with_token(&token);
     let (status, _, body) = http(a, &scoped, "GET", "/v1/slots/orders_only/changes", &[], "").await;
     assert_eq!(status, 403, "{body}");
@@ -400,7 +410,6 @@ async fn initial_sync_under_concurrent_writes_builds_an_equal_replica_and_binary
     let read = ok(&mut admin, "GET", "/v1/slots/proto/changes?max=5", None).await;
     let records = read["records"].as_array().unwrap();
     assert_eq!(records.len(), 5);
-    use base64::Engine as _;
     for r in records {
         let bytes = base64::engine::general_purpose::STANDARD.decode(r.as_str().unwrap()).unwrap();
         let m: themis_replication::logical::ChangeMessage = prost::Message::decode(&bytes[..]).unwrap();
