@@ -128,13 +128,14 @@ fn replica_config(dir: &Path) -> Result<(NodeConfig, ClusterFile), String> {
     let config_path = dir.join("node-1.toml");
     if !config_path.exists() {
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        LocalCluster::write(dir, "themis-replica", 1, 0, "sync")?;
+        // One node: acknowledged once it is durable there.
+        LocalCluster::write(dir, "themis-replica", 1, 0, "async")?;
     }
     let config = NodeConfig::load(&config_path).map_err(|e| format!("{}: {e}", config_path.display()))?;
     let admin = config.admin_addr.ok_or("the replica's configuration has no admin_addr")?;
     let file = ClusterFile {
         ca: dir.join("certs").join("ca.pem"),
-        mode: "sync".into(),
+        mode: "async".into(),
         nodes: vec![NodeEntry {
             id: 1,
             pid: std::process::id(),

@@ -287,6 +287,7 @@ themis slot create analytics --plugin avro --exclude 'audit_*' --initial-sync --
         admin: AdminTarget,
     },
     /// List the slots with their positions, lag and WAL status.
+    #[command(after_help = "Example:\n  themis slot list --dir /tmp/themis")]
     List {
         /// Print the JSON.
         #[arg(long)]
@@ -295,6 +296,9 @@ themis slot create analytics --plugin avro --exclude 'audit_*' --initial-sync --
         admin: AdminTarget,
     },
     /// Read a slot's next changes, one per line (binary plugins as base64).
+    #[command(
+        after_help = "Example:\n  themis slot read tenant_acme --max 100 --wait-ms 1000 --advance --dir /tmp/themis"
+    )]
     Read {
         /// The slot.
         name: String,
@@ -311,6 +315,7 @@ themis slot create analytics --plugin avro --exclude 'audit_*' --initial-sync --
         admin: AdminTarget,
     },
     /// Confirm everything up to an LSN.
+    #[command(after_help = "Example:\n  themis slot advance tenant_acme 1042 --dir /tmp/themis")]
     Advance {
         /// The slot.
         name: String,
@@ -320,6 +325,7 @@ themis slot create analytics --plugin avro --exclude 'audit_*' --initial-sync --
         admin: AdminTarget,
     },
     /// Pause a slot: it keeps its WAL and delivers nothing.
+    #[command(after_help = "Example:\n  themis slot pause tenant_acme --dir /tmp/themis")]
     Pause {
         /// The slot.
         name: String,
@@ -327,6 +333,7 @@ themis slot create analytics --plugin avro --exclude 'audit_*' --initial-sync --
         admin: AdminTarget,
     },
     /// Resume a paused slot.
+    #[command(after_help = "Example:\n  themis slot resume tenant_acme --dir /tmp/themis")]
     Resume {
         /// The slot.
         name: String,
@@ -334,6 +341,7 @@ themis slot create analytics --plugin avro --exclude 'audit_*' --initial-sync --
         admin: AdminTarget,
     },
     /// Drop a slot and release its WAL.
+    #[command(after_help = "Example:\n  themis slot drop tenant_acme --dir /tmp/themis")]
     Drop {
         /// The slot.
         name: String,

@@ -59,6 +59,15 @@ fn every_command_has_help_with_an_example() {
         vec!["bench"],
         vec!["doctor", "validate-wal"],
         vec!["cdc", "tail"],
+        vec!["slot", "create"],
+        vec!["slot", "list"],
+        vec!["slot", "read"],
+        vec!["slot", "advance"],
+        vec!["slot", "pause"],
+        vec!["slot", "resume"],
+        vec!["slot", "drop"],
+        vec!["ddl"],
+        vec!["subscribe"],
     ] {
         let mut args = args.clone();
         args.push("--help");
@@ -374,6 +383,7 @@ fn slots_ddl_and_a_logical_replica_that_survives_sigkill() {
         ok(&["ddl", "CREATE COLLECTION orders", "--dir", dir]).contains("CREATE COLLECTION orders at LSN")
     );
     fails(&["ddl", "CREATE TABLE orders", "--dir", dir], 1, "expected CREATE");
+    ok(&["slot", "create", "audit", "--plugin", "avro", "--dir", dir]);
     for i in 0..30 {
         let tenant = if i % 3 == 0 { "globex" } else { "acme" };
         ok(&[
@@ -398,7 +408,6 @@ fn slots_ddl_and_a_logical_replica_that_survives_sigkill() {
         dir,
     ]);
     assert!(created.contains("after a snapshot"), "{created}");
-    ok(&["slot", "create", "audit", "--plugin", "avro", "--dir", dir]);
     fails(&["slot", "create", "Bad!", "--dir", dir], 1, "a-z");
     fails(&["slot", "create", "x", "--predicate", "tenant = 1", "--dir", dir], 1, "column 8");
     fails(&["slot", "read", "nope", "--dir", dir], 1, "no slot named \"nope\"");
@@ -424,50 +433,82 @@ fn slots_ddl_and_a_logical_replica_that_survives_sigkill() {
     // The replica: started, killed mid-stream while writes go on, started again.
     let replica = tmp.path().join("replica");
     let replica = replica.to_str().unwrap();
-    let log = std::fs::File::create(tmp.path().join("subscribe.out")).unwrap();
-    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("themis"))
-        .args(["subscribe", "--slot", "tenant_acme", "--data-dir", replica, "--max", "7", "--dir", dir])
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    for i in 30..60 {
-        let tenant = if i % 3 == 0 { "globex" } else { "acme" };
-        ok(&[
-            "put",
-            "orders",
-            &format!("o{i:02}"),
-            &format!(r#"{{"tenant":"{tenant}","i":{i}}}"#),
-            "--dir",
-            dir,
-        ]);
-        if i == 45 {
-            child.kill().unwrap(); // SIGKILL
-            child.wait().unwrap();
+    let subscribe = |name: &str, until_idle: bool| {
+        let log = std::fs::File::create(tmp.path().join(name)).unwrap();
+        let mut args =
+            vec!["subscribe", "--slot", "tenant_acme", "--data-dir", replica, "--max", "7", "--dir", dir];
+        if until_idle {
+            args.push("--until-idle");
         }
+        std::process::Command::new(assert_cmd::cargo::cargo_bin("themis"))
+            .args(args)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap()
+    };
+    let slot_state = || -> serde_json::Value {
+        let listed: serde_json::Value =
+            serde_json::from_str(&ok(&["slot", "list", "--json", "--dir", dir])).unwrap();
+        listed["slots"][0].clone()
+    };
+    let put = |i: u32| {
+        let tenant = if i % 3 == 0 { "globex" } else { "acme" };
+        let doc = format!(r#"{{"tenant":"{tenant}","i":{i}}}"#);
+        ok(&["put", "orders", &format!("o{i:02}"), &doc, "--dir", dir]);
+    };
+    let mut child = subscribe("first.out", false);
+    (30..45).for_each(put);
+    // Killed once it has applied and confirmed the snapshot, with changes still coming.
+    for _ in 0..300 {
+        if slot_state()["snapshot_lsn"].is_null() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
     }
+    let first = std::fs::read_to_string(tmp.path().join("first.out")).unwrap();
+    assert!(slot_state()["snapshot_lsn"].is_null(), "the snapshot was never confirmed: {first}");
+    assert!(first.contains("replica of slot tenant_acme"), "{first}");
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    (45..60).for_each(put);
     ok(&["put", "orders", "o01", r#"{"tenant":"globex","moved":true}"#, "--dir", dir]);
     ok(&["delete", "orders", "o02", "--dir", dir]);
-    let out =
-        ok(&["subscribe", "--slot", "tenant_acme", "--data-dir", replica, "--until-idle", "--dir", dir]);
-    assert!(out.contains("confirmed LSN"), "{out}");
-    let subscribed = std::fs::read_to_string(tmp.path().join("subscribe.out")).unwrap();
-    assert!(subscribed.contains("replica of slot tenant_acme"), "{subscribed}");
-    // The replica holds exactly acme's orders as the source has them now. (Without
-    // before-images an order moved to another tenant stays on the replica as it was; its
-    // later delete reaches it.)
+    // Restarted, it applies the rest and stops once idle (for scripts) ...
+    let idle = subscribe("second.out", true).wait_with_output().unwrap();
+    let second = std::fs::read_to_string(tmp.path().join("second.out")).unwrap();
+    assert!(idle.status.success() && second.contains("confirmed LSN"), "{second}");
+    // ... and started once more it serves its store, which holds exactly acme's orders as
+    // the source has them. (Without before-images an order moved to another tenant stays
+    // on the replica as it was; a delete reaches it.)
+    let mut serving = subscribe("third.out", false);
+    for _ in 0..300 {
+        if std::fs::read_to_string(tmp.path().join("third.out")).unwrap().contains("serving at") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
     for i in 0..60 {
         let id = format!("o{i:02}");
         let source = run(&["get", "orders", &id, "--dir", dir]);
-        let copy = run(&["get", "orders", &id, "--consistency", "eventual", "--dir", replica]);
+        let copy = run(&["get", "orders", &id, "--consistency", "strong", "--dir", replica]);
         let acme = i % 3 != 0;
         match i {
-            1 => assert!(copy.status.success(), "o01 was acme when the replica saw it"),
-            2 => assert!(!copy.status.success(), "o02 was deleted"),
-            _ if acme => assert_eq!(text(&copy).0, text(&source).0, "{id}"),
-            _ => assert!(!copy.status.success(), "{id} is globex's"),
+            1 => assert!(
+                text(&copy).0.contains(r#""tenant":"acme""#),
+                "o01 as the replica last saw it: {:?}",
+                text(&copy)
+            ),
+            2 => assert!(text(&copy).1.contains("not found"), "o02 was deleted: {:?}", text(&copy)),
+            _ if acme => {
+                let parse = |out: &Output| serde_json::from_str::<serde_json::Value>(&text(out).0).ok();
+                assert_eq!(parse(&copy), parse(&source), "{id}: {:?}", text(&copy));
+            }
+            _ => assert!(text(&copy).1.contains("not found"), "{id} is globex's: {:?}", text(&copy)),
         }
     }
+    serving.kill().unwrap();
+    serving.wait().unwrap();
     let listed = ok(&["slot", "list", "--json", "--dir", dir]);
     let listed: serde_json::Value = serde_json::from_str(&listed).unwrap();
     let slot = &listed["slots"][0];

@@ -131,6 +131,10 @@ fn now_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
+/// The most log events one read looks at (beyond `max`) before it answers with what it
+/// has.
+const SCAN_PER_READ: usize = 65_536;
+
 fn hold_name(slot: &str) -> String {
     format!("slot-{slot}")
 }
@@ -463,12 +467,20 @@ impl LogicalReplicationManager {
         };
         let (wal_status, held_bytes) = *lock(&slot.retention);
         let end = self.inner.stream.resolved().0;
+        let sent = slot.sent_lsn.load(Ordering::Relaxed);
+        // Entries the reader scanned past without finding anything to deliver are not
+        // lag once everything it delivered is confirmed.
+        let caught_up = if sent <= record.confirmed_flush_lsn {
+            slot.read_lsn.load(Ordering::Relaxed).max(record.confirmed_flush_lsn)
+        } else {
+            record.confirmed_flush_lsn
+        };
         SlotInfo {
             restart_lsn: record.restart_lsn(),
             wal_status: if record.lost { WalStatus::Lost } else { wal_status },
             held_bytes,
-            lag_lsn: end.saturating_sub(record.confirmed_flush_lsn),
-            sent_lsn: slot.sent_lsn.load(Ordering::Relaxed),
+            lag_lsn: end.saturating_sub(caught_up),
+            sent_lsn: sent,
             active: slot.reader.try_lock().is_err(),
             record,
             stats,
@@ -692,17 +704,32 @@ impl LogicalReplicationManager {
         wait: Duration,
     ) -> Result<ChangeBatch, LogicalError> {
         let cdc = |source| self.cdc_error(name, slot, source);
-        let mut events: Vec<ChangeEvent> = reader.stash.drain(..).collect();
-        if events.len() < max {
-            let wait = if events.is_empty() { wait } else { Duration::ZERO };
-            events.extend(reader.sub.next_batch(max - events.len(), wait).await.map_err(cdc)?);
-        }
         let mut stats = SlotStats::default();
-        let mut changes = Vec::with_capacity(events.len());
-        for event in &events {
-            if let Some(change) = self.shape(name, slot, reader, event, &mut stats)? {
-                changes.push(change);
+        let mut changes = Vec::new();
+        let mut events: Vec<ChangeEvent> = reader.stash.drain(..).collect();
+        let mut wait = if events.is_empty() { wait } else { Duration::ZERO };
+        // Events the slot filters out do not count against `max`: read on while more are
+        // ready, within a bound, so a slot that delivers little of a busy log still answers.
+        let mut scanned = 0;
+        loop {
+            if changes.len() + events.len() < max {
+                let more =
+                    reader.sub.next_batch(max - changes.len() - events.len(), wait).await.map_err(cdc)?;
+                events.extend(more);
             }
+            if events.is_empty() {
+                break;
+            }
+            scanned += events.len();
+            for event in events.drain(..) {
+                if let Some(change) = self.shape(name, slot, reader, &event, &mut stats)? {
+                    changes.push(change);
+                }
+            }
+            if changes.len() >= max || scanned >= SCAN_PER_READ.max(max) {
+                break;
+            }
+            wait = Duration::ZERO;
         }
         let through = reader.sub.delivered_through();
         if !reader.dedupe.is_empty() {

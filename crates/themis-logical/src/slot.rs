@@ -231,7 +231,9 @@ pub struct SlotInfo {
     pub wal_status: WalStatus,
     /// WAL bytes its hold keeps (whole segments from the one holding `restart_lsn`).
     pub held_bytes: u64,
-    /// The log's last LSN minus `confirmed_flush_lsn`.
+    /// Log entries after what the slot has confirmed, not counting entries its reader
+    /// has passed without finding a change for it once everything it delivered is
+    /// confirmed.
     pub lag_lsn: u64,
     /// The highest LSN delivered to its consumer since this node last opened it.
     pub sent_lsn: Lsn,

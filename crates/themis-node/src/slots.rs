@@ -222,7 +222,12 @@ async fn maintain(shared: Arc<Shared>) {
         for info in shared.logical.get_stats().slots {
             let name = info.record.config.name.clone();
             let Some(Stored::Live(record)) = stored.get(&name) else { continue };
+            // Written only when followers would release a segment by it: each write is
+            // itself a log entry the idle slot then passes, which must not call for
+            // another write.
             let moved = info.record.confirmed_flush_lsn > record.confirmed_flush_lsn
+                && segment_of(&shared.wal, info.record.restart_lsn())
+                    > segment_of(&shared.wal, record.restart_lsn())
                 && last_write.get(&name).is_none_or(|at| at.elapsed() >= IDLE_WRITE_INTERVAL);
             if moved || (info.record.lost && !record.lost) {
                 last_write.insert(name.clone(), Instant::now());
@@ -236,6 +241,11 @@ async fn maintain(shared: Arc<Shared>) {
             }
         }
     }
+}
+
+/// The index of the WAL segment holding `lsn` (segments are numbered from the oldest held).
+fn segment_of(wal: &Wal, lsn: Lsn) -> usize {
+    wal.segments().partition_point(|(_, first)| *first <= lsn)
 }
 
 /// Writes slot `name`'s record (none: its tombstone) through the leader, waits until this
@@ -411,7 +421,28 @@ pub(crate) async fn advance(
         Ok(b) => b,
         Err(e) => return bad_request(&format!("the body is not {{\"lsn\": N}} ({e})")),
     };
-    let end = state.shared.cdc.resolved().0;
+    let shared = &state.shared;
+    let end = shared.cdc.resolved().0;
+    // An advance over entries that held nothing for the slot (the consumer confirming a
+    // read that only passed other collections, or the slot's own confirmations) moves the
+    // slot here and is written through the log only when followers would release a WAL
+    // segment by it: writing each one would be an entry the next read passes, and the
+    // consumer would confirm that, forever. A new leader re-scans such a range and finds
+    // nothing to deliver in it.
+    if let (Ok(info), Some(Stored::Live(stored))) =
+        (shared.logical.slot_info(&name), stored_records(&shared.store).remove(&name))
+        && shared.manager.leadership().1
+        && body.lsn <= end
+        && body.lsn > stored.confirmed_flush_lsn
+        && stored.snapshot_lsn.is_none()
+        && info.sent_lsn <= stored.confirmed_flush_lsn
+        && segment_of(&shared.wal, body.lsn + 1) <= segment_of(&shared.wal, stored.restart_lsn())
+    {
+        return match shared.logical.advance_slot(&name, body.lsn) {
+            Ok(info) => axum::Json(info).into_response(),
+            Err(e) => slot_error(&e),
+        };
+    }
     update(&state, &name, |record| {
         if body.lsn > end {
             return Err(LogicalError::AdvanceBeyond { slot: name.clone(), lsn: body.lsn, last: end });
