@@ -837,6 +837,13 @@ impl LogicalReplicationManager {
                 .map(|s| s.collection().to_string())
                 .unwrap_or_default();
             let version = ddl.map_or(0, |d| d.schema_version);
+            // Recorded before the changes after it are stamped, whoever else records it.
+            if let Some(d) = ddl {
+                self.record_ddl(&d.statement, d.schema_version, event.lsn)?;
+            }
+            if !lock(&slot.state).record.config.replicate_ddl {
+                return Ok(None);
+            }
             let (change, _) = LogicalChange::from_event(event, collection, version);
             let change = self.transform(name, slot, change, stats)?;
             stats.ddl_sent += u64::from(change.is_some());

@@ -80,10 +80,9 @@ impl SlotConfig {
     pub fn compile(&self) -> Result<SlotFilter, LogicalError> {
         check_slot_name(&self.name)?;
         let cdc = |source| LogicalError::Cdc { slot: self.name.clone(), source };
-        let mut ops = vec![ChangeOp::Insert, ChangeOp::Update, ChangeOp::Delete];
-        if self.replicate_ddl {
-            ops.push(ChangeOp::Ddl);
-        }
+        // DDL is always read (it stamps later changes with their schema version) and
+        // delivered only with `replicate_ddl`.
+        let ops = [ChangeOp::Insert, ChangeOp::Update, ChangeOp::Delete, ChangeOp::Ddl];
         let include = Filter::new(&ops, &self.include).map_err(cdc)?;
         let exclude = if self.exclude.is_empty() {
             None

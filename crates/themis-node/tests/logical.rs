@@ -180,6 +180,26 @@ async fn a_node_killed_mid_stream_restarts_with_its_slot_and_loses_nothing() {
     let expected: Vec<String> = (0..35).map(|i| format!("I:c/{i:02}")).collect();
     keys.sort();
     assert_eq!(keys, expected, "after the restart the slot goes on from its confirmed LSN");
+
+    // Idle, a consumer that keeps reading and confirming, and the leader's upkeep, do not
+    // grow the log: a confirmation over nothing for the slot is not written through it.
+    let last_lsn = |status: Value| status["status"]["last_lsn"].as_u64().unwrap();
+    let (_, confirm) = drain(&mut admin, "all", 100, 100).await;
+    ok(&mut admin, "POST", "/v1/slots/all/advance", Some(json!({"lsn": confirm}))).await;
+    // The restart began a WAL segment: the leader's upkeep writes the slot's position
+    // once, so followers could free the old one.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = last_lsn(ok(&mut admin, "GET", "/v1/cluster/status", None).await);
+    for _ in 0..10 {
+        let read = ok(&mut admin, "GET", "/v1/slots/all/changes?max=10", None).await;
+        assert_eq!(read["count"], 0, "{read}");
+        let lsn = read["confirm_lsn"].as_u64().unwrap();
+        ok(&mut admin, "POST", "/v1/slots/all/advance", Some(json!({"lsn": lsn}))).await;
+    }
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    let after = last_lsn(ok(&mut admin, "GET", "/v1/cluster/status", None).await);
+    assert_eq!(after, before, "an idle slot wrote to the log");
+    assert_eq!(ok(&mut admin, "GET", "/v1/slots/all", None).await["lag_lsn"], 0);
 }
 
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
