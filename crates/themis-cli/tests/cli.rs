@@ -373,6 +373,7 @@ fn the_demo_can_leave_its_cluster_running_whole() {
 /// Slots and DDL from the command line, and a logical replica (`themis subscribe`) that is
 /// killed with SIGKILL mid-stream, restarted, and ends equal to the source's slice.
 #[test]
+#[allow(clippy::too_many_lines, reason = "one cluster for every slot command, in order")]
 fn slots_ddl_and_a_logical_replica_that_survives_sigkill() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("cluster");
@@ -384,8 +385,8 @@ fn slots_ddl_and_a_logical_replica_that_survives_sigkill() {
     );
     fails(&["ddl", "CREATE TABLE orders", "--dir", dir], 1, "expected CREATE");
     ok(&["slot", "create", "audit", "--plugin", "avro", "--dir", dir]);
-    for i in 0..30 {
-        let tenant = if i % 3 == 0 { "globex" } else { "acme" };
+    for i in 0..30u32 {
+        let tenant = if i.is_multiple_of(3) { "globex" } else { "acme" };
         ok(&[
             "put",
             "orders",
@@ -453,7 +454,7 @@ fn slots_ddl_and_a_logical_replica_that_survives_sigkill() {
         listed["slots"][0].clone()
     };
     let put = |i: u32| {
-        let tenant = if i % 3 == 0 { "globex" } else { "acme" };
+        let tenant = if i.is_multiple_of(3) { "globex" } else { "acme" };
         let doc = format!(r#"{{"tenant":"{tenant}","i":{i}}}"#);
         ok(&["put", "orders", &format!("o{i:02}"), &doc, "--dir", dir]);
     };
@@ -509,9 +510,5 @@ fn slots_ddl_and_a_logical_replica_that_survives_sigkill() {
     }
     serving.kill().unwrap();
     serving.wait().unwrap();
-    let listed = ok(&["slot", "list", "--json", "--dir", dir]);
-    let listed: serde_json::Value = serde_json::from_str(&listed).unwrap();
-    let slot = &listed["slots"][0];
-    assert_eq!(slot["snapshot_lsn"], serde_json::Value::Null, "the initial sync was confirmed");
-    assert!(slot["stats"]["snapshot_rows"].as_u64().unwrap() >= 20, "{slot}");
+    assert!(slot_state()["snapshot_lsn"].is_null(), "the initial sync was confirmed");
 }
