@@ -49,7 +49,12 @@ fn fill(wal: &Wal, hlc: &Hlc, from: u64, count: u64) -> Vec<Entry> {
     for chunk in (from..from + count).collect::<Vec<_>>().chunks(1000) {
         let entries: Vec<NewEntry> = chunk.iter().map(|&i| NewEntry::data(hlc.now(), payload(i))).collect();
         let range = wal.append(&entries).unwrap();
-        out.extend(wal.read_range(range.first, usize::MAX).unwrap());
+        let mut next = range.first;
+        while next <= range.last {
+            let read = wal.read_range(next, 1 << 20).unwrap();
+            next += read.len() as u64;
+            out.extend(read);
+        }
     }
     out
 }

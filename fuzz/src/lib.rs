@@ -12,6 +12,7 @@ pub const TARGETS: &[(&str, fn(&[u8]))] = &[
     ("frame_decode", frame_decode),
     ("raft_message_decode", raft_message_decode),
     ("cdc_decode", cdc_decode),
+    ("logical_parse", logical_parse),
 ];
 
 /// Timestamps from bytes and from text: decoding never panics, and whatever decodes
@@ -217,6 +218,50 @@ pub fn cdc_decode(data: &[u8]) {
             assert!(events.iter().all(|e| e.lsn == 9), "events carry their entry's LSN");
             assert!(events.windows(2).all(|w| w[0].index < w[1].index), "events in batch order");
             assert!(events.last().is_none_or(|e| e.entry_end), "the last event ends the entry");
+        }
+    }
+}
+
+/// Logical replication's inputs from outside, picked by the first byte: a row predicate
+/// (parsing never panics, nor does evaluating one that parses), a DDL statement (what
+/// parses prints back to the same statement), a slot state file from disk (decoding never
+/// panics), and a slot configuration from an HTTP body (compiling never panics, nor does
+/// its transform).
+pub fn logical_parse(data: &[u8]) {
+    use themis_logical::{DdlStatement, Predicate, SlotConfig, SlotState, persist};
+
+    let Some((&which, rest)) = data.split_first() else { return };
+    let text = String::from_utf8_lossy(rest);
+    match which % 4 {
+        0 => {
+            if let Ok(p) = Predicate::parse(&text) {
+                let docs = [
+                    serde_json::json!({"tenant": "acme", "n": 1, "a": {"b": [true, null, "x"]}}),
+                    serde_json::json!([1, 2]),
+                    serde_json::json!(null),
+                ];
+                for doc in &docs {
+                    let _ = p.eval(doc);
+                }
+                assert_eq!(Predicate::parse(p.source()).ok().as_ref(), Some(&p), "parsing is deterministic");
+            }
+        }
+        1 => {
+            if let Ok(statement) = DdlStatement::parse(&text) {
+                let printed = statement.to_string();
+                assert_eq!(DdlStatement::parse(&printed).ok(), Some(statement), "{printed:?} parses back");
+            }
+        }
+        2 => {
+            let _ = persist::decode::<SlotState>(rest);
+        }
+        _ => {
+            if let Ok(config) = serde_json::from_slice::<SlotConfig>(rest)
+                && config.compile().is_ok()
+                && let Some(transform) = &config.transform
+            {
+                let _ = transform.validate();
+            }
         }
     }
 }

@@ -211,7 +211,7 @@ themis bench --dir /tmp/themis --duration 5")]
     /// restart resumes after the slot's confirmed LSN.
     #[command(
         after_help = "Example:\n  themis slot create tenant_acme --predicate \"tenant == 'acme'\" --initial-sync --dir /tmp/themis\n  \
-themis subscribe --slot tenant_acme --data-dir /tmp/acme --dir /tmp/themis\n  themis get orders o1 --dir /tmp/acme"
+themis subscribe --slot tenant_acme --data-dir /tmp/acme --source /tmp/themis\n  themis get orders o1 --dir /tmp/acme"
     )]
     Subscribe {
         /// The slot to apply (its plugin must be json).
@@ -229,6 +229,11 @@ themis subscribe --slot tenant_acme --data-dir /tmp/acme --dir /tmp/themis\n  th
         /// Stop once the slot has nothing more to deliver.
         #[arg(long)]
         until_idle: bool,
+        /// The source cluster: its directory (a `themis cluster up` cluster), or its
+        /// admin API addresses comma-separated (with --ca and friends); the same as --dir
+        /// or --admin-addr.
+        #[arg(long)]
+        source: Option<String>,
         #[command(flatten)]
         admin: AdminTarget,
     },
@@ -613,16 +618,8 @@ fn run(command: Cmd) -> Result<ExitCode, String> {
             let answer = block_on(logical::call(&mut client, "POST", "/v1/ddl", Some(&body)))?;
             println!("{} at LSN {}", answer["statement"].as_str().unwrap_or_default(), answer["lsn"]);
         }
-        Cmd::Subscribe { slot, data_dir, max, report_secs, until_idle, admin } => {
-            let options = logical::SubscribeOptions {
-                source: admin.client()?,
-                slot,
-                data_dir,
-                max: usize::try_from(max).map_err(|e| e.to_string())?,
-                report_every: Duration::from_secs(report_secs),
-                until_idle,
-            };
-            block_on(async { logical::subscribe(options, &mut std::io::stdout()).await })?;
+        Cmd::Subscribe { slot, data_dir, max, report_secs, until_idle, source, admin } => {
+            subscribe(slot, data_dir, max, report_secs, until_idle, source, admin)?;
         }
         Cmd::Doctor(DoctorCmd::ValidateWal { dir }) => {
             let (wal, report) = doctor::validate(&dir)?;
@@ -633,6 +630,34 @@ fn run(command: Cmd) -> Result<ExitCode, String> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `themis subscribe`: `--source` is a directory or admin addresses.
+fn subscribe(
+    slot: String,
+    data_dir: PathBuf,
+    max: u64,
+    report_secs: u64,
+    until_idle: bool,
+    source: Option<String>,
+    mut admin: AdminTarget,
+) -> Result<(), String> {
+    if let Some(source) = source {
+        let addrs: Result<Vec<SocketAddr>, _> = source.split(',').map(str::parse).collect();
+        match addrs {
+            Ok(addrs) => admin.admin_addr = addrs,
+            Err(_) => admin.target.dir = Some(PathBuf::from(source)),
+        }
+    }
+    let options = logical::SubscribeOptions {
+        source: admin.client()?,
+        slot,
+        data_dir,
+        max: usize::try_from(max).map_err(|e| e.to_string())?,
+        report_every: Duration::from_secs(report_secs),
+        until_idle,
+    };
+    block_on(async { logical::subscribe(options, &mut std::io::stdout()).await })
 }
 
 /// `themis slot ...`.

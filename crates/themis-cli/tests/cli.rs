@@ -437,7 +437,7 @@ fn slots_ddl_and_a_logical_replica_that_survives_sigkill() {
     let subscribe = |name: &str, until_idle: bool| {
         let log = std::fs::File::create(tmp.path().join(name)).unwrap();
         let mut args =
-            vec!["subscribe", "--slot", "tenant_acme", "--data-dir", replica, "--max", "7", "--dir", dir];
+            vec!["subscribe", "--slot", "tenant_acme", "--data-dir", replica, "--max", "7", "--source", dir];
         if until_idle {
             args.push("--until-idle");
         }

@@ -64,7 +64,7 @@ mod change;
 mod ddl;
 mod error;
 mod manager;
-mod persist;
+pub mod persist;
 mod plugin;
 mod predicate;
 mod slot;

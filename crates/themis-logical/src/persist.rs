@@ -96,31 +96,7 @@ impl StateDir {
             Err(e) => return Err(LogicalError::Io { op: "stat", path, source: e }),
         }
         let bytes = fs::read(&path).map_err(LogicalError::io("read", &path))?;
-        let newline = bytes.iter().position(|&b| b == b'\n').ok_or_else(|| bad("no header line".into()))?;
-        let header =
-            std::str::from_utf8(&bytes[..newline]).map_err(|_| bad("the header is not text".into()))?;
-        let fields: Vec<&str> = header.split(' ').collect();
-        let [magic, version, crc, len] = fields.as_slice() else {
-            return Err(bad(format!("header {header:?} is not `{MAGIC} <version> <crc> <len>`")));
-        };
-        if *magic != MAGIC {
-            return Err(bad(format!("header {header:?} does not start with {MAGIC:?}")));
-        }
-        if *version != VERSION.to_string() {
-            return Err(bad(format!("format version {version} (this build reads {VERSION})")));
-        }
-        let crc = u32::from_str_radix(crc, 16).map_err(|_| bad(format!("checksum {crc:?} is not hex")))?;
-        let len: usize = len.parse().map_err(|_| bad(format!("length {len:?} is not a number")))?;
-        let body = &bytes[newline + 1..];
-        if body.len() < len {
-            return Err(bad(format!("truncated: {} of {len} bytes", body.len())));
-        }
-        let json = &body[..len];
-        let actual = crc32c::crc32c(json);
-        if actual != crc {
-            return Err(bad(format!("checksum mismatch: header says {crc:08x}, content is {actual:08x}")));
-        }
-        serde_json::from_slice(json).map(Some).map_err(|e| bad(format!("content: {e}")))
+        decode(&bytes).map(Some).map_err(bad)
     }
 
     /// The names of files ending in `suffix`, sorted.
@@ -137,6 +113,35 @@ impl StateDir {
         out.sort();
         Ok(out)
     }
+}
+
+/// Decodes a state file's bytes (the layout in the module documentation); the error says
+/// what is wrong.
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    let newline = bytes.iter().position(|&b| b == b'\n').ok_or("no header line")?;
+    let header = std::str::from_utf8(&bytes[..newline]).map_err(|_| "the header is not text")?;
+    let fields: Vec<&str> = header.split(' ').collect();
+    let [magic, version, crc, len] = fields.as_slice() else {
+        return Err(format!("header {header:?} is not `{MAGIC} <version> <crc> <len>`"));
+    };
+    if *magic != MAGIC {
+        return Err(format!("header {header:?} does not start with {MAGIC:?}"));
+    }
+    if *version != VERSION.to_string() {
+        return Err(format!("format version {version} (this build reads {VERSION})"));
+    }
+    let crc = u32::from_str_radix(crc, 16).map_err(|_| format!("checksum {crc:?} is not hex"))?;
+    let len: usize = len.parse().map_err(|_| format!("length {len:?} is not a number"))?;
+    let body = &bytes[newline + 1..];
+    if body.len() < len {
+        return Err(format!("truncated: {} of {len} bytes", body.len()));
+    }
+    let json = &body[..len];
+    let actual = crc32c::crc32c(json);
+    if actual != crc {
+        return Err(format!("checksum mismatch: header says {crc:08x}, content is {actual:08x}"));
+    }
+    serde_json::from_slice(json).map_err(|e| format!("content: {e}"))
 }
 
 #[cfg(test)]

@@ -619,3 +619,25 @@ async fn replicated_records_create_move_forward_and_never_back() {
     assert_eq!((record.confirmed_flush_lsn, record.paused), (4, false), "confirmed never goes back");
     assert_eq!(f.wal.holds().get("slot-r"), Some(&5));
 }
+
+#[tokio::test]
+async fn one_read_returns_a_whole_published_batch() {
+    let f = fixture(LogicalConfig::default());
+    f.slots.create_slot(SlotConfig::new("all", OutputPlugin::Json), None).unwrap();
+    let entries: Vec<NewEntry> = (0..1000)
+        .map(|i| {
+            let op = Op { origin: NodeId(3), txn: 0, kind: insert("c", &format!("{i}"), &json!({"i": i})) };
+            NewEntry::data(f.hlc.now(), encode_batch(&[op]).unwrap())
+        })
+        .collect();
+    let range = f.wal.append(&entries).unwrap();
+    let mut next = range.first;
+    while next <= range.last {
+        let read = f.wal.read_range(next, 1 << 20).unwrap();
+        next += read.len() as u64;
+        f.cdc.publish(&read);
+    }
+    let batch = f.slots.read_changes("all", 1000, WAIT).await.unwrap();
+    assert_eq!(batch.changes.len(), 1000);
+    assert_eq!(batch.confirm_lsn, Some(1000));
+}

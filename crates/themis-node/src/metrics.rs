@@ -16,6 +16,7 @@ use prometheus_client::registry::Registry;
 use std::sync::Arc;
 
 use themis_replication::cdc::CdcStream;
+use themis_replication::logical::{LogicalReplicationManager, SlotInfo, WalStatus};
 use themis_replication::raft::{DriverStatus, ReplicaStatus, ReplicationManager};
 
 use crate::store::DocStore;
@@ -68,6 +69,11 @@ impl Metrics {
     /// disagreements, at every scrape.
     pub fn watch_cdc(&mut self, cdc: CdcStream, store: Arc<DocStore>, sinks: crate::sink::Sinks) {
         self.registry.register_collector(Box::new(CdcCollector { cdc, store, sinks }));
+    }
+
+    /// Adds logical replication slot metrics, read from `slots` at each scrape.
+    pub fn watch_slots(&mut self, slots: LogicalReplicationManager) {
+        self.registry.register_collector(Box::new(SlotCollector { slots }));
     }
 
     /// The fsync histogram (a handle to the same one), for the WAL's sync observer.
@@ -352,6 +358,79 @@ impl Collector for CdcCollector {
                     ConstGauge::new(value(sub))
                         .encode(family.encode_family(&SubscriberLabels { subscriber: sub.id })?)?;
                 }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug)]
+struct SlotCollector {
+    slots: LogicalReplicationManager,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SlotLabels {
+    slot: String,
+}
+
+impl Collector for SlotCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> std::fmt::Result {
+        type Field = fn(&SlotInfo) -> u64;
+        let stats = self.slots.get_stats();
+        gauge(
+            &mut encoder,
+            "logical_slots",
+            "Logical replication slots on this node",
+            signed(stats.slots.len() as u64),
+        )?;
+        if stats.slots.is_empty() {
+            return Ok(());
+        }
+        let gauges: [(&str, &str, Field); 5] = [
+            (
+                "logical_slot_confirmed_lsn",
+                "Everything up to this LSN was confirmed by the slot's consumer",
+                |x| x.record.confirmed_flush_lsn,
+            ),
+            (
+                "logical_slot_lag_lsns",
+                "Log entries after what the slot has confirmed (see docs/logical.md)",
+                |x| x.lag_lsn,
+            ),
+            ("logical_slot_held_bytes", "WAL bytes the slot's retention hold keeps", |x| x.held_bytes),
+            ("logical_slot_wal_status", "How the slot holds its WAL: 0 reserved, 1 extended, 2 lost", |x| {
+                match x.wal_status {
+                    WalStatus::Reserved => 0,
+                    WalStatus::Extended => 1,
+                    WalStatus::Lost => 2,
+                }
+            }),
+            ("logical_slot_paused", "1 while the slot is paused", |x| u64::from(x.record.paused)),
+        ];
+        let counters: [(&str, &str, Field); 3] = [
+            ("logical_slot_changes_sent", "Changes this node delivered from the slot", |x| {
+                x.stats.changes_sent
+            }),
+            ("logical_slot_bytes_sent", "Encoded bytes this node delivered from the slot", |x| {
+                x.stats.bytes_sent
+            }),
+            ("logical_slot_changes_filtered", "Changes the slot's filter, predicate or hook kept out", |x| {
+                x.stats.changes_filtered
+            }),
+        ];
+        for (name, help, value) in gauges {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            for slot in &stats.slots {
+                let labels = SlotLabels { slot: slot.record.config.name.clone() };
+                ConstGauge::new(signed(value(slot))).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        for (name, help, value) in counters {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for slot in &stats.slots {
+                let labels = SlotLabels { slot: slot.record.config.name.clone() };
+                ConstCounter::new(value(slot)).encode(family.encode_family(&labels)?)?;
             }
         }
         Ok(())

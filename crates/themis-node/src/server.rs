@@ -299,6 +299,7 @@ impl Node {
         metrics.watch(manager.clone());
         let sinks = crate::sink::stats(&config.cdc.sinks);
         metrics.watch_cdc(cdc.clone(), Arc::clone(&store), sinks.clone());
+        metrics.watch_slots(logical.clone());
         let metrics = Arc::new(metrics);
         let shared = Arc::new(Shared {
             manager: manager.clone(),

@@ -437,3 +437,42 @@ async fn initial_sync_under_concurrent_writes_builds_an_equal_replica_and_binary
         assert!(m.data_json.is_some() || m.action == "D");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_past_max_slot_wal_keep_size_is_lost_on_every_node_and_its_reader_told() {
+    // Snapshots every 64 entries compact the log past an unread slot; the WAL it then
+    // holds (a 64 MiB segment) is over the 1 MiB bound.
+    let cluster = Cluster::start_with(3, 0, |text| {
+        let text = text.replace("[replication]\n", "[replication]\nsnapshot_entries = 64\n");
+        format!("{text}\n[logical]\nmax_slot_wal_keep_size_mb = 1\n")
+    });
+    let leader = cluster.leader().await;
+    let mut admin = admin(&cluster);
+    ok(&mut admin, "POST", "/v1/slots", Some(json!({"name": "slow", "plugin": "json"}))).await;
+    let info = ok(&mut admin, "GET", "/v1/slots/slow", None).await;
+    assert_eq!(info["wal_status"], "reserved", "{info}");
+    let client = cluster.client(leader).await;
+    for i in 0..200 {
+        client.put("c", &format!("{i}"), b"{}").await.unwrap();
+    }
+    for node in 0..3 {
+        let mut lost = None;
+        for _ in 0..100 {
+            if let Some(info) = slot_on(&cluster, node, "slow").await
+                && info["wal_status"] == "lost"
+            {
+                lost = Some(info);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let info = lost.unwrap_or_else(|| panic!("node {node} did not mark the slot lost"));
+        assert_eq!(info["lost"], true, "{info}");
+    }
+    let (status, body) = call(&mut admin, "GET", "/v1/slots/slow/changes", None).await;
+    assert_eq!(status, 410, "{body}");
+    assert_eq!(body["code"], "slot_lost");
+    assert!(body["message"].as_str().unwrap().contains("max_slot_wal_keep_size"), "{body}");
+    let (_, _, metrics) = http(cluster.nodes[leader].admin, &cluster.admin, "GET", "/metrics", &[], "").await;
+    assert!(metrics.contains("themis_logical_slot_wal_status{slot=\"slow\"} 2"), "{metrics}");
+}
