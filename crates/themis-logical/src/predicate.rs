@@ -200,11 +200,12 @@ impl<'a> Parser<'a> {
     fn eat_word(&mut self, word: &str) -> bool {
         self.skip_ws();
         let rest = self.rest();
-        let boundary = rest[word.len().min(rest.len())..]
-            .chars()
-            .next()
-            .is_none_or(|c| !(c.is_ascii_alphanumeric() || c == '_'));
-        if rest.len() >= word.len() && rest[..word.len()].eq_ignore_ascii_case(word) && boundary {
+        // `get`, not indexing: the text after the keyword's length may start mid-character.
+        let (Some(head), Some(tail)) = (rest.get(..word.len()), rest.get(word.len()..)) else {
+            return false;
+        };
+        let boundary = tail.chars().next().is_none_or(|c| !(c.is_ascii_alphanumeric() || c == '_'));
+        if head.eq_ignore_ascii_case(word) && boundary {
             self.pos += word.len();
             true
         } else {
@@ -444,6 +445,10 @@ mod tests {
         }
         let deep = format!("{}a{}", "(".repeat(MAX_DEPTH + 1), ")".repeat(MAX_DEPTH + 1));
         assert!(Predicate::parse(&deep).unwrap_err().to_string().contains("nested deeper"));
+        // Found by the fuzzer: a keyword test against text with a multi-byte character
+        // at the keyword's length.
+        assert!(Predicate::parse("((ten\u{fffd}nt = (='").is_err());
+        assert!(Predicate::parse("a == 1 an\u{e9}").is_err());
         let bangs = format!("{}a", "!".repeat(100_000));
         assert!(Predicate::parse(&bangs).is_err(), "long input is refused before any recursion");
     }
