@@ -284,15 +284,7 @@ impl LogicalReplicationManager {
         start: Lsn,
         snapshot: Option<Box<dyn SnapshotSource>>,
     ) -> Result<SlotInfo, LogicalError> {
-        let snapshot_lsn = (config.initial_sync && start > 0).then_some(start);
-        let record = SlotRecord {
-            confirmed_flush_lsn: if snapshot_lsn.is_some() { start - 1 } else { start },
-            snapshot_lsn,
-            paused: false,
-            lost: false,
-            created_at_ms: now_ms(),
-            config,
-        };
+        let record = SlotRecord::new(config, start, now_ms());
         let name = record.config.name.clone();
         self.insert(record, snapshot)?;
         self.slot_info(&name)
@@ -946,10 +938,7 @@ impl Slot {
     /// Moves the confirmed LSN to `lsn` (above the current one): ends an initial sync it
     /// covers, and starts the reader over when `lsn` skips past what it has read.
     fn confirm(&self, record: &mut SlotRecord, lsn: Lsn) {
-        record.confirmed_flush_lsn = lsn;
-        if record.snapshot_lsn.is_some_and(|s| lsn >= s) {
-            record.snapshot_lsn = None;
-        }
+        record.confirm(lsn);
         if lsn > self.read_lsn.load(Ordering::Relaxed) {
             self.generation.fetch_add(1, Ordering::SeqCst);
         }

@@ -172,6 +172,34 @@ pub struct SlotRecord {
 }
 
 impl SlotRecord {
+    /// A new slot's record: it delivers what follows `start`; with an initial sync (and a
+    /// log that has begun) it is confirmed through `start - 1` and snapshots at `start`.
+    #[must_use]
+    pub fn new(config: SlotConfig, start: Lsn, created_at_ms: u64) -> SlotRecord {
+        let snapshot_lsn = (config.initial_sync && start > 0).then_some(start);
+        SlotRecord {
+            confirmed_flush_lsn: if snapshot_lsn.is_some() { start - 1 } else { start },
+            snapshot_lsn,
+            paused: false,
+            lost: false,
+            created_at_ms,
+            config,
+        }
+    }
+
+    /// Moves the confirmed LSN to `lsn` if that is forward, ending an initial sync it
+    /// covers; returns whether it moved.
+    pub fn confirm(&mut self, lsn: Lsn) -> bool {
+        if lsn <= self.confirmed_flush_lsn {
+            return false;
+        }
+        self.confirmed_flush_lsn = lsn;
+        if self.snapshot_lsn.is_some_and(|s| lsn >= s) {
+            self.snapshot_lsn = None;
+        }
+        true
+    }
+
     /// The first LSN the slot still needs: its WAL retention hold.
     #[must_use]
     pub fn restart_lsn(&self) -> Lsn {

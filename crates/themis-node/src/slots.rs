@@ -361,16 +361,7 @@ pub(crate) async fn create(State(state): State<Arc<AdminState>>, bytes: Bytes) -
     }
     // The slot starts after what this node (the leader, or the write fails) has
     // published; an initial sync snapshots the store at or after that point.
-    let start = shared.cdc.resolved().0;
-    let snapshot_lsn = (config.initial_sync && start > 0).then_some(start);
-    let record = SlotRecord {
-        confirmed_flush_lsn: if snapshot_lsn.is_some() { start - 1 } else { start },
-        snapshot_lsn,
-        paused: false,
-        lost: false,
-        created_at_ms: crate::changes::now_ms(),
-        config,
-    };
+    let record = SlotRecord::new(config, shared.cdc.resolved().0, crate::changes::now_ms());
     let name = record.config.name.clone();
     if let Err(r) = write_record(shared, &name, Some(&record)).await {
         return r;
@@ -447,14 +438,7 @@ pub(crate) async fn advance(
         if body.lsn > end {
             return Err(LogicalError::AdvanceBeyond { slot: name.clone(), lsn: body.lsn, last: end });
         }
-        if body.lsn <= record.confirmed_flush_lsn {
-            return Ok(false);
-        }
-        record.confirmed_flush_lsn = body.lsn;
-        if record.snapshot_lsn.is_some_and(|s| body.lsn >= s) {
-            record.snapshot_lsn = None;
-        }
-        Ok(true)
+        Ok(record.confirm(body.lsn))
     })
     .await
 }
