@@ -131,6 +131,9 @@ fn now_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
+/// How long a read waits for another reader of its slot before it is refused as busy.
+const BUSY_WAIT: Duration = Duration::from_millis(100);
+
 /// The most log events one read looks at (beyond `max`) before it answers with what it
 /// has.
 const SCAN_PER_READ: usize = 65_536;
@@ -331,6 +334,19 @@ impl LogicalReplicationManager {
                 other => other,
             };
         };
+        // A slot dropped and created again under the same name (this node may have missed
+        // the tombstone in between): the new one replaces the old, whatever its position.
+        let (created, config) = {
+            let state = lock(&slot.state);
+            (state.record.created_at_ms, state.record.config.clone())
+        };
+        if created != record.created_at_ms || config != record.config {
+            match self.drop_slot(&record.config.name) {
+                Ok(()) | Err(LogicalError::NoSlot(_)) => {}
+                Err(e) => return Err(e),
+            }
+            return self.apply_record(record);
+        }
         let mut state = lock(&slot.state);
         let current = &mut state.record;
         let before = current.clone();
@@ -555,7 +571,10 @@ impl LogicalReplicationManager {
     ) -> Result<ChangeBatch, LogicalError> {
         let slot = self.slot(name)?;
         self.check_readable(name, &slot)?;
-        let mut guard = slot.reader.try_lock().map_err(|_| LogicalError::Busy(name.to_string()))?;
+        // One reader at a time; a brief hold (the leader's idle scan) is waited out.
+        let mut guard = tokio::time::timeout(BUSY_WAIT, slot.reader.lock())
+            .await
+            .map_err(|_| LogicalError::Busy(name.to_string()))?;
         let reader = self.reader(name, &slot, &mut guard)?;
         let batch = if reader.snapshot.is_some() {
             self.read_snapshot(name, &slot, reader, max)?

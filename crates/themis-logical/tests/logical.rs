@@ -618,6 +618,16 @@ async fn replicated_records_create_move_forward_and_never_back() {
     let record = follower.record("r").unwrap();
     assert_eq!((record.confirmed_flush_lsn, record.paused), (4, false), "confirmed never goes back");
     assert_eq!(f.wal.holds().get("slot-r"), Some(&5));
+    // Dropped and created again elsewhere, the tombstone missed here: the new slot
+    // replaces the old one, at its own position and with its own configuration.
+    let mut again = SlotConfig::new("r", OutputPlugin::Avro);
+    again.include = vec!["c".into()];
+    let mut recreated = themis_logical::SlotRecord::new(again, 1, record.created_at_ms + 1);
+    recreated.confirmed_flush_lsn = 1;
+    follower.apply_record(recreated).unwrap();
+    let record = follower.record("r").unwrap();
+    assert_eq!((record.confirmed_flush_lsn, record.config.plugin), (1, OutputPlugin::Avro));
+    assert_eq!(f.wal.holds().get("slot-r"), Some(&2));
 }
 
 #[tokio::test]

@@ -119,7 +119,21 @@ async fn bind(ca: &CertPem, id: NodeId, members: &[NodeId], addr: &str) -> Bound
         Members::new(members.iter().copied()),
     )
     .unwrap();
-    let listener = transport.bind(addr.parse().unwrap()).await.unwrap();
+    // A restarted node binds its old address again: the stopped node's listener may take
+    // a moment to close, so an address in use is retried for a while.
+    let mut tries = 0;
+    let listener = loop {
+        match transport.bind(addr.parse().unwrap()).await {
+            Ok(listener) => break listener,
+            Err(themis_ship::ShipError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::AddrInUse && tries < 100 =>
+            {
+                tries += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("binding {addr}: {e}"),
+        }
+    };
     (transport, listener, votes)
 }
 
