@@ -21,6 +21,7 @@ pub use themis_cdc as cdc;
 pub use themis_clock as clock;
 pub use themis_crdt as crdt;
 pub use themis_logical as logical;
+pub use themis_pitr as pitr;
 pub use themis_raft as raft;
 pub use themis_ship as ship;
 pub use themis_wal as wal;
