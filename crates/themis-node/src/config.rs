@@ -286,6 +286,7 @@ struct RawConfig {
     cdc: CdcSection,
     #[serde(default)]
     logical: LogicalSection,
+    archive: Option<themis_replication::pitr::ArchiveSpec>,
 }
 
 fn default_cluster() -> String {
@@ -345,6 +346,8 @@ pub struct NodeConfig {
     pub before_images: Option<CdcFilter>,
     /// Logical replication (`[logical]`).
     pub logical: LogicalSection,
+    /// WAL archiving for point-in-time recovery (`[archive]`; none: off).
+    pub archive: Option<themis_replication::pitr::ArchiveSpec>,
 }
 
 fn parse_addr(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
@@ -621,6 +624,10 @@ impl RawConfig {
         for (i, sink) in cdc.sinks.iter().enumerate() {
             sink.validate(&format!("cdc.sinks[{i}]"), &mut sink_names)?;
         }
+        if let Some(archive) = &self.archive {
+            // The keys are read now, so a missing or malformed one is refused at load.
+            archive.keyring().map_err(|e| ConfigError(e.to_string()))?;
+        }
         if !(1..=1024).contains(&self.logical.max_slots) {
             return bad(format!("logical.max_slots = {}: must be 1 to 1024", self.logical.max_slots));
         }
@@ -666,6 +673,7 @@ impl RawConfig {
             cdc,
             before_images,
             logical: self.logical,
+            archive: self.archive,
         })
     }
 }

@@ -19,6 +19,7 @@
 
 pub mod admin;
 pub mod admin_client;
+pub mod archive;
 pub mod auth;
 pub mod changes;
 pub mod client;

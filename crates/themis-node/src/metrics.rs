@@ -71,6 +71,11 @@ impl Metrics {
         self.registry.register_collector(Box::new(CdcCollector { cdc, store, sinks }));
     }
 
+    /// Adds WAL archive metrics, read from `stats` at each scrape.
+    pub fn watch_archive(&mut self, stats: Arc<crate::archive::ArchiveStats>) {
+        self.registry.register_collector(Box::new(ArchiveCollector { stats }));
+    }
+
     /// Adds logical replication slot metrics, read from `slots` at each scrape.
     pub fn watch_slots(&mut self, slots: LogicalReplicationManager) {
         self.registry.register_collector(Box::new(SlotCollector { slots }));
@@ -434,5 +439,49 @@ impl Collector for SlotCollector {
             }
         }
         Ok(())
+    }
+}
+
+#[derive(Debug)]
+struct ArchiveCollector {
+    stats: Arc<crate::archive::ArchiveStats>,
+}
+
+impl Collector for ArchiveCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> std::fmt::Result {
+        use std::sync::atomic::Ordering::Relaxed;
+        let s = &self.stats;
+        let e = &mut encoder;
+        gauge(
+            e,
+            "archive_archived_lsn",
+            "Everything up to this LSN is in the WAL archive",
+            signed(s.archived_lsn.load(Relaxed)),
+        )?;
+        gauge(
+            e,
+            "archive_base_lsn",
+            "The LSN of the newest base backup in the archive",
+            signed(s.base_lsn.load(Relaxed)),
+        )?;
+        gauge(
+            e,
+            "archive_lag_lsns",
+            "Committed LSNs not archived yet (on the leader)",
+            signed(s.lag_lsns.load(Relaxed)),
+        )?;
+        gauge(
+            e,
+            "archive_lag_ms",
+            "How long the oldest unarchived committed entry has waited, ms",
+            signed(s.lag_ms.load(Relaxed)),
+        )?;
+        counter(e, "archive_objects", "Archive objects this node wrote", s.objects.load(Relaxed))?;
+        counter(
+            e,
+            "archive_errors",
+            "Archive failures (list, put, read), each retried",
+            s.errors.load(Relaxed),
+        )
     }
 }

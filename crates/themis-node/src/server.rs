@@ -53,6 +53,8 @@ pub(crate) struct Shared {
     pub(crate) logical_max_slots: usize,
     /// Serializes the leader's read-modify-writes of slot records.
     pub(crate) slot_writes: tokio::sync::Mutex<()>,
+    /// The node's clock.
+    pub(crate) hlc: Arc<Hlc>,
 }
 
 /// Hands what the applier applied to the change stream (never waits on a subscriber).
@@ -70,6 +72,22 @@ impl CommitObserver for CdcObserver {
     fn restored(&self, lsn: Lsn) {
         self.cdc.restart_at(lsn, self.hlc.now());
     }
+}
+
+/// The node's background tasks: Kafka sinks, logical slots, the WAL archiver.
+fn start_tasks(
+    shared: &Arc<Shared>,
+    config: &NodeConfig,
+    sinks: &crate::sink::Sinks,
+    archive_stats: Arc<crate::archive::ArchiveStats>,
+) -> Result<(), NodeError> {
+    crate::sink::start(shared, &config.cdc.sinks, sinks);
+    crate::slots::start(shared);
+    if let Some(spec) = &config.archive {
+        crate::archive::start(shared, spec, &config.cluster, config.data_dir.join("raft"), archive_stats)
+            .map_err(|e| NodeError::Io(format!("archive: {e}")))?;
+    }
+    Ok(())
 }
 
 /// Why a node could not start or stopped.
@@ -291,15 +309,20 @@ impl Node {
         let logical = crate::slots::open(config, &wal_handle, &cdc).map_err(|e| io("logical slots", &e))?;
         let votes = SharedVotes::new(signer);
         let store = Arc::new(DocStore::new());
+        let clock = Arc::clone(&hlc);
         let (manager, driver) =
             Driver::start(driver_config, storage, transport, listener, store.clone(), votes, move || {
-                hlc.now()
+                clock.now()
             })?;
 
         metrics.watch(manager.clone());
         let sinks = crate::sink::stats(&config.cdc.sinks);
         metrics.watch_cdc(cdc.clone(), Arc::clone(&store), sinks.clone());
         metrics.watch_slots(logical.clone());
+        let archive_stats = Arc::new(crate::archive::ArchiveStats::default());
+        if config.archive.is_some() {
+            metrics.watch_archive(Arc::clone(&archive_stats));
+        }
         let metrics = Arc::new(metrics);
         let shared = Arc::new(Shared {
             manager: manager.clone(),
@@ -312,9 +335,9 @@ impl Node {
             logical,
             logical_max_slots: config.logical.max_slots,
             slot_writes: tokio::sync::Mutex::new(()),
+            hlc,
         });
-        crate::sink::start(&shared, &config.cdc.sinks, &sinks);
-        crate::slots::start(&shared);
+        start_tasks(&shared, config, &sinks, archive_stats)?;
         let client_listener = TcpListener::bind(config.client_addr)
             .await
             .map_err(|e| io(&format!("client_addr {}", config.client_addr), &e))?;

@@ -27,14 +27,14 @@ impl Default for ArchiverConfig {
 }
 
 /// How far behind the archive is.
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct ArchiveLag {
     /// The last LSN archived.
     pub archived_lsn: Lsn,
     /// Committed LSNs not archived yet.
     pub lsns: u64,
-    /// How long the oldest of them has waited.
-    pub seconds: f64,
+    /// How long the oldest of them has waited, ms.
+    pub waited_ms: u64,
 }
 
 /// See the module documentation.
@@ -44,6 +44,7 @@ pub struct Archiver {
     config: ArchiverConfig,
     position: Lsn,
     has_base: bool,
+    base_lsn: Option<Lsn>,
     waiting_since: Option<Instant>,
     /// Objects written by this archiver.
     pub written: u64,
@@ -56,6 +57,7 @@ impl Archiver {
         Ok(Archiver {
             position: manifest.archived_through(),
             has_base: !manifest.base.is_empty(),
+            base_lsn: manifest.base.last().map(|b| b.last_lsn),
             archive,
             config,
             waiting_since: None,
@@ -75,6 +77,12 @@ impl Archiver {
         self.has_base
     }
 
+    /// The LSN of the newest base backup archived.
+    #[must_use]
+    pub fn base_lsn(&self) -> Option<Lsn> {
+        self.base_lsn
+    }
+
     /// The archive.
     #[must_use]
     pub fn archive(&self) -> &Archive {
@@ -87,18 +95,21 @@ impl Archiver {
         ArchiveLag {
             archived_lsn: self.position,
             lsns: committed.saturating_sub(self.position),
-            seconds: self.waiting_since.map_or(0.0, |t| t.elapsed().as_secs_f64()),
+            waited_ms: self
+                .waiting_since
+                .map_or(0, |t| u64::try_from(t.elapsed().as_millis()).unwrap_or(u64::MAX)),
         }
     }
 
     /// Archives a base backup: the store's snapshot at `lsn`. Archiving the WAL starts
-    /// after the first one; a later one lets retention drop older WAL.
+    /// after the first one; a later one lets retention drop older WAL, and one past the
+    /// position (the WAL was compacted before it was archived) restarts the archive there,
+    /// leaving a gap that `verify` reports.
     pub async fn base_backup(&mut self, snapshot: &[u8], lsn: Lsn, hlc: Timestamp) -> Result<Put, PitrError> {
         let put = self.archive.put_base(snapshot, lsn, hlc).await?;
-        if !self.has_base {
-            self.has_base = true;
-            self.position = self.position.max(lsn);
-        }
+        self.has_base = true;
+        self.base_lsn = Some(self.base_lsn.map_or(lsn, |b| b.max(lsn)));
+        self.position = self.position.max(lsn);
         self.written += u64::from(matches!(put, Put::Written(_)));
         Ok(put)
     }

@@ -52,6 +52,7 @@ mod keys;
 mod manifest;
 mod object;
 mod restore;
+mod spec;
 
 pub use archive::{Archive, Put, VerifyReport};
 pub use archiver::{ArchiveLag, Archiver, ArchiverConfig};
@@ -60,3 +61,4 @@ pub use keys::{KeyId, Keyring};
 pub use manifest::{FORMAT, Manifest, ManifestEntry, base_object, entry_name, wal_object};
 pub use object::{HEADER_LEN, Header, Kind, MAX_PAYLOAD, header, open, seal};
 pub use restore::{RestorePlan, RestoreReport, RestoreTarget, plan, restore, rfc3339_ms};
+pub use spec::ArchiveSpec;

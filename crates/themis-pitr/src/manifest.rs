@@ -120,22 +120,30 @@ impl Manifest {
         Ok(manifest)
     }
 
-    /// The last LSN of the contiguous run of WAL objects that starts at the oldest base
-    /// backup (or, with none, at the oldest WAL object); 0 when nothing is archived.
+    /// How far a restore can reach: the furthest end of a contiguous run of WAL objects
+    /// that starts right after some base backup (with no base backup, after the oldest WAL
+    /// object's start); 0 when nothing is archived. The archiver goes on from here.
     #[must_use]
     pub fn archived_through(&self) -> Lsn {
-        let mut end = match (self.base.first(), self.wal.first()) {
-            (Some(base), _) => base.last_lsn,
-            (None, Some(wal)) => wal.first_lsn - 1,
-            (None, None) => return 0,
+        let starts: Vec<Lsn> = if self.base.is_empty() {
+            self.wal.first().map(|w| w.first_lsn - 1).into_iter().collect()
+        } else {
+            self.base.iter().map(|b| b.last_lsn).collect()
         };
-        for e in &self.wal {
-            if e.first_lsn > end + 1 {
-                break;
-            }
-            end = end.max(e.last_lsn);
-        }
-        end
+        starts
+            .into_iter()
+            .map(|start| {
+                let mut end = start;
+                for e in self.wal.iter().filter(|e| e.last_lsn > start) {
+                    if e.first_lsn > end + 1 {
+                        break;
+                    }
+                    end = end.max(e.last_lsn);
+                }
+                end
+            })
+            .max()
+            .unwrap_or(0)
     }
 
     /// Holes between consecutive WAL objects, as `(first missing, last missing)`.

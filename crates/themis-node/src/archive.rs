@@ -1,0 +1,157 @@
+//! WAL archiving (`[archive]`): the leader ships committed WAL and base backups to the
+//! archive (`themis_replication::pitr`); every node holds its WAL until it is archived.
+//!
+//! Each second the leader archives a base backup whenever the Raft snapshot has moved past
+//! the last one (the snapshot file is the store's consistent image at its LSN), then the
+//! committed records after the archive's position, in chunks (`chunk_mb`, or after
+//! `timeout_secs`). A new leader lists the manifest and goes on from its end, so a failover
+//! leaves no gap and no duplicate (entries are create-only, named by their first LSN).
+//! Followers list the manifest every ten seconds to learn the position; every node holds
+//! its WAL from the position on (the retention hold `archive`). An archive that fails or
+//! falls behind shows in `themis_archive_*` metrics and the log; the WAL is kept meanwhile.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use themis_replication::clock::Timestamp;
+use themis_replication::pitr::{Archive, ArchiveSpec, Archiver, PitrError};
+use themis_replication::raft::durable::decode_snapshot;
+use themis_replication::ship::StateMachine;
+use themis_replication::wal::Lsn;
+
+use crate::server::Shared;
+use crate::store::DocStore;
+
+/// The archive's progress, for metrics.
+#[derive(Debug, Default)]
+pub struct ArchiveStats {
+    /// Everything up to this LSN is archived.
+    pub archived_lsn: AtomicU64,
+    /// Committed LSNs not archived yet (on the leader).
+    pub lag_lsns: AtomicU64,
+    /// How long the oldest of them has waited, ms.
+    pub lag_ms: AtomicU64,
+    /// Objects this node wrote.
+    pub objects: AtomicU64,
+    /// Failures (list, put, read), each retried.
+    pub errors: AtomicU64,
+    /// The LSN of the newest base backup this node knows of.
+    pub base_lsn: AtomicU64,
+}
+
+/// The retention hold that keeps unarchived WAL.
+const HOLD: &str = "archive";
+
+/// Starts the archive task.
+pub(crate) fn start(
+    shared: &Arc<Shared>,
+    spec: &ArchiveSpec,
+    cluster: &str,
+    raft_dir: PathBuf,
+    stats: Arc<ArchiveStats>,
+) -> Result<(), PitrError> {
+    let archive = spec.open(cluster)?;
+    let config = spec.archiver_config();
+    tokio::spawn(run(Arc::clone(shared), archive, config, raft_dir, stats));
+    Ok(())
+}
+
+/// The Raft snapshot on disk: its LSN and the store's bytes (an empty store at LSN 0).
+fn raft_snapshot(raft_dir: &std::path::Path) -> Result<(Lsn, Bytes), String> {
+    let path = raft_dir.join("snapshot");
+    let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let snapshot = decode_snapshot(&path, &Bytes::from(bytes)).map_err(|e| e.to_string())?;
+    if snapshot.meta.lsn == 0 {
+        let empty = DocStore::new().snapshot().map_err(|e| e.to_string())?;
+        return Ok((0, empty));
+    }
+    Ok((snapshot.meta.lsn, snapshot.data))
+}
+
+async fn run(
+    shared: Arc<Shared>,
+    archive: Archive,
+    config: themis_replication::pitr::ArchiverConfig,
+    raft_dir: PathBuf,
+    stats: Arc<ArchiveStats>,
+) {
+    let mut archiver: Option<Archiver> = None;
+    let mut last_listed: Option<Instant> = None;
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let committed = shared.manager.status().commit_lsn;
+        if !shared.manager.leadership().1 {
+            archiver = None;
+            if last_listed.is_some_and(|t| t.elapsed() < Duration::from_secs(10)) {
+                continue;
+            }
+            last_listed = Some(Instant::now());
+            match archive.manifest().await {
+                Ok(manifest) => {
+                    let through = manifest.archived_through();
+                    stats.archived_lsn.store(through, Ordering::Relaxed);
+                    if let Some(base) = manifest.base.last() {
+                        stats.base_lsn.store(base.last_lsn, Ordering::Relaxed);
+                    }
+                    shared.wal.set_hold(HOLD, through + 1);
+                }
+                Err(e) => {
+                    stats.errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(error = %e, "listing the archive failed; the WAL stays held");
+                }
+            }
+            continue;
+        }
+        if archiver.is_none() {
+            match Archiver::start(archive.clone(), config).await {
+                Ok(a) => archiver = Some(a),
+                Err(e) => {
+                    stats.errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(error = %e, "the archiver could not read the manifest; retrying");
+                    continue;
+                }
+            }
+        }
+        let a = archiver.as_mut().expect("started above");
+        shared.wal.set_hold(HOLD, a.position() + 1);
+        if let Err(e) = lead(&shared, a, &raft_dir, committed, &stats).await {
+            stats.errors.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(error = %e, "archiving failed; it is retried and the WAL kept meanwhile");
+            // The manifest may have moved under us (another archiver): read it again.
+            archiver = None;
+            continue;
+        }
+        shared.wal.set_hold(HOLD, a.position() + 1);
+        let lag = a.lag(committed);
+        stats.archived_lsn.store(lag.archived_lsn, Ordering::Relaxed);
+        stats.lag_lsns.store(lag.lsns, Ordering::Relaxed);
+        stats.lag_ms.store(lag.waited_ms, Ordering::Relaxed);
+        stats.objects.store(a.written, Ordering::Relaxed);
+    }
+}
+
+/// One round on the leader: a base backup if the snapshot moved (or none exists, or the
+/// WAL was compacted before it was archived), then the committed WAL.
+async fn lead(
+    shared: &Shared,
+    a: &mut Archiver,
+    raft_dir: &std::path::Path,
+    committed: Lsn,
+    stats: &ArchiveStats,
+) -> Result<(), PitrError> {
+    let (snap_lsn, data) = raft_snapshot(raft_dir).map_err(PitrError::Config)?;
+    let behind = a.position() + 1 < shared.wal.first_lsn();
+    let moved = a.base_lsn().is_none_or(|b| snap_lsn > b);
+    if !a.has_base() || behind || moved {
+        // The snapshot's last entry committed no later than now: a base backup stamped
+        // with now is never chosen for a time before it really covered.
+        let hlc = if snap_lsn == 0 { Timestamp::ZERO } else { shared.hlc.now() };
+        a.base_backup(&data, snap_lsn, hlc).await?;
+        stats.base_lsn.store(snap_lsn, Ordering::Relaxed);
+    }
+    a.step(&shared.wal, committed, false).await?;
+    Ok(())
+}
