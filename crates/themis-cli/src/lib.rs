@@ -2,7 +2,8 @@
 //! ([`cluster`]), the closed-loop write workload behind `themis bench` and `themis demo`
 //! ([`workload`]), the failover demo ([`demo`]) and the WAL check behind
 //! `themis doctor validate-wal` ([`doctor`]), `themis cdc tail` ([`cdc`]), and `themis slot`,
-//! `themis ddl` and the logical replica `themis subscribe` ([`logical`]).
+//! `themis ddl` and the logical replica `themis subscribe` ([`logical`]), and the WAL archive and
+//! point-in-time restore ([`pitr`]).
 //!
 //! ```
 //! use themis_node::stats::document;
@@ -27,4 +28,5 @@ pub mod cluster;
 pub mod demo;
 pub mod doctor;
 pub mod logical;
+pub mod pitr;
 pub mod workload;

@@ -206,6 +206,38 @@ themis bench --dir /tmp/themis --duration 5")]
         #[command(flatten)]
         admin: AdminTarget,
     },
+    /// The WAL archive (point-in-time recovery).
+    #[command(subcommand)]
+    Archive(ArchiveCmd),
+    /// Restore the archive to a point in time into a new one-node cluster directory (or,
+    /// with --dry-run, only replay and report).
+    #[command(
+        after_help = "Examples:\n  themis restore --config /etc/themis/node-1.toml --to-time 2026-12-06T10:00:00Z --target-dir /tmp/restored\n  \
+themis restore --archive file:///var/backups/themis --key-file archive.key --to-lsn 41230 --dry-run\n  \
+themis server --config /tmp/restored/node-1.toml"
+    )]
+    Restore {
+        /// Restore what was committed up to this time (RFC 3339).
+        #[arg(long, conflicts_with_all = ["to_lsn", "to_hlc"])]
+        to_time: Option<String>,
+        /// ... up to and including this LSN.
+        #[arg(long, conflicts_with = "to_hlc")]
+        to_lsn: Option<u64>,
+        /// ... up to this HLC timestamp (physical.logical@node).
+        #[arg(long)]
+        to_hlc: Option<String>,
+        /// Where to write the restored node (must be empty or absent).
+        #[arg(long, required_unless_present = "dry_run")]
+        target_dir: Option<PathBuf>,
+        /// Replay and report; write nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Objects fetched at once.
+        #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=64))]
+        parallel: u64,
+        #[command(flatten)]
+        archive: ArchiveArgs,
+    },
     /// Run a logical replica: apply a json slot's changes into a one-node store of its own
     /// in --data-dir (readable with `themis get --dir DATA_DIR`), confirming each batch, so a
     /// restart resumes after the slot's confirmed LSN.
@@ -236,6 +268,86 @@ themis subscribe --slot tenant_acme --data-dir /tmp/acme --source /tmp/themis\n 
         source: Option<String>,
         #[command(flatten)]
         admin: AdminTarget,
+    },
+}
+
+/// Where the archive is: a node's configuration, or the URL and key.
+#[derive(Args)]
+struct ArchiveArgs {
+    /// A node configuration whose [archive] section (and cluster name) to use.
+    #[arg(long, conflicts_with_all = ["archive", "key_file", "key_env"])]
+    config: Option<PathBuf>,
+    /// The archive: file:///path, s3://bucket/prefix.
+    #[arg(long)]
+    archive: Option<String>,
+    /// The current key: a file of 32 raw bytes or 64 hex digits.
+    #[arg(long)]
+    key_file: Option<PathBuf>,
+    /// ... or an environment variable holding 64 hex digits.
+    #[arg(long)]
+    key_env: Option<String>,
+    /// Older keys (repeat), for objects written before a rotation.
+    #[arg(long)]
+    old_key_file: Vec<PathBuf>,
+    /// Object store options, key=value (repeat): aws_endpoint, aws_region, ...
+    #[arg(long, value_parser = parse_option)]
+    archive_option: Vec<(String, String)>,
+    /// The cluster whose archive it is (with --archive).
+    #[arg(long, default_value = "themis")]
+    cluster: String,
+}
+
+fn parse_option(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("{text:?}: expected key=value"))
+}
+
+impl ArchiveArgs {
+    fn open(self) -> Result<themis_replication::pitr::Archive, String> {
+        if let Some(path) = &self.config {
+            let config =
+                themis_node::NodeConfig::load(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let spec = config.archive.ok_or_else(|| format!("{}: no [archive] section", path.display()))?;
+            return spec.open(&config.cluster).map_err(|e| e.to_string());
+        }
+        let url = self.archive.ok_or("give --archive URL with --key-file (or --config NODE.toml)")?;
+        let mut spec = themis_replication::pitr::ArchiveSpec::new(url, PathBuf::new());
+        spec.key_file = self.key_file;
+        spec.key_env = self.key_env;
+        spec.old_key_files = self.old_key_file;
+        spec.options = self.archive_option.into_iter().collect();
+        spec.open(&self.cluster).map_err(|e| e.to_string())
+    }
+}
+
+#[derive(Subcommand)]
+enum ArchiveCmd {
+    /// Base backups, the archived WAL range, what a restore reaches, gaps.
+    #[command(
+        after_help = "Example:\n  themis archive status --archive file:///var/backups/themis --key-file archive.key"
+    )]
+    Status {
+        #[command(flatten)]
+        archive: ArchiveArgs,
+    },
+    /// Every archived object: kind, LSN range, size, key, tier.
+    #[command(after_help = "Example:\n  themis archive list --config /etc/themis/node-1.toml")]
+    List {
+        #[command(flatten)]
+        archive: ArchiveArgs,
+    },
+    /// Fetch and check every object (size, SHA-256, authentication, decompression) and
+    /// that the WAL ranges leave no gap; exit code 1 if anything is wrong.
+    #[command(
+        after_help = "Example:\n  themis archive verify --archive s3://backups/prod --key-env THEMIS_ARCHIVE_KEY \\\n    --archive-option aws_region=eu-west-1"
+    )]
+    Verify {
+        /// Objects fetched at once.
+        #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=64))]
+        parallel: u64,
+        #[command(flatten)]
+        archive: ArchiveArgs,
     },
 }
 
@@ -612,6 +724,15 @@ fn run(command: Cmd) -> Result<ExitCode, String> {
         }
         Cmd::Cdc(cmd) => cdc(cmd)?,
         Cmd::Slot(cmd) => slot(cmd)?,
+        Cmd::Archive(cmd) => return archive_cmd(cmd),
+        Cmd::Restore { to_time, to_lsn, to_hlc, target_dir, dry_run, parallel, archive } => {
+            restore_cmd(
+                (to_time, to_lsn, to_hlc),
+                if dry_run { None } else { target_dir },
+                parallel,
+                archive,
+            )?;
+        }
         Cmd::Ddl { statement, admin } => {
             let mut client = admin.client()?;
             let body = serde_json::json!({ "statement": statement });
@@ -630,6 +751,78 @@ fn run(command: Cmd) -> Result<ExitCode, String> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `themis archive ...`.
+fn archive_cmd(cmd: ArchiveCmd) -> Result<ExitCode, String> {
+    use themis_cli::pitr;
+    match cmd {
+        ArchiveCmd::Status { archive } => {
+            let archive = archive.open()?;
+            let manifest = block_on(async { archive.manifest().await.map_err(|e| e.to_string()) })?;
+            print!("{}", pitr::render_status(&manifest));
+        }
+        ArchiveCmd::List { archive } => {
+            let archive = archive.open()?;
+            let manifest = block_on(async { archive.manifest().await.map_err(|e| e.to_string()) })?;
+            print!("{}", pitr::render_list(&manifest));
+        }
+        ArchiveCmd::Verify { parallel, archive } => {
+            let archive = archive.open()?;
+            let parallel = usize::try_from(parallel).map_err(|e| e.to_string())?;
+            let report = block_on(async { archive.verify(parallel).await.map_err(|e| e.to_string()) })?;
+            print!("{}", pitr::render_verify(&report));
+            if !report.is_healthy() {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `themis restore`.
+fn restore_cmd(
+    (to_time, to_lsn, to_hlc): (Option<String>, Option<u64>, Option<String>),
+    dir: Option<PathBuf>,
+    parallel: u64,
+    archive: ArchiveArgs,
+) -> Result<(), String> {
+    use themis_replication::pitr::{PitrError, RestoreTarget};
+    let target = match (to_time, to_lsn, to_hlc) {
+        (Some(t), _, _) => t.parse(),
+        (_, Some(l), _) => Ok(RestoreTarget::Lsn(l)),
+        (_, _, Some(h)) => format!("hlc:{h}").parse(),
+        _ => Ok(RestoreTarget::Latest),
+    }
+    .map_err(|e: PitrError| e.to_string())?;
+    let archive = archive.open()?;
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} objects {elapsed}")
+            .map_err(|e| e.to_string())?,
+    );
+    let parallel = usize::try_from(parallel).map_err(|e| e.to_string())?;
+    let (report, documents) =
+        block_on(themis_cli::pitr::restore_into(&archive, target, dir.as_deref(), parallel, |done, all| {
+            bar.set_length(all as u64);
+            bar.set_position(done as u64);
+        }))?;
+    bar.finish_and_clear();
+    println!(
+        "restored to LSN {} ({}) from the base backup at LSN {}: {} entries replayed from {} objects, {} documents, in {:.2?}",
+        report.restored_lsn,
+        report.restored_hlc,
+        report.base_lsn,
+        report.entries,
+        report.objects,
+        documents,
+        report.elapsed
+    );
+    match dir {
+        Some(dir) => println!("start it with: themis server --config {}", dir.join("node-1.toml").display()),
+        None => println!("dry run: nothing was written"),
+    }
+    Ok(())
 }
 
 /// `themis subscribe`: `--source` is a directory or admin addresses.
