@@ -7,6 +7,7 @@ use std::path::Path;
 use themis_node::{DocStore, LocalCluster};
 use themis_replication::clock::NodeId;
 use themis_replication::pitr::{Archive, Manifest, RestoreReport, RestoreTarget, VerifyReport, restore};
+use themis_replication::raft::driver::snapshot_data;
 use themis_replication::raft::durable::{encode_hard_state, write_file_atomic, write_snapshot_file};
 use themis_replication::raft::{AckPolicy, ConfState, HardState, Snapshot, SnapshotMeta};
 use themis_replication::ship::StateMachine;
@@ -127,7 +128,7 @@ pub async fn restore_into(
             conf_state: ConfState::with_voters([NodeId(1)]),
             policy: AckPolicy::ASYNC,
         },
-        data: store.snapshot().map_err(|e| e.to_string())?,
+        data: snapshot_data(&store.snapshot().map_err(|e| e.to_string())?),
     };
     write_snapshot_file(&raft, &snapshot).map_err(|e| e.to_string())?;
     let hard_state = encode_hard_state(&HardState { term: 1, vote: None, commit: lsn });
@@ -137,4 +138,40 @@ pub async fn restore_into(
     wal.restart_at(lsn + 1).map_err(|e| e.to_string())?;
     wal.close().map_err(|e| e.to_string())?;
     Ok((report, documents))
+}
+
+/// An RFC 3339 UTC time (`2026-12-06T10:00:00.123Z`) for ms since the Unix epoch.
+#[must_use]
+pub fn rfc3339(ms: u64) -> String {
+    let secs = ms / 1000;
+    let days = i64::try_from(secs / 86_400).unwrap_or(i64::MAX);
+    let rem = secs % 86_400;
+    // Civil date from days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        ms % 1000
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn rfc3339_round_trips_through_the_restore_parser() {
+        for ms in [0, 1_796_551_200_500, 951_782_400_000, 4_102_444_799_999] {
+            let text = super::rfc3339(ms);
+            assert_eq!(themis_replication::pitr::rfc3339_ms(&text), Some(ms), "{text}");
+        }
+    }
 }

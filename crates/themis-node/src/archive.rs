@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use themis_replication::clock::Timestamp;
 use themis_replication::pitr::{Archive, ArchiveSpec, Archiver, PitrError};
+use themis_replication::raft::driver::snapshot_machine;
 use themis_replication::raft::durable::decode_snapshot;
 use themis_replication::ship::StateMachine;
 use themis_replication::wal::Lsn;
@@ -55,6 +56,9 @@ pub(crate) fn start(
 ) -> Result<(), PitrError> {
     let archive = spec.open(cluster)?;
     let config = spec.archiver_config();
+    // Nothing is compacted away before the archive's position is known: the hold starts
+    // at the beginning and only moves once the manifest says how far the archive is.
+    shared.wal.set_hold(HOLD, 1);
     tokio::spawn(run(Arc::clone(shared), archive, config, raft_dir, stats));
     Ok(())
 }
@@ -68,7 +72,8 @@ fn raft_snapshot(raft_dir: &std::path::Path) -> Result<(Lsn, Bytes), String> {
         let empty = DocStore::new().snapshot().map_err(|e| e.to_string())?;
         return Ok((0, empty));
     }
-    Ok((snapshot.meta.lsn, snapshot.data))
+    let machine = snapshot_machine(&snapshot.data).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok((snapshot.meta.lsn, machine))
 }
 
 async fn run(

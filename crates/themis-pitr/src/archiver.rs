@@ -102,14 +102,16 @@ impl Archiver {
     }
 
     /// Archives a base backup: the store's snapshot at `lsn`. Archiving the WAL starts
-    /// after the first one; a later one lets retention drop older WAL, and one past the
-    /// position (the WAL was compacted before it was archived) restarts the archive there,
-    /// leaving a gap that `verify` reports.
+    /// after the first one; a later one lets retention drop older WAL, and lets the
+    /// archive go on past WAL that was compacted before it was archived (see
+    /// [`Archiver::step`]).
     pub async fn base_backup(&mut self, snapshot: &[u8], lsn: Lsn, hlc: Timestamp) -> Result<Put, PitrError> {
         let put = self.archive.put_base(snapshot, lsn, hlc).await?;
+        if !self.has_base {
+            self.position = self.position.max(lsn);
+        }
         self.has_base = true;
         self.base_lsn = Some(self.base_lsn.map_or(lsn, |b| b.max(lsn)));
-        self.position = self.position.max(lsn);
         self.written += u64::from(matches!(put, Put::Written(_)));
         Ok(put)
     }
@@ -136,11 +138,22 @@ impl Archiver {
                 return Ok(written);
             }
             if from < wal.first_lsn() {
-                return Err(PitrError::Gap {
-                    missing_from: from,
-                    missing_to: wal.first_lsn() - 1,
-                    restorable_to: self.position,
-                });
+                // The WAL was compacted before it was archived. A base backup at or past
+                // the compaction point lets the archive go on from there; the gap stays,
+                // and `verify` reports it.
+                match self.base_lsn {
+                    Some(base) if base >= from && base + 1 >= wal.first_lsn() => {
+                        self.position = base;
+                        continue;
+                    }
+                    _ => {
+                        return Err(PitrError::Gap {
+                            missing_from: from,
+                            missing_to: wal.first_lsn() - 1,
+                            restorable_to: self.position,
+                        });
+                    }
+                }
             }
             let since = *self.waiting_since.get_or_insert_with(Instant::now);
             let raw = wal

@@ -465,6 +465,19 @@ impl DriverSnapshot {
     }
 }
 
+/// The state machine's image inside a snapshot's data (the driver keeps the members'
+/// addresses beside it): what a base backup of the store archives.
+pub fn snapshot_machine(data: &Bytes) -> Result<Bytes, DriverError> {
+    Ok(DriverSnapshot::decode(data)?.machine)
+}
+
+/// Snapshot data holding a state machine image and no member addresses (those come from
+/// the configuration): the first snapshot of a node restored from an archive.
+#[must_use]
+pub fn snapshot_data(machine: &[u8]) -> Bytes {
+    DriverSnapshot::encode(&[], machine)
+}
+
 /// The latest events of one kind, oldest first, bounded; shared by the loop (which
 /// records) and the handles (which read).
 #[derive(Debug)]
