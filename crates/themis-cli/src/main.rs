@@ -337,6 +337,17 @@ enum ArchiveCmd {
         #[command(flatten)]
         archive: ArchiveArgs,
     },
+    /// Apply the [archive.retention] policy of a node configuration now: delete base
+    /// backups and WAL it no longer keeps, move old objects to the cold storage class.
+    #[command(after_help = "Example:\n  themis archive prune --config /etc/themis/node-1.toml --dry-run")]
+    Prune {
+        /// Say what would change; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// The node configuration with the [archive] section and its retention policy.
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Fetch and check every object (size, SHA-256, authentication, decompression) and
     /// that the WAL ranges leave no gap; exit code 1 if anything is wrong.
     #[command(
@@ -766,6 +777,29 @@ fn archive_cmd(cmd: ArchiveCmd) -> Result<ExitCode, String> {
             let archive = archive.open()?;
             let manifest = block_on(async { archive.manifest().await.map_err(|e| e.to_string()) })?;
             print!("{}", pitr::render_list(&manifest));
+        }
+        ArchiveCmd::Prune { dry_run, config } => {
+            let node =
+                themis_node::NodeConfig::load(&config).map_err(|e| format!("{}: {e}", config.display()))?;
+            let spec = node.archive.ok_or_else(|| format!("{}: no [archive] section", config.display()))?;
+            let archive = spec.open(&node.cluster).map_err(|e| e.to_string())?;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+            let report = block_on(async {
+                archive.apply_retention(&spec.retention, now, dry_run).await.map_err(|e| e.to_string())
+            })?;
+            let verb = if dry_run { "would delete" } else { "deleted" };
+            for object in &report.deleted {
+                println!("{verb} {object}");
+            }
+            for object in &report.cold {
+                println!("{} {object}", if dry_run { "would move to cold" } else { "moved to cold" });
+            }
+            println!(
+                "oldest base backup kept: LSN {}",
+                report.oldest_base.map_or("none".into(), |l| l.to_string())
+            );
         }
         ArchiveCmd::Verify { parallel, archive } => {
             let archive = archive.open()?;

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use themis_replication::clock::Timestamp;
-use themis_replication::pitr::{Archive, ArchiveSpec, Archiver, PitrError};
+use themis_replication::pitr::{Archive, ArchiveSpec, Archiver, PitrError, RetentionPolicy};
 use themis_replication::raft::driver::snapshot_machine;
 use themis_replication::raft::durable::decode_snapshot;
 use themis_replication::ship::StateMachine;
@@ -45,6 +45,14 @@ pub struct ArchiveStats {
 
 /// The retention hold that keeps unarchived WAL.
 const HOLD: &str = "archive";
+/// How often the leader applies the archive's retention policy.
+const RETENTION_EVERY: Duration = Duration::from_mins(5);
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
 
 /// Starts the archive task.
 pub(crate) fn start(
@@ -56,10 +64,11 @@ pub(crate) fn start(
 ) -> Result<(), PitrError> {
     let archive = spec.open(cluster)?;
     let config = spec.archiver_config();
+    let retention = spec.retention.clone();
     // Nothing is compacted away before the archive's position is known: the hold starts
     // at the beginning and only moves once the manifest says how far the archive is.
     shared.wal.set_hold(HOLD, 1);
-    tokio::spawn(run(Arc::clone(shared), archive, config, raft_dir, stats));
+    tokio::spawn(run(Arc::clone(shared), archive, config, retention, raft_dir, stats));
     Ok(())
 }
 
@@ -80,11 +89,13 @@ async fn run(
     shared: Arc<Shared>,
     archive: Archive,
     config: themis_replication::pitr::ArchiverConfig,
+    retention: RetentionPolicy,
     raft_dir: PathBuf,
     stats: Arc<ArchiveStats>,
 ) {
     let mut archiver: Option<Archiver> = None;
     let mut last_listed: Option<Instant> = None;
+    let mut last_pruned: Option<Instant> = None;
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let committed = shared.manager.status().commit_lsn;
@@ -130,6 +141,21 @@ async fn run(
             continue;
         }
         shared.wal.set_hold(HOLD, a.position() + 1);
+        if retention != RetentionPolicy::default()
+            && last_pruned.is_none_or(|t| t.elapsed() >= RETENTION_EVERY)
+        {
+            last_pruned = Some(Instant::now());
+            match archive.apply_retention(&retention, now_ms(), false).await {
+                Ok(report) if !report.deleted.is_empty() || !report.cold.is_empty() => {
+                    tracing::info!(deleted = report.deleted.len(), cold = report.cold.len(), oldest_base = ?report.oldest_base, "archive retention applied");
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    stats.errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(error = %e, "applying archive retention failed; retried later");
+                }
+            }
+        }
         let lag = a.lag(committed);
         stats.archived_lsn.store(lag.archived_lsn, Ordering::Relaxed);
         stats.lag_lsns.store(lag.lsns, Ordering::Relaxed);

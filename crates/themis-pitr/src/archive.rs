@@ -336,3 +336,128 @@ impl Archive {
         Ok(report)
     }
 }
+
+/// What to keep, and when objects move to a colder storage class.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionPolicy {
+    /// Keep the newest this many base backups (and the WAL the oldest of them needs).
+    #[serde(default)]
+    pub keep_base_backups: Option<usize>,
+    /// Keep base backups younger than this many days.
+    #[serde(default)]
+    pub keep_base_days: Option<u64>,
+    /// Delete objects older than this many days whatever the rules above say (the newest
+    /// base backup and the WAL after it always stay).
+    #[serde(default)]
+    pub delete_after_days: Option<u64>,
+    /// Move objects older than this many days to `cold_storage_class`.
+    #[serde(default)]
+    pub transition_to_cold_after_days: Option<u64>,
+    /// The storage class of cold objects (S3: `GLACIER_IR`, `STANDARD_IA`, ...).
+    #[serde(default)]
+    pub cold_storage_class: Option<String>,
+}
+
+/// What [`Archive::apply_retention`] did (or, dry, would do).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct RetentionReport {
+    /// Objects deleted, with their entries.
+    pub deleted: Vec<String>,
+    /// Objects moved to the cold storage class.
+    pub cold: Vec<String>,
+    /// The oldest base backup kept.
+    pub oldest_base: Option<Lsn>,
+}
+
+const DAY_MS: u64 = 86_400_000;
+
+impl Archive {
+    /// Applies `policy` at time `now_ms`: decides which base backups stay (the newest
+    /// always; then by count and age; then `delete_after_days`), deletes the others and
+    /// the WAL no kept base backup needs (entirely at or before the oldest kept one), and
+    /// moves old objects to the cold storage class (rewritten in place with that class;
+    /// their entries say `cold`). With `dry_run` nothing changes.
+    pub async fn apply_retention(
+        &self,
+        policy: &RetentionPolicy,
+        now_ms: u64,
+        dry_run: bool,
+    ) -> Result<RetentionReport, PitrError> {
+        let manifest = self.manifest().await?;
+        let mut report = RetentionReport::default();
+        let Some(newest) = manifest.base.last() else { return Ok(report) };
+        let age_days = |e: &ManifestEntry| now_ms.saturating_sub(e.archived_at_ms) / DAY_MS;
+        let count = manifest.base.len();
+        let keep: Vec<&ManifestEntry> = manifest
+            .base
+            .iter()
+            .enumerate()
+            .filter(|(i, b)| {
+                if b.first_lsn == newest.first_lsn {
+                    return true;
+                }
+                let by_rules = match (policy.keep_base_backups, policy.keep_base_days) {
+                    (None, None) => true,
+                    (n, d) => n.is_some_and(|n| count - i <= n) || d.is_some_and(|d| age_days(b) < d),
+                };
+                by_rules && policy.delete_after_days.is_none_or(|d| age_days(b) < d)
+            })
+            .map(|(_, b)| b)
+            .collect();
+        let oldest = keep.first().map_or(newest.last_lsn, |b| b.last_lsn);
+        report.oldest_base = Some(oldest);
+        let doomed: Vec<&ManifestEntry> = manifest
+            .base
+            .iter()
+            .filter(|b| !keep.iter().any(|k| k.first_lsn == b.first_lsn))
+            .chain(manifest.wal.iter().filter(|w| w.last_lsn <= oldest))
+            .collect();
+        for entry in &doomed {
+            report.deleted.push(entry.object.clone());
+            if !dry_run {
+                self.delete(entry).await?;
+            }
+        }
+        if let (Some(days), Some(class)) = (policy.transition_to_cold_after_days, &policy.cold_storage_class)
+        {
+            for entry in manifest.base.iter().chain(&manifest.wal) {
+                if entry.tier == "cold"
+                    || age_days(entry) < days
+                    || doomed.iter().any(|d| d.object == entry.object)
+                {
+                    continue;
+                }
+                report.cold.push(entry.object.clone());
+                if !dry_run {
+                    self.make_cold(entry, class).await?;
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    /// Rewrites an object with storage class `class` and marks its entry cold (the only
+    /// writes that replace an existing object: the bytes are the same).
+    async fn make_cold(&self, entry: &ManifestEntry, class: &str) -> Result<(), PitrError> {
+        let path = self.path(&entry.object);
+        let bytes = self.get(&path).await?;
+        let mut attributes = object_store::Attributes::new();
+        attributes.insert(object_store::Attribute::StorageClass, class.to_string().into());
+        let options = PutOptions { mode: PutMode::Overwrite, attributes, ..PutOptions::default() };
+        self.store
+            .put_opts(&path, PutPayload::from(bytes), options)
+            .await
+            .map_err(PitrError::store("put", &path))?;
+        let mut cold = entry.clone();
+        cold.tier = "cold".into();
+        let entry_path = self.path(&entry_name(entry.kind, entry.first_lsn));
+        let json = serde_json::to_vec_pretty(&cold).expect("an entry serializes");
+        let overwrite = PutOptions { mode: PutMode::Overwrite, ..PutOptions::default() };
+        self.store
+            .put_opts(&entry_path, PutPayload::from(json), overwrite)
+            .await
+            .map_err(PitrError::store("put", &entry_path))?;
+        Ok(())
+    }
+}

@@ -54,7 +54,7 @@ mod object;
 mod restore;
 mod spec;
 
-pub use archive::{Archive, Put, VerifyReport};
+pub use archive::{Archive, Put, RetentionPolicy, RetentionReport, VerifyReport};
 pub use archiver::{ArchiveLag, Archiver, ArchiverConfig};
 pub use error::PitrError;
 pub use keys::{KeyId, Keyring};

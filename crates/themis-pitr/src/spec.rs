@@ -38,6 +38,9 @@ pub struct ArchiveSpec {
     /// 1 to 3600), as PostgreSQL's `archive_timeout`.
     #[serde(default = "default_timeout_secs")]
     pub timeout_secs: u64,
+    /// What the archive keeps (`[archive.retention]`); everything when empty.
+    #[serde(default)]
+    pub retention: crate::RetentionPolicy,
 }
 
 fn default_chunk_mb() -> u64 {
@@ -60,6 +63,7 @@ impl ArchiveSpec {
             old_key_files: Vec::new(),
             chunk_mb: default_chunk_mb(),
             timeout_secs: default_timeout_secs(),
+            retention: crate::RetentionPolicy::default(),
         }
     }
 
@@ -78,6 +82,15 @@ impl ArchiveSpec {
                 "archive.timeout_secs = {}: must be 1 to 3600",
                 self.timeout_secs
             )));
+        }
+        let r = &self.retention;
+        if r.keep_base_backups == Some(0) {
+            return Err(PitrError::Config("archive.retention.keep_base_backups = 0: keep at least 1".into()));
+        }
+        if r.transition_to_cold_after_days.is_some() != r.cold_storage_class.is_some() {
+            return Err(PitrError::Config(
+                "archive.retention: transition_to_cold_after_days and cold_storage_class go together".into(),
+            ));
         }
         match (&self.key_file, &self.key_env) {
             (None, None) => Err(PitrError::Config(

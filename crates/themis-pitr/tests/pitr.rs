@@ -11,7 +11,9 @@ use object_store::memory::InMemory;
 use object_store::path::Path as StorePath;
 use object_store::{ObjectStore, PutPayload};
 use themis_clock::{NodeId, Timestamp};
-use themis_pitr::{Archive, Archiver, ArchiverConfig, Keyring, PitrError, Put, RestoreTarget, restore};
+use themis_pitr::{
+    Archive, Archiver, ArchiverConfig, Keyring, PitrError, Put, RestoreTarget, RetentionPolicy, restore,
+};
 use themis_ship::{MemoryStateMachine, StateMachine};
 use themis_wal::op::{Op, OpKind, encode_batch};
 use themis_wal::{FsyncPolicy, Lsn, NewEntry, Wal, WalConfig};
@@ -334,16 +336,22 @@ fn moto() -> Option<(std::process::Child, u16)> {
     }
 }
 
-fn create_bucket(port: u16, bucket: &str) {
+/// One plain HTTP request to moto (it does not check signatures); the answer's head and body.
+fn http(port: u16, method: &str, path: &str) -> String {
     use std::io::{Read, Write};
     let mut tcp = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     write!(
         tcp,
-        "PUT /{bucket} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
     )
     .unwrap();
     let mut answer = String::new();
     tcp.read_to_string(&mut answer).unwrap();
+    answer
+}
+
+fn create_bucket(port: u16, bucket: &str) {
+    let answer = http(port, "PUT", &format!("/{bucket}"));
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 }
 
@@ -367,10 +375,76 @@ async fn a_real_s3_server_archives_create_only_and_restores() {
     let report = restore(&archive, RestoreTarget::Lsn(333), &m, 4, |_, _| {}).await.unwrap();
     assert_eq!(report.restored_lsn, 333);
     assert_eq!(state_of(&m), normalize(&f.models[333]));
+    // Old objects move to a colder storage class and still restore.
+    let cold = RetentionPolicy {
+        transition_to_cold_after_days: Some(7),
+        cold_storage_class: Some("STANDARD_IA".into()),
+        ..RetentionPolicy::default()
+    };
+    let report = archive.apply_retention(&cold, now_ms() + 8 * DAY, false).await.unwrap();
+    assert!(!report.cold.is_empty() && report.deleted.is_empty(), "{report:?}");
+    let manifest = archive.manifest().await.unwrap();
+    assert!(manifest.wal.iter().all(|e| e.tier == "cold"));
+    // moto's own view of its objects says which class each is stored with.
+    let state = http(port, "GET", "/moto-api/data.json");
+    assert!(state.contains(r#""storage_class": "STANDARD_IA""#), "the objects were not rewritten cold");
+    let m = MemoryStateMachine::new();
+    assert_eq!(restore(&archive, RestoreTarget::Latest, &m, 4, |_, _| {}).await.unwrap().restored_lsn, 400);
     // Create-only on S3 too: a second write of an existing entry finds it.
     let again = archive.put_base(b"other bytes", 150, ts(150)).await.unwrap();
     assert!(matches!(again, Put::Exists(_)), "{again:?}");
     assert!(archive.verify(4).await.unwrap().is_healthy());
     server.kill().unwrap();
     server.wait().unwrap();
+}
+
+fn now_ms() -> u64 {
+    u64::try_from(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis())
+        .unwrap()
+}
+
+const DAY: u64 = 86_400_000;
+
+#[tokio::test]
+async fn retention_keeps_base_backups_by_count_and_age_and_the_wal_they_need() {
+    let f = fixture(400);
+    let (_, archive) = memory_archive("prod", [8; 32]);
+    let config = ArchiverConfig { chunk_bytes: 4 << 10, ..ArchiverConfig::default() };
+    let mut archiver = Archiver::start(archive.clone(), config).await.unwrap();
+    archiver.base_backup(&MemoryStateMachine::new().snapshot().unwrap(), 0, Timestamp::ZERO).await.unwrap();
+    for base in [100, 200, 300] {
+        archiver.step(&f.wal, base, true).await.unwrap();
+        archiver.base_backup(&snapshot_at(&f, base), base, ts(base)).await.unwrap();
+    }
+    archiver.step(&f.wal, 400, true).await.unwrap();
+    let before = archive.manifest().await.unwrap();
+    assert_eq!(before.base.len(), 4);
+
+    // Nothing is old yet, and a dry run changes nothing.
+    let young = RetentionPolicy { keep_base_days: Some(1), ..RetentionPolicy::default() };
+    assert!(archive.apply_retention(&young, now_ms(), false).await.unwrap().deleted.is_empty());
+    let two = RetentionPolicy { keep_base_backups: Some(2), ..RetentionPolicy::default() };
+    let dry = archive.apply_retention(&two, now_ms(), true).await.unwrap();
+    assert_eq!(dry.oldest_base, Some(200));
+    assert_eq!(archive.manifest().await.unwrap(), before, "a dry run changes nothing");
+
+    // The newest two base backups stay, and the WAL after the oldest of them.
+    let report = archive.apply_retention(&two, now_ms(), false).await.unwrap();
+    assert!(report.deleted.contains(&"base/00000000000000000000.tpa".to_string()), "{report:?}");
+    let after = archive.manifest().await.unwrap();
+    assert_eq!(after.base.iter().map(|b| b.last_lsn).collect::<Vec<_>>(), [200, 300]);
+    assert!(after.wal.iter().all(|w| w.last_lsn > 200) && after.wal.first().unwrap().first_lsn <= 201);
+    assert!(archive.verify(4).await.unwrap().is_healthy());
+    let m = MemoryStateMachine::new();
+    assert_eq!(restore(&archive, RestoreTarget::Latest, &m, 4, |_, _| {}).await.unwrap().restored_lsn, 400);
+    assert_eq!(state_of(&m), normalize(&f.models[400]));
+    let err = restore(&archive, RestoreTarget::Lsn(150), &m, 4, |_, _| {}).await.unwrap_err();
+    assert!(err.to_string().contains("oldest base backup is at LSN 200"), "{err}");
+
+    // Past delete_after_days only the newest base backup and the WAL after it stay.
+    let old = RetentionPolicy { delete_after_days: Some(30), ..RetentionPolicy::default() };
+    archive.apply_retention(&old, now_ms() + 31 * DAY, false).await.unwrap();
+    let last = archive.manifest().await.unwrap();
+    assert_eq!(last.base.iter().map(|b| b.last_lsn).collect::<Vec<_>>(), [300]);
+    assert_eq!(restore(&archive, RestoreTarget::Latest, &m, 4, |_, _| {}).await.unwrap().restored_lsn, 400);
 }
