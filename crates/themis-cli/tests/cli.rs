@@ -636,7 +636,10 @@ fn an_archiving_cluster_survives_its_leader_and_restores_to_a_point_in_time() {
     );
     assert!(ok(&["archive", "list", "--config", &config]).contains("base"));
     let pruned = ok(&["archive", "prune", "--dry-run", "--config", &config]);
-    assert!(pruned.contains("oldest base backup kept") && !pruned.contains("delete"), "no policy keeps all: {pruned}");
+    assert!(
+        pruned.contains("oldest base backup kept") && !pruned.contains("delete"),
+        "no policy keeps all: {pruned}"
+    );
 
     // Restore to the time between the batches: a dry run, then a node of its own.
     let secs = between.duration_since(std::time::UNIX_EPOCH).unwrap().as_millis();

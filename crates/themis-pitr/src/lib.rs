@@ -60,5 +60,7 @@ pub use error::PitrError;
 pub use keys::{KeyId, Keyring};
 pub use manifest::{FORMAT, Manifest, ManifestEntry, base_object, entry_name, wal_object};
 pub use object::{HEADER_LEN, Header, Kind, MAX_PAYLOAD, header, open, seal};
+/// The object store crate the archive is built on, for callers that build a store.
+pub use object_store;
 pub use restore::{RestorePlan, RestoreReport, RestoreTarget, plan, restore, rfc3339_ms};
 pub use spec::ArchiveSpec;
