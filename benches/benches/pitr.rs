@@ -131,7 +131,8 @@ fn main() {
             for bytes in &raw {
                 let mut offset = 0;
                 while offset < bytes.len() {
-                    let (e, len) = themis_replication::wal::record::decode(bytes, offset, bytes.len()).unwrap();
+                    let (e, len) =
+                        themis_replication::wal::record::decode(bytes, offset, bytes.len()).unwrap();
                     offset += len;
                     let ops = themis_replication::wal::op::decode_batch(&e.payload).unwrap();
                     store.apply(e.lsn, &ops).unwrap();
