@@ -629,6 +629,15 @@ fn an_archiving_cluster_survives_its_leader_and_restores_to_a_point_in_time() {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     assert!(archived() >= last, "{}", ok(&["archive", "status", "--config", &config]));
+    // The archive's state is in every node's status; no alert while it keeps up.
+    let status: serde_json::Value = serde_json::from_str(&ok(&["status", "--json", "--dir", d])).unwrap();
+    let live: Vec<&serde_json::Value> =
+        status.as_array().unwrap().iter().filter(|n| n["archive"].is_object()).collect();
+    assert_eq!(live.len(), 2, "{status}");
+    for node in live {
+        assert!(node["archive"]["archived_lsn"].as_u64().unwrap() > 0, "{node}");
+        assert!(node["archive"]["alert"].is_null(), "{node}");
+    }
     let verified = ok(&["archive", "verify", "--config", &config]);
     assert!(
         verified.contains("healthy") && !verified.contains("NOT") && !verified.contains("GAP"),
@@ -692,4 +701,61 @@ fn an_archiving_cluster_survives_its_leader_and_restores_to_a_point_in_time() {
     assert!(listed.matches("base ").count() >= 2, "{listed}");
     // A bad target is refused by name.
     fails(&["restore", "--config", &config, "--to-time", "yesterday", "--dry-run"], 1, "restore target");
+}
+
+/// An archive that cannot be written raises an alert in the node's status, and the node
+/// serves writes meanwhile (its WAL is held until the archive takes it).
+#[test]
+fn a_failing_archive_raises_an_alert_while_writes_go_on() {
+    use std::fmt::Write as _;
+    use themis_cli::cluster::{Procs, spawn_node};
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("cluster");
+    let key = tmp.path().join("archive.key");
+    std::fs::write(&key, "22".repeat(32)).unwrap();
+    // A file where the archive's directory should be: every write fails.
+    let blocked = tmp.path().join("not-a-directory");
+    std::fs::write(&blocked, "x").unwrap();
+    let layout = themis_node::LocalCluster::write(&dir, "failing", 1, 0, "async").unwrap();
+    let node = &layout.nodes[0];
+    let mut text = std::fs::read_to_string(&node.config).unwrap();
+    let _ = write!(
+        text,
+        "\n[archive]\nurl = \"file://{}/archive\"\nkey_file = \"{}\"\ntimeout_secs = 1\n",
+        blocked.display(),
+        key.display()
+    );
+    std::fs::write(&node.config, text).unwrap();
+    let exe = assert_cmd::cargo::cargo_bin("themis");
+    let mut procs = Procs::default();
+    procs.0.push(Some(spawn_node(&exe, &node.config, &dir.join("node.log"), true).unwrap()));
+    let certs = dir.join("certs");
+    let (ca, cert, key) =
+        (certs.join("ca.pem"), certs.join("client-admin.pem"), certs.join("client-admin.key"));
+    let client = node.client.to_string();
+    let auth = [
+        "--addr",
+        client.as_str(),
+        "--ca",
+        ca.to_str().unwrap(),
+        "--cert",
+        cert.to_str().unwrap(),
+        "--key",
+        key.to_str().unwrap(),
+    ];
+    let mut put = vec!["put", "c", "k", "{}"];
+    put.extend_from_slice(&auth);
+    let mut alert = serde_json::Value::Null;
+    for _ in 0..100 {
+        ok(&put);
+        let mut args = vec!["status", "--json"];
+        args.extend_from_slice(&auth);
+        let status: serde_json::Value = serde_json::from_str(&ok(&args)).unwrap();
+        alert = status[0]["archive"]["alert"].clone();
+        if alert.is_string() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(alert.as_str().is_some_and(|a| a.starts_with("archiving fails")), "{alert}");
 }

@@ -41,6 +41,60 @@ pub struct ArchiveStats {
     pub errors: AtomicU64,
     /// The LSN of the newest base backup this node knows of.
     pub base_lsn: AtomicU64,
+    /// WAL segments holding unarchived committed entries (on the leader).
+    pub lag_segments: AtomicU64,
+    /// Their bytes on disk.
+    pub lag_bytes: AtomicU64,
+    /// The last failure, while archiving fails: when (ms since the Unix epoch) and why.
+    pub failing: std::sync::Mutex<Option<(u64, String)>>,
+}
+
+impl ArchiveStats {
+    /// The archive's state for `GET /v1/cluster/status` and `themis status`: position,
+    /// lag, and an alert when archiving fails or falls behind (more than three chunk
+    /// timeouts of unarchived WAL).
+    #[must_use]
+    pub fn status(&self, timeout_ms: u64) -> serde_json::Value {
+        let lag_ms = self.lag_ms.load(Ordering::Relaxed);
+        let failing = self.failing.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        let alert = match &failing {
+            Some((_, why)) => Some(format!("archiving fails: {why}")),
+            None if lag_ms > 3 * timeout_ms => {
+                Some(format!("archiving is behind: {lag_ms} ms of committed WAL unarchived"))
+            }
+            None => None,
+        };
+        serde_json::json!({
+            "archived_lsn": self.archived_lsn.load(Ordering::Relaxed),
+            "base_lsn": self.base_lsn.load(Ordering::Relaxed),
+            "lag_lsns": self.lag_lsns.load(Ordering::Relaxed),
+            "lag_segments": self.lag_segments.load(Ordering::Relaxed),
+            "lag_bytes": self.lag_bytes.load(Ordering::Relaxed),
+            "lag_ms": lag_ms,
+            "objects": self.objects.load(Ordering::Relaxed),
+            "errors": self.errors.load(Ordering::Relaxed),
+            "alert": alert,
+        })
+    }
+
+    fn fail(&self, why: &PitrError) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        *self.failing.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
+            Some((now_ms(), why.to_string()));
+    }
+
+    fn ok(&self) {
+        *self.failing.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+    }
+}
+
+/// The WAL segments from the one holding `from` on, and their bytes on disk.
+fn segments_from(wal: &themis_replication::wal::Wal, from: Lsn) -> (u64, u64) {
+    let segments = wal.segments();
+    let start = segments.partition_point(|(_, first)| *first <= from).saturating_sub(1);
+    let held = &segments[start.min(segments.len())..];
+    let bytes = held.iter().map(|(path, _)| std::fs::metadata(path).map_or(0, |m| m.len())).sum();
+    (held.len() as u64, bytes)
 }
 
 /// The retention hold that keeps unarchived WAL.
@@ -115,7 +169,7 @@ async fn run(
                     shared.wal.set_hold(HOLD, through + 1);
                 }
                 Err(e) => {
-                    stats.errors.fetch_add(1, Ordering::Relaxed);
+                    stats.fail(&e);
                     tracing::warn!(error = %e, "listing the archive failed; the WAL stays held");
                 }
             }
@@ -125,7 +179,7 @@ async fn run(
             match Archiver::start(archive.clone(), config).await {
                 Ok(a) => archiver = Some(a),
                 Err(e) => {
-                    stats.errors.fetch_add(1, Ordering::Relaxed);
+                    stats.fail(&e);
                     tracing::warn!(error = %e, "the archiver could not read the manifest; retrying");
                     continue;
                 }
@@ -134,7 +188,7 @@ async fn run(
         let a = archiver.as_mut().expect("started above");
         shared.wal.set_hold(HOLD, a.position() + 1);
         if let Err(e) = lead(&shared, a, &raft_dir, committed, &stats).await {
-            stats.errors.fetch_add(1, Ordering::Relaxed);
+            stats.fail(&e);
             tracing::warn!(error = %e, "archiving failed; it is retried and the WAL kept meanwhile");
             // The manifest may have moved under us (another archiver): read it again.
             archiver = None;
@@ -151,12 +205,17 @@ async fn run(
                 }
                 Ok(_) => {}
                 Err(e) => {
-                    stats.errors.fetch_add(1, Ordering::Relaxed);
+                    stats.fail(&e);
                     tracing::warn!(error = %e, "applying archive retention failed; retried later");
                 }
             }
         }
+        stats.ok();
         let lag = a.lag(committed);
+        let (segments, bytes) =
+            if lag.lsns == 0 { (0, 0) } else { segments_from(&shared.wal, a.position() + 1) };
+        stats.lag_segments.store(segments, Ordering::Relaxed);
+        stats.lag_bytes.store(bytes, Ordering::Relaxed);
         stats.archived_lsn.store(lag.archived_lsn, Ordering::Relaxed);
         stats.lag_lsns.store(lag.lsns, Ordering::Relaxed);
         stats.lag_ms.store(lag.waited_ms, Ordering::Relaxed);

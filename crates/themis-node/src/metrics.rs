@@ -476,6 +476,24 @@ impl Collector for ArchiveCollector {
             "How long the oldest unarchived committed entry has waited, ms",
             signed(s.lag_ms.load(Relaxed)),
         )?;
+        gauge(
+            e,
+            "archive_lag_segments",
+            "WAL segments holding unarchived committed entries (on the leader)",
+            signed(s.lag_segments.load(Relaxed)),
+        )?;
+        gauge(
+            e,
+            "archive_lag_bytes",
+            "Bytes of those WAL segments on disk",
+            signed(s.lag_bytes.load(Relaxed)),
+        )?;
+        gauge(
+            e,
+            "archive_failing",
+            "1 while archiving fails",
+            i64::from(s.failing.lock().map_or(true, |f| f.is_some())),
+        )?;
         counter(e, "archive_objects", "Archive objects this node wrote", s.objects.load(Relaxed))?;
         counter(
             e,

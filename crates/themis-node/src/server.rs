@@ -55,6 +55,8 @@ pub(crate) struct Shared {
     pub(crate) slot_writes: tokio::sync::Mutex<()>,
     /// The node's clock.
     pub(crate) hlc: Arc<Hlc>,
+    /// The WAL archive's progress and its chunk timeout in ms, when `[archive]` is on.
+    pub(crate) archive: Option<(Arc<crate::archive::ArchiveStats>, u64)>,
 }
 
 /// Hands what the applier applied to the change stream (never waits on a subscriber).
@@ -336,6 +338,7 @@ impl Node {
             logical_max_slots: config.logical.max_slots,
             slot_writes: tokio::sync::Mutex::new(()),
             hlc,
+            archive: config.archive.as_ref().map(|a| (Arc::clone(&archive_stats), a.timeout_secs * 1000)),
         });
         start_tasks(&shared, config, &sinks, archive_stats)?;
         let client_listener = TcpListener::bind(config.client_addr)
@@ -777,6 +780,7 @@ async fn answer(request: Request, shared: &Shared) -> Response {
                 "status": manager.status(),
                 "failovers": manager.failover_history(),
                 "alerts": manager.recent_alerts(),
+                "archive": shared.archive.as_ref().map(|(stats, timeout_ms)| stats.status(*timeout_ms)),
             });
             Response::Status { json: json.to_string() }
         }
