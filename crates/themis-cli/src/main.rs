@@ -274,7 +274,7 @@ themis subscribe --slot tenant_acme --data-dir /tmp/acme --source /tmp/themis\n 
 /// Where the archive is: a node's configuration, or the URL and key.
 #[derive(Args)]
 struct ArchiveArgs {
-    /// A node configuration whose [archive] section (and cluster name) to use.
+    /// A node configuration whose `[archive]` section (and cluster name) to use.
     #[arg(long, conflicts_with_all = ["archive", "key_file", "key_env"])]
     config: Option<PathBuf>,
     /// The archive: file:///path, s3://bucket/prefix.
@@ -337,14 +337,14 @@ enum ArchiveCmd {
         #[command(flatten)]
         archive: ArchiveArgs,
     },
-    /// Apply the [archive.retention] policy of a node configuration now: delete base
+    /// Apply the `[archive.retention]` policy of a node configuration now: delete base
     /// backups and WAL it no longer keeps, move old objects to the cold storage class.
     #[command(after_help = "Example:\n  themis archive prune --config /etc/themis/node-1.toml --dry-run")]
     Prune {
         /// Say what would change; change nothing.
         #[arg(long)]
         dry_run: bool,
-        /// The node configuration with the [archive] section and its retention policy.
+        /// The node configuration with the `[archive]` section and its retention policy.
         #[arg(long)]
         config: PathBuf,
     },

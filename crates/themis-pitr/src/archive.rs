@@ -40,7 +40,8 @@ pub struct Archive {
     level: i32,
 }
 
-/// What [`Archive::put`] did.
+/// What a put of an object and its manifest entry did ([`Archive::put_wal`],
+/// [`Archive::put_base`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Put {
     /// The object and its entry were written.
