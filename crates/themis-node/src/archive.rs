@@ -232,10 +232,13 @@ async fn lead(
     committed: Lsn,
     stats: &ArchiveStats,
 ) -> Result<(), PitrError> {
-    let (snap_lsn, data) = raft_snapshot(raft_dir).map_err(PitrError::Config)?;
+    // The snapshot file is read (the whole store) only when a base backup is due: the
+    // driver's status says where the snapshot stands.
+    let snapshot_lsn = shared.manager.status().snapshot_lsn;
     let behind = a.position() + 1 < shared.wal.first_lsn();
-    let moved = a.base_lsn().is_none_or(|b| snap_lsn > b);
+    let moved = a.base_lsn().is_none_or(|b| snapshot_lsn > b);
     if !a.has_base() || behind || moved {
+        let (snap_lsn, data) = raft_snapshot(raft_dir).map_err(PitrError::Config)?;
         // The snapshot's last entry committed no later than now: a base backup stamped
         // with now is never chosen for a time before it really covered.
         let hlc = if snap_lsn == 0 { Timestamp::ZERO } else { shared.hlc.now() };
