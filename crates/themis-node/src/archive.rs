@@ -149,6 +149,7 @@ async fn run(
 ) {
     let mut archiver: Option<Archiver> = None;
     let mut last_listed: Option<Instant> = None;
+    let mut entries = std::collections::BTreeMap::new();
     let mut last_pruned: Option<Instant> = None;
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -159,7 +160,7 @@ async fn run(
                 continue;
             }
             last_listed = Some(Instant::now());
-            match archive.manifest().await {
+            match archive.manifest_cached(&mut entries).await {
                 Ok(manifest) => {
                     let through = manifest.archived_through();
                     stats.archived_lsn.store(through, Ordering::Relaxed);

@@ -204,6 +204,34 @@ impl Archive {
         Manifest::parse(&self.cluster, fetched)
     }
 
+    /// [`Archive::manifest`] through a cache of the entries already read: a listing, then
+    /// a fetch of only the entries not in `cache` (entries are written once; retention's
+    /// tier changes do not matter to a position). Entries gone from the listing leave the
+    /// cache. Followers read the archive's position this way without a request per entry.
+    pub async fn manifest_cached(
+        &self,
+        cache: &mut std::collections::BTreeMap<String, Vec<u8>>,
+    ) -> Result<Manifest, PitrError> {
+        let prefix = self.path("manifest");
+        let metas: Vec<_> =
+            self.store.list(Some(&prefix)).try_collect().await.map_err(PitrError::store("list", &prefix))?;
+        let listed: std::collections::BTreeSet<String> =
+            metas.iter().map(|m| m.location.to_string()).collect();
+        cache.retain(|name, _| listed.contains(name));
+        let missing: Vec<_> =
+            metas.into_iter().filter(|m| !cache.contains_key(&m.location.to_string())).collect();
+        let fetched: Vec<(String, Vec<u8>)> = futures_util::stream::iter(missing)
+            .map(|meta| async move {
+                let bytes = self.get(&meta.location).await?;
+                Ok::<_, PitrError>((meta.location.to_string(), bytes.to_vec()))
+            })
+            .buffered(16)
+            .try_collect()
+            .await?;
+        cache.extend(fetched);
+        Manifest::parse(&self.cluster, cache.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+    }
+
     /// Fetches an entry's object, checks its size and SHA-256 against the entry, and
     /// opens it. `restorable_to` is reported as the latest reachable LSN if it is damaged.
     pub async fn fetch(&self, entry: &ManifestEntry, restorable_to: Lsn) -> Result<Vec<u8>, PitrError> {

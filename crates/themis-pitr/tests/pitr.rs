@@ -302,6 +302,12 @@ async fn racing_archivers_on_a_local_directory_never_overwrite_or_duplicate() {
     assert_eq!(manifest.archived_through(), 200);
     let report = a.verify(4).await.unwrap();
     assert!(report.is_healthy(), "{report:?}");
+    // A cached listing reads only new entries and agrees with a full one.
+    let mut cache = std::collections::BTreeMap::new();
+    assert_eq!(a.manifest_cached(&mut cache).await.unwrap(), manifest);
+    let cached = cache.len();
+    assert_eq!(a.manifest_cached(&mut cache).await.unwrap(), manifest);
+    assert_eq!(cache.len(), cached);
     let m = MemoryStateMachine::new();
     restore(&a, RestoreTarget::Latest, &m, 4, |_, _| {}).await.unwrap();
     assert_eq!(state_of(&m), normalize(&f.models[200]));
