@@ -178,6 +178,22 @@ pub fn start(
         }
     }
     let layout = LocalCluster::write(dir, "themis", nodes, 0, mode)?;
+    let (file, mut children) = launch(exe, &layout, mode, quiet)?;
+    // Every node started: hand the processes over instead of killing them.
+    let children = std::mem::take(&mut children.0).into_iter().flatten().collect();
+    Ok((file, children))
+}
+
+/// Starts every node of a layout written by [`LocalCluster::write`] (whose configurations
+/// the caller may have edited) and writes its `cluster.json`. The processes are killed if
+/// one fails to start, and when the returned [`Procs`] is dropped.
+pub fn launch(
+    exe: &Path,
+    layout: &LocalCluster,
+    mode: &str,
+    quiet: bool,
+) -> Result<(ClusterFile, Procs), String> {
+    let dir = &layout.dir;
     let mut children = Procs::default();
     let mut entries = Vec::new();
     for node in &layout.nodes {
@@ -196,8 +212,6 @@ pub fn start(
     }
     let file = ClusterFile { ca: dir.join("certs").join("ca.pem"), mode: mode.to_string(), nodes: entries };
     file.save(dir)?;
-    // Every node started: hand the processes over instead of killing them.
-    let children = std::mem::take(&mut children.0).into_iter().flatten().collect();
     Ok((file, children))
 }
 

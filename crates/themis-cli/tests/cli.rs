@@ -518,6 +518,13 @@ fn slots_ddl_and_a_logical_replica_that_survives_sigkill() {
     assert!(slot_state()["snapshot_lsn"].is_null(), "the initial sync was confirmed");
 }
 
+/// How far a restore from the archive of the node configured in `config` reaches.
+fn archived_through(config: &str) -> u64 {
+    let status = ok(&["archive", "status", "--config", config]);
+    let after = status.split("restorable through LSN ").nth(1).unwrap();
+    after.lines().next().unwrap().trim().parse().unwrap()
+}
+
 /// A 3-node cluster archiving to a directory: writes, the leader killed (SIGKILL), more writes;
 /// the archive verifies with no gap or overlap; a restore to a time between two batches,
 /// started as a node of its own, holds the first batch's documents exactly.
@@ -525,7 +532,7 @@ fn slots_ddl_and_a_logical_replica_that_survives_sigkill() {
 #[allow(clippy::too_many_lines, reason = "one cluster, archived, failed over, restored, in order")]
 fn an_archiving_cluster_survives_its_leader_and_restores_to_a_point_in_time() {
     use std::fmt::Write as _;
-    use themis_cli::cluster::{ClusterFile, NodeEntry, Procs, spawn_node};
+    use themis_cli::cluster::{launch, spawn_node};
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("cluster");
     let archive = tmp.path().join("archive");
@@ -533,8 +540,6 @@ fn an_archiving_cluster_survives_its_leader_and_restores_to_a_point_in_time() {
     std::fs::write(&key, "11".repeat(32)).unwrap();
     let layout = themis_node::LocalCluster::write(&dir, "pitr", 3, 0, "semi_sync").unwrap();
     let exe = assert_cmd::cargo::cargo_bin("themis");
-    let mut procs = Procs::default();
-    let mut nodes = Vec::new();
     for node in &layout.nodes {
         // Snapshots every 16 entries: base backups come from real Raft snapshots.
         let mut text = std::fs::read_to_string(&node.config)
@@ -547,39 +552,15 @@ fn an_archiving_cluster_survives_its_leader_and_restores_to_a_point_in_time() {
             key.display()
         );
         std::fs::write(&node.config, text).unwrap();
-        let log = dir.join(format!("node-{}.log", node.id));
-        let child = spawn_node(&exe, &node.config, &log, true).unwrap();
-        nodes.push(NodeEntry {
-            id: node.id,
-            pid: child.id(),
-            raft: node.raft,
-            client: node.client,
-            admin: node.admin,
-            config: node.config.clone(),
-            log,
-        });
-        procs.0.push(Some(child));
     }
-    ClusterFile { ca: dir.join("certs/ca.pem"), mode: "semi_sync".into(), nodes }.save(&dir).unwrap();
+    let (_, mut procs) = launch(&exe, &layout, "semi_sync", true).unwrap();
     let d = dir.to_str().unwrap();
     let config = layout.nodes[1].config.to_str().unwrap().to_string();
     let put = |id: &str, v: u32| ok(&["put", "orders", id, &format!(r#"{{"v":{v}}}"#), "--dir", d]);
     let lsn_of = |out: String| -> u64 {
         out.split("at LSN ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap()
     };
-    let archived = || -> u64 {
-        let status = ok(&["archive", "status", "--config", &config]);
-        status
-            .split("restorable through LSN ")
-            .nth(1)
-            .unwrap()
-            .trim()
-            .lines()
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap()
-    };
+    let archived = || archived_through(&config);
     let wait_archived = |lsn: u64| {
         for _ in 0..300 {
             if archived() >= lsn {
@@ -609,19 +590,7 @@ fn an_archiving_cluster_survives_its_leader_and_restores_to_a_point_in_time() {
         last = lsn_of(put(&format!("o{i:02}"), 3));
     }
     let config = layout.nodes[(leader + 1) % 3].config.to_str().unwrap().to_string();
-    let archived = || -> u64 {
-        let status = ok(&["archive", "status", "--config", &config]);
-        status
-            .split("restorable through LSN ")
-            .nth(1)
-            .unwrap()
-            .trim()
-            .lines()
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap()
-    };
+    let archived = || archived_through(&config);
     for _ in 0..300 {
         if archived() >= last {
             break;

@@ -852,7 +852,7 @@ impl LogicalReplicationManager {
             if let Some(d) = ddl {
                 self.record_ddl(&d.statement, d.schema_version, event.lsn)?;
             }
-            if !lock(&slot.state).record.config.replicate_ddl {
+            if !slot.filter.replicate_ddl {
                 return Ok(None);
             }
             let (change, _) = LogicalChange::from_event(event, collection, version);
@@ -911,7 +911,7 @@ impl LogicalReplicationManager {
         mut change: LogicalChange,
         stats: &mut SlotStats,
     ) -> Result<Option<LogicalChange>, LogicalError> {
-        let Some(transform) = &lock(&slot.state).record.config.transform.clone() else {
+        let Some(transform) = &slot.filter.transform else {
             return Ok(Some(change));
         };
         transform.apply_steps(&mut change);

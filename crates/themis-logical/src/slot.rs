@@ -93,17 +93,28 @@ impl SlotConfig {
         if let Some(transform) = &self.transform {
             transform.validate().map_err(LogicalError::Config)?;
         }
-        Ok(SlotFilter { include, exclude, predicate, named: self.include.clone() })
+        Ok(SlotFilter {
+            include,
+            exclude,
+            predicate,
+            named: self.include.clone(),
+            replicate_ddl: self.replicate_ddl,
+            transform: self.transform.clone(),
+        })
     }
 }
 
-/// A slot's compiled collection filter and predicate.
+/// A slot's configuration as its reader uses it for every change: the compiled
+/// collection filter and predicate, whether DDL is delivered, the transform. A slot's
+/// configuration never changes (a different one is a new slot).
 #[derive(Debug, Clone)]
 pub struct SlotFilter {
     pub(crate) include: Filter,
     exclude: Option<Filter>,
     pub(crate) predicate: Option<Predicate>,
     named: Vec<String>,
+    pub(crate) replicate_ddl: bool,
+    pub(crate) transform: Option<Transform>,
 }
 
 impl SlotFilter {

@@ -865,6 +865,56 @@ client_addr = "127.0.0.1:8003"
     }
 
     #[test]
+    fn logical_and_archive_settings_load_and_bad_ones_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = base(dir.path());
+        let key = dir.path().join("archive.key");
+        std::fs::write(&key, "ab".repeat(32)).unwrap();
+        let archive = format!("[archive]\nurl = \"file:///tmp/a\"\nkey_file = \"{}\"\n", key.display());
+        let config = NodeConfig::parse(
+            &format!(
+                "{good}\n[logical]\nmax_slot_wal_keep_size_mb = 64\nmax_slots = 8\n{archive}chunk_mb = 4\n"
+            ),
+            |_| None,
+        )
+        .unwrap();
+        assert_eq!(config.logical_config().max_slot_wal_keep_size, Some(64 << 20));
+        assert_eq!(config.logical_config().max_slots, 8);
+        assert_eq!(config.archive.as_ref().unwrap().archiver_config().chunk_bytes, 4 << 20);
+        let cases = [
+            (format!("{good}\n[logical]\nmax_slots = 0\n"), "logical.max_slots = 0"),
+            (
+                format!("{good}\n[logical]\nmax_slot_wal_keep_size_mb = 9999999999\n"),
+                "max_slot_wal_keep_size_mb",
+            ),
+            (format!("{good}\n[logical]\nslots = 1\n"), "unknown field `slots`"),
+            (format!("{good}\n[archive]\nurl = \"file:///tmp/a\"\n"), "give key_file or key_env"),
+            (format!("{good}\n{archive}chunk_mb = 0\n"), "archive.chunk_mb = 0"),
+            (format!("{good}\n{archive}timeout_secs = 0\n"), "archive.timeout_secs = 0"),
+            (
+                format!("{good}\n[archive]\nurl = \"not a url\"\nkey_file = \"{}\"\n", key.display()),
+                "archive.url",
+            ),
+            (
+                format!("{good}\n[archive]\nurl = \"file:///a\"\nkey_file = \"/nonexistent.key\"\n"),
+                "/nonexistent.key",
+            ),
+            (
+                format!("{good}\n{archive}[archive.retention]\nkeep_base_backups = 0\n"),
+                "keep_base_backups = 0",
+            ),
+            (
+                format!("{good}\n{archive}[archive.retention]\ncold_storage_class = \"GLACIER\"\n"),
+                "go together",
+            ),
+        ];
+        for (text, needle) in cases {
+            let err = NodeConfig::parse(&text, |_| None).unwrap_err();
+            assert!(err.to_string().contains(needle), "{needle}: {err}");
+        }
+    }
+
+    #[test]
     fn risky_settings_are_accepted_with_a_warning_each() {
         let dir = tempfile::tempdir().unwrap();
         let good = base(dir.path());

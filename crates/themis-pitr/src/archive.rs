@@ -190,18 +190,7 @@ impl Archive {
 
     /// Every manifest entry, parsed and checked to belong to this cluster.
     pub async fn manifest(&self) -> Result<Manifest, PitrError> {
-        let prefix = self.path("manifest");
-        let metas: Vec<_> =
-            self.store.list(Some(&prefix)).try_collect().await.map_err(PitrError::store("list", &prefix))?;
-        let fetched: Vec<(String, Vec<u8>)> = futures_util::stream::iter(metas)
-            .map(|meta| async move {
-                let bytes = self.get(&meta.location).await?;
-                Ok::<_, PitrError>((meta.location.to_string(), bytes.to_vec()))
-            })
-            .buffered(16)
-            .try_collect()
-            .await?;
-        Manifest::parse(&self.cluster, fetched)
+        self.manifest_cached(&mut std::collections::BTreeMap::new()).await
     }
 
     /// [`Archive::manifest`] through a cache of the entries already read: a listing, then

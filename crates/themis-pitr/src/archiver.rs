@@ -188,13 +188,11 @@ impl Archiver {
 /// The commit timestamps of the first and last records of a run of records.
 fn timestamps(bytes: &bytes::Bytes) -> Result<(Timestamp, Timestamp), PitrError> {
     let bad = |e: record::RecordError| PitrError::Config(format!("the WAL's records do not decode: {e}"));
-    let (first, mut len) = record::decode(bytes, 0, bytes.len()).map_err(bad)?;
+    let (first, mut offset) = record::decode(bytes, 0, bytes.len()).map_err(bad)?;
     let mut last = first.timestamp;
-    let mut offset = len;
     while offset < bytes.len() {
-        let (e, l) = record::decode(bytes, offset, bytes.len()).map_err(bad)?;
+        let (e, len) = record::decode(bytes, offset, bytes.len()).map_err(bad)?;
         last = e.timestamp;
-        len = l;
         offset += len;
     }
     Ok((first.timestamp, last))

@@ -98,8 +98,7 @@ pub fn seal(
 }
 
 /// Reads an object's header without opening it.
-pub fn header(object: &str, bytes: &[u8]) -> Result<Header, String> {
-    let _ = object;
+pub fn header(bytes: &[u8]) -> Result<Header, String> {
     if bytes.len() < HEADER_LEN + 16 {
         return Err(format!("{} bytes, shorter than a header and a tag", bytes.len()));
     }
@@ -142,7 +141,7 @@ pub fn open(
         message,
         restorable_to,
     };
-    let header = header(object, bytes).map_err(|m| damaged(0, 0, m))?;
+    let header = header(bytes).map_err(|m| damaged(0, 0, m))?;
     let damaged = |m: String| damaged(header.first_lsn, header.last_lsn, m);
     if !keyring.holds(header.key) {
         return Err(PitrError::UnknownKey {
