@@ -20,6 +20,7 @@
 pub use themis_cdc as cdc;
 pub use themis_clock as clock;
 pub use themis_crdt as crdt;
+pub use themis_geo as geo;
 pub use themis_logical as logical;
 pub use themis_pitr as pitr;
 pub use themis_raft as raft;
@@ -34,6 +35,10 @@ pub mod prelude {
     pub use themis_clock::{CausalOrder, ClockError, Hlc, NodeId, PhysicalClock, Timestamp, VectorClock};
     pub use themis_crdt::{
         ConflictResolver, Crdt, CrdtError, GCounter, LwwRegister, OrSet, PnCounter, Resolution, Strategy,
+    };
+    pub use themis_geo::{
+        ConsistencyLevel, GeoConfig, GeoError, ReadConsistency, ReplicationTier, SessionToken, TokenCodec,
+        WriteConcern,
     };
     pub use themis_logical::{
         ChangeBatch, LogicalChange, LogicalConfig, LogicalError, LogicalReplicationManager, OutputPlugin,
