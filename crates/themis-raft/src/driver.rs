@@ -18,6 +18,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -37,7 +38,7 @@ use crate::durable::WalStorage;
 use crate::error::{RaftError, StorageError};
 use crate::message::{Body, Message};
 use crate::progress::ProgressState;
-use crate::raw_node::{RawNode, Ready};
+use crate::raw_node::{RawNode, Ready, Status};
 use crate::signing::SharedVotes;
 use crate::storage::Storage;
 use crate::transfer::{AckOutcome, Outgoing, Received, Receiver};
@@ -312,6 +313,11 @@ pub struct DriverStatus {
     pub snapshot_transfers: Vec<SnapshotTransfer>,
     /// The LSN of this node's latest snapshot (its log is compacted up to there).
     pub snapshot_lsn: Lsn,
+    /// The newest time (the leader's clock, HLC physical ms) as of which this node has
+    /// applied every committed write; 0 until known. A leader holding its lease with
+    /// everything committed applied is fresh as of now; a follower as of the heartbeat
+    /// whose whole commit LSN it has applied.
+    pub safe_ms: u64,
 }
 
 /// Running totals of a driver, for metrics.
@@ -520,6 +526,7 @@ pub struct ReplicationManager {
     history: Recent<FailoverEvent>,
     alerts: broadcast::Sender<HealthAlert>,
     alert_history: Recent<AlertEvent>,
+    safe_ms: Arc<AtomicU64>,
 }
 
 /// A health alert with when it was raised.
@@ -595,6 +602,14 @@ impl ReplicationManager {
             }
             applied.changed().await.map_err(|_| DriverError::Stopped("the applier has ended".into()))?;
         }
+    }
+
+    /// The newest time (the leader's clock, HLC physical ms) as of which this node has
+    /// applied every committed write; 0 until known ([`DriverStatus::safe_ms`], without
+    /// copying the status).
+    #[must_use]
+    pub fn safe_time_ms(&self) -> u64 {
+        self.safe_ms.load(Ordering::Relaxed)
     }
 
     /// The LSN the state machine has applied.
@@ -797,6 +812,7 @@ impl Driver {
         let accept = tokio::spawn(accept_loop(listener, inbound_tx, config.peer.clone(), votes));
         let (commands_tx, commands) = mpsc::channel(config.max_pending.min(1 << 16));
         let (status_tx, status) = watch::channel(DriverStatus::default());
+        let safe_ms = Arc::new(AtomicU64::new(0));
         let history = Recent::new();
         let (alerts, _) = broadcast::channel(256);
         let alert_history = Recent::new();
@@ -837,6 +853,8 @@ impl Driver {
             sent_id: None,
             chunks_tx,
             incoming: None,
+            freshness: Freshness { closed: VecDeque::new(), safe_ms: Arc::clone(&safe_ms) },
+            next_tick: Instant::now(),
         };
         driver.sync_peers();
         let handle = tokio::spawn(async move {
@@ -857,8 +875,9 @@ impl Driver {
             });
             result
         });
+        let commands = commands_tx;
         Ok((
-            ReplicationManager { id, commands: commands_tx, applied, status, history, alerts, alert_history },
+            ReplicationManager { id, commands, applied, status, history, alerts, alert_history, safe_ms },
             handle,
         ))
     }
@@ -1063,7 +1082,26 @@ struct Loop {
     chunks_tx: mpsc::Sender<SnapshotChunk>,
     /// The snapshot this node is receiving: from whom, which, bytes held.
     incoming: Option<(NodeId, SnapshotId, u64)>,
+    freshness: Freshness,
+    /// When the next tick is due: ticks follow the monotonic clock, so a process that was
+    /// paused counts the time it lost before it serves anything (a lease included).
+    next_tick: Instant,
 }
+
+/// Most election timeouts' worth of ticks a driver catches up at once after a pause:
+/// enough to expire any lease and run out the election timer, no more.
+const MAX_CATCH_UP_ELECTIONS: u64 = 3;
+
+/// What a node knows of how fresh its state is.
+struct Freshness {
+    /// Closed points (whole commit LSN, leader clock ms) from heartbeats, not yet applied.
+    closed: VecDeque<(Lsn, u64)>,
+    /// See [`DriverStatus::safe_ms`].
+    safe_ms: Arc<AtomicU64>,
+}
+
+/// Most closed points a follower keeps while its applier catches up.
+const MAX_CLOSED: usize = 64;
 
 /// How long a snapshot transfer may go without an answer that moves it before chunks are
 /// sent again from what the receiver holds.
@@ -1125,10 +1163,11 @@ impl Loop {
     ) -> Result<(), DriverError> {
         let mut ticker = tokio::time::interval(self.config.tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        self.next_tick = Instant::now() + self.config.tick;
         loop {
             tokio::select! {
                 _ = ticker.tick() => {
-                    self.node.tick()?;
+                    self.catch_up_ticks()?;
                     // An applier that failed applies nothing more: a node that went on
                     // leading or voting over it would serve stale state. Checked once a
                     // tick, so the hot path does not wake for every applied batch.
@@ -1144,9 +1183,13 @@ impl Loop {
                 }
                 msg = inbound.recv() => {
                     let Some((from, bytes)) = msg else { return Err(DriverError::Stopped("inbound closed".into())) };
+                    // Time first: after a pause, a message must meet the node's state
+                    // as of now (an expired lease, an election timeout), not as of before.
+                    self.catch_up_ticks()?;
                     self.step(from, &bytes);
                 }
                 cmd = commands.recv() => {
+                    self.catch_up_ticks()?;
                     match cmd {
                         None | Some(Command::Shutdown) => return Ok(()),
                         Some(cmd) => self.command(cmd),
@@ -1181,6 +1224,32 @@ impl Loop {
             }
             self.maybe_snapshot().await?;
         }
+    }
+
+    /// Ticks the core once for every tick period the monotonic clock has passed since the
+    /// last, up to [`MAX_CATCH_UP_ELECTIONS`] election timeouts' worth. A process stopped
+    /// (`SIGSTOP`, a VM pause, a long GC-like stall) resumes with its lease expired and its
+    /// election timer run out, instead of a tick count that lost the pause.
+    fn catch_up_ticks(&mut self) -> Result<(), DriverError> {
+        let now = Instant::now();
+        if now < self.next_tick {
+            return Ok(());
+        }
+        let tick = self.config.tick;
+        let behind = now.duration_since(self.next_tick).as_nanos() / tick.as_nanos().max(1) + 1;
+        let cap = u128::from(MAX_CATCH_UP_ELECTIONS * self.config.raft.election_tick).max(1);
+        if behind > 2 {
+            tracing::warn!(node = %self.id, ticks = behind as u64, "the driver fell behind its clock (paused?); catching up");
+        }
+        for _ in 0..behind.min(cap) {
+            self.node.tick()?;
+        }
+        // The next tick is one period after the last whole period passed.
+        self.next_tick += tick * u32::try_from(behind).unwrap_or(u32::MAX);
+        if self.next_tick <= now {
+            self.next_tick = now + tick;
+        }
+        Ok(())
     }
 
     /// Fails reads whose confirmation is overdue: a `ReadIndex` forwarded to the leader,
@@ -1771,6 +1840,7 @@ impl Loop {
             self.alerting.clear();
         }
         let applied_lsn = self.applied.borrow().clone().unwrap_or(0);
+        let safe_ms = self.advance_safe_time(&status, applied_lsn, now_ms);
         self.status_tx.send_replace(DriverStatus {
             id: self.id,
             role: format!("{:?}", status.soft_state.role),
@@ -1793,7 +1863,37 @@ impl Loop {
             },
             snapshot_transfers: self.transfers(),
             snapshot_lsn: self.storage.snapshot_meta().lsn,
+            safe_ms,
         });
+    }
+
+    /// Moves the safe time on: queues the newest closed point a heartbeat brought, takes
+    /// those the applier has reached, and, on a leader holding its lease with everything
+    /// committed applied, is now.
+    fn advance_safe_time(&mut self, status: &Status, applied_lsn: Lsn, now_ms: u64) -> u64 {
+        let mut safe = self.freshness.safe_ms.load(Ordering::Relaxed);
+        if status.soft_state.role == Role::Leader {
+            self.freshness.closed.clear();
+            if status.lease_valid && applied_lsn >= status.hard_state.commit {
+                safe = safe.max(now_ms);
+            }
+        } else if let Some(point) = self.node.closed()
+            && self.freshness.closed.back().is_none_or(|last| point.1 > last.1)
+        {
+            if self.freshness.closed.len() == MAX_CLOSED {
+                self.freshness.closed.pop_front();
+            }
+            self.freshness.closed.push_back(point);
+        }
+        while let Some(&(lsn, ms)) = self.freshness.closed.front() {
+            if lsn > applied_lsn {
+                break;
+            }
+            safe = safe.max(ms);
+            self.freshness.closed.pop_front();
+        }
+        self.freshness.safe_ms.store(safe, Ordering::Relaxed);
+        safe
     }
 
     /// The snapshot transfers in progress, both ways.

@@ -69,6 +69,11 @@ pub enum Body {
         commit: Lsn,
         /// The heartbeat round.
         round: u64,
+        /// The leader's whole commit LSN when it sent the heartbeat (not capped)...
+        closed: Lsn,
+        /// ... and its clock then (HLC physical ms): a member that has applied `closed`
+        /// holds every write committed before `closed_ms` (bounded-staleness reads).
+        closed_ms: u64,
     },
     /// An answer to a heartbeat.
     HeartbeatResponse {

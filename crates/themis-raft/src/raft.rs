@@ -91,6 +91,8 @@ pub(crate) struct Raft<S> {
     round_ticks: VecDeque<(u64, u64)>,
     /// Rounds before this one do not back the lease (a transfer started after them).
     lease_min_round: u64,
+    /// The newest (whole commit LSN, clock ms) a leader's heartbeat carried.
+    pub(crate) closed: Option<(Lsn, u64)>,
     pending_reads: VecDeque<PendingRead>,
     reads_before_commit: Vec<(Bytes, Option<NodeId>)>,
     read_round_due: bool,
@@ -148,6 +150,7 @@ impl<S: Storage> Raft<S> {
             round: 0,
             round_ticks: VecDeque::new(),
             lease_min_round: 0,
+            closed: None,
             pending_reads: VecDeque::new(),
             reads_before_commit: Vec::new(),
             read_round_due: false,
@@ -657,8 +660,11 @@ impl<S: Storage> Raft<S> {
                 self.heard_from_leader(m.from);
                 self.handle_append(m.from, prev_lsn, prev_term, &entries, commit)
             }
-            Body::Heartbeat { commit, round } => {
+            Body::Heartbeat { commit, round, closed, closed_ms } => {
                 self.heard_from_leader(m.from);
+                if self.closed.is_none_or(|(lsn, ms)| closed >= lsn && closed_ms >= ms) {
+                    self.closed = Some((closed, closed_ms));
+                }
                 let last = self.log.last_lsn()?;
                 self.log.commit_to(commit.min(last));
                 self.on_commit()?;
@@ -895,8 +901,10 @@ impl<S: Storage> Raft<S> {
             .filter(|(id, _)| **id != self.id)
             .map(|(id, pr)| (*id, pr.match_lsn.min(self.log.committed)))
             .collect();
+        let closed = self.log.committed;
+        let closed_ms = (self.clock)().physical_ms();
         for (to, commit) in beats {
-            self.send(to, Body::Heartbeat { commit, round: self.round });
+            self.send(to, Body::Heartbeat { commit, round: self.round, closed, closed_ms });
         }
     }
 

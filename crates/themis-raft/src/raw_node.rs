@@ -325,6 +325,14 @@ impl<S: Storage> RawNode<S> {
         self.raft.leader
     }
 
+    /// The newest closed point a leader's heartbeat carried: its whole commit LSN and its
+    /// clock (HLC physical ms) when it sent it. Once this node has applied that LSN it
+    /// holds every write committed before that time.
+    #[must_use]
+    pub fn closed(&self) -> Option<(Lsn, u64)> {
+        self.raft.closed
+    }
+
     /// The membership in force.
     #[must_use]
     pub fn conf_state(&self) -> &ConfState {

@@ -16,7 +16,7 @@ use crate::signing::{Signature, VoteClaim};
 use crate::types::{Snapshot, SnapshotMeta};
 
 /// The layout version.
-pub const WIRE_VERSION: u8 = 1;
+pub const WIRE_VERSION: u8 = 2;
 
 /// LSNs and terms on the wire stay below this, so no arithmetic on them (`lsn + 1`, a
 /// count of entries after `prev_lsn`) can overflow in the decoder or in the core. A cluster
@@ -199,9 +199,11 @@ pub fn encode(message: &Message) -> Vec<u8> {
             out.put_u64_le(*hint_lsn);
             out.put_u64_le(*hint_term);
         }
-        Body::Heartbeat { commit, round } => {
+        Body::Heartbeat { commit, round, closed, closed_ms } => {
             out.put_u64_le(*commit);
             out.put_u64_le(*round);
+            out.put_u64_le(*closed);
+            out.put_u64_le(*closed_ms);
         }
         Body::HeartbeatResponse { round } => out.put_u64_le(*round),
         Body::Snapshot(snapshot) => {
@@ -473,7 +475,12 @@ pub fn decode(buf: &Bytes, limits: &WireLimits) -> Result<Message, RaftError> {
                 hint_term: r.lsn("hint term")?,
             }
         }
-        TAG_HEARTBEAT => Body::Heartbeat { commit: r.lsn("commit")?, round: r.u64("round")? },
+        TAG_HEARTBEAT => Body::Heartbeat {
+            commit: r.lsn("commit")?,
+            round: r.u64("round")?,
+            closed: r.lsn("closed")?,
+            closed_ms: r.u64("closed_ms")?,
+        },
         TAG_HEARTBEAT_RESPONSE => Body::HeartbeatResponse { round: r.u64("round")? },
         TAG_SNAPSHOT => {
             let meta = r.bytes(1 << 20, "snapshot metadata")?;
@@ -552,7 +559,7 @@ mod tests {
             Body::Append { prev_lsn: 4, prev_term: 3, entries: vec![entry(5), entry(6)], commit: 4 },
             Body::Append { prev_lsn: 4, prev_term: 3, entries: vec![], commit: 4 },
             Body::AppendResponse { reject: true, lsn: 4, hint_lsn: 2, hint_term: 1 },
-            Body::Heartbeat { commit: 3, round: 11 },
+            Body::Heartbeat { commit: 3, round: 11, closed: 5, closed_ms: 1_700_000_000_000 },
             Body::HeartbeatResponse { round: 11 },
             Body::Snapshot(Snapshot { meta, data: Bytes::from_static(b"state") }),
             Body::TimeoutNow,
