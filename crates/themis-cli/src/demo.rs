@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use themis_node::{Client, Consistency};
 
 use crate::cluster::{self, Procs};
-use crate::workload::{self, Acked, Spec};
+use crate::workload::{self, Spec};
 
 /// The demo's settings.
 #[derive(Debug, Clone)]
@@ -96,7 +96,7 @@ pub fn run(exe: &std::path::Path, options: &DemoOptions) -> Result<(), String> {
         println!("{}", outcome.report(&spec, workload::compression_ratio(&status)));
         for (i, client) in clients.iter().enumerate() {
             let Some(client) = client else { continue };
-            verify(client, &outcome.acked, i + 1).await?;
+            verify(client, &outcome, i + 1).await?;
         }
         println!("verified: zero acknowledged writes lost across the failover");
         Ok::<usize, String>(first)
@@ -144,11 +144,16 @@ async fn wait_for_leader(clients: &[Option<Client>], limit: Duration) -> Option<
 }
 
 /// Checks that the node behind `client` holds every acknowledged write.
-async fn verify(client: &Client, acked: &[Acked], node: usize) -> Result<(), String> {
+async fn verify(client: &Client, outcome: &workload::Outcome, node: usize) -> Result<(), String> {
+    let acked = &outcome.acked;
     let top = acked.iter().map(|a| a.token).max().unwrap_or(0);
+    for token in &outcome.sessions {
+        client.set_session_token(token);
+    }
     let started = Instant::now();
-    // Wait until the node has applied the last acknowledged write.
-    client.get("demo", "-", Consistency::Session(top)).await.map_err(|e| format!("node {node}: {e}"))?;
+    // Wait until the node has applied the last acknowledged write: a session read in the
+    // writers' session.
+    client.get("demo", "-", Consistency::Session(None)).await.map_err(|e| format!("node {node}: {e}"))?;
     let caught_up = started.elapsed();
     let mut missing = 0usize;
     // Many reads in flight on one pipelined connection.

@@ -83,12 +83,19 @@ themis get users ada --consistency session --token 42 --dir /tmp/themis")]
         collection: String,
         /// The document id.
         id: String,
-        /// strong (linearizable), session (needs --token) or eventual.
-        #[arg(long, default_value = "strong", value_parser = ["strong", "session", "eventual"])]
+        /// strong (linearizable), bounded (at most --max-staleness-ms behind), session
+        /// (sees what --token covers), prefix or eventual.
+        #[arg(long, default_value = "strong", value_parser = ["strong", "bounded", "session", "prefix", "eventual"])]
         consistency: String,
-        /// The session token a write printed.
+        /// A bounded read's bound in ms (default: the node's geo.max_staleness_ms).
+        #[arg(long, value_parser = parse_staleness)]
+        max_staleness_ms: Option<u64>,
+        /// A bounded read's bound in versions (LSNs behind the commit).
         #[arg(long)]
-        token: Option<u64>,
+        max_versions: Option<u64>,
+        /// The session token a write or read printed.
+        #[arg(long)]
+        token: Option<String>,
         #[command(flatten)]
         target: Target,
     },
@@ -697,27 +704,15 @@ fn run(command: Cmd) -> Result<ExitCode, String> {
             }
             serde_json::from_str::<serde_json::Value>(&doc)
                 .map_err(|e| format!("the document is not JSON: {e}"))?;
-            let lsn = block_on(async {
-                target.connect().await?.put(&collection, &id, doc.as_bytes()).await.map_err(|e| e.to_string())
+            let (lsn, session) = block_on(async {
+                let client = target.connect().await?;
+                let lsn = client.put(&collection, &id, doc.as_bytes()).await.map_err(|e| e.to_string())?;
+                Ok::<_, String>((lsn, client.session_token().unwrap_or_default()))
             })?;
-            println!("written {collection}/{id} at LSN {lsn} (session token {lsn})");
+            println!("written {collection}/{id} at LSN {lsn} (session token {session})");
         }
-        Cmd::Get { collection, id, consistency, token, target } => {
-            let consistency = match (consistency.as_str(), token) {
-                ("session", Some(t)) => Consistency::Session(t),
-                ("session", None) => {
-                    return Err("--consistency session needs --token N (a write's LSN)".into());
-                }
-                ("eventual", _) => Consistency::Eventual,
-                _ => Consistency::Strong,
-            };
-            let doc = block_on(async {
-                target.connect().await?.get(&collection, &id, consistency).await.map_err(|e| e.to_string())
-            })?;
-            match doc {
-                Some(doc) => println!("{}", String::from_utf8_lossy(&doc)),
-                None => return Err(format!("{collection}/{id}: not found")),
-            }
+        Cmd::Get { collection, id, consistency, max_staleness_ms, max_versions, token, target } => {
+            get_doc(&collection, &id, &consistency, max_staleness_ms, max_versions, token, &target)?;
         }
         Cmd::Delete { collection, id, target } => {
             let lsn = block_on(async {
@@ -1264,6 +1259,49 @@ fn bench(
     }
     if report.writes == 0 {
         return Err("no write was acknowledged".into());
+    }
+    Ok(())
+}
+
+/// `--max-staleness-ms`: 1 ms to a day; a negative or zero bound is refused by name.
+fn parse_staleness(text: &str) -> Result<u64, String> {
+    themis_replication::geo::parse_staleness_ms(text).map_err(|e| e.to_string())
+}
+
+/// `themis get`: reads a document at a level and prints it (the session token to stderr).
+fn get_doc(
+    collection: &str,
+    id: &str,
+    consistency: &str,
+    max_staleness_ms: Option<u64>,
+    max_versions: Option<u64>,
+    token: Option<String>,
+    target: &Target,
+) -> Result<(), String> {
+    if consistency != "bounded" && (max_staleness_ms.is_some() || max_versions.is_some()) {
+        return Err("--max-staleness-ms and --max-versions go with --consistency bounded".into());
+    }
+    if consistency != "session" && token.is_some() {
+        return Err("--token goes with --consistency session".into());
+    }
+    let consistency = match consistency {
+        "bounded" => Consistency::Bounded { max_staleness_ms: max_staleness_ms.unwrap_or(0), max_versions },
+        "session" => Consistency::Session(token),
+        "prefix" => Consistency::Prefix,
+        "eventual" => Consistency::Eventual,
+        _ => Consistency::Strong,
+    };
+    let (doc, session) = block_on(async {
+        let client = target.connect().await?;
+        let doc = client.get(collection, id, consistency).await.map_err(|e| e.to_string())?;
+        Ok::<_, String>((doc, client.session_token()))
+    })?;
+    if let Some(session) = session {
+        eprintln!("session token {session}");
+    }
+    match doc {
+        Some(doc) => println!("{}", String::from_utf8_lossy(&doc)),
+        None => return Err(format!("{collection}/{id}: not found")),
     }
     Ok(())
 }

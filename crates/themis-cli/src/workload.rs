@@ -66,6 +66,9 @@ pub struct Outcome {
     pub lag_ms: Vec<u64>,
     /// How long it wrote.
     pub elapsed: Duration,
+    /// Each connection's session token at the end: together they cover every
+    /// acknowledged write.
+    pub sessions: Vec<String>,
 }
 
 /// The figures a run is reported with.
@@ -200,6 +203,7 @@ pub fn progress(duration: Duration) -> ProgressBar {
 
 /// Runs `spec` against the nodes at `addrs`. Halfway through, `halfway` is called (the
 /// demo kills the leader there); it returns the addresses still to sample lag from.
+#[allow(clippy::too_many_lines, reason = "one run: connect, write, sample lag, stop, collect")]
 pub async fn run(
     addrs: &[SocketAddr],
     credentials: &Credentials,
@@ -309,9 +313,19 @@ pub async fn run(
     let _ = sampler.await;
     let _ = ticker.await;
     bar.finish_and_clear();
-    let acked = std::mem::take(&mut *acked.lock().unwrap_or_else(PoisonError::into_inner));
-    let lag_ms = std::mem::take(&mut *lag.lock().unwrap_or_else(PoisonError::into_inner));
-    Outcome { acked, failed: failed.load(Ordering::Relaxed), lag_ms, elapsed }
+    let sessions = conns.iter().flatten().filter_map(|c| c.session_token()).collect();
+    Outcome {
+        acked: take(&acked),
+        failed: failed.load(Ordering::Relaxed),
+        lag_ms: take(&lag),
+        elapsed,
+        sessions,
+    }
+}
+
+/// Empties a shared buffer.
+fn take<T: Default>(shared: &Mutex<T>) -> T {
+    std::mem::take(&mut *shared.lock().unwrap_or_else(PoisonError::into_inner))
 }
 
 #[cfg(test)]
@@ -324,7 +338,13 @@ mod tests {
         let acked = (1..=100u64)
             .map(|i| Acked { key: i.to_string(), token: i, sent: now, done: now + Duration::from_millis(i) })
             .collect();
-        let outcome = Outcome { acked, failed: 2, lag_ms: vec![1, 2, 3, 4], elapsed: Duration::from_secs(2) };
+        let outcome = Outcome {
+            acked,
+            failed: 2,
+            lag_ms: vec![1, 2, 3, 4],
+            elapsed: Duration::from_secs(2),
+            sessions: vec![],
+        };
         let spec = Spec {
             clients: 4,
             conns: 2,

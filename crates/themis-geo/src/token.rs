@@ -29,7 +29,7 @@ const PREFIX: &str = "s1";
 /// What a session has seen.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct SessionToken {
-    /// The Raft term of the entry at `lsn`.
+    /// The issuer's Raft term when it issued the token.
     pub term: u64,
     /// The newest LSN the session has seen.
     pub lsn: u64,
@@ -67,8 +67,9 @@ impl SessionToken {
     }
 
     /// Refuses a token the log contradicts: a term beyond the cluster's, an LSN beyond the
-    /// log's end (`last_lsn`, the leader's last entry), or an entry at its LSN from another
-    /// term (`term_at` answers `None` for an LSN compacted away or not held here).
+    /// log's end (`last_lsn`, the leader's last entry), or, for a token issued for a write
+    /// (whose term is its entry's), an entry at its LSN from a later term (`term_at`
+    /// answers `None` for an LSN compacted away or not held here, or when unknown).
     pub fn check_against_log(
         &self,
         current_term: u64,
@@ -84,10 +85,10 @@ impl SessionToken {
         }
         if self.lsn > 0
             && let Some(term) = term_at(self.lsn)
-            && term != self.term
+            && term > self.term
         {
             return Err(bad(format!(
-                "the entry at LSN {} is from term {term}, not {}: the token is from another history",
+                "the entry at LSN {} is from term {term}, after the token's term {}: the token is from another history",
                 self.lsn, self.term
             )));
         }
@@ -297,8 +298,12 @@ mod tests {
         assert!(err.contains("term 3 is beyond the cluster's term 2"), "{err}");
         let err = t.check_against_log(3, 1041, |_| Some(3)).unwrap_err().to_string();
         assert!(err.contains("beyond the end of the log (1041)"), "{err}");
-        let err = t.check_against_log(4, 5000, |_| Some(2)).unwrap_err().to_string();
-        assert!(err.contains("from term 2, not 3"), "{err}");
+        let err = t.check_against_log(4, 5000, |_| Some(4)).unwrap_err().to_string();
+        assert!(err.contains("from term 4, after the token's term 3"), "{err}");
+        assert!(
+            t.check_against_log(4, 5000, |_| Some(2)).is_ok(),
+            "a read token's term is the issuer's, not the entry's"
+        );
     }
 
     #[test]

@@ -18,6 +18,7 @@ use axum::response::{IntoResponse, Response as HttpResponse};
 use axum::routing::{get, post, put};
 use serde_json::{Value, json};
 use themis_replication::clock::NodeId;
+use themis_replication::geo::{ConsistencyLevel, parse_staleness_ms};
 use themis_replication::raft::DriverStatus;
 use tokio::net::TcpListener;
 
@@ -298,24 +299,43 @@ pub(crate) fn bad_request(message: &str) -> HttpResponse {
     error(StatusCode::BAD_REQUEST, ErrorCode::BadRequest.as_str(), message)
 }
 
+fn with_token(out: &mut HttpResponse, token: &str) {
+    // A token is ASCII by construction; a value that is not is left out, not sent broken.
+    if let Ok(value) = HeaderValue::from_str(token) {
+        out.headers_mut().insert(SESSION_HEADER, value);
+    }
+}
+
 /// The HTTP form of a node answer.
 pub(crate) fn reply(response: Response) -> HttpResponse {
     match response {
-        Response::Written { lsn } => {
-            let mut out = axum::Json(json!({ "lsn": lsn, "session_token": lsn.to_string() })).into_response();
-            out.headers_mut().insert(SESSION_HEADER, HeaderValue::from(lsn));
+        Response::Written { lsn, session_token } => {
+            let mut out = axum::Json(json!({ "lsn": lsn, "session_token": session_token })).into_response();
+            with_token(&mut out, &session_token);
             out
         }
-        Response::Value { value: Some(doc), applied_lsn } => {
+        Response::Value { value: Some(doc), applied_lsn, session_token } => {
             let mut out = (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], doc).into_response();
             out.headers_mut().insert(APPLIED_HEADER, HeaderValue::from(applied_lsn));
+            with_token(&mut out, &session_token);
             out
         }
-        Response::Value { value: None, applied_lsn } => {
+        Response::Value { value: None, applied_lsn, session_token } => {
             let mut out = error(StatusCode::NOT_FOUND, "not_found", "no such document");
             out.headers_mut().insert(APPLIED_HEADER, HeaderValue::from(applied_lsn));
+            with_token(&mut out, &session_token);
             out
         }
+        Response::Redirect { reason, leader, leader_addr } => (
+            StatusCode::MISDIRECTED_REQUEST,
+            axum::Json(json!({
+                "code": "redirect",
+                "message": reason,
+                "leader": leader,
+                "leader_client_addr": leader_addr,
+            })),
+        )
+            .into_response(),
         Response::NotLeader { leader, leader_addr } => (
             StatusCode::MISDIRECTED_REQUEST,
             axum::Json(json!({
@@ -522,24 +542,50 @@ async fn get_doc(
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> HttpResponse {
-    let token = match headers.get(SESSION_HEADER).map(|v| v.to_str().ok().and_then(|t| t.parse::<u64>().ok()))
-    {
-        None => None,
-        Some(Some(t)) => Some(t),
-        Some(None) => return bad_request(&format!("{SESSION_HEADER}: expected the LSN a write returned")),
-    };
-    let consistency = match (query.get("consistency").map(String::as_str), token) {
-        (None | Some("strong"), _) => Consistency::Strong,
-        (Some("eventual"), _) => Consistency::Eventual,
-        (Some("session"), Some(t)) => Consistency::Session(t),
-        (Some("session"), None) => {
-            return bad_request(&format!("consistency=session needs the {SESSION_HEADER} header"));
-        }
-        (Some(other), _) => {
-            return bad_request(&format!("consistency={other:?}: expected strong, session or eventual"));
-        }
+    let consistency = match read_consistency(&query, &headers, state.shared.geo.default_level) {
+        Ok(c) => c,
+        Err(message) => return bad_request(&message),
     };
     run(&state, Request::Get { collection, id, consistency }).await
+}
+
+/// A read's level from `?consistency=`, `max_staleness_ms=`, `max_versions=` and the
+/// session token header; the node's default level when none is named.
+fn read_consistency(
+    query: &HashMap<String, String>,
+    headers: &HeaderMap,
+    default: ConsistencyLevel,
+) -> Result<Consistency, String> {
+    let token = match headers.get(SESSION_HEADER).map(|v| v.to_str()) {
+        None => None,
+        Some(Ok(t)) => Some(t.to_owned()),
+        Some(Err(_)) => return Err(format!("{SESSION_HEADER}: not a token (non-ASCII bytes)")),
+    };
+    let level = match query.get("consistency") {
+        None => default,
+        Some(name) => name.parse::<ConsistencyLevel>().map_err(|e| format!("consistency: {e}"))?,
+    };
+    let staleness = query
+        .get("max_staleness_ms")
+        .map(|v| parse_staleness_ms(v))
+        .transpose()
+        .map_err(|e| e.to_string())?;
+    let versions = query
+        .get("max_versions")
+        .map(|v| v.parse::<u64>().map_err(|_| format!("max_versions = {v:?}: expected a whole number")))
+        .transpose()?;
+    if level != ConsistencyLevel::BoundedStaleness && (staleness.is_some() || versions.is_some()) {
+        return Err(format!("max_staleness_ms and max_versions apply to consistency=bounded, not {level}"));
+    }
+    Ok(match level {
+        ConsistencyLevel::Strong => Consistency::Strong,
+        ConsistencyLevel::BoundedStaleness => {
+            Consistency::Bounded { max_staleness_ms: staleness.unwrap_or(0), max_versions: versions }
+        }
+        ConsistencyLevel::Session => Consistency::Session(token),
+        ConsistencyLevel::ConsistentPrefix => Consistency::Prefix,
+        ConsistencyLevel::Eventual => Consistency::Eventual,
+    })
 }
 
 async fn openapi() -> HttpResponse {
@@ -678,7 +724,16 @@ mod tests {
                 "outcome_unknown",
             ),
             (Response::NotLeader { leader: Some(2), leader_addr: None }, 421, "not_leader"),
-            (Response::Value { value: None, applied_lsn: 3 }, 404, "not_found"),
+            (
+                Response::Value { value: None, applied_lsn: 3, session_token: "s1.1.3.a.0.00".into() },
+                404,
+                "not_found",
+            ),
+            (
+                Response::Redirect { reason: "stale".into(), leader: Some(2), leader_addr: None },
+                421,
+                "redirect",
+            ),
         ];
         for (response, status, code) in cases {
             let outcome = response.outcome();
@@ -688,7 +743,8 @@ mod tests {
                 assert_eq!(outcome, code);
             }
         }
-        let written = reply(Response::Written { lsn: 42 });
-        assert_eq!(written.headers()[SESSION_HEADER], "42");
+        let written =
+            reply(Response::Written { lsn: 42, session_token: "s1.2.42.local.7.0011223344556677".into() });
+        assert_eq!(written.headers()[SESSION_HEADER], "s1.2.42.local.7.0011223344556677");
     }
 }

@@ -54,6 +54,17 @@ pub enum ClientError {
         /// Its address.
         addr: Option<String>,
     },
+    /// The replica could not serve the read at its level (too stale, behind the
+    /// session) and no leader could take it.
+    #[error("read redirected: {reason} (leader {leader:?} at {addr:?})")]
+    Redirected {
+        /// Why.
+        reason: String,
+        /// The leader named.
+        leader: Option<u64>,
+        /// Its address.
+        addr: Option<String>,
+    },
     /// An answer of the wrong kind.
     #[error("unexpected answer: {0}")]
     Unexpected(String),
@@ -273,6 +284,8 @@ pub struct Client {
     /// Every node address known (the seeds, then leaders learned from redirects).
     addrs: Mutex<Vec<SocketAddr>>,
     conn: tokio::sync::RwLock<Arc<Conn>>,
+    /// The newest session token any answer carried (a client is one session).
+    session: Mutex<Option<String>>,
 }
 
 impl std::fmt::Debug for Client {
@@ -304,6 +317,7 @@ impl Client {
                         access,
                         addrs: Mutex::new(addrs.to_vec()),
                         conn: tokio::sync::RwLock::new(Arc::new(conn)),
+                        session: Mutex::new(None),
                     });
                 }
                 Err(e) => last = Some(e),
@@ -399,8 +413,29 @@ impl Client {
         Ok(())
     }
 
-    /// Creates or replaces `collection/id` with the JSON `value`; returns the session
-    /// token (the write's LSN).
+    /// The session token covering everything this client has written and read (the
+    /// newest one its answers carried), to carry the session to another client.
+    #[must_use]
+    pub fn session_token(&self) -> Option<String> {
+        self.session.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// Joins the session `token` names: later session reads see at least what it covers.
+    pub fn set_session_token(&self, token: &str) {
+        self.note_token(token);
+    }
+
+    fn note_token(&self, token: &str) {
+        let mut session = self.session.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Tokens are opaque to the client but for their LSN, the second field.
+        let lsn = |t: &str| t.split('.').nth(2).and_then(|l| l.parse::<u64>().ok()).unwrap_or(0);
+        if session.as_deref().is_none_or(|held| lsn(token) >= lsn(held)) {
+            *session = Some(token.to_owned());
+        }
+    }
+
+    /// Creates or replaces `collection/id` with the JSON `value`; returns the write's LSN
+    /// (its session token is kept: [`session_token`](Self::session_token)).
     /// A document above [`MAX_DOCUMENT_BYTES`] or a bad name is refused here, unsent.
     pub async fn put(&self, collection: &str, id: &str, value: &[u8]) -> Result<u64, ClientError> {
         check_name("collection", collection)
@@ -410,29 +445,48 @@ impl Client {
             return Err(ClientError::TooLarge { size: value.len(), max: MAX_DOCUMENT_BYTES });
         }
         let request = Request::Put { collection: collection.into(), id: id.into(), value: value.to_vec() };
-        written(self.call_leader(request).await?)
+        written(self, self.call_leader(request).await?)
     }
 
-    /// Deletes `collection/id`; returns the session token.
+    /// Deletes `collection/id`; returns the write's LSN.
     pub async fn delete(&self, collection: &str, id: &str) -> Result<u64, ClientError> {
-        written(self.call_leader(Request::Delete { collection: collection.into(), id: id.into() }).await?)
+        written(
+            self,
+            self.call_leader(Request::Delete { collection: collection.into(), id: id.into() }).await?,
+        )
     }
 
     /// Reads `collection/id` with `consistency`: a strong read is served by the leader
-    /// (redirects followed, as for writes); session and eventual reads by the current node.
+    /// (redirects followed, as for writes); the other levels by the current node, or,
+    /// when it redirects (too stale, behind the session), by the leader. A session read
+    /// without a token uses this client's ([`session_token`](Self::session_token)).
     pub async fn get(
         &self,
         collection: &str,
         id: &str,
         consistency: Consistency,
     ) -> Result<Option<Vec<u8>>, ClientError> {
-        let request = Request::Get { collection: collection.into(), id: id.into(), consistency };
-        let response = match consistency {
-            Consistency::Strong => self.call_leader(request).await?,
-            _ => self.call(request).await?,
+        let consistency = match consistency {
+            Consistency::Session(None) => Consistency::Session(self.session_token()),
+            other => other,
         };
+        let strong = consistency == Consistency::Strong;
+        let request = Request::Get { collection: collection.into(), id: id.into(), consistency };
+        let mut response = if strong {
+            self.call_leader(request.clone()).await?
+        } else {
+            self.call(request.clone()).await?
+        };
+        if let Response::Redirect { leader_addr: Some(addr), .. } = &response
+            && let Ok(addr) = addr.parse::<SocketAddr>()
+        {
+            response = Conn::open(addr, &self.access).await?.call(request).await?;
+        }
         match response {
-            Response::Value { value, .. } => Ok(value),
+            Response::Value { value, session_token, .. } => {
+                self.note_token(&session_token);
+                Ok(value)
+            }
             other => Err(unexpected(other)),
         }
     }
@@ -456,9 +510,12 @@ impl Client {
     }
 }
 
-fn written(response: Response) -> Result<u64, ClientError> {
+fn written(client: &Client, response: Response) -> Result<u64, ClientError> {
     match response {
-        Response::Written { lsn } => Ok(lsn),
+        Response::Written { lsn, session_token } => {
+            client.note_token(&session_token);
+            Ok(lsn)
+        }
         other => Err(unexpected(other)),
     }
 }
@@ -467,6 +524,9 @@ fn unexpected(response: Response) -> ClientError {
     match response {
         Response::Error { code, message } => ClientError::Server { code, message },
         Response::NotLeader { leader, leader_addr } => ClientError::NoLeader { leader, addr: leader_addr },
+        Response::Redirect { reason, leader, leader_addr } => {
+            ClientError::Redirected { reason, leader, addr: leader_addr }
+        }
         other => ClientError::Unexpected(format!("{other:?}")),
     }
 }

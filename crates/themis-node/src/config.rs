@@ -77,6 +77,12 @@ pub struct ReplicationSection {
     pub fsync: String,
     /// Lag alert threshold in ms (default 1000).
     pub lag_alert_ms: u64,
+    /// Strong reads on the leader are served under its lease, without a round trip to a
+    /// quorum per read (default false: `ReadIndex` for every strong read, as etcd).
+    pub read_lease: bool,
+    /// The most two nodes' clock rates may differ, in parts per million (default 10000,
+    /// 1%; at most 100000). The lease is shortened by it.
+    pub max_clock_drift_ppm: u32,
 }
 
 impl Default for ReplicationSection {
@@ -92,6 +98,8 @@ impl Default for ReplicationSection {
             apply_workers: 1,
             fsync: "always".into(),
             lag_alert_ms: 1000,
+            read_lease: false,
+            max_clock_drift_ppm: 10_000,
         }
     }
 }
@@ -122,6 +130,39 @@ impl Default for CdcSection {
             before_images: Vec::new(),
             max_subscribers: 64,
             sinks: Vec::new(),
+        }
+    }
+}
+
+/// Read consistency and session settings (`[geo]`); this node's region is the top-level
+/// `region`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GeoSection {
+    /// The level of a read that names none: `strong` (default), `bounded`, `session`,
+    /// `prefix` or `eventual`.
+    pub default_consistency: String,
+    /// A bounded-staleness read's bound when it gives none, in ms (default 5000; 1 to
+    /// 86400000).
+    pub max_staleness_ms: u64,
+    /// How long a session token is valid, in ms (default 3600000; 1000 to 604800000).
+    pub session_token_ttl_ms: u64,
+    /// A file holding the secret (at least 16 bytes) that signs session tokens, the same
+    /// on every node; without it tokens carry a checksum keyed by the cluster name.
+    pub session_secret_file: Option<PathBuf>,
+    /// How long a replica waits to catch up with a bounded or session read before it
+    /// redirects the client, in ms (default 200; 0 to 10000).
+    pub read_wait_ms: u64,
+}
+
+impl Default for GeoSection {
+    fn default() -> Self {
+        GeoSection {
+            default_consistency: "strong".into(),
+            max_staleness_ms: 5_000,
+            session_token_ttl_ms: 3_600_000,
+            session_secret_file: None,
+            read_wait_ms: 200,
         }
     }
 }
@@ -287,6 +328,8 @@ struct RawConfig {
     #[serde(default)]
     logical: LogicalSection,
     archive: Option<themis_replication::pitr::ArchiveSpec>,
+    #[serde(default)]
+    geo: GeoSection,
 }
 
 fn default_cluster() -> String {
@@ -295,6 +338,7 @@ fn default_cluster() -> String {
 
 /// A validated node configuration.
 #[derive(Debug, Clone)]
+#[allow(clippy::struct_excessive_bools, reason = "each is an independent on/off setting of the file")]
 pub struct NodeConfig {
     /// This node's id (at least 1).
     pub node_id: u64,
@@ -348,6 +392,18 @@ pub struct NodeConfig {
     pub logical: LogicalSection,
     /// WAL archiving for point-in-time recovery (`[archive]`; none: off).
     pub archive: Option<themis_replication::pitr::ArchiveSpec>,
+    /// Lease reads (`replication.read_lease`).
+    pub read_lease: bool,
+    /// `replication.max_clock_drift_ppm`.
+    pub max_clock_drift_ppm: u32,
+    /// This node's region (`region`; `local` when not given).
+    pub region: String,
+    /// Read consistency and sessions (`[geo]`).
+    pub geo: GeoSection,
+    /// `geo.default_consistency`, parsed.
+    pub default_consistency: themis_replication::geo::ConsistencyLevel,
+    /// `geo.session_secret_file`'s contents.
+    pub session_secret: Option<Vec<u8>>,
 }
 
 fn parse_addr(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
@@ -486,9 +542,11 @@ impl RawConfig {
         let admin_addr = self.admin_addr.as_deref().map(|a| parse_addr("admin_addr", a)).transpose()?;
         let mut regions = std::collections::BTreeMap::new();
         let named = |key: String, region: &str| {
-            if region.is_empty() || region.len() > 64 {
-                return bad(format!("{key} = {region:?}: must be 1 to 64 bytes"));
-            }
+            themis_replication::geo::check_region(region).map_err(|_| {
+                ConfigError(format!(
+                    "{key} = {region:?}: expected 1 to 32 of a-z, 0-9 and '-', starting with a letter"
+                ))
+            })?;
             Ok(region.to_string())
         };
         if let Some(region) = &self.region {
@@ -549,6 +607,14 @@ impl RawConfig {
         if r.lag_alert_ms == 0 {
             return bad("replication.lag_alert_ms = 0: must be at least 1".into());
         }
+        if r.max_clock_drift_ppm > themis_replication::raft::MAX_CLOCK_DRIFT_PPM {
+            return bad(format!(
+                "replication.max_clock_drift_ppm = {}: must be at most {}",
+                r.max_clock_drift_ppm,
+                themis_replication::raft::MAX_CLOCK_DRIFT_PPM
+            ));
+        }
+        let (default_consistency, session_secret) = self.geo.validate()?;
         let fsync = match r.fsync.as_str() {
             "always" => true,
             "never" => false,
@@ -674,7 +740,52 @@ impl RawConfig {
             before_images,
             logical: self.logical,
             archive: self.archive,
+            read_lease: r.read_lease,
+            max_clock_drift_ppm: r.max_clock_drift_ppm,
+            region: self.region.unwrap_or_else(|| "local".into()),
+            geo: self.geo,
+            default_consistency,
+            session_secret,
         })
+    }
+}
+
+impl GeoSection {
+    /// Checks `[geo]`; returns the default level and the session secret.
+    fn validate(&self) -> Result<(themis_replication::geo::ConsistencyLevel, Option<Vec<u8>>), ConfigError> {
+        use themis_replication::geo;
+        let level: geo::ConsistencyLevel = self
+            .default_consistency
+            .parse()
+            .map_err(|e: geo::GeoError| ConfigError(format!("geo.default_consistency: {e}")))?;
+        geo::check_staleness_ms(self.max_staleness_ms).map_err(|e| ConfigError(format!("geo.{e}")))?;
+        if !(1_000..=604_800_000).contains(&self.session_token_ttl_ms) {
+            return bad(format!(
+                "geo.session_token_ttl_ms = {}: must be 1000 to 604800000",
+                self.session_token_ttl_ms
+            ));
+        }
+        if self.read_wait_ms > 10_000 {
+            return bad(format!("geo.read_wait_ms = {}: must be 0 to 10000", self.read_wait_ms));
+        }
+        let secret = match &self.session_secret_file {
+            None => None,
+            Some(path) => {
+                let bytes = std::fs::read(path).map_err(|e| {
+                    ConfigError(format!("geo.session_secret_file = {:?}: {e}", path.display().to_string()))
+                })?;
+                let trimmed = bytes.trim_ascii().to_vec();
+                if trimmed.len() < 16 {
+                    return bad(format!(
+                        "geo.session_secret_file = {:?}: holds {} bytes; at least 16 are needed",
+                        path.display().to_string(),
+                        trimmed.len()
+                    ));
+                }
+                Some(trimmed)
+            }
+        };
+        Ok((level, secret))
     }
 }
 

@@ -25,6 +25,7 @@ pub mod changes;
 pub mod client;
 pub mod config;
 pub mod feed;
+mod geo;
 pub mod limits;
 pub mod local;
 pub mod metrics;

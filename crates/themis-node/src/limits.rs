@@ -85,12 +85,16 @@ mod tests {
         let put = Request::Put { collection: name.clone(), id: name, value: vec![b'1'; MAX_DOCUMENT_BYTES] };
         let frame = 8 + postcard::to_stdvec(&put).unwrap().len();
         assert_eq!(frame, MAX_FRAME_BYTES, "the bound is exact for the largest put");
-        let value = Response::Value { value: Some(vec![b'1'; MAX_DOCUMENT_BYTES]), applied_lsn: u64::MAX };
+        let value = Response::Value {
+            value: Some(vec![b'1'; MAX_DOCUMENT_BYTES]),
+            applied_lsn: u64::MAX,
+            session_token: "t".repeat(themis_replication::geo::MAX_TOKEN_LEN),
+        };
         assert!(8 + postcard::to_stdvec(&value).unwrap().len() <= MAX_FRAME_BYTES);
         let get = Request::Get {
             collection: "n".repeat(MAX_NAME_BYTES),
             id: "n".repeat(MAX_NAME_BYTES),
-            consistency: Consistency::Session(u64::MAX),
+            consistency: Consistency::Session(Some("t".repeat(themis_replication::geo::MAX_TOKEN_LEN))),
         };
         assert!(8 + postcard::to_stdvec(&get).unwrap().len() <= MAX_FRAME_BYTES);
     }

@@ -30,12 +30,22 @@ pub struct RequestLabels {
     pub outcome: &'static str,
 }
 
+/// Labels of a read counter.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReadLabels {
+    /// `strong`, `bounded`, `session`, `prefix` or `eventual`.
+    pub level: &'static str,
+    /// `ok`, `redirect`, or the error code (`bad_request` for a refused token, ...).
+    pub outcome: &'static str,
+}
+
 /// The node's metrics.
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
     fsync: Histogram,
     requests: Family<RequestLabels, Counter>,
+    reads: Family<ReadLabels, Counter>,
 }
 
 impl Metrics {
@@ -57,7 +67,13 @@ impl Metrics {
             "Client API requests by operation and outcome",
             requests.clone(),
         );
-        Metrics { registry, fsync, requests }
+        let reads = Family::<ReadLabels, Counter>::default();
+        registry.register(
+            "reads",
+            "Document reads by consistency level and outcome (redirects and refused tokens included)",
+            reads.clone(),
+        );
+        Metrics { registry, fsync, requests, reads }
     }
 
     /// Reads the driver's status at every scrape.
@@ -90,6 +106,11 @@ impl Metrics {
     /// Counts one client request.
     pub fn count_request(&self, op: &'static str, outcome: &'static str) {
         self.requests.get_or_create(&RequestLabels { op, outcome }).inc();
+    }
+
+    /// Counts a read at `level` that ended in `outcome`.
+    pub fn count_read(&self, level: &'static str, outcome: &'static str) {
+        self.reads.get_or_create(&ReadLabels { level, outcome }).inc();
     }
 
     /// The text exposition.

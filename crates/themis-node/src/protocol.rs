@@ -21,16 +21,43 @@ pub const MAX_FRAME: u32 = crate::limits::MAX_FRAME_BYTES as u32;
 /// Longest collection name or document id, in bytes.
 pub const MAX_NAME: usize = crate::limits::MAX_NAME_BYTES;
 
-/// How fresh a read must be.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// How fresh a read must be: the five levels of `docs/consistency.md`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Consistency {
-    /// Linearizable: sees every write acknowledged before the read began (lease or
-    /// `ReadIndex`; a follower asks the leader).
+    /// Linearizable: sees every write acknowledged before the read began (the leader
+    /// under its lease, else `ReadIndex`; a follower asks the leader).
     Strong,
-    /// Sees at least the write whose token (LSN) is given: read-your-writes on any node.
-    Session(u64),
+    /// Sees every write committed more than `max_staleness_ms` ago (0: the node's
+    /// configured bound), and, when given, is at most `max_versions` LSNs behind the
+    /// commit. A replica too far behind waits briefly, then redirects.
+    Bounded {
+        /// The time bound in ms; 0 for the node's `[geo] max_staleness_ms`.
+        max_staleness_ms: u64,
+        /// The version bound (K), if any.
+        max_versions: Option<u64>,
+    },
+    /// Sees what the session token says the session has seen (its own writes, and never
+    /// older than its last read). `None` starts a session. The client fills in the token
+    /// it holds ([`crate::Client::session_token`]).
+    Session(Option<String>),
+    /// A prefix of the log: never a write without the writes before it.
+    Prefix,
     /// Whatever this node has applied.
     Eventual,
+}
+
+impl Consistency {
+    /// The level's name (`strong`, `bounded`, `session`, `prefix`, `eventual`).
+    #[must_use]
+    pub fn level_name(&self) -> &'static str {
+        match self {
+            Consistency::Strong => "strong",
+            Consistency::Bounded { .. } => "bounded",
+            Consistency::Session(_) => "session",
+            Consistency::Prefix => "prefix",
+            Consistency::Eventual => "eventual",
+        }
+    }
 }
 
 /// A client request.
@@ -134,10 +161,12 @@ pub enum ErrorCode {
 /// A node's answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Response {
-    /// The write is acknowledged under the cluster's mode; `lsn` is its session token.
+    /// The write is acknowledged under the cluster's mode.
     Written {
         /// The write's LSN.
         lsn: u64,
+        /// The session token that covers the write.
+        session_token: String,
     },
     /// A read's result.
     Value {
@@ -146,6 +175,18 @@ pub enum Response {
         value: Option<Vec<u8>>,
         /// The LSN the node had applied when it read.
         applied_lsn: u64,
+        /// The session token that covers what the read saw.
+        session_token: String,
+    },
+    /// This replica cannot serve the read at its level now (too stale, or behind the
+    /// session); read from the leader, or another replica.
+    Redirect {
+        /// Why.
+        reason: String,
+        /// The leader, if known.
+        leader: Option<u64>,
+        /// The leader's client address, if known.
+        leader_addr: Option<String>,
     },
     /// Writes (and admin requests) go to the leader.
     NotLeader {
@@ -184,6 +225,7 @@ impl Response {
         match self {
             Response::Error { code, .. } => code.as_str(),
             Response::NotLeader { .. } => "not_leader",
+            Response::Redirect { .. } => "redirect",
             _ => "ok",
         }
     }
@@ -329,8 +371,11 @@ mod tests {
     #[tokio::test]
     async fn frames_round_trip_and_bad_frames_are_errors() {
         let mut buf = Vec::new();
-        let request =
-            Request::Get { collection: "c".into(), id: "k".into(), consistency: Consistency::Session(9) };
+        let request = Request::Get {
+            collection: "c".into(),
+            id: "k".into(),
+            consistency: Consistency::Session(Some("s1.1.9.local.0.00".into())),
+        };
         write_frame(&mut buf, 7, &request).await.unwrap();
         assert_eq!(read(&buf).await.unwrap(), Some((7, request)));
         assert!(read(&[]).await.unwrap().is_none(), "a clean end of stream");

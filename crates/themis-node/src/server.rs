@@ -30,8 +30,7 @@ use crate::limits::{
 };
 use crate::metrics::Metrics;
 use crate::protocol::{
-    Consistency, ErrorCode, ProtocolError, Request, Response, check_name, read_frame_within, skip_body,
-    write_frame,
+    ErrorCode, ProtocolError, Request, Response, check_name, read_frame_within, skip_body, write_frame,
 };
 use crate::store::DocStore;
 use crate::writes::Sequencer;
@@ -57,6 +56,16 @@ pub(crate) struct Shared {
     pub(crate) hlc: Arc<Hlc>,
     /// The WAL archive's progress and its chunk timeout in ms, when `[archive]` is on.
     pub(crate) archive: Option<(Arc<crate::archive::ArchiveStats>, u64)>,
+    /// Read levels and session tokens.
+    pub(crate) geo: crate::geo::Geo,
+}
+
+impl Shared {
+    /// The answer to an acknowledged write: its LSN and a session token covering it.
+    fn written(&self, lsn: u64) -> Response {
+        let (term, _) = self.manager.leadership();
+        Response::Written { lsn, session_token: self.geo.issue(term, lsn, self.hlc.now().physical_ms()) }
+    }
 }
 
 /// Hands what the applier applied to the change stream (never waits on a subscriber).
@@ -103,8 +112,6 @@ pub enum NodeError {
     Driver(#[from] DriverError),
 }
 
-/// How long a read waits for the cluster before it times out.
-const READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a write waits for its acknowledgement.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -196,6 +203,19 @@ fn raft_config(config: &NodeConfig, id: NodeId) -> Result<(RaftConfig, Duration)
     let mut raft = RaftConfig::new(id, config.cluster.clone());
     raft.heartbeat_tick = 2;
     raft.election_tick = (config.election_timeout.as_millis() / tick.as_millis().max(1)).max(3) as u64;
+    raft.max_clock_drift_ppm = config.max_clock_drift_ppm;
+    if config.read_lease {
+        raft.read_only = themis_replication::raft::ReadOnlyOption::LeaseBased;
+        if raft.lease_ticks() == 0 {
+            // Too short an election timeout for a lease under this drift: confirm reads.
+            tracing::warn!(
+                election_tick = raft.election_tick,
+                drift_ppm = raft.max_clock_drift_ppm,
+                "replication.read_lease: the election timeout is too short for a lease; strong reads use ReadIndex"
+            );
+            raft.read_only = themis_replication::raft::ReadOnlyOption::Safe;
+        }
+    }
     // Election timeouts come from a fresh random seed (never from key material).
     let mut rng_seed = [0u8; 8];
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut rng_seed)
@@ -339,6 +359,7 @@ impl Node {
             slot_writes: tokio::sync::Mutex::new(()),
             hlc,
             archive: config.archive.as_ref().map(|a| (Arc::clone(&archive_stats), a.timeout_secs * 1000)),
+            geo: crate::geo::Geo::new(config).map_err(|e| NodeError::Io(format!("[geo]: {e}")))?,
         });
         start_tasks(&shared, config, &sinks, archive_stats)?;
         let client_listener = TcpListener::bind(config.client_addr)
@@ -709,8 +730,13 @@ fn op_name(request: &Request) -> &'static str {
 /// caller has authorized it.
 pub(crate) async fn handle(request: Request, shared: &Shared) -> Response {
     let op = op_name(&request);
+    let level =
+        if let Request::Get { consistency, .. } = &request { Some(consistency.level_name()) } else { None };
     let response = answer(request, shared).await;
     shared.metrics.count_request(op, response.outcome());
+    if let Some(level) = level {
+        shared.metrics.count_read(level, response.outcome());
+    }
     response
 }
 
@@ -739,7 +765,7 @@ async fn answer(request: Request, shared: &Shared) -> Response {
                 Some(Bytes::from(value)),
             );
             match timed(WRITE_TIMEOUT, "the write", write).await {
-                Ok(lsn) => Response::Written { lsn },
+                Ok(lsn) => shared.written(lsn),
                 Err(r) => r,
             }
         }
@@ -749,7 +775,7 @@ async fn answer(request: Request, shared: &Shared) -> Response {
             }
             let write = shared.writes.write(manager, store, collection, Bytes::from(id.into_bytes()), None);
             match timed(WRITE_TIMEOUT, "the delete", write).await {
-                Ok(lsn) => Response::Written { lsn },
+                Ok(lsn) => shared.written(lsn),
                 Err(r) => r,
             }
         }
@@ -757,23 +783,15 @@ async fn answer(request: Request, shared: &Shared) -> Response {
             if let Err(m) = check_name("collection", &collection).and_then(|()| check_name("id", &id)) {
                 return bad_request(m);
             }
-            let ready = match consistency {
-                Consistency::Strong => {
-                    timed(READ_TIMEOUT, "the strong read", manager.read_index()).await.map(|_| ())
-                }
-                Consistency::Session(token) => {
-                    timed(READ_TIMEOUT, "the session read", manager.wait_applied(token)).await
-                }
-                Consistency::Eventual => Ok(()),
-            };
-            if let Err(r) = ready {
+            if let Err(r) = shared.geo.prepare(consistency, manager, || shared.hlc.now().physical_ms()).await
+            {
                 return r;
             }
             let applied_lsn = manager.applied_lsn();
-            Response::Value {
-                value: store.get(&collection, id.as_bytes()).map(|(v, _)| v.to_vec()),
-                applied_lsn,
-            }
+            let value = store.get(&collection, id.as_bytes()).map(|(v, _)| v.to_vec());
+            let (term, _) = manager.leadership();
+            let session_token = shared.geo.issue(term, applied_lsn, shared.hlc.now().physical_ms());
+            Response::Value { value, applied_lsn, session_token }
         }
         Request::Status => {
             let json = serde_json::json!({

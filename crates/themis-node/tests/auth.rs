@@ -176,7 +176,7 @@ async fn client_protocol_requests_are_checked_against_the_connections_identity()
     let writer = Client::connect(addr, &token(&cluster, "app", Role::Write)).await.unwrap();
     let lsn = writer.put("c", "d", b"{\"v\":1}").await.unwrap();
     assert!(lsn > 0);
-    let got = reader.get("c", "d", themis_node::Consistency::Session(lsn)).await.unwrap();
+    let got = reader.get("c", "d", themis_node::Consistency::Session(writer.session_token())).await.unwrap();
     assert_eq!(got.as_deref(), Some(&b"{\"v\":1}"[..]));
     let err = writer.admin(Request::Campaign).await.unwrap_err();
     assert_eq!(server_code(&err), Some(ErrorCode::Forbidden), "{err}");

@@ -19,17 +19,17 @@ fn doc(i: u64) -> Vec<u8> {
 }
 
 /// Reads `key` from every running node at the session token, checking the value.
-async fn read_everywhere(cluster: &Cluster, key: &str, token: u64, value: &[u8]) {
+async fn read_everywhere(cluster: &Cluster, key: &str, token: Option<String>, value: &[u8]) {
     for node in cluster.nodes.iter().filter(|n| n.child.is_some()) {
         let client = Client::connect(node.client, &cluster.admin).await.unwrap();
-        let got = client.get("e2e", key, Consistency::Session(token)).await.unwrap();
+        let got = client.get("e2e", key, Consistency::Session(token.clone())).await.unwrap();
         assert_eq!(got.as_deref(), Some(value), "node {} has {key}", node.id);
     }
 }
 
 /// Writers that keep writing through any live node; returns acknowledged (key, value,
-/// token, when the write was sent, when it was acknowledged).
-type Acked = Arc<Mutex<Vec<(String, Vec<u8>, u64, Instant, Instant)>>>;
+/// session token, when the write was sent, when it was acknowledged).
+type Acked = Arc<Mutex<Vec<(String, Vec<u8>, String, Instant, Instant)>>>;
 
 fn start_writers(
     cluster: &Cluster,
@@ -53,7 +53,8 @@ fn start_writers(
                     let value = doc(n);
                     // Errors (a lost node, an unknown outcome) are not acknowledgements.
                     let sent = Instant::now();
-                    if let Ok(token) = client.put("e2e", &key, &value).await {
+                    if client.put("e2e", &key, &value).await.is_ok() {
+                        let token = client.session_token().unwrap_or_default();
                         acked.lock().unwrap().push((key, value, token, sent, Instant::now()));
                     }
                     n += 1;
@@ -73,8 +74,8 @@ async fn three_nodes_replicate_in_every_mode_and_fail_over_after_sigkill_without
     for (mode, min) in [("async", 0), ("sync", 1), ("semi_sync", 1)] {
         client.admin(Request::SetMode { mode: mode.into(), min_sync_replicas: min }).await.unwrap();
         let key = format!("mode-{mode}");
-        let token = client.put("e2e", &key, &doc(1)).await.unwrap();
-        read_everywhere(&cluster, &key, token, &doc(1)).await;
+        client.put("e2e", &key, &doc(1)).await.unwrap();
+        read_everywhere(&cluster, &key, client.session_token(), &doc(1)).await;
         for node in &cluster.nodes {
             let c = Client::connect(node.client, &cluster.admin).await.unwrap();
             let mode_seen = c.status().await.unwrap()["status"]["mode"].as_str().unwrap().to_string();
@@ -120,11 +121,13 @@ async fn three_nodes_replicate_in_every_mode_and_fail_over_after_sigkill_without
         cluster.restart(leader);
         let acked = acked.lock().unwrap().clone();
         assert!(acked.len() > 50, "round {round}: only {} writes acknowledged", acked.len());
-        let top = acked.iter().map(|a| a.2).max().unwrap();
         for node in &cluster.nodes {
             let c = Client::connect(node.client, &cluster.admin).await.unwrap();
             // The restarted node needs the leader's commit first: wait on the highest token.
-            c.get("e2e", "probe", Consistency::Session(top)).await.unwrap();
+            for (_, _, token, ..) in &acked {
+                c.set_session_token(token);
+            }
+            c.get("e2e", "probe", Consistency::Session(None)).await.unwrap();
             for (key, value, ..) in &acked {
                 let got = c.get("e2e", key, Consistency::Eventual).await.unwrap();
                 assert_eq!(
@@ -151,9 +154,8 @@ async fn a_learner_joins_catches_up_is_promoted_and_a_node_is_removed() {
     let mut cluster = Cluster::start(3, 1);
     let leader = cluster.leader().await;
     let client = cluster.client(leader).await;
-    let mut token = 0;
     for i in 0..200 {
-        token = client.put("e2e", &format!("k{i}"), &doc(i)).await.unwrap();
+        client.put("e2e", &format!("k{i}"), &doc(i)).await.unwrap();
     }
     cluster.restart(3);
     let (raft, addr) = (cluster.nodes[3].raft, cluster.nodes[3].client);
@@ -162,7 +164,10 @@ async fn a_learner_joins_catches_up_is_promoted_and_a_node_is_removed() {
         .await
         .unwrap();
     let learner = Client::connect(addr, &cluster.admin).await.unwrap();
-    assert_eq!(learner.get("e2e", "k199", Consistency::Session(token)).await.unwrap(), Some(doc(199)));
+    assert_eq!(
+        learner.get("e2e", "k199", Consistency::Session(client.session_token())).await.unwrap(),
+        Some(doc(199))
+    );
     client.admin(Request::Promote { id: 4 }).await.unwrap();
     let mut promoted = false;
     for _ in 0..100 {
@@ -180,8 +185,11 @@ async fn a_learner_joins_catches_up_is_promoted_and_a_node_is_removed() {
     let victim = (0..3).find(|&i| i != leader).unwrap();
     client.admin(Request::Remove { id: cluster.nodes[victim].id }).await.unwrap();
     cluster.kill(victim);
-    let token = client.put("e2e", "after-remove", &doc(7)).await.unwrap();
-    assert_eq!(learner.get("e2e", "after-remove", Consistency::Session(token)).await.unwrap(), Some(doc(7)));
+    client.put("e2e", "after-remove", &doc(7)).await.unwrap();
+    assert_eq!(
+        learner.get("e2e", "after-remove", Consistency::Session(client.session_token())).await.unwrap(),
+        Some(doc(7))
+    );
 }
 
 #[test]

@@ -118,11 +118,11 @@ async fn every_port_survives_hostile_input_and_the_cluster_still_serves() {
         assert!(exited.is_none(), "node {} exited: {exited:?}", node.id);
     }
     let writer = cluster.client(cluster.leader().await).await;
-    let token = writer.put("hostile", "after", b"{\"ok\":true}").await.unwrap();
+    writer.put("hostile", "after", b"{\"ok\":true}").await.unwrap();
     for i in 0..3 {
         let c = cluster.client(i).await;
         assert_eq!(
-            c.get("hostile", "after", Consistency::Session(token)).await.unwrap().as_deref(),
+            c.get("hostile", "after", Consistency::Session(writer.session_token())).await.unwrap().as_deref(),
             Some(&b"{\"ok\":true}"[..]),
             "node {i}"
         );

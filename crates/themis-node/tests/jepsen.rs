@@ -346,9 +346,9 @@ async fn run(n: u64) {
     for _ in 0..20 {
         let _ = cluster.leader().await;
         if let Ok(writer) = Client::connect_any(&addrs, &cluster.admin).await
-            && let Ok(lsn) = writer.put("jepsen", "final", b"{\"v\":0}").await
+            && writer.put("jepsen", "final", b"{\"v\":0}").await.is_ok()
         {
-            token = Some(lsn);
+            token = writer.session_token();
             break;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -361,7 +361,7 @@ async fn run(n: u64) {
         // A node restarted by the last fault may still be catching up: 30 s at most.
         let mut caught_up = false;
         for _ in 0..6 {
-            if c.get("jepsen", "final", Consistency::Session(token)).await.is_ok() {
+            if c.get("jepsen", "final", Consistency::Session(Some(token.clone()))).await.is_ok() {
                 caught_up = true;
                 break;
             }

@@ -198,7 +198,7 @@ async fn every_size_bound_is_refused_with_a_typed_error_and_the_leader_keeps_ser
 
     // The leader never stopped: it still leads, writes, and the largest document reads
     // back whole from a follower.
-    let after = client.put("big", "after", b"{}").await.unwrap();
+    client.put("big", "after", b"{}").await.unwrap();
     assert_eq!(cluster.leader().await, l);
     let status = client.status().await.unwrap();
     assert_eq!(
@@ -206,7 +206,7 @@ async fn every_size_bound_is_refused_with_a_typed_error_and_the_leader_keeps_ser
         (Some("Leader"), Some(leader_id))
     );
     let follower = cluster.client((l + 1) % 3).await;
-    let doc = follower.get("big", "at", Consistency::Session(after)).await.unwrap().unwrap();
+    let doc = follower.get("big", "at", Consistency::Session(client.session_token())).await.unwrap().unwrap();
     assert_eq!(doc.len(), MAX_DOCUMENT_BYTES);
 }
 

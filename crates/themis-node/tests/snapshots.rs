@@ -84,7 +84,7 @@ async fn compacted_store() -> (Cluster, usize, std::sync::Arc<Client>, u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_learner_killed_mid_snapshot_resumes_from_its_part_file() {
-    let (mut cluster, _, client, token) = compacted_store().await;
+    let (mut cluster, _, client, _) = compacted_store().await;
 
     let learner = add_learner(&mut cluster, &client, 3).await;
     until(&learner, "a transfer under way", |s| receiving(s, 100_000)).await;
@@ -95,7 +95,7 @@ async fn a_learner_killed_mid_snapshot_resumes_from_its_part_file() {
     let learner = Client::connect(cluster.nodes[3].client, &cluster.admin).await.unwrap();
     let got = tokio::time::timeout(
         Duration::from_secs(30),
-        learner.get("big", "k2999", Consistency::Session(token)),
+        learner.get("big", "k2999", Consistency::Session(client.session_token())),
     )
     .await
     .expect("the learner catches up within 30 s")
@@ -114,7 +114,7 @@ async fn a_learner_killed_mid_snapshot_resumes_from_its_part_file() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_killed_mid_snapshot_is_replaced_and_the_learner_completes() {
-    let (mut cluster, leader, client, token) = compacted_store().await;
+    let (mut cluster, leader, client, _) = compacted_store().await;
     // Every voter snapshots on its own; wait for the others too, so the next leader also
     // has to send one.
     for i in (0..3).filter(|&i| i != leader) {
@@ -126,7 +126,7 @@ async fn a_leader_killed_mid_snapshot_is_replaced_and_the_learner_completes() {
     cluster.kill(leader); // SIGKILL of the sender, mid-transfer
     let got = tokio::time::timeout(
         Duration::from_secs(30),
-        learner.get("big", "k2999", Consistency::Session(token)),
+        learner.get("big", "k2999", Consistency::Session(client.session_token())),
     )
     .await
     .expect("the learner catches up from the next leader within 30 s")

@@ -529,6 +529,21 @@ pub struct ReplicationManager {
     safe_ms: Arc<AtomicU64>,
 }
 
+/// Where a node stands, as last published ([`ReplicationManager::positions`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Positions {
+    /// The current term.
+    pub term: u64,
+    /// The leader, if known.
+    pub leader: Option<NodeId>,
+    /// Whether this node leads.
+    pub is_leader: bool,
+    /// The commit LSN (a follower's: as the leader last told it).
+    pub commit_lsn: Lsn,
+    /// The last LSN in the log.
+    pub last_lsn: Lsn,
+}
+
 /// A health alert with when it was raised.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AlertEvent {
@@ -580,6 +595,20 @@ impl ReplicationManager {
     pub fn leadership(&self) -> (u64, bool) {
         let status = self.status.borrow();
         (status.term, status.role == "Leader")
+    }
+
+    /// This node's term, leader, commit and last LSN as last published (every tick and on
+    /// every change), without copying the status.
+    #[must_use]
+    pub fn positions(&self) -> Positions {
+        let status = self.status.borrow();
+        Positions {
+            term: status.term,
+            leader: status.leader,
+            is_leader: status.role == "Leader",
+            commit_lsn: status.commit_lsn,
+            last_lsn: status.last_lsn,
+        }
     }
 
     /// A linearizable read point: returns an LSN once the state machine has applied it;

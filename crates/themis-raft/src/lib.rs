@@ -96,7 +96,7 @@ pub use confchange::{ConfigChange, MemberChange};
 pub use config::{Config, MAX_CLOCK_DRIFT_PPM};
 pub use driver::{
     AlertEvent, CommitObserver, Driver, DriverConfig, DriverCounters, DriverError, DriverStatus,
-    FailoverEvent, HealthAlert, PeerInfo, ReplicaStatus, ReplicationManager, STOPPED_ROLE,
+    FailoverEvent, HealthAlert, PeerInfo, Positions, ReplicaStatus, ReplicationManager, STOPPED_ROLE,
 };
 pub use durable::WalStorage;
 pub use error::{RaftError, StorageError};

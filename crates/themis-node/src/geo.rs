@@ -1,0 +1,164 @@
+//! Reads at five consistency levels and session tokens on a node (`docs/consistency.md`).
+//!
+//! A read's level becomes a [`ReadConsistency`] (its session token checked: syntax, MAC,
+//! age, and on the leader against the log), then [`plan_read`] decides: serve now,
+//! confirm through the leader's lease or `ReadIndex`, wait up to `geo.read_wait_ms` for
+//! this replica to catch up, or redirect the client. Every write and read answers with a
+//! session token covering what it wrote or saw.
+
+use std::time::{Duration, Instant};
+
+use themis_replication::geo::{
+    ConsistencyLevel, GeoError, ReadConsistency, ReadPlan, ReplicaState, SessionToken, TokenCodec, plan_read,
+};
+use themis_replication::raft::driver::ReplicationManager;
+
+use crate::config::NodeConfig;
+use crate::protocol::{Consistency, ErrorCode, Response};
+
+/// How long a read may wait for the cluster in all (a strong read's `ReadIndex`, a
+/// leader's session read).
+const READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often a waiting read looks again.
+const POLL: Duration = Duration::from_millis(5);
+
+/// A node's read and session settings.
+#[derive(Debug)]
+pub(crate) struct Geo {
+    codec: TokenCodec,
+    region: String,
+    ttl_ms: u64,
+    max_staleness_ms: u64,
+    wait: Duration,
+    /// The level of an HTTP read that names none.
+    pub(crate) default_level: ConsistencyLevel,
+}
+
+impl Geo {
+    pub(crate) fn new(config: &NodeConfig) -> Result<Geo, GeoError> {
+        Ok(Geo {
+            codec: TokenCodec::new(&config.cluster, config.session_secret.as_deref())?,
+            region: config.region.clone(),
+            ttl_ms: config.geo.session_token_ttl_ms,
+            max_staleness_ms: config.geo.max_staleness_ms,
+            wait: Duration::from_millis(config.geo.read_wait_ms),
+            default_level: config.default_consistency,
+        })
+    }
+
+    /// A token covering `lsn`, issued now in `term`.
+    pub(crate) fn issue(&self, term: u64, lsn: u64, now_ms: u64) -> String {
+        self.codec.encode(&SessionToken { term, lsn, region: self.region.clone(), issued_ms: now_ms })
+    }
+
+    /// The request's level as a requirement, its token checked.
+    fn requirement(&self, consistency: Consistency, now_ms: u64) -> Result<ReadConsistency, GeoError> {
+        Ok(match consistency {
+            Consistency::Strong => ReadConsistency::Strong,
+            Consistency::Bounded { max_staleness_ms, max_versions } => {
+                let bound = if max_staleness_ms == 0 { self.max_staleness_ms } else { max_staleness_ms };
+                ReadConsistency::BoundedStaleness {
+                    max_staleness_ms: themis_replication::geo::check_staleness_ms(bound)?,
+                    max_versions,
+                }
+            }
+            Consistency::Session(None) => ReadConsistency::Session(None),
+            Consistency::Session(Some(text)) => {
+                let token = self.codec.decode(&text)?;
+                token.check_age(now_ms, self.ttl_ms)?;
+                // Its LSN and term are checked against the log only if this node has not
+                // applied it: by the leader, which alone knows the log's end.
+                ReadConsistency::Session(Some(token))
+            }
+            Consistency::Prefix => ReadConsistency::ConsistentPrefix,
+            Consistency::Eventual => ReadConsistency::Eventual,
+        })
+    }
+
+    /// Makes this node ready to answer a read at `consistency`: returns once its state
+    /// may be read, or the answer to give instead (a bad token, a timeout, a redirect).
+    pub(crate) async fn prepare(
+        &self,
+        consistency: Consistency,
+        manager: &ReplicationManager,
+        now_ms: impl Fn() -> u64,
+    ) -> Result<(), Response> {
+        let need = self.requirement(consistency, now_ms()).map_err(|e| bad(&e))?;
+        let deadline = Instant::now() + self.wait;
+        let mut waited = false;
+        loop {
+            let at = manager.positions();
+            let state = ReplicaState {
+                is_leader: at.is_leader,
+                // Strong reads always go through the driver, which uses the lease itself.
+                lease_valid: false,
+                applied_lsn: manager.applied_lsn(),
+                commit_lsn: at.commit_lsn,
+                safe_ms: manager.safe_time_ms(),
+                now_ms: now_ms(),
+            };
+            match plan_read(&need, &state, waited) {
+                ReadPlan::Serve => return Ok(()),
+                ReadPlan::ReadIndex => {
+                    return match tokio::time::timeout(READ_TIMEOUT, manager.read_index()).await {
+                        Ok(Ok(_)) => Ok(()),
+                        Ok(Err(e)) => Err(crate::server::driver_error(e)),
+                        Err(_) => Err(timeout("the strong read")),
+                    };
+                }
+                ReadPlan::Wait if waited => {
+                    // Only a leader waits past the allowance, for a session token it has
+                    // not applied yet: if its log holds the token's LSN it will apply it.
+                    let ReadConsistency::Session(Some(token)) = &need else { return Ok(()) };
+                    return leader_session_wait(manager, token).await;
+                }
+                ReadPlan::Wait => {
+                    if Instant::now() >= deadline {
+                        waited = true;
+                    } else {
+                        tokio::time::sleep(POLL).await;
+                    }
+                }
+                ReadPlan::Redirect(reason) => {
+                    let leader = at.leader.filter(|l| !at.is_leader || *l != manager.id());
+                    let leader_addr = match leader {
+                        Some(id) => manager.peer(id).await.and_then(|p| String::from_utf8(p.meta).ok()),
+                        None => None,
+                    };
+                    return Err(Response::Redirect {
+                        reason: format!("node {}: {reason}", manager.id()),
+                        leader: leader.map(|l| l.0),
+                        leader_addr,
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// A leader's session read for a token it has not applied: checked against a status
+/// published after the read arrived (so every write acknowledged before the token was
+/// issued is in it), then waited for.
+async fn leader_session_wait(manager: &ReplicationManager, token: &SessionToken) -> Result<(), Response> {
+    let mut status = manager.watch_status();
+    status.borrow_and_update();
+    // The status is published every tick; a stopped driver fails the wait below anyway.
+    let _ = tokio::time::timeout(Duration::from_secs(1), status.changed()).await;
+    let at = manager.positions();
+    if at.is_leader {
+        token.check_against_log(at.term, at.last_lsn, |_| None).map_err(|e| bad(&e))?;
+    }
+    match tokio::time::timeout(READ_TIMEOUT, manager.wait_applied(token.lsn)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(crate::server::driver_error(e)),
+        Err(_) => Err(timeout("the session read")),
+    }
+}
+
+fn bad(e: &GeoError) -> Response {
+    Response::Error { code: ErrorCode::BadRequest, message: e.to_string() }
+}
+
+fn timeout(what: &str) -> Response {
+    Response::Error { code: ErrorCode::Timeout, message: format!("{what} timed out after {READ_TIMEOUT:?}") }
+}
