@@ -115,34 +115,6 @@ async fn start(n: u64) -> (Cluster, Net) {
     (cluster, Net { links })
 }
 
-fn pid(cluster: &Cluster, i: usize) -> Option<u32> {
-    cluster.nodes[i].child.as_ref().map(std::process::Child::id)
-}
-
-fn signal(pid: u32, sig: nix::sys::signal::Signal) {
-    let pid = nix::unistd::Pid::from_raw(i32::try_from(pid).expect("a pid"));
-    nix::sys::signal::kill(pid, sig).unwrap_or_else(|e| panic!("{sig} to {pid}: {e}"));
-}
-
-/// The node that says it leads, asked with a short timeout; `None` while there is none.
-async fn leader(cluster: &Cluster, stopped: &[bool]) -> Option<usize> {
-    for (i, node) in cluster.nodes.iter().enumerate() {
-        if node.child.is_none() || stopped[i] {
-            continue;
-        }
-        let ask = async {
-            let c = Client::connect(node.client, &cluster.admin).await.ok()?;
-            c.status().await.ok()
-        };
-        if let Ok(Some(status)) = tokio::time::timeout(Duration::from_millis(300), ask).await
-            && status["status"]["role"] == "Leader"
-        {
-            return Some(i);
-        }
-    }
-    None
-}
-
 fn value(doc: &[u8]) -> u64 {
     let v: serde_json::Value = serde_json::from_slice(doc).expect("a JSON document");
     v["v"].as_u64().expect("a value")
@@ -227,7 +199,7 @@ async fn nemesis(cluster: &mut Cluster, net: &Net, rng: &mut fastrand::Rng) -> B
     let deadline = Instant::now() + budget();
     let pause = |rng: &mut fastrand::Rng, lo: u64, hi: u64| Duration::from_millis(rng.u64(lo..hi));
     while Instant::now() < deadline {
-        let lead = leader(cluster, &stopped).await;
+        let lead = cluster.leader_among(&stopped).await;
         let target = match lead {
             Some(l) if rng.bool() => l,
             _ => rng.usize(0..n),
@@ -241,11 +213,10 @@ async fn nemesis(cluster: &mut Cluster, net: &Net, rng: &mut fastrand::Rng) -> B
                 "sigkill"
             }
             1 => {
-                let p = pid(cluster, target).expect("running");
-                signal(p, nix::sys::signal::Signal::SIGSTOP);
+                cluster.signal(target, nix::sys::signal::Signal::SIGSTOP);
                 stopped[target] = true;
                 tokio::time::sleep(pause(rng, 800, 2000)).await;
-                signal(p, nix::sys::signal::Signal::SIGCONT);
+                cluster.signal(target, nix::sys::signal::Signal::SIGCONT);
                 stopped[target] = false;
                 "sigstop"
             }

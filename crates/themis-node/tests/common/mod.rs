@@ -120,6 +120,33 @@ impl Cluster {
         Client::connect(self.nodes[i].client, &self.admin).await.unwrap()
     }
 
+    /// Sends `sig` to node `i`'s process (`SIGSTOP` pauses it, `SIGCONT` resumes it).
+    pub(crate) fn signal(&self, i: usize, sig: nix::sys::signal::Signal) {
+        let child = self.nodes[i].child.as_ref().expect("the node runs");
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("a pid"));
+        nix::sys::signal::kill(pid, sig).unwrap_or_else(|e| panic!("{sig} to {pid}: {e}"));
+    }
+
+    /// The node that says it leads, among those running and not `stopped` (paused nodes
+    /// would not answer), each asked with a short timeout; `None` while there is none.
+    pub(crate) async fn leader_among(&self, stopped: &[bool]) -> Option<usize> {
+        for (i, node) in self.nodes.iter().enumerate() {
+            if node.child.is_none() || stopped.get(i).copied().unwrap_or(false) {
+                continue;
+            }
+            let ask = async {
+                let c = Client::connect(node.client, &self.admin).await.ok()?;
+                c.status().await.ok()
+            };
+            if let Ok(Some(status)) = tokio::time::timeout(Duration::from_millis(300), ask).await
+                && status["status"]["role"] == "Leader"
+            {
+                return Some(i);
+            }
+        }
+        None
+    }
+
     /// The index of the node that reports itself leader.
     pub(crate) async fn leader(&self) -> usize {
         for _ in 0..200 {
