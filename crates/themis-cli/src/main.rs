@@ -88,7 +88,7 @@ themis get users ada --consistency session --token 42 --dir /tmp/themis")]
         #[arg(long, default_value = "strong", value_parser = ["strong", "bounded", "session", "prefix", "eventual"])]
         consistency: String,
         /// A bounded read's bound in ms (default: the node's geo.max_staleness_ms).
-        #[arg(long, value_parser = parse_staleness)]
+        #[arg(long, value_parser = parse_staleness, allow_negative_numbers = true)]
         max_staleness_ms: Option<u64>,
         /// A bounded read's bound in versions (LSNs behind the commit).
         #[arg(long)]

@@ -212,6 +212,33 @@ impl Drop for Up<'_> {
     }
 }
 
+/// `themis get` at each level on a running cluster, and each bad level flag refused.
+fn reads_at_every_level(dir: &str, token: &str) {
+    assert!(token.starts_with("s1."), "{token}");
+    for level in [
+        vec!["--consistency", "bounded", "--max-staleness-ms", "5000"],
+        vec!["--consistency", "bounded", "--max-versions", "100"],
+        vec!["--consistency", "prefix"],
+        vec!["--consistency", "eventual"],
+        vec!["--consistency", "session"],
+    ] {
+        let args: Vec<&str> =
+            ["get", "users", "ada"].into_iter().chain(level.iter().copied()).chain(["--dir", dir]).collect();
+        assert_eq!(ok(&args).trim(), r#"{"name":"Ada"}"#, "{level:?}");
+    }
+    for (args, code, needle) in [
+        (vec!["--consistency", "bounded", "--max-staleness-ms", "-5"], 2, "cannot be negative"),
+        (vec!["--consistency", "linear"], 2, "invalid value 'linear'"),
+        (vec!["--token", token], 1, "--token goes with --consistency session"),
+        (vec!["--consistency", "prefix", "--max-staleness-ms", "5"], 1, "go with --consistency bounded"),
+        (vec!["--consistency", "session", "--token", "s1.1.1.local.0.0000000000000000"], 1, "session token"),
+    ] {
+        let all: Vec<&str> =
+            ["get", "users", "ada"].into_iter().chain(args.iter().copied()).chain(["--dir", dir]).collect();
+        fails(&all, code, needle);
+    }
+}
+
 #[test]
 fn a_cluster_comes_up_serves_documents_benchmarks_and_goes_down() {
     let tmp = tempfile::tempdir().unwrap();
@@ -229,7 +256,7 @@ fn a_cluster_comes_up_serves_documents_benchmarks_and_goes_down() {
     assert_eq!(ok(&["get", "users", "ada", "--dir", dir]).trim(), r#"{"name":"Ada"}"#);
     let session = ok(&["get", "users", "ada", "--consistency", "session", "--token", &token, "--dir", dir]);
     assert_eq!(session.trim(), r#"{"name":"Ada"}"#);
-    fails(&["get", "users", "ada", "--consistency", "session", "--dir", dir], 1, "needs --token");
+    reads_at_every_level(dir, &token);
     fails(&["get", "users", "nobody", "--dir", dir], 1, "users/nobody: not found");
     fails(&["put", "users", "bad", "{not json", "--dir", dir], 1, "not JSON");
     let piped = themis()

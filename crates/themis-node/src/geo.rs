@@ -120,14 +120,15 @@ impl Geo {
                     }
                 }
                 ReadPlan::Redirect(reason) => {
-                    let leader = at.leader.filter(|l| !at.is_leader || *l != manager.id());
-                    let leader_addr = match leader {
+                    let leader_addr = match at.leader.filter(|l| *l != manager.id()) {
                         Some(id) => manager.peer(id).await.and_then(|p| String::from_utf8(p.meta).ok()),
                         None => None,
                     };
+                    // Without a leader to name (an election, a restart), the client is told
+                    // at once, to try another replica or again later.
                     return Err(Response::Redirect {
                         reason: format!("node {}: {reason}", manager.id()),
-                        leader: leader.map(|l| l.0),
+                        leader: leader_addr.as_ref().and(at.leader.map(|l| l.0)),
                         leader_addr,
                     });
                 }

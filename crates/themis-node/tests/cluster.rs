@@ -22,7 +22,9 @@ fn doc(i: u64) -> Vec<u8> {
 async fn read_everywhere(cluster: &Cluster, key: &str, token: Option<String>, value: &[u8]) {
     for node in cluster.nodes.iter().filter(|n| n.child.is_some()) {
         let client = Client::connect(node.client, &cluster.admin).await.unwrap();
-        let got = client.get("e2e", key, Consistency::Session(token.clone())).await.unwrap();
+        let got = common::read_local(&client, "e2e", key, token.clone(), Duration::from_secs(30))
+            .await
+            .unwrap_or_else(|| panic!("node {} did not catch up within 30 s", node.id));
         assert_eq!(got.as_deref(), Some(value), "node {} has {key}", node.id);
     }
 }
@@ -127,7 +129,9 @@ async fn three_nodes_replicate_in_every_mode_and_fail_over_after_sigkill_without
             for (_, _, token, ..) in &acked {
                 c.set_session_token(token);
             }
-            c.get("e2e", "probe", Consistency::Session(None)).await.unwrap();
+            common::read_local(&c, "e2e", "probe", c.session_token(), Duration::from_secs(30))
+                .await
+                .unwrap_or_else(|| panic!("round {round}: node {} did not catch up within 30 s", node.id));
             for (key, value, ..) in &acked {
                 let got = c.get("e2e", key, Consistency::Eventual).await.unwrap();
                 assert_eq!(
@@ -165,7 +169,9 @@ async fn a_learner_joins_catches_up_is_promoted_and_a_node_is_removed() {
         .unwrap();
     let learner = Client::connect(addr, &cluster.admin).await.unwrap();
     assert_eq!(
-        learner.get("e2e", "k199", Consistency::Session(client.session_token())).await.unwrap(),
+        common::read_local(&learner, "e2e", "k199", client.session_token(), Duration::from_secs(30))
+            .await
+            .unwrap(),
         Some(doc(199))
     );
     client.admin(Request::Promote { id: 4 }).await.unwrap();
@@ -187,7 +193,9 @@ async fn a_learner_joins_catches_up_is_promoted_and_a_node_is_removed() {
     cluster.kill(victim);
     client.put("e2e", "after-remove", &doc(7)).await.unwrap();
     assert_eq!(
-        learner.get("e2e", "after-remove", Consistency::Session(client.session_token())).await.unwrap(),
+        common::read_local(&learner, "e2e", "after-remove", client.session_token(), Duration::from_secs(30))
+            .await
+            .unwrap(),
         Some(doc(7))
     );
 }
@@ -323,14 +331,14 @@ async fn the_http_admin_api_serves_cluster_operations_documents_topology_and_met
     let (status, headers, body) = http(leader, &ca, "PUT", "/v1/collections/users/docs/ada", &[], doc).await;
     assert_eq!(status, 200, "{body}");
     let token = headers["x-themis-session-token"].to_str().unwrap().to_string();
-    assert_eq!(json(&body)["lsn"].to_string(), token);
+    assert_eq!(json(&body)["session_token"].as_str(), Some(token.as_str()));
+    let lsn = json(&body)["lsn"].as_u64().unwrap();
+    assert!(token.starts_with("s1."), "{body}");
     let path = "/v1/collections/users/docs/ada?consistency=session";
     let (status, headers, body) =
         http(follower, &ca, "GET", path, &[("x-themis-session-token", &token)], "").await;
     assert_eq!((status, body.as_str()), (200, doc));
-    assert!(
-        headers["x-themis-applied-lsn"].to_str().unwrap().parse::<u64>().unwrap() >= token.parse().unwrap()
-    );
+    assert!(headers["x-themis-applied-lsn"].to_str().unwrap().parse::<u64>().unwrap() >= lsn);
     let (status, _, body) = http(leader, &ca, "GET", "/v1/collections/users/docs/ada", &[], "").await;
     assert_eq!((status, body.as_str()), (200, doc), "strong read on the leader");
     // A write to a follower names the leader.
@@ -343,24 +351,17 @@ async fn the_http_admin_api_serves_cluster_operations_documents_topology_and_met
         ("PUT", "/v1/collections/users/docs/x", vec![], "{not json", "is not JSON"),
         (
             "GET",
-            "/v1/collections/users/docs/x?consistency=session",
-            vec![],
-            "",
-            "needs the x-themis-session-token",
-        ),
-        (
-            "GET",
             "/v1/collections/users/docs/x?consistency=later",
             vec![],
             "",
-            "expected strong, session or eventual",
+            "expected one of strong, bounded, session, prefix, eventual",
         ),
         (
             "GET",
-            "/v1/collections/users/docs/x",
+            "/v1/collections/users/docs/x?consistency=session",
             vec![("x-themis-session-token", "soon")],
             "",
-            "expected the LSN",
+            "session token \"soon\"",
         ),
         ("PUT", "/v1/cluster/mode", vec![], r#"{"mode":"eventually"}"#, "mode = \"eventually\""),
         ("PUT", "/v1/cluster/mode", vec![], r#"{"mood":"sync"}"#, "unknown field"),

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::{Cluster, http, metric};
 use nix::sys::signal::Signal;
-use themis_node::{Client, ClientError, Consistency, ErrorCode};
+use themis_node::{ClientError, Consistency, ErrorCode};
 use themis_replication::geo::{SessionToken, TokenCodec};
 
 fn now_ms() -> u64 {
@@ -24,6 +24,7 @@ fn bad_request(result: Result<Option<Vec<u8>>, ClientError>) -> String {
 }
 
 /// Every node's configuration with a short token lifetime and a region.
+#[allow(clippy::needless_pass_by_value, reason = "the shape Cluster::start_with takes")]
 fn geo(text: String) -> String {
     format!("region = \"eu-west\"\n{text}\n[geo]\nsession_token_ttl_ms = 2000\n")
 }
@@ -213,7 +214,7 @@ async fn a_leader_paused_with_sigstop_serves_no_stale_strong_read_from_its_lease
                     value.as_deref(),
                     Some(&b"{\"v\":2}"[..]),
                     "round {round}: a stale strong read after a pause"
-                )
+                );
             }
             // Refusing is allowed; answering from the old state is not.
             Err(e) => eprintln!("round {round}: the read after the pause failed: {e}"),

@@ -122,7 +122,10 @@ async fn every_port_survives_hostile_input_and_the_cluster_still_serves() {
     for i in 0..3 {
         let c = cluster.client(i).await;
         assert_eq!(
-            c.get("hostile", "after", Consistency::Session(writer.session_token())).await.unwrap().as_deref(),
+            common::read_local(&c, "hostile", "after", writer.session_token(), Duration::from_secs(30))
+                .await
+                .unwrap()
+                .as_deref(),
             Some(&b"{\"ok\":true}"[..]),
             "node {i}"
         );

@@ -330,13 +330,10 @@ async fn run(n: u64) {
     for node in &cluster.nodes {
         let c = Client::connect(node.client, &cluster.admin).await.unwrap();
         // A node restarted by the last fault may still be catching up: 30 s at most.
-        let mut caught_up = false;
-        for _ in 0..6 {
-            if c.get("jepsen", "final", Consistency::Session(Some(token.clone()))).await.is_ok() {
-                caught_up = true;
-                break;
-            }
-        }
+        let caught_up =
+            common::read_local(&c, "jepsen", "final", Some(token.clone()), Duration::from_secs(30))
+                .await
+                .is_some();
         if !caught_up {
             for n in &cluster.nodes {
                 let c = Client::connect(n.client, &cluster.admin).await.unwrap();

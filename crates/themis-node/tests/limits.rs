@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use themis_node::limits::{MAX_DOCUMENT_BYTES, MAX_FRAME_BYTES, MAX_NAME_BYTES};
 use themis_node::protocol::{read_frame, write_frame};
-use themis_node::{ClientError, Consistency, ErrorCode, Request, Response};
+use themis_node::{ClientError, ErrorCode, Request, Response};
 use tokio::io::AsyncWriteExt;
 
 mod common;
@@ -206,7 +206,10 @@ async fn every_size_bound_is_refused_with_a_typed_error_and_the_leader_keeps_ser
         (Some("Leader"), Some(leader_id))
     );
     let follower = cluster.client((l + 1) % 3).await;
-    let doc = follower.get("big", "at", Consistency::Session(client.session_token())).await.unwrap().unwrap();
+    let doc = common::read_local(&follower, "big", "at", client.session_token(), Duration::from_secs(30))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(doc.len(), MAX_DOCUMENT_BYTES);
 }
 

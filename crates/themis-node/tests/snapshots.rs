@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::Cluster;
-use themis_node::{Client, Consistency, Request};
+use themis_node::{Client, Request};
 
 /// Small chunks and frequent snapshots, so a few MB of documents are thousands of chunks.
 fn small_chunks(text: &str) -> String {
@@ -93,13 +93,9 @@ async fn a_learner_killed_mid_snapshot_resumes_from_its_part_file() {
     assert!(part.exists(), "the part file outlives the process: {}", part.display());
     cluster.restart(3);
     let learner = Client::connect(cluster.nodes[3].client, &cluster.admin).await.unwrap();
-    let got = tokio::time::timeout(
-        Duration::from_secs(30),
-        learner.get("big", "k2999", Consistency::Session(client.session_token())),
-    )
-    .await
-    .expect("the learner catches up within 30 s")
-    .unwrap();
+    let got = common::read_local(&learner, "big", "k2999", client.session_token(), Duration::from_secs(30))
+        .await
+        .expect("the learner catches up within 30 s");
     assert_eq!(got, Some(doc(2999)));
     let s = status(&learner).await;
     let counters = &s["counters"];
@@ -124,13 +120,9 @@ async fn a_leader_killed_mid_snapshot_is_replaced_and_the_learner_completes() {
     let learner = add_learner(&mut cluster, &client, 3).await;
     until(&learner, "a transfer under way", |s| receiving(s, 100_000)).await;
     cluster.kill(leader); // SIGKILL of the sender, mid-transfer
-    let got = tokio::time::timeout(
-        Duration::from_secs(30),
-        learner.get("big", "k2999", Consistency::Session(client.session_token())),
-    )
-    .await
-    .expect("the learner catches up from the next leader within 30 s")
-    .unwrap();
+    let got = common::read_local(&learner, "big", "k2999", client.session_token(), Duration::from_secs(30))
+        .await
+        .expect("the learner catches up from the next leader within 30 s");
     assert_eq!(got, Some(doc(2999)));
     let s = status(&learner).await;
     assert!(s["counters"]["snapshots_received"].as_u64() >= Some(1), "{s}");

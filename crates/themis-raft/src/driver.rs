@@ -883,7 +883,7 @@ impl Driver {
             chunks_tx,
             incoming: None,
             freshness: Freshness { closed: VecDeque::new(), safe_ms: Arc::clone(&safe_ms) },
-            next_tick: Instant::now(),
+            tick_time: Instant::now(),
         };
         driver.sync_peers();
         let handle = tokio::spawn(async move {
@@ -1112,14 +1112,10 @@ struct Loop {
     /// The snapshot this node is receiving: from whom, which, bytes held.
     incoming: Option<(NodeId, SnapshotId, u64)>,
     freshness: Freshness,
-    /// When the next tick is due: ticks follow the monotonic clock, so a process that was
-    /// paused counts the time it lost before it serves anything (a lease included).
-    next_tick: Instant,
+    /// The monotonic time the tick count stands for: one period per tick from the start,
+    /// plus what [`Loop::catch_up_time`] counted.
+    tick_time: Instant,
 }
-
-/// Most election timeouts' worth of ticks a driver catches up at once after a pause:
-/// enough to expire any lease and run out the election timer, no more.
-const MAX_CATCH_UP_ELECTIONS: u64 = 3;
 
 /// What a node knows of how fresh its state is.
 struct Freshness {
@@ -1192,11 +1188,12 @@ impl Loop {
     ) -> Result<(), DriverError> {
         let mut ticker = tokio::time::interval(self.config.tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        self.next_tick = Instant::now() + self.config.tick;
+        self.tick_time = Instant::now();
         loop {
             tokio::select! {
                 _ = ticker.tick() => {
-                    self.catch_up_ticks()?;
+                    self.node.tick()?;
+                    self.tick_time += self.config.tick;
                     // An applier that failed applies nothing more: a node that went on
                     // leading or voting over it would serve stale state. Checked once a
                     // tick, so the hot path does not wake for every applied batch.
@@ -1212,13 +1209,9 @@ impl Loop {
                 }
                 msg = inbound.recv() => {
                     let Some((from, bytes)) = msg else { return Err(DriverError::Stopped("inbound closed".into())) };
-                    // Time first: after a pause, a message must meet the node's state
-                    // as of now (an expired lease, an election timeout), not as of before.
-                    self.catch_up_ticks()?;
                     self.step(from, &bytes);
                 }
                 cmd = commands.recv() => {
-                    self.catch_up_ticks()?;
                     match cmd {
                         None | Some(Command::Shutdown) => return Ok(()),
                         Some(cmd) => self.command(cmd),
@@ -1255,30 +1248,24 @@ impl Loop {
         }
     }
 
-    /// Ticks the core once for every tick period the monotonic clock has passed since the
-    /// last, up to [`MAX_CATCH_UP_ELECTIONS`] election timeouts' worth. A process stopped
-    /// (`SIGSTOP`, a VM pause, a long GC-like stall) resumes with its lease expired and its
-    /// election timer run out, instead of a tick count that lost the pause.
-    fn catch_up_ticks(&mut self) -> Result<(), DriverError> {
-        let now = Instant::now();
-        if now < self.next_tick {
-            return Ok(());
-        }
+    /// Before a read may be answered from the lease: counts the tick periods the monotonic
+    /// clock has passed beyond the tick count ([`RawNode::advance_time`]). The ticker drops
+    /// the ticks a stalled loop missed, which a lease must not: a process that was stopped
+    /// (`SIGSTOP`, a VM pause) would resume with a tick count that lost the pause and
+    /// answer from a lease a newer leader has since outlived. Counted, its lease has
+    /// expired and the read goes to a quorum.
+    fn catch_up_time(&mut self) {
         let tick = self.config.tick;
-        let behind = now.duration_since(self.next_tick).as_nanos() / tick.as_nanos().max(1) + 1;
-        let cap = u128::from(MAX_CATCH_UP_ELECTIONS * self.config.raft.election_tick).max(1);
-        if behind > 2 {
-            tracing::warn!(node = %self.id, ticks = behind as u64, "the driver fell behind its clock (paused?); catching up");
+        let now = Instant::now();
+        let behind = now.saturating_duration_since(self.tick_time).as_nanos() / tick.as_nanos().max(1);
+        if behind == 0 {
+            return;
         }
-        for _ in 0..behind.min(cap) {
-            self.node.tick()?;
+        if behind > u128::from(self.config.raft.election_tick / 2) {
+            tracing::warn!(node = %self.id, ticks = behind as u64, "the loop fell behind its clock (paused?); a lease read waits for a quorum");
         }
-        // The next tick is one period after the last whole period passed.
-        self.next_tick += tick * u32::try_from(behind).unwrap_or(u32::MAX);
-        if self.next_tick <= now {
-            self.next_tick = now + tick;
-        }
-        Ok(())
+        self.node.advance_time(u64::try_from(behind).unwrap_or(u64::MAX / 2));
+        self.tick_time += tick * u32::try_from(behind).unwrap_or(u32::MAX);
     }
 
     /// Fails reads whose confirmation is overdue: a `ReadIndex` forwarded to the leader,
@@ -1313,6 +1300,10 @@ impl Loop {
         }
         match packet {
             Packet::Message(message) => {
+                // A follower's read index may be answered from this leader's lease.
+                if matches!(message.body, Body::ReadIndex { .. }) {
+                    self.catch_up_time();
+                }
                 if let Err(err) = self.node.step(message) {
                     tracing::debug!(%from, error = %err, "message refused");
                 }
@@ -1496,6 +1487,7 @@ impl Loop {
                 self.track(result, reply);
             }
             Command::Read { reply } => {
+                self.catch_up_time();
                 self.next_read += 1;
                 let id = self.next_read;
                 match self.node.read_index(Bytes::copy_from_slice(&id.to_le_bytes())) {

@@ -363,6 +363,12 @@ impl<S: Storage> Raft<S> {
 
     // ---- ticks -----------------------------------------------------------------------------
 
+    /// Moves the clock that leases and contact ages are measured by, without running the
+    /// election and heartbeat timers (see [`crate::RawNode::advance_time`]).
+    pub(crate) fn advance_time(&mut self, ticks: u64) {
+        self.ticks += ticks;
+    }
+
     pub(crate) fn tick(&mut self) -> Result<(), RaftError> {
         self.ticks += 1;
         if self.role == Role::Leader {

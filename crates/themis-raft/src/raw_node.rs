@@ -325,6 +325,16 @@ impl<S: Storage> RawNode<S> {
         self.raft.leader
     }
 
+    /// Counts `ticks` of time that passed without [`tick`](Self::tick) being called (the
+    /// driver stalled or the process was stopped), for the lease alone: a lease granted
+    /// before the lost time expires by it, so a leader that resumes after a pause does not
+    /// answer from a lease a newer leader has outlived. Election and heartbeat timers do
+    /// not run: a node that was only busy does not time out the peers whose messages are
+    /// still queued.
+    pub fn advance_time(&mut self, ticks: u64) {
+        self.raft.advance_time(ticks);
+    }
+
     /// The newest closed point a leader's heartbeat carried: its whole commit LSN and its
     /// clock (HLC physical ms) when it sent it. Once this node has applied that LSN it
     /// holds every write committed before that time.

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use themis_node::{Client, Credentials, LocalCluster};
+use themis_node::{Client, Consistency, Credentials, LocalCluster, Request, Response};
 pub(crate) struct Proc {
     pub(crate) id: u64,
     pub(crate) raft: SocketAddr,
@@ -252,4 +252,30 @@ pub(crate) fn json(text: &str) -> serde_json::Value {
 /// The value of a metric line `name{labels} value` (labels matched as given, in order).
 pub(crate) fn metric(text: &str, series: &str) -> Option<f64> {
     text.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// Reads `collection/id` on the node `client` talks to, once that node has applied what
+/// the session `token` covers: a session read that is not redirected to the leader
+/// (redirects and timeouts are retried), so the value is this node's. Waits up to `within`;
+/// `None` if the node never caught up.
+pub(crate) async fn read_local(
+    client: &Client,
+    collection: &str,
+    id: &str,
+    token: Option<String>,
+    within: Duration,
+) -> Option<Option<Vec<u8>>> {
+    let deadline = std::time::Instant::now() + within;
+    let request = Request::Get {
+        collection: collection.into(),
+        id: id.into(),
+        consistency: Consistency::Session(token),
+    };
+    while std::time::Instant::now() < deadline {
+        if let Ok(Response::Value { value, .. }) = client.call(request.clone()).await {
+            return Some(value);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    None
 }
