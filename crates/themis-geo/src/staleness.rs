@@ -176,6 +176,11 @@ impl StalenessTracker {
         })
     }
 
+    /// The replicas tracked.
+    pub fn replicas(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.replicas.keys().copied()
+    }
+
     /// Every region that has a replica reporting.
     #[must_use]
     pub fn regions(&self) -> Vec<String> {

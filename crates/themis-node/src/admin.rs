@@ -38,6 +38,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/cluster/members/{id}/promote"),
     ("POST", "/v1/cluster/transfer"),
     ("GET", "/v1/cluster/topology"),
+    ("GET", "/v1/geo/staleness"),
     ("PUT", "/v1/collections/{collection}/docs/{id}"),
     ("GET", "/v1/collections/{collection}/docs/{id}"),
     ("DELETE", "/v1/collections/{collection}/docs/{id}"),
@@ -134,6 +135,7 @@ pub(crate) fn router(state: Arc<AdminState>) -> Router {
         .route("/v1/cluster/members/{id}/promote", post(promote))
         .route("/v1/cluster/transfer", post(transfer))
         .route("/v1/cluster/topology", get(topology))
+        .route("/v1/geo/staleness", get(staleness))
         .route("/v1/collections/{collection}/docs/{id}", put(put_doc).get(get_doc).delete(delete_doc))
         .route("/v1/cdc/events", get(crate::changes::sse))
         .route("/v1/slots", get(crate::slots::list).post(crate::slots::create))
@@ -393,6 +395,20 @@ fn node_id(text: &str) -> Result<u64, String> {
 
 async fn status(State(state): State<Arc<AdminState>>) -> HttpResponse {
     run(&state, Request::Status).await
+}
+
+/// `GET /v1/geo/staleness?window_ms=N`: lag per region and replica, with history.
+async fn staleness(
+    State(state): State<Arc<AdminState>>,
+    Query(query): Query<HashMap<String, String>>,
+) -> HttpResponse {
+    let window_ms = match query.get("window_ms").map(|w| w.parse::<u64>()) {
+        None => 60_000,
+        Some(Ok(w)) if (1..=86_400_000).contains(&w) => w,
+        Some(_) => return bad_request("window_ms: expected 1 to 86400000 (a day)"),
+    };
+    let shared = &state.shared;
+    axum::Json(shared.geo.report(&shared.manager, shared.hlc.now().physical_ms(), window_ms)).into_response()
 }
 
 async fn election(State(state): State<Arc<AdminState>>) -> HttpResponse {

@@ -6,10 +6,15 @@
 //! this replica to catch up, or redirect the client. Every write and read answers with a
 //! session token covering what it wrote or saw.
 
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use serde_json::{Value, json};
+use themis_replication::clock::NodeId;
 use themis_replication::geo::{
-    ConsistencyLevel, GeoError, ReadConsistency, ReadPlan, ReplicaState, SessionToken, TokenCodec, plan_read,
+    ConsistencyLevel, GeoError, LagSample, ReadConsistency, ReadPlan, ReplicaState, SessionToken,
+    StalenessTracker, TokenCodec, plan_read,
 };
 use themis_replication::raft::driver::ReplicationManager;
 
@@ -32,10 +37,24 @@ pub(crate) struct Geo {
     wait: Duration,
     /// The level of an HTTP read that names none.
     pub(crate) default_level: ConsistencyLevel,
+    /// Regions by node id (this node's and its peers' from the configuration).
+    regions: BTreeMap<u64, String>,
+    /// Lag of every replica, sampled by the leader each second.
+    pub(crate) staleness: Arc<Mutex<StalenessTracker>>,
 }
 
+/// Samples a replica's history keeps: an hour at one a second.
+const HISTORY_SAMPLES: usize = 3_600;
+
+/// An empty staleness tracker of [`HISTORY_SAMPLES`] per replica.
+pub(crate) fn tracker() -> Arc<Mutex<StalenessTracker>> {
+    Arc::new(Mutex::new(StalenessTracker::new(HISTORY_SAMPLES)))
+}
+/// How often the leader samples replica lag.
+const SAMPLE_EVERY: Duration = Duration::from_secs(1);
+
 impl Geo {
-    pub(crate) fn new(config: &NodeConfig) -> Result<Geo, GeoError> {
+    pub(crate) fn new(config: &NodeConfig, staleness: Arc<Mutex<StalenessTracker>>) -> Result<Geo, GeoError> {
         Ok(Geo {
             codec: TokenCodec::new(&config.cluster, config.session_secret.as_deref())?,
             region: config.region.clone(),
@@ -43,6 +62,79 @@ impl Geo {
             max_staleness_ms: config.geo.max_staleness_ms,
             wait: Duration::from_millis(config.geo.read_wait_ms),
             default_level: config.default_consistency,
+            regions: config.regions.clone(),
+            staleness,
+        })
+    }
+
+    /// A node's region: as configured, else `local`.
+    pub(crate) fn region_of(&self, id: u64) -> &str {
+        self.regions.get(&id).map_or("local", String::as_str)
+    }
+
+    /// One sample of every member's lag, on the leader (the only node that knows them):
+    /// the leader itself at 0, each replica as its status reports it.
+    fn sample(&self, manager: &ReplicationManager, now_ms: u64) {
+        let status = manager.status();
+        let mut tracker = self.staleness.lock().unwrap_or_else(PoisonError::into_inner);
+        if status.role != "Leader" {
+            return;
+        }
+        let zero = LagSample { at_ms: now_ms, lag_lsns: 0, lag_ms: 0 };
+        tracker.update(status.id, self.region_of(status.id.0), zero);
+        let mut members: BTreeSet<NodeId> = BTreeSet::from([status.id]);
+        for r in &status.replicas {
+            members.insert(r.id);
+            let sample = LagSample { at_ms: now_ms, lag_lsns: r.lag_lsns, lag_ms: r.lag_ms };
+            tracker.update(r.id, self.region_of(r.id.0), sample);
+        }
+        for gone in tracker.replicas().filter(|id| !members.contains(id)).collect::<Vec<_>>() {
+            tracker.remove(gone);
+        }
+    }
+
+    /// Staleness per region and replica with history over `window_ms`, and this node's own
+    /// (`GET /v1/geo/staleness`). Only the leader knows every replica's lag; a follower
+    /// reports its own and names the leader.
+    pub(crate) fn report(&self, manager: &ReplicationManager, now_ms: u64, window_ms: u64) -> Value {
+        let at = manager.positions();
+        let safe_ms = manager.safe_time_ms();
+        let tracker = self.staleness.lock().unwrap_or_else(PoisonError::into_inner);
+        let regions: Vec<Value> = tracker
+            .regions()
+            .iter()
+            .filter_map(|region| tracker.get_staleness(region))
+            .map(|r| {
+                let replicas: Vec<Value> = r
+                    .replicas
+                    .iter()
+                    .map(|x| {
+                        json!({
+                            "replica": x.replica.0,
+                            "lag_ms": x.latest.lag_ms,
+                            "lag_lsns": x.latest.lag_lsns,
+                            "history": tracker.history(x.replica, now_ms, window_ms),
+                        })
+                    })
+                    .collect();
+                json!({
+                    "region": r.region,
+                    "min_lag_ms": r.min_lag_ms,
+                    "max_lag_ms": r.max_lag_ms,
+                    "min_lag_lsns": r.min_lag_lsns,
+                    "replicas": replicas,
+                })
+            })
+            .collect();
+        json!({
+            "node": manager.id().0,
+            "region": self.region,
+            "leader": at.leader.map(|l| l.0),
+            "is_leader": at.is_leader,
+            "safe_ms": safe_ms,
+            "staleness_ms": if safe_ms == 0 { None } else { Some(now_ms.saturating_sub(safe_ms)) },
+            "window_ms": window_ms,
+            "regions": regions,
         })
     }
 
@@ -154,6 +246,19 @@ async fn leader_session_wait(manager: &ReplicationManager, token: &SessionToken)
         Ok(Err(e)) => Err(crate::server::driver_error(e)),
         Err(_) => Err(timeout("the session read")),
     }
+}
+
+/// Samples replica lag each second while the node runs (it records only while leading).
+pub(crate) fn start(shared: &Arc<crate::server::Shared>) {
+    let shared = Arc::clone(shared);
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(SAMPLE_EVERY);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            shared.geo.sample(&shared.manager, shared.hlc.now().physical_ms());
+        }
+    });
 }
 
 fn bad(e: &GeoError) -> Response {

@@ -92,6 +92,17 @@ impl Metrics {
         self.registry.register_collector(Box::new(ArchiveCollector { stats }));
     }
 
+    /// Adds staleness metrics: lag per region (from the leader's samples in `staleness`)
+    /// and this node's own staleness (its safe time against `hlc`).
+    pub fn watch_geo(
+        &mut self,
+        staleness: Arc<std::sync::Mutex<themis_replication::geo::StalenessTracker>>,
+        manager: ReplicationManager,
+        hlc: Arc<themis_replication::clock::Hlc>,
+    ) {
+        self.registry.register_collector(Box::new(GeoCollector { staleness, manager, hlc }));
+    }
+
     /// Adds logical replication slot metrics, read from `slots` at each scrape.
     pub fn watch_slots(&mut self, slots: LogicalReplicationManager) {
         self.registry.register_collector(Box::new(SlotCollector { slots }));
@@ -457,6 +468,51 @@ impl Collector for SlotCollector {
             for slot in &stats.slots {
                 let labels = SlotLabels { slot: slot.record.config.name.clone() };
                 ConstCounter::new(value(slot)).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug)]
+struct GeoCollector {
+    staleness: Arc<std::sync::Mutex<themis_replication::geo::StalenessTracker>>,
+    manager: ReplicationManager,
+    hlc: Arc<themis_replication::clock::Hlc>,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RegionLabels {
+    region: String,
+}
+
+impl Collector for GeoCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> std::fmt::Result {
+        let safe_ms = self.manager.safe_time_ms();
+        if safe_ms > 0 {
+            let now_ms = self.hlc.now().physical_ms();
+            gauge(
+                &mut encoder,
+                "staleness_ms",
+                "How far behind this node may be: now less its safe time (see docs/consistency.md)",
+                signed(now_ms.saturating_sub(safe_ms)),
+            )?;
+        }
+        let tracker = self.staleness.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let regions = tracker.regions();
+        if regions.is_empty() {
+            return Ok(());
+        }
+        let mut family = encoder.encode_descriptor(
+            "region_lag_ms",
+            "Lag of each region's freshest replica, sampled by the leader each second",
+            None,
+            MetricType::Gauge,
+        )?;
+        for region in regions {
+            if let Some(r) = tracker.get_staleness(&region) {
+                ConstGauge::new(signed(r.min_lag_ms))
+                    .encode(family.encode_family(&RegionLabels { region })?)?;
             }
         }
         Ok(())

@@ -94,6 +94,7 @@ fn start_tasks(
 ) -> Result<(), NodeError> {
     crate::sink::start(shared, &config.cdc.sinks, sinks);
     crate::slots::start(shared);
+    crate::geo::start(shared);
     if let Some(spec) = &config.archive {
         crate::archive::start(shared, spec, &config.cluster, config.data_dir.join("raft"), archive_stats)
             .map_err(|e| NodeError::Io(format!("archive: {e}")))?;
@@ -341,6 +342,8 @@ impl Node {
         let sinks = crate::sink::stats(&config.cdc.sinks);
         metrics.watch_cdc(cdc.clone(), Arc::clone(&store), sinks.clone());
         metrics.watch_slots(logical.clone());
+        let staleness = crate::geo::tracker();
+        metrics.watch_geo(Arc::clone(&staleness), manager.clone(), Arc::clone(&hlc));
         let archive_stats = Arc::new(crate::archive::ArchiveStats::default());
         if config.archive.is_some() {
             metrics.watch_archive(Arc::clone(&archive_stats));
@@ -359,7 +362,7 @@ impl Node {
             slot_writes: tokio::sync::Mutex::new(()),
             hlc,
             archive: config.archive.as_ref().map(|a| (Arc::clone(&archive_stats), a.timeout_secs * 1000)),
-            geo: crate::geo::Geo::new(config).map_err(|e| NodeError::Io(format!("[geo]: {e}")))?,
+            geo: crate::geo::Geo::new(config, staleness).map_err(|e| NodeError::Io(format!("[geo]: {e}")))?,
         });
         start_tasks(&shared, config, &sinks, archive_stats)?;
         let client_listener = TcpListener::bind(config.client_addr)

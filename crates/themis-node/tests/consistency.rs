@@ -23,10 +23,12 @@ fn bad_request(result: Result<Option<Vec<u8>>, ClientError>) -> String {
     }
 }
 
-/// Every node's configuration with a short token lifetime and a region.
+/// Every node's configuration with a short token lifetime, nodes 1 and 2 in `us-east` and
+/// node 3 in `eu-west`.
 #[allow(clippy::needless_pass_by_value, reason = "the shape Cluster::start_with takes")]
 fn geo(text: String) -> String {
-    format!("region = \"eu-west\"\n{text}\n[geo]\nsession_token_ttl_ms = 2000\n")
+    let text = common::with_regions(&text, |id| if id == 3 { "eu-west" } else { "us-east" });
+    format!("{text}\n[geo]\nsession_token_ttl_ms = 2000\n")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -36,7 +38,8 @@ async fn every_level_reads_on_followers_and_bad_tokens_are_refused_at_once() {
     let writer = cluster.client(leader).await;
     writer.put("c", "k", b"{\"v\":1}").await.unwrap();
     let token = writer.session_token().expect("a write answers with a session token");
-    assert!(token.starts_with("s1.") && token.contains(".eu-west."), "{token}");
+    let region = if cluster.nodes[leader].id == 3 { "eu-west" } else { "us-east" };
+    assert!(token.starts_with("s1.") && token.contains(&format!(".{region}.")), "{token}");
 
     for f in (0..3).filter(|&i| i != leader) {
         let reader = cluster.client(f).await;
@@ -68,7 +71,7 @@ async fn every_level_reads_on_followers_and_bad_tokens_are_refused_at_once() {
     };
     let follower = cluster.client((leader + 1) % 3).await;
     let leader_client = cluster.client(leader).await;
-    let altered = token.replacen(".eu-west.", ".us-east.", 1);
+    let altered = token.replacen(&format!(".{region}."), ".ap-south.", 1);
     let cases: Vec<(String, &str)> = vec![
         (altered, "checksum does not match"),
         ("s1.1.2".into(), "expected s1."),
@@ -118,6 +121,8 @@ async fn every_level_reads_on_followers_and_bad_tokens_are_refused_at_once() {
         assert_eq!((status, body.as_str()), (200, "{\"v\":1}"), "{query}");
     }
 
+    check_staleness(&cluster, leader, admin).await;
+
     // Reads are counted by level and outcome, refusals included.
     let (_, _, text) = http(admin, &cluster.admin, "GET", "/metrics", &[], "").await;
     let refused =
@@ -125,6 +130,41 @@ async fn every_level_reads_on_followers_and_bad_tokens_are_refused_at_once() {
     // On a follower, a token only the leader can judge (beyond the log) is redirected.
     assert!(refused >= (cases.len() - 1) as f64, "{refused}\n{text}");
     assert!(metric(&text, "themis_reads_total{level=\"prefix\",outcome=\"ok\"}").unwrap_or(0.0) >= 1.0);
+    assert!(metric(&text, "themis_staleness_ms").is_some_and(|ms| ms < 5_000.0), "{text}");
+}
+
+/// `GET /v1/geo/staleness` on the leader (every region and replica, with history) and on a
+/// follower (its own staleness), and the region lag gauge.
+async fn check_staleness(cluster: &Cluster, leader: usize, admin: std::net::SocketAddr) {
+    // The leader samples every replica each second.
+    let leader_admin = cluster.nodes[leader].admin;
+    tokio::time::sleep(Duration::from_millis(2_200)).await;
+    let (status, _, body) =
+        http(leader_admin, &cluster.admin, "GET", "/v1/geo/staleness?window_ms=60000", &[], "").await;
+    assert_eq!(status, 200, "{body}");
+    let report = common::json(&body);
+    let regions: Vec<&str> =
+        report["regions"].as_array().unwrap().iter().map(|r| r["region"].as_str().unwrap()).collect();
+    assert_eq!(regions, ["eu-west", "us-east"], "{body}");
+    for region in report["regions"].as_array().unwrap() {
+        assert!(region["min_lag_ms"].as_u64().unwrap() < 5_000, "{body}");
+        for replica in region["replicas"].as_array().unwrap() {
+            let history = &replica["history"];
+            assert!(history["samples"].as_u64().unwrap() >= 2, "{body}");
+            assert!(history["p99_ms"].as_u64().unwrap() >= history["p50_ms"].as_u64().unwrap(), "{body}");
+        }
+    }
+    let (_, _, body) = http(admin, &cluster.admin, "GET", "/v1/geo/staleness", &[], "").await;
+    let own = common::json(&body);
+    assert_eq!(own["is_leader"], false, "{body}");
+    assert!(
+        own["staleness_ms"].as_u64().is_some_and(|ms| ms < 5_000),
+        "a follower knows how fresh it is: {body}"
+    );
+    let (status, _, _) = http(admin, &cluster.admin, "GET", "/v1/geo/staleness?window_ms=0", &[], "").await;
+    assert_eq!(status, 400);
+    let (_, _, text) = http(leader_admin, &cluster.admin, "GET", "/metrics", &[], "").await;
+    assert!(metric(&text, "themis_region_lag_ms{region=\"eu-west\"}").is_some(), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -279,3 +279,24 @@ pub(crate) async fn read_local(
     }
     None
 }
+
+/// A node's configuration `text` with regions: its own (`region = ...` at the top) and each
+/// peer's, by node id.
+pub(crate) fn with_regions(text: &str, region_of: impl Fn(u64) -> &'static str) -> String {
+    use std::fmt::Write as _;
+    let id_of = |line: &str, key: &str| line.strip_prefix(key).and_then(|v| v.trim().parse::<u64>().ok());
+    let own = text.lines().find_map(|l| id_of(l, "node_id = ")).expect("a node_id line");
+    let mut out = format!("region = \"{}\"\n", region_of(own));
+    let mut in_peer = false;
+    for line in text.lines() {
+        out.push_str(line);
+        out.push('\n');
+        if line.starts_with('[') {
+            in_peer = line == "[[peers]]";
+        }
+        if in_peer && let Some(id) = id_of(line, "id = ") {
+            let _ = writeln!(out, "region = \"{}\"", region_of(id));
+        }
+    }
+    out
+}
