@@ -15,6 +15,7 @@ use clap::{Args, Parser, Subcommand};
 use themis_cli::cluster::{self, ClusterFile};
 use themis_cli::demo::{self, DemoOptions};
 use themis_cli::{doctor, logical, workload};
+use themis_node::router::{ReadRouter, RouterConfig};
 use themis_node::{ChangeFeed, Client, Consistency, Credentials, Request};
 
 #[derive(Parser)]
@@ -96,6 +97,17 @@ themis get users ada --consistency session --token 42 --dir /tmp/themis")]
         /// The session token a write or read printed.
         #[arg(long)]
         token: Option<String>,
+        /// Spread the read over every node by a strategy: round-robin, least-connections,
+        /// latency, random or p2c (otherwise the first node that answers serves it).
+        #[arg(long, value_parser = parse_strategy)]
+        strategy: Option<themis_replication::geo::Strategy>,
+        /// Read from every node and answer once R have, with the newest version; prints
+        /// who answered and who was stale.
+        #[arg(long, value_name = "R")]
+        quorum: Option<usize>,
+        /// With --quorum: ask stale nodes to catch up to the newest answer.
+        #[arg(long, requires = "quorum")]
+        repair: bool,
         #[command(flatten)]
         target: Target,
     },
@@ -711,8 +723,20 @@ fn run(command: Cmd) -> Result<ExitCode, String> {
             })?;
             println!("written {collection}/{id} at LSN {lsn} (session token {session})");
         }
-        Cmd::Get { collection, id, consistency, max_staleness_ms, max_versions, token, target } => {
-            get_doc(&collection, &id, &consistency, max_staleness_ms, max_versions, token, &target)?;
+        Cmd::Get {
+            collection,
+            id,
+            consistency,
+            max_staleness_ms,
+            max_versions,
+            token,
+            strategy,
+            quorum,
+            repair,
+            target,
+        } => {
+            let read = Read { consistency, max_staleness_ms, max_versions, token, strategy, quorum, repair };
+            get_doc(&collection, &id, read, &target)?;
         }
         Cmd::Delete { collection, id, target } => {
             let lsn = block_on(async {
@@ -1268,23 +1292,29 @@ fn parse_staleness(text: &str) -> Result<u64, String> {
     themis_replication::geo::parse_staleness_ms(text).map_err(|e| e.to_string())
 }
 
-/// `themis get`: reads a document at a level and prints it (the session token to stderr).
-fn get_doc(
-    collection: &str,
-    id: &str,
-    consistency: &str,
+/// How `themis get` reads.
+struct Read {
+    consistency: String,
     max_staleness_ms: Option<u64>,
     max_versions: Option<u64>,
     token: Option<String>,
-    target: &Target,
-) -> Result<(), String> {
+    strategy: Option<themis_replication::geo::Strategy>,
+    quorum: Option<usize>,
+    repair: bool,
+}
+
+/// `themis get`: reads a document at a level (through one node, a strategy over every
+/// node, or a quorum of them) and prints it; the session token and a quorum's sources go
+/// to stderr.
+fn get_doc(collection: &str, id: &str, read: Read, target: &Target) -> Result<(), String> {
+    let Read { consistency, max_staleness_ms, max_versions, token, strategy, quorum, repair } = read;
     if consistency != "bounded" && (max_staleness_ms.is_some() || max_versions.is_some()) {
         return Err("--max-staleness-ms and --max-versions go with --consistency bounded".into());
     }
     if consistency != "session" && token.is_some() {
         return Err("--token goes with --consistency session".into());
     }
-    let consistency = match consistency {
+    let consistency = match consistency.as_str() {
         "bounded" => Consistency::Bounded { max_staleness_ms: max_staleness_ms.unwrap_or(0), max_versions },
         "session" => Consistency::Session(token),
         "prefix" => Consistency::Prefix,
@@ -1292,9 +1322,38 @@ fn get_doc(
         _ => Consistency::Strong,
     };
     let (doc, session) = block_on(async {
-        let client = target.connect().await?;
-        let doc = client.get(collection, id, consistency).await.map_err(|e| e.to_string())?;
-        Ok::<_, String>((doc, client.session_token()))
+        let (addrs, credentials) = target.resolve()?;
+        if strategy.is_none() && quorum.is_none() {
+            let client = Client::connect_any(&addrs, &credentials).await.map_err(|e| e.to_string())?;
+            let doc = client.get(collection, id, consistency).await.map_err(|e| e.to_string())?;
+            return Ok::<_, String>((doc, client.session_token()));
+        }
+        let config = RouterConfig::new(strategy.unwrap_or(themis_replication::geo::Strategy::RoundRobin));
+        let router = ReadRouter::connect(&addrs, &credentials, config).await.map_err(|e| e.to_string())?;
+        if let Consistency::Session(Some(token)) = &consistency {
+            router.set_session_token(token);
+        }
+        let doc = match quorum {
+            None => router.get(collection, id, consistency).await.map_err(|e| e.to_string())?,
+            Some(r) => {
+                let read = router.quorum_get(collection, id, r, repair).await.map_err(|e| e.to_string())?;
+                let list = |v: &[std::net::SocketAddr]| {
+                    v.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+                };
+                eprintln!(
+                    "quorum {r} of {}: version {}, from {}; conflicts: {}; stale: [{}]; divergent: [{}]; repaired: [{}]",
+                    addrs.len(),
+                    read.result.version,
+                    list(&read.result.sources),
+                    read.result.had_conflicts,
+                    list(&read.result.stale),
+                    list(&read.result.divergent),
+                    list(&read.repaired)
+                );
+                read.result.value
+            }
+        };
+        Ok((doc, router.session_token()))
     })?;
     if let Some(session) = session {
         eprintln!("session token {session}");
@@ -1304,4 +1363,9 @@ fn get_doc(
         None => return Err(format!("{collection}/{id}: not found")),
     }
     Ok(())
+}
+
+/// `--strategy`: one of the read router's strategies, by name.
+fn parse_strategy(text: &str) -> Result<themis_replication::geo::Strategy, String> {
+    text.parse().map_err(|e: themis_replication::geo::GeoError| e.to_string())
 }

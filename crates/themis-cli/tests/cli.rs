@@ -221,6 +221,9 @@ fn reads_at_every_level(dir: &str, token: &str) {
         vec!["--consistency", "prefix"],
         vec!["--consistency", "eventual"],
         vec!["--consistency", "session"],
+        vec!["--consistency", "eventual", "--strategy", "p2c"],
+        vec!["--consistency", "session", "--strategy", "least-connections"],
+        vec!["--quorum", "2", "--repair"],
     ] {
         let args: Vec<&str> =
             ["get", "users", "ada"].into_iter().chain(level.iter().copied()).chain(["--dir", dir]).collect();
@@ -232,6 +235,9 @@ fn reads_at_every_level(dir: &str, token: &str) {
         (vec!["--token", token], 1, "--token goes with --consistency session"),
         (vec!["--consistency", "prefix", "--max-staleness-ms", "5"], 1, "go with --consistency bounded"),
         (vec!["--consistency", "session", "--token", "s1.1.1.local.0.0000000000000000"], 1, "session token"),
+        (vec!["--strategy", "fastest"], 2, "round-robin, least-connections"),
+        (vec!["--repair"], 2, "--quorum"),
+        (vec!["--quorum", "4"], 1, "1 <= R <= N"),
     ] {
         let all: Vec<&str> =
             ["get", "users", "ada"].into_iter().chain(args.iter().copied()).chain(["--dir", dir]).collect();

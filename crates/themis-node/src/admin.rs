@@ -316,13 +316,13 @@ pub(crate) fn reply(response: Response) -> HttpResponse {
             with_token(&mut out, &session_token);
             out
         }
-        Response::Value { value: Some(doc), applied_lsn, session_token } => {
+        Response::Value { value: Some(doc), applied_lsn, session_token, .. } => {
             let mut out = (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], doc).into_response();
             out.headers_mut().insert(APPLIED_HEADER, HeaderValue::from(applied_lsn));
             with_token(&mut out, &session_token);
             out
         }
-        Response::Value { value: None, applied_lsn, session_token } => {
+        Response::Value { value: None, applied_lsn, session_token, .. } => {
             let mut out = error(StatusCode::NOT_FOUND, "not_found", "no such document");
             out.headers_mut().insert(APPLIED_HEADER, HeaderValue::from(applied_lsn));
             with_token(&mut out, &session_token);
@@ -741,7 +741,12 @@ mod tests {
             ),
             (Response::NotLeader { leader: Some(2), leader_addr: None }, 421, "not_leader"),
             (
-                Response::Value { value: None, applied_lsn: 3, session_token: "s1.1.3.a.0.00".into() },
+                Response::Value {
+                    value: None,
+                    applied_lsn: 3,
+                    version: 0,
+                    session_token: "s1.1.3.a.0.00".into(),
+                },
                 404,
                 "not_found",
             ),

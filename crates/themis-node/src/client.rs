@@ -520,7 +520,7 @@ fn written(client: &Client, response: Response) -> Result<u64, ClientError> {
     }
 }
 
-fn unexpected(response: Response) -> ClientError {
+pub(crate) fn unexpected(response: Response) -> ClientError {
     match response {
         Response::Error { code, message } => ClientError::Server { code, message },
         Response::NotLeader { leader, leader_addr } => ClientError::NoLeader { leader, addr: leader_addr },

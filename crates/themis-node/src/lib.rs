@@ -30,6 +30,7 @@ pub mod limits;
 pub mod local;
 pub mod metrics;
 pub mod protocol;
+pub mod router;
 pub mod server;
 pub mod sink;
 pub mod slots;

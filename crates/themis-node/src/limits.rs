@@ -88,6 +88,7 @@ mod tests {
         let value = Response::Value {
             value: Some(vec![b'1'; MAX_DOCUMENT_BYTES]),
             applied_lsn: u64::MAX,
+            version: u64::MAX,
             session_token: "t".repeat(themis_replication::geo::MAX_TOKEN_LEN),
         };
         assert!(8 + postcard::to_stdvec(&value).unwrap().len() <= MAX_FRAME_BYTES);

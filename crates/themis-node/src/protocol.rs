@@ -175,6 +175,8 @@ pub enum Response {
         value: Option<Vec<u8>>,
         /// The LSN the node had applied when it read.
         applied_lsn: u64,
+        /// The LSN of the document's last write (0 when it does not exist).
+        version: u64,
         /// The session token that covers what the read saw.
         session_token: String,
     },

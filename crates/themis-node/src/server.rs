@@ -791,10 +791,12 @@ async fn answer(request: Request, shared: &Shared) -> Response {
                 return r;
             }
             let applied_lsn = manager.applied_lsn();
-            let value = store.get(&collection, id.as_bytes()).map(|(v, _)| v.to_vec());
+            let found = store.get(&collection, id.as_bytes());
+            let version = found.as_ref().map_or(0, |(_, lsn)| *lsn);
+            let value = found.map(|(v, _)| v.to_vec());
             let (term, _) = manager.leadership();
             let session_token = shared.geo.issue(term, applied_lsn, shared.hlc.now().physical_ms());
-            Response::Value { value, applied_lsn, session_token }
+            Response::Value { value, applied_lsn, version, session_token }
         }
         Request::Status => {
             let json = serde_json::json!({
