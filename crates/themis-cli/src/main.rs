@@ -65,7 +65,8 @@ themis demo --keep /tmp/themis   # leave the cluster running afterwards")]
     Cluster(ClusterCmd),
     /// Create or replace a JSON document.
     #[command(after_help = "Examples:\n  themis put users ada '{\"name\":\"Ada\"}' --dir /tmp/themis\n  \
-echo '{\"n\":1}' | themis put users one - --addr 127.0.0.1:7100 --ca certs/ca.pem")]
+echo '{\"n\":1}' | themis put users one - --addr 127.0.0.1:7100 --ca certs/ca.pem\n  \
+themis put payments p1 '{\"amount\":5}' --write-concern all --dir /tmp/themis")]
     Put {
         /// The collection.
         collection: String,
@@ -73,12 +74,18 @@ echo '{\"n\":1}' | themis put users one - --addr 127.0.0.1:7100 --ca certs/ca.pe
         id: String,
         /// The document (JSON); `-` reads it from stdin.
         json: String,
+        /// Acknowledge once this many replicas hold it: one, majority or all (the stricter
+        /// of it, the cluster's mode and the collection's tier applies).
+        #[arg(long, value_parser = parse_concern)]
+        write_concern: Option<themis_replication::geo::WriteConcern>,
         #[command(flatten)]
         target: Target,
     },
     /// Read a document.
     #[command(after_help = "Examples:\n  themis get users ada --dir /tmp/themis\n  \
-themis get users ada --consistency session --token 42 --dir /tmp/themis")]
+themis get users ada --consistency session --token s1.3.42.local.1765000000000.0a1b2c3d4e5f6071 --dir /tmp/themis\n  \
+themis get users ada --consistency bounded --max-staleness-ms 500 --strategy p2c --dir /tmp/themis\n  \
+themis get users ada --quorum 2 --repair --dir /tmp/themis")]
     Get {
         /// The collection.
         collection: String,
@@ -216,6 +223,24 @@ themis bench --dir /tmp/themis --duration 5")]
     /// Logical replication slots: durable, failover-safe change consumers.
     #[command(subcommand)]
     Slot(SlotCmd),
+    /// Replication tiers by collection: tier1 (every voter), tier2 (a majority), tier3
+    /// (the leader); the stricter of the tier and the cluster's mode applies.
+    #[command(subcommand)]
+    Tier(TierCmd),
+    /// How stale each region and replica is, with history (the leader knows every
+    /// replica; another node reports its own).
+    #[command(after_help = "Example:
+  themis staleness --window 300 --dir /tmp/themis")]
+    Staleness {
+        /// The history's window in seconds.
+        #[arg(long, default_value_t = 60)]
+        window: u64,
+        /// Print the JSON as the node answered it.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        admin: AdminTarget,
+    },
     /// Run a DDL statement: CREATE COLLECTION c, DROP COLLECTION c, ALTER COLLECTION c SET
     /// SCHEMA VERSION n.
     #[command(after_help = "Example:\n  themis ddl 'CREATE COLLECTION orders' --dir /tmp/themis")]
@@ -396,6 +421,34 @@ impl AdminTarget {
         let (addrs, credentials) = admin_target(self.admin_addr, self.target)?;
         Ok(themis_node::admin_client::AdminClient::new(addrs, credentials))
     }
+}
+
+#[derive(Subcommand)]
+enum TierCmd {
+    /// Put a collection in a tier (automatic tiering leaves it alone from then on).
+    #[command(after_help = "Example:\n  themis tier set payments tier1 --dir /tmp/themis")]
+    Set {
+        /// The collection.
+        collection: String,
+        /// tier1, tier2 or tier3.
+        tier: String,
+        #[command(flatten)]
+        admin: AdminTarget,
+    },
+    /// Return a collection to the cluster's mode alone.
+    #[command(after_help = "Example:\n  themis tier clear payments --dir /tmp/themis")]
+    Clear {
+        /// The collection.
+        collection: String,
+        #[command(flatten)]
+        admin: AdminTarget,
+    },
+    /// Every assignment.
+    #[command(after_help = "Example:\n  themis tier list --dir /tmp/themis")]
+    List {
+        #[command(flatten)]
+        admin: AdminTarget,
+    },
 }
 
 #[derive(Subcommand)]
@@ -687,41 +740,8 @@ fn run(command: Cmd) -> Result<ExitCode, String> {
         }
         Cmd::Server { config } => return Ok(themis_node::server::run(&config, "themis")),
         Cmd::Cluster(cmd) => cluster_cmd(cmd)?,
-        Cmd::Put { collection, id, json, target } => {
-            use themis_node::limits::MAX_DOCUMENT_BYTES;
-            let from_stdin = json == "-";
-            let doc = if from_stdin {
-                // One byte past the limit is enough to know the document is too large; a
-                // larger input is never read into memory.
-                let mut text = String::new();
-                std::io::Read::read_to_string(
-                    &mut std::io::Read::take(std::io::stdin(), MAX_DOCUMENT_BYTES as u64 + 1),
-                    &mut text,
-                )
-                .map_err(|e| format!("stdin: {e}"))?;
-                text
-            } else {
-                json
-            };
-            if doc.len() > MAX_DOCUMENT_BYTES {
-                let size = if from_stdin {
-                    "on stdin is larger than that".to_string()
-                } else {
-                    format!("is {} bytes", doc.len())
-                };
-                return Err(format!(
-                    "the largest document a node accepts is {MAX_DOCUMENT_BYTES} bytes (the WAL record limit \
-                     less its framing), and this one {size}; nothing was sent"
-                ));
-            }
-            serde_json::from_str::<serde_json::Value>(&doc)
-                .map_err(|e| format!("the document is not JSON: {e}"))?;
-            let (lsn, session) = block_on(async {
-                let client = target.connect().await?;
-                let lsn = client.put(&collection, &id, doc.as_bytes()).await.map_err(|e| e.to_string())?;
-                Ok::<_, String>((lsn, client.session_token().unwrap_or_default()))
-            })?;
-            println!("written {collection}/{id} at LSN {lsn} (session token {session})");
+        Cmd::Put { collection, id, json, write_concern, target } => {
+            put_doc(&collection, &id, json, write_concern, &target)?;
         }
         Cmd::Get {
             collection,
@@ -754,6 +774,8 @@ fn run(command: Cmd) -> Result<ExitCode, String> {
         }
         Cmd::Cdc(cmd) => cdc(cmd)?,
         Cmd::Slot(cmd) => slot(cmd)?,
+        Cmd::Tier(cmd) => tier(cmd)?,
+        Cmd::Staleness { window, json, admin } => staleness(window, json, admin)?,
         Cmd::Archive(cmd) => return archive_cmd(cmd),
         Cmd::Restore { to_time, to_lsn, to_hlc, target_dir, dry_run, parallel, archive } => {
             restore_cmd(
@@ -1368,4 +1390,131 @@ fn get_doc(collection: &str, id: &str, read: Read, target: &Target) -> Result<()
 /// `--strategy`: one of the read router's strategies, by name.
 fn parse_strategy(text: &str) -> Result<themis_replication::geo::Strategy, String> {
     text.parse().map_err(|e: themis_replication::geo::GeoError| e.to_string())
+}
+
+/// `--write-concern`: one, majority or all.
+fn parse_concern(text: &str) -> Result<themis_replication::geo::WriteConcern, String> {
+    text.parse().map_err(|e: themis_replication::geo::GeoError| e.to_string())
+}
+
+/// `themis tier ...`.
+fn tier(cmd: TierCmd) -> Result<(), String> {
+    match cmd {
+        TierCmd::Set { collection, tier, admin } => {
+            let body = serde_json::json!({ "tier": tier });
+            let path = format!("/v1/tiers/{collection}");
+            let done = block_on(logical::call(&mut admin.client()?, "PUT", &path, Some(&body)))?;
+            println!("{collection} is in {} (LSN {})", done["tier"].as_str().unwrap_or("?"), done["lsn"]);
+        }
+        TierCmd::Clear { collection, admin } => {
+            let path = format!("/v1/tiers/{collection}");
+            let done = block_on(logical::call(&mut admin.client()?, "DELETE", &path, None))?;
+            println!("{collection} follows the cluster's mode (LSN {})", done["lsn"]);
+        }
+        TierCmd::List { admin } => {
+            let list = block_on(logical::call(&mut admin.client()?, "GET", "/v1/tiers", None))?;
+            let tiers = list["tiers"].as_array().cloned().unwrap_or_default();
+            if tiers.is_empty() {
+                println!("no collection has a tier; every write follows the cluster's mode");
+            }
+            for t in tiers {
+                println!(
+                    "{:<32} {}  write concern {}{}",
+                    t["collection"].as_str().unwrap_or("?"),
+                    t["tier"].as_str().unwrap_or("?"),
+                    t["write_concern"].as_str().unwrap_or("?"),
+                    if t["automatic"] == true { "  (automatic)" } else { "" }
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `themis staleness`.
+fn staleness(window: u64, json: bool, admin: AdminTarget) -> Result<(), String> {
+    let path = format!("/v1/geo/staleness?window_ms={}", window.saturating_mul(1000));
+    let report = block_on(logical::call(&mut admin.client()?, "GET", &path, None))?;
+    if json {
+        println!("{report:#}");
+        return Ok(());
+    }
+    println!(
+        "node {} (region {}): staleness {} ms{}",
+        report["node"],
+        report["region"].as_str().unwrap_or("?"),
+        report["staleness_ms"],
+        if report["is_leader"] == true { ", leader" } else { "" }
+    );
+    for region in report["regions"].as_array().cloned().unwrap_or_default() {
+        println!(
+            "region {:<16} lag {} to {} ms",
+            region["region"].as_str().unwrap_or("?"),
+            region["min_lag_ms"],
+            region["max_lag_ms"]
+        );
+        for r in region["replicas"].as_array().cloned().unwrap_or_default() {
+            let h = &r["history"];
+            println!(
+                "  node {:<4} lag {} ms ({} LSNs); over {} s: p50 {} p95 {} p99 {} max {} ms",
+                r["replica"],
+                r["lag_ms"],
+                r["lag_lsns"],
+                window,
+                h["p50_ms"],
+                h["p95_ms"],
+                h["p99_ms"],
+                h["max_ms"]
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `themis put`: validates the document (from the argument or stdin) and writes it,
+/// acknowledged under `write_concern` when given.
+fn put_doc(
+    collection: &str,
+    id: &str,
+    json: String,
+    write_concern: Option<themis_replication::geo::WriteConcern>,
+    target: &Target,
+) -> Result<(), String> {
+    use themis_node::limits::MAX_DOCUMENT_BYTES;
+    let from_stdin = json == "-";
+    let doc = if from_stdin {
+        // One byte past the limit is enough to know the document is too large; a
+        // larger input is never read into memory.
+        let mut text = String::new();
+        std::io::Read::read_to_string(
+            &mut std::io::Read::take(std::io::stdin(), MAX_DOCUMENT_BYTES as u64 + 1),
+            &mut text,
+        )
+        .map_err(|e| format!("stdin: {e}"))?;
+        text
+    } else {
+        json
+    };
+    if doc.len() > MAX_DOCUMENT_BYTES {
+        let size = if from_stdin {
+            "on stdin is larger than that".to_string()
+        } else {
+            format!("is {} bytes", doc.len())
+        };
+        return Err(format!(
+            "the largest document a node accepts is {MAX_DOCUMENT_BYTES} bytes (the WAL record limit \
+             less its framing), and this one {size}; nothing was sent"
+        ));
+    }
+    serde_json::from_str::<serde_json::Value>(&doc).map_err(|e| format!("the document is not JSON: {e}"))?;
+    let (lsn, session) = block_on(async {
+        let client = target.connect().await?;
+        let concern = write_concern.unwrap_or(themis_replication::geo::WriteConcern::One);
+        let lsn =
+            client.put_with(collection, id, doc.as_bytes(), concern).await.map_err(|e| e.to_string())?;
+        Ok::<_, String>((lsn, client.session_token().unwrap_or_default()))
+    })?;
+    println!("written {collection}/{id} at LSN {lsn} (session token {session})");
+
+    Ok(())
 }

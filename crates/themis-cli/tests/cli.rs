@@ -73,6 +73,10 @@ fn every_command_has_help_with_an_example() {
         vec!["archive", "prune"],
         vec!["archive", "verify"],
         vec!["restore"],
+        vec!["tier", "set"],
+        vec!["tier", "clear"],
+        vec!["tier", "list"],
+        vec!["staleness"],
     ] {
         let mut args = args.clone();
         args.push("--help");
@@ -212,6 +216,21 @@ impl Drop for Up<'_> {
     }
 }
 
+/// `themis tier`, `themis staleness` and `themis put --write-concern` on a running cluster.
+fn tiers_and_staleness(dir: &str) {
+    assert!(ok(&["tier", "set", "payments", "tier1", "--dir", dir]).contains("payments is in tier1"));
+    let list = ok(&["tier", "list", "--dir", dir]);
+    assert!(list.contains("payments") && list.contains("write concern all"), "{list}");
+    fails(&["tier", "set", "payments", "gold", "--dir", dir], 1, "expected one of tier1, tier2, tier3");
+    assert!(ok(&["tier", "clear", "payments", "--dir", dir]).contains("follows the cluster's mode"));
+    assert!(ok(&["tier", "list", "--dir", dir]).contains("no collection has a tier"));
+    let written = ok(&["put", "payments", "p1", "{}", "--write-concern", "all", "--dir", dir]);
+    assert!(written.contains("written payments/p1"), "{written}");
+    fails(&["put", "payments", "p2", "{}", "--write-concern", "most", "--dir", dir], 2, "one, majority, all");
+    let report = ok(&["staleness", "--json", "--dir", dir]);
+    assert!(report.contains("\"staleness_ms\""), "{report}");
+}
+
 /// `themis get` at each level on a running cluster, and each bad level flag refused.
 fn reads_at_every_level(dir: &str, token: &str) {
     assert!(token.starts_with("s1."), "{token}");
@@ -339,6 +358,7 @@ fn a_cluster_comes_up_serves_documents_benchmarks_and_goes_down() {
     assert!(ok(&["status", "--dir", dir]).contains("mode SYNC"), "the bench's mode is the cluster's");
 
     check_cdc_tail(dir);
+    tiers_and_staleness(dir);
 
     // Down: every process ends; the commands then say no node answers.
     let down = ok(&["cluster", "down", "--dir", dir]);

@@ -18,7 +18,7 @@ use axum::response::{IntoResponse, Response as HttpResponse};
 use axum::routing::{get, post, put};
 use serde_json::{Value, json};
 use themis_replication::clock::NodeId;
-use themis_replication::geo::{ConsistencyLevel, parse_staleness_ms};
+use themis_replication::geo::{ConsistencyLevel, WriteConcern, parse_staleness_ms};
 use themis_replication::raft::DriverStatus;
 use tokio::net::TcpListener;
 
@@ -39,6 +39,9 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/cluster/transfer"),
     ("GET", "/v1/cluster/topology"),
     ("GET", "/v1/geo/staleness"),
+    ("GET", "/v1/tiers"),
+    ("PUT", "/v1/tiers/{collection}"),
+    ("DELETE", "/v1/tiers/{collection}"),
     ("PUT", "/v1/collections/{collection}/docs/{id}"),
     ("GET", "/v1/collections/{collection}/docs/{id}"),
     ("DELETE", "/v1/collections/{collection}/docs/{id}"),
@@ -136,6 +139,8 @@ pub(crate) fn router(state: Arc<AdminState>) -> Router {
         .route("/v1/cluster/transfer", post(transfer))
         .route("/v1/cluster/topology", get(topology))
         .route("/v1/geo/staleness", get(staleness))
+        .route("/v1/tiers", get(crate::tiers::list))
+        .route("/v1/tiers/{collection}", put(crate::tiers::assign).delete(crate::tiers::clear))
         .route("/v1/collections/{collection}/docs/{id}", put(put_doc).get(get_doc).delete(delete_doc))
         .route("/v1/cdc/events", get(crate::changes::sse))
         .route("/v1/slots", get(crate::slots::list).post(crate::slots::create))
@@ -484,13 +489,41 @@ async fn transfer(State(state): State<Arc<AdminState>>, bytes: Bytes) -> HttpRes
 async fn put_doc(
     State(state): State<Arc<AdminState>>,
     Path((collection, id)): Path<(String, String)>,
+    Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
     body: axum::body::Body,
 ) -> HttpResponse {
+    let concern = match write_concern(&query) {
+        Ok(c) => c,
+        Err(message) => return bad_request(&message),
+    };
     match read_document(&headers, body).await {
-        Ok(bytes) => run(&state, Request::Put { collection, id, value: bytes.to_vec() }).await,
+        Ok(bytes) => {
+            written_with(&state, Request::Put { collection, id, value: bytes.to_vec() }, concern).await
+        }
         Err(refusal) => refusal,
     }
+}
+
+/// `?write_concern=one|majority|all`, if given.
+fn write_concern(query: &HashMap<String, String>) -> Result<Option<WriteConcern>, String> {
+    query
+        .get("write_concern")
+        .map(|c| c.parse::<WriteConcern>())
+        .transpose()
+        .map_err(|e| format!("write_concern: {e}"))
+}
+
+/// Runs a write, then waits for `concern` (the stricter of it and the mode applies).
+async fn written_with(state: &AdminState, request: Request, concern: Option<WriteConcern>) -> HttpResponse {
+    let answer = handle(request, &state.shared).await;
+    if let (Response::Written { lsn, .. }, Some(concern)) = (&answer, concern) {
+        let waited = handle(Request::WaitFor { lsn: *lsn, concern }, &state.shared).await;
+        if waited != Response::Done {
+            return reply(waited);
+        }
+    }
+    reply(answer)
 }
 
 fn too_large(what: &str) -> HttpResponse {
@@ -548,8 +581,12 @@ fn linger(body: axum::body::Body) {
 async fn delete_doc(
     State(state): State<Arc<AdminState>>,
     Path((collection, id)): Path<(String, String)>,
+    Query(query): Query<HashMap<String, String>>,
 ) -> HttpResponse {
-    run(&state, Request::Delete { collection, id }).await
+    match write_concern(&query) {
+        Ok(concern) => written_with(&state, Request::Delete { collection, id }, concern).await,
+        Err(message) => bad_request(&message),
+    }
 }
 
 async fn get_doc(

@@ -387,7 +387,7 @@ impl Authenticator {
 pub fn required_role(request: &Request) -> Role {
     match request {
         Request::Get { .. } | Request::Status | Request::Authenticate { .. } => Role::Read,
-        Request::Put { .. } | Request::Delete { .. } => Role::Write,
+        Request::Put { .. } | Request::Delete { .. } | Request::WaitFor { .. } => Role::Write,
         Request::SetMode { .. }
         | Request::AddLearner { .. }
         | Request::Promote { .. }

@@ -448,6 +448,36 @@ impl Client {
         written(self, self.call_leader(request).await?)
     }
 
+    /// [`put`](Self::put) acknowledged once `concern` is also met (the stricter of it, the
+    /// cluster's mode and the collection's tier applies): `ALL` waits for every voter, in
+    /// every region.
+    pub async fn put_with(
+        &self,
+        collection: &str,
+        id: &str,
+        value: &[u8],
+        concern: themis_replication::geo::WriteConcern,
+    ) -> Result<u64, ClientError> {
+        let lsn = self.put(collection, id, value).await?;
+        self.wait_for(lsn, concern).await?;
+        Ok(lsn)
+    }
+
+    /// Waits until the write at `lsn` meets `concern` (asked of the leader).
+    pub async fn wait_for(
+        &self,
+        lsn: u64,
+        concern: themis_replication::geo::WriteConcern,
+    ) -> Result<(), ClientError> {
+        if concern == themis_replication::geo::WriteConcern::One {
+            return Ok(());
+        }
+        match self.call_leader(Request::WaitFor { lsn, concern }).await? {
+            Response::Done => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
     /// Deletes `collection/id`; returns the write's LSN.
     pub async fn delete(&self, collection: &str, id: &str) -> Result<u64, ClientError> {
         written(

@@ -153,6 +153,17 @@ pub struct GeoSection {
     /// How long a replica waits to catch up with a bounded or session read before it
     /// redirects the client, in ms (default 200; 0 to 10000).
     pub read_wait_ms: u64,
+    /// Move collections between replication tiers by their write rates (default false).
+    pub auto_tiering: bool,
+    /// Writes per second (smoothed over a minute) at which a collection moves up a tier
+    /// (default 100).
+    pub auto_promote_writes_per_sec: u64,
+    /// Writes per second at or below which it moves down a tier (default 1; below
+    /// `auto_promote_writes_per_sec`).
+    pub auto_demote_writes_per_sec: u64,
+    /// How often the leader re-evaluates, in seconds; a collection stays at least five of
+    /// these in a tier (default 60; 1 to 86400).
+    pub auto_tier_interval_secs: u64,
 }
 
 impl Default for GeoSection {
@@ -163,6 +174,10 @@ impl Default for GeoSection {
             session_token_ttl_ms: 3_600_000,
             session_secret_file: None,
             read_wait_ms: 200,
+            auto_tiering: false,
+            auto_promote_writes_per_sec: 100,
+            auto_demote_writes_per_sec: 1,
+            auto_tier_interval_secs: 60,
         }
     }
 }
@@ -751,6 +766,17 @@ impl RawConfig {
 }
 
 impl GeoSection {
+    /// Automatic tiering's policy, when it is on.
+    #[must_use]
+    pub fn auto_tier_policy(&self) -> Option<themis_replication::geo::AutoTierPolicy> {
+        self.auto_tiering.then(|| themis_replication::geo::AutoTierPolicy {
+            promote_per_sec: self.auto_promote_writes_per_sec as f64,
+            demote_per_sec: self.auto_demote_writes_per_sec as f64,
+            min_dwell_ms: 5 * 1000 * self.auto_tier_interval_secs,
+            half_life_ms: 60_000,
+        })
+    }
+
     /// Checks `[geo]`; returns the default level and the session secret.
     fn validate(&self) -> Result<(themis_replication::geo::ConsistencyLevel, Option<Vec<u8>>), ConfigError> {
         use themis_replication::geo;
@@ -767,6 +793,20 @@ impl GeoSection {
         }
         if self.read_wait_ms > 10_000 {
             return bad(format!("geo.read_wait_ms = {}: must be 0 to 10000", self.read_wait_ms));
+        }
+        if !(1..=86_400).contains(&self.auto_tier_interval_secs) {
+            return bad(format!(
+                "geo.auto_tier_interval_secs = {}: must be 1 to 86400",
+                self.auto_tier_interval_secs
+            ));
+        }
+        if let Some(policy) = self.auto_tier_policy()
+            && let Err(e) = themis_replication::geo::AutoTiering::new(policy)
+        {
+            return bad(format!(
+                "geo.auto_demote_writes_per_sec = {} and geo.auto_promote_writes_per_sec = {}: {e}",
+                self.auto_demote_writes_per_sec, self.auto_promote_writes_per_sec
+            ));
         }
         let secret = match &self.session_secret_file {
             None => None,

@@ -36,6 +36,7 @@ pub mod sink;
 pub mod slots;
 pub mod stats;
 pub mod store;
+pub mod tiers;
 mod writes;
 
 pub use client::{Client, ClientError, Credentials};

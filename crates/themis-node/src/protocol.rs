@@ -92,6 +92,14 @@ pub enum Request {
     },
     /// The node's replication status, as JSON.
     Status,
+    /// Waits until the write at `lsn` meets `concern` (leader): `Done`, or a timeout.
+    /// [`crate::Client::put_with`] sends it after a write.
+    WaitFor {
+        /// The write's LSN.
+        lsn: u64,
+        /// How many replicas must hold it.
+        concern: themis_replication::geo::WriteConcern,
+    },
     /// Changes the acknowledgement mode for the cluster (leader).
     SetMode {
         /// `sync`, `semi_sync` or `async`.

@@ -58,6 +58,8 @@ pub(crate) struct Shared {
     pub(crate) archive: Option<(Arc<crate::archive::ArchiveStats>, u64)>,
     /// Read levels and session tokens.
     pub(crate) geo: crate::geo::Geo,
+    /// Replication tiers by collection.
+    pub(crate) tiers: crate::tiers::Tiers,
 }
 
 impl Shared {
@@ -65,6 +67,22 @@ impl Shared {
     fn written(&self, lsn: u64) -> Response {
         let (term, _) = self.manager.leadership();
         Response::Written { lsn, session_token: self.geo.issue(term, lsn, self.hlc.now().physical_ms()) }
+    }
+
+    /// [`written`](Self::written) once the write also meets its collection's tier, if the
+    /// collection has one.
+    async fn written_under(
+        &self,
+        lsn: u64,
+        tier: Option<themis_replication::geo::ReplicationTier>,
+    ) -> Response {
+        if let Some(tier) = tier
+            && let Err(r) =
+                crate::tiers::await_concern(&self.manager, lsn, tier.write_concern(), WRITE_TIMEOUT).await
+        {
+            return r;
+        }
+        self.written(lsn)
     }
 }
 
@@ -95,6 +113,7 @@ fn start_tasks(
     crate::sink::start(shared, &config.cdc.sinks, sinks);
     crate::slots::start(shared);
     crate::geo::start(shared);
+    crate::tiers::start(shared, Duration::from_secs(config.geo.auto_tier_interval_secs));
     if let Some(spec) = &config.archive {
         crate::archive::start(shared, spec, &config.cluster, config.data_dir.join("raft"), archive_stats)
             .map_err(|e| NodeError::Io(format!("archive: {e}")))?;
@@ -225,6 +244,30 @@ fn raft_config(config: &NodeConfig, id: NodeId) -> Result<(RaftConfig, Duration)
     Ok((raft, tick))
 }
 
+/// Opens the Raft log and state under `data_dir/raft` (a new node writes its bootstrap
+/// membership), with fsyncs timed into `metrics`.
+fn open_storage(config: &NodeConfig, id: NodeId, metrics: &Metrics) -> Result<WalStorage, NodeError> {
+    let bootstrap_voters: Vec<NodeId> =
+        config.peers.iter().map(|p| NodeId(p.0)).filter(|p| !(config.join && *p == id)).collect();
+    let mut conf = ConfState::with_voters(bootstrap_voters);
+    if config.join {
+        conf.learners.insert(id);
+    }
+    let fsync_histogram = metrics.fsync_histogram();
+    let wal = WalConfig {
+        fsync: if config.fsync { FsyncPolicy::Always } else { FsyncPolicy::Never },
+        max_record_bytes: MAX_RECORD_BYTES,
+        on_sync: Some(Arc::new(move |took| fsync_histogram.observe(took.as_secs_f64()))),
+        ..WalConfig::default()
+    };
+    let (storage, report) = WalStorage::open(config.data_dir.join("raft"), wal, Some((conf, config.policy)))
+        .map_err(|e| NodeError::Io(format!("raft storage: {e}")))?;
+    if !report.truncated.is_empty() {
+        tracing::warn!(node = %id, ?report, "the WAL had a torn tail, truncated at open");
+    }
+    Ok(storage)
+}
+
 /// The replication driver's settings for `config`.
 fn driver_config(config: &NodeConfig, id: NodeId) -> Result<DriverConfig, NodeError> {
     let (raft, tick) = raft_config(config, id)?;
@@ -293,26 +336,8 @@ impl Node {
             .map_err(|e| io("transport", &e))?;
         let listener = transport.bind(config.raft_addr).await.map_err(|e| io("raft_addr", &e))?;
 
-        let bootstrap_voters: Vec<NodeId> =
-            config.peers.iter().map(|p| NodeId(p.0)).filter(|p| !(config.join && *p == id)).collect();
-        let mut conf = ConfState::with_voters(bootstrap_voters);
-        if config.join {
-            conf.learners.insert(id);
-        }
         let mut metrics = Metrics::new();
-        let fsync_histogram = metrics.fsync_histogram();
-        let wal = WalConfig {
-            fsync: if config.fsync { FsyncPolicy::Always } else { FsyncPolicy::Never },
-            max_record_bytes: MAX_RECORD_BYTES,
-            on_sync: Some(Arc::new(move |took| fsync_histogram.observe(took.as_secs_f64()))),
-            ..WalConfig::default()
-        };
-        let (storage, report) =
-            WalStorage::open(config.data_dir.join("raft"), wal, Some((conf, config.policy)))
-                .map_err(|e| io("raft storage", &e))?;
-        if !report.truncated.is_empty() {
-            tracing::warn!(node = %id, ?report, "the WAL had a torn tail, truncated at open");
-        }
+        let storage = open_storage(config, id, &metrics)?;
 
         let mut driver_config = driver_config(config, id)?;
         let wal_handle = storage.wal().clone();
@@ -363,6 +388,7 @@ impl Node {
             hlc,
             archive: config.archive.as_ref().map(|a| (Arc::clone(&archive_stats), a.timeout_secs * 1000)),
             geo: crate::geo::Geo::new(config, staleness).map_err(|e| NodeError::Io(format!("[geo]: {e}")))?,
+            tiers: crate::tiers::Tiers::new(config.geo.auto_tier_policy()).map_err(NodeError::Io)?,
         });
         start_tasks(&shared, config, &sinks, archive_stats)?;
         let client_listener = TcpListener::bind(config.client_addr)
@@ -724,6 +750,7 @@ fn op_name(request: &Request) -> &'static str {
         Request::Get { .. } => "get",
         Request::Delete { .. } => "delete",
         Request::Status => "status",
+        Request::WaitFor { .. } => "wait_for",
         Request::Authenticate { .. } => "authenticate",
         _ => "admin",
     }
@@ -760,6 +787,8 @@ async fn answer(request: Request, shared: &Shared) -> Response {
             if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&value) {
                 return bad_request(format!("the document for {collection}/{id} is not JSON: {e}"));
             }
+            let tier = shared.tiers.tier_of(store, &collection);
+            shared.tiers.record(&collection, shared.hlc.now().physical_ms());
             let write = shared.writes.write(
                 manager,
                 store,
@@ -768,7 +797,7 @@ async fn answer(request: Request, shared: &Shared) -> Response {
                 Some(Bytes::from(value)),
             );
             match timed(WRITE_TIMEOUT, "the write", write).await {
-                Ok(lsn) => shared.written(lsn),
+                Ok(lsn) => shared.written_under(lsn, tier).await,
                 Err(r) => r,
             }
         }
@@ -776,9 +805,10 @@ async fn answer(request: Request, shared: &Shared) -> Response {
             if let Err(m) = check_name("collection", &collection).and_then(|()| check_name("id", &id)) {
                 return bad_request(m);
             }
+            let tier = shared.tiers.tier_of(store, &collection);
             let write = shared.writes.write(manager, store, collection, Bytes::from(id.into_bytes()), None);
             match timed(WRITE_TIMEOUT, "the delete", write).await {
-                Ok(lsn) => shared.written(lsn),
+                Ok(lsn) => shared.written_under(lsn, tier).await,
                 Err(r) => r,
             }
         }
@@ -797,6 +827,12 @@ async fn answer(request: Request, shared: &Shared) -> Response {
             let (term, _) = manager.leadership();
             let session_token = shared.geo.issue(term, applied_lsn, shared.hlc.now().physical_ms());
             Response::Value { value, applied_lsn, version, session_token }
+        }
+        Request::WaitFor { lsn, concern } => {
+            match crate::tiers::await_concern(manager, lsn, concern, WRITE_TIMEOUT).await {
+                Ok(()) => Response::Done,
+                Err(r) => r,
+            }
         }
         Request::Status => {
             let json = serde_json::json!({
