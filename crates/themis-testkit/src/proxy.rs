@@ -212,37 +212,61 @@ impl Drop for Proxy {
     }
 }
 
-/// Copies `from` to `to` through `link` until either side closes.
+/// Chunks read but not yet forwarded, per direction (at 64 KiB each, 16 MiB): a slower
+/// reader than writer pushes back through TCP past this.
+const IN_FLIGHT_CHUNKS: usize = 256;
+
+/// Copies `from` to `to` through `link` until either side closes. The reading side stamps
+/// each chunk with when it arrived and the writing side forwards it once its fault allows:
+/// a delay holds each chunk that long after its own arrival (a one-way latency, as netem
+/// gives, with chunks in flight meanwhile), not one after the other.
 async fn pipe(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
     link: &Link,
 ) {
-    let mut fault = link.fault.subscribe();
-    let mut buf = vec![0u8; 64 << 10];
-    loop {
-        let n = match from.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
-        };
-        // A paused link holds this read (and, through TCP, everything behind it) until the
-        // fault changes.
-        let _ = fault.wait_for(|f| *f != Fault::Pause).await;
-        let now = *fault.borrow_and_update();
-        match now {
-            Fault::Blackhole => {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<(tokio::time::Instant, Vec<u8>)>(IN_FLIGHT_CHUNKS);
+    let read = async {
+        let mut fault = link.fault.subscribe();
+        let mut buf = vec![0u8; 64 << 10];
+        loop {
+            let n = match from.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            if *fault.borrow_and_update() == Fault::Blackhole {
                 link.discarded.fetch_add(n as u64, Ordering::Relaxed);
                 continue;
             }
-            Fault::Delay(d) => tokio::time::sleep(d).await,
-            Fault::Pass | Fault::Pause => {}
+            if tx.send((tokio::time::Instant::now(), buf[..n].to_vec())).await.is_err() {
+                break;
+            }
         }
-        if to.write_all(&buf[..n]).await.is_err() {
-            break;
+        drop(tx);
+    };
+    let write = async {
+        let mut fault = link.fault.subscribe();
+        while let Some((arrived, chunk)) = rx.recv().await {
+            // A paused link holds this chunk (and, through TCP, everything behind it) until
+            // the fault changes.
+            let _ = fault.wait_for(|f| *f != Fault::Pause).await;
+            let now = *fault.borrow_and_update();
+            match now {
+                Fault::Blackhole => {
+                    link.discarded.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                    continue;
+                }
+                Fault::Delay(d) => tokio::time::sleep_until(arrived + d).await,
+                Fault::Pass | Fault::Pause => {}
+            }
+            if to.write_all(&chunk).await.is_err() {
+                break;
+            }
+            link.forwarded.fetch_add(chunk.len() as u64, Ordering::Relaxed);
         }
-        link.forwarded.fetch_add(n as u64, Ordering::Relaxed);
-    }
-    let _ = to.shutdown().await;
+        let _ = to.shutdown().await;
+    };
+    tokio::join!(read, write);
 }
 
 #[cfg(test)]
@@ -288,6 +312,19 @@ mod tests {
             Some(&b"slow"[..])
         );
         assert!(started.elapsed() >= Duration::from_millis(150));
+
+        // A delay is a latency, not a rate: ten messages sent 20 ms apart all arrive about
+        // one delay after they were sent, not ten delays (as a link that slept per chunk).
+        proxy.from_upstream().set(Fault::Delay(Duration::from_millis(300)));
+        let started = std::time::Instant::now();
+        for _ in 0..10 {
+            conn.write_all(b"pipe").await.unwrap();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mut all = [0u8; 40];
+        tokio::time::timeout(ample, conn.read_exact(&mut all)).await.unwrap().unwrap();
+        let took = started.elapsed();
+        assert!(took >= Duration::from_millis(300) && took < Duration::from_millis(1_500), "{took:?}");
         proxy.set(Fault::Pass);
 
         // Pause: held, then delivered when the link resumes.
