@@ -17,10 +17,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::Cluster;
+use common::{Cluster, Net};
 use themis_node::{Client, Consistency, Credentials};
 use themis_testkit::linearizability::{Op, OpKind, check};
-use themis_testkit::proxy::{Fault, Proxy};
+use themis_testkit::proxy::Fault;
 
 const KEYS: u64 = 3;
 const CLIENTS: u64 = 4;
@@ -44,75 +44,6 @@ fn seed(nodes: usize) -> u64 {
     );
     eprintln!("jepsen, {nodes} nodes: seed {seed} (THEMIS_JEPSEN_SEED={seed} replays the schedule)");
     seed
-}
-
-/// The proxies between every ordered pair of nodes: `(i, j)` carries what node `i` sends
-/// to node `j`.
-struct Net {
-    links: BTreeMap<(usize, usize), Proxy>,
-}
-
-impl Net {
-    fn set_from(&self, node: usize, fault: Fault) {
-        for ((from, _), p) in &self.links {
-            if *from == node {
-                p.set(fault);
-            }
-        }
-    }
-
-    fn set_to(&self, node: usize, fault: Fault) {
-        for ((_, to), p) in &self.links {
-            if *to == node {
-                p.set(fault);
-            }
-        }
-    }
-
-    /// Both ways between `group` and everyone else.
-    fn split(&self, group: &[usize], fault: Fault) {
-        for ((from, to), p) in &self.links {
-            if group.contains(from) != group.contains(to) {
-                p.set(fault);
-            }
-        }
-    }
-
-    fn all(&self, fault: Fault) {
-        for p in self.links.values() {
-            p.set(fault);
-        }
-    }
-
-    fn cut(&self, node: usize) {
-        for ((from, to), p) in &self.links {
-            if *from == node || *to == node {
-                p.cut();
-            }
-        }
-    }
-}
-
-/// A cluster of `n` whose peer addresses are all proxies.
-async fn start(n: u64) -> (Cluster, Net) {
-    let (dir, layout) = Cluster::layout(n, 0);
-    let mut links = BTreeMap::new();
-    for (i, from) in layout.nodes.iter().enumerate() {
-        let mut text = std::fs::read_to_string(&from.config).unwrap();
-        for (j, to) in layout.nodes.iter().enumerate() {
-            if i == j {
-                continue;
-            }
-            let proxy = Proxy::start(to.raft).await.unwrap();
-            let real = format!("id = {}\nraft_addr = \"{}\"", to.id, to.raft);
-            assert!(text.contains(&real), "node {}'s config lists node {}", from.id, to.id);
-            text = text.replace(&real, &format!("id = {}\nraft_addr = \"{}\"", to.id, proxy.addr()));
-            links.insert((i, j), proxy);
-        }
-        std::fs::write(&from.config, text).unwrap();
-    }
-    let cluster = tokio::task::block_in_place(|| Cluster::launch(dir, layout, n));
-    (cluster, Net { links })
 }
 
 fn value(doc: &[u8]) -> u64 {
@@ -280,7 +211,7 @@ async fn nemesis(cluster: &mut Cluster, net: &Net, rng: &mut fastrand::Rng) -> B
 
 async fn run(n: u64) {
     let seed = seed(n as usize);
-    let (mut cluster, net) = start(n).await;
+    let (mut cluster, net) = common::start_proxied(n, |text| text).await;
     let _ = cluster.leader().await;
     let shared = Arc::new(Shared {
         epoch: Instant::now(),

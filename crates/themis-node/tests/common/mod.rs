@@ -8,7 +8,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use std::collections::BTreeMap;
+
 use themis_node::{Client, Consistency, Credentials, LocalCluster, Request, Response};
+use themis_testkit::proxy::{Fault, Proxy};
 pub(crate) struct Proc {
     pub(crate) id: u64,
     pub(crate) raft: SocketAddr,
@@ -299,4 +302,83 @@ pub(crate) fn with_regions(text: &str, region_of: impl Fn(u64) -> &'static str) 
         }
     }
     out
+}
+
+/// The proxies between every ordered pair of nodes: `(i, j)` carries what node `i` sends
+/// to node `j`.
+pub(crate) struct Net {
+    pub(crate) links: BTreeMap<(usize, usize), Proxy>,
+}
+
+impl Net {
+    pub(crate) fn set_from(&self, node: usize, fault: Fault) {
+        for ((from, _), p) in &self.links {
+            if *from == node {
+                p.set(fault);
+            }
+        }
+    }
+
+    pub(crate) fn set_to(&self, node: usize, fault: Fault) {
+        for ((_, to), p) in &self.links {
+            if *to == node {
+                p.set(fault);
+            }
+        }
+    }
+
+    /// Both ways between `group` and everyone else.
+    pub(crate) fn split(&self, group: &[usize], fault: Fault) {
+        for ((from, to), p) in &self.links {
+            if group.contains(from) != group.contains(to) {
+                p.set(fault);
+            }
+        }
+    }
+
+    /// Both ways between nodes `a` and `b`.
+    pub(crate) fn set_between(&self, a: usize, b: usize, fault: Fault) {
+        for ((from, to), p) in &self.links {
+            if (*from == a && *to == b) || (*from == b && *to == a) {
+                p.set(fault);
+            }
+        }
+    }
+
+    pub(crate) fn all(&self, fault: Fault) {
+        for p in self.links.values() {
+            p.set(fault);
+        }
+    }
+
+    pub(crate) fn cut(&self, node: usize) {
+        for ((from, to), p) in &self.links {
+            if *from == node || *to == node {
+                p.cut();
+            }
+        }
+    }
+}
+
+/// A cluster of `n` whose peer addresses are all proxies, each node's configuration
+/// rewritten by `edit` first.
+pub(crate) async fn start_proxied(n: u64, edit: impl Fn(String) -> String) -> (Cluster, Net) {
+    let (dir, layout) = Cluster::layout(n, 0);
+    let mut links = BTreeMap::new();
+    for (i, from) in layout.nodes.iter().enumerate() {
+        let mut text = std::fs::read_to_string(&from.config).unwrap();
+        for (j, to) in layout.nodes.iter().enumerate() {
+            if i == j {
+                continue;
+            }
+            let proxy = Proxy::start(to.raft).await.unwrap();
+            let real = format!("id = {}\nraft_addr = \"{}\"", to.id, to.raft);
+            assert!(text.contains(&real), "node {}'s config lists node {}", from.id, to.id);
+            text = text.replace(&real, &format!("id = {}\nraft_addr = \"{}\"", to.id, proxy.addr()));
+            links.insert((i, j), proxy);
+        }
+        std::fs::write(&from.config, edit(text)).unwrap();
+    }
+    let cluster = tokio::task::block_in_place(|| Cluster::launch(dir, layout, n));
+    (cluster, Net { links })
 }
