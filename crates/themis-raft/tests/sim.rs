@@ -77,12 +77,13 @@ fn run_all(nodes: usize) -> Vec<SimReport> {
 fn summarize(nodes: usize, reports: &[SimReport]) {
     let sum = |f: fn(&SimReport) -> u64| reports.iter().map(f).sum::<u64>();
     eprintln!(
-        "{nodes} nodes, {} seeds: {} steps, {} elections, {} crashes, {} partitions, {} writes, {} reads ({} lease), {} durable acks, {} config changes, {} snapshots",
+        "{nodes} nodes, {} seeds: {} steps, {} elections, {} crashes, {} partitions, {} pauses, {} writes, {} reads ({} lease), {} durable acks, {} config changes, {} snapshots",
         reports.len(),
         sum(|r| r.steps),
         sum(|r| r.elections),
         sum(|r| r.crashes),
         sum(|r| r.partitions),
+        sum(|r| r.pauses),
         sum(|r| r.writes_completed),
         sum(|r| r.reads_completed),
         sum(|r| r.lease_reads),
@@ -91,7 +92,10 @@ fn summarize(nodes: usize, reports: &[SimReport]) {
         sum(|r| r.snapshots_installed),
     );
     // The faults and the workload must really have happened, or the run proves nothing.
-    assert!(sum(|r| r.crashes) > 0 && sum(|r| r.partitions) > 0, "no faults injected");
+    assert!(
+        sum(|r| r.crashes) > 0 && sum(|r| r.partitions) > 0 && sum(|r| r.pauses) > 0,
+        "no faults injected"
+    );
     assert!(
         sum(|r| r.writes_completed) > 0 && sum(|r| r.reads_completed) > 0,
         "no client operations completed"

@@ -70,6 +70,13 @@ pub struct Faults {
     pub fault_every_ticks: u64,
     /// Clock drift of each node's tick rate, at most this many parts per million.
     pub drift_ppm: u32,
+    /// Process pauses (as `SIGSTOP` or a stalled VM): a paused node neither ticks nor
+    /// receives (messages wait in its socket) for one to four election timeouts.
+    pub pauses: bool,
+    /// On resuming, a paused node counts the ticks it missed for its lease, as the driver
+    /// does before a read (`RawNode::advance_time`). Off only to show that the simulator
+    /// catches a driver that forgets the pause.
+    pub count_paused_time: bool,
 }
 
 impl SimConfig {
@@ -88,6 +95,8 @@ impl SimConfig {
                 delay_us: (200, 8_000),
                 fault_every_ticks: 40,
                 drift_ppm: 10_000,
+                pauses: true,
+                count_paused_time: true,
             },
             lease_reads: seed.is_multiple_of(2),
             reconfigure: true,
@@ -135,6 +144,8 @@ pub struct SimReport {
     pub crashes: u64,
     /// Partitions.
     pub partitions: u64,
+    /// Process pauses.
+    pub pauses: u64,
     /// Client writes that completed (committed, applied and acknowledged).
     pub writes_completed: u64,
     /// Reads that completed.
@@ -207,6 +218,23 @@ struct SimNode {
     leader_mark: Option<(u64, Lsn)>,
     role: Role,
     term: u64,
+    /// Paused until this simulated time (0: running), and the ticks it has missed.
+    paused_until: u64,
+    missed_ticks: u64,
+}
+
+impl SimNode {
+    /// Ends a pause that is over: the lease counts the ticks missed (if the driver would).
+    fn resume(&mut self, now: u64, count_paused_time: bool) {
+        if self.paused_until == 0 || now < self.paused_until {
+            return;
+        }
+        self.paused_until = 0;
+        let missed = std::mem::take(&mut self.missed_ticks);
+        if count_paused_time && let Some(raw) = self.raw.as_mut() {
+            raw.advance_time(missed);
+        }
+    }
 }
 
 impl fmt::Debug for Simulation {
@@ -351,6 +379,8 @@ impl Simulation {
                     leader_mark: None,
                     role: Role::Follower,
                     term: 0,
+                    paused_until: 0,
+                    missed_ticks: 0,
                 },
             );
         }
@@ -403,6 +433,9 @@ impl Simulation {
     fn start_node(&mut self, id: NodeId) {
         let signer = crate::network::signer(id, &self.ids);
         let node = self.nodes.get_mut(&id).expect("known node");
+        // A restarted process is not paused.
+        node.paused_until = 0;
+        node.missed_ticks = 0;
         let mut config = Config::new(id, "sim");
         config.seed = self.cfg.seed.wrapping_mul(31).wrapping_add(id.0).wrapping_add(self.report.crashes);
         config.max_clock_drift_ppm = self.cfg.faults.drift_ppm;
@@ -562,7 +595,7 @@ impl Simulation {
     }
 
     fn try_liveness_probe(&mut self) -> Option<(NodeId, Lsn, u64)> {
-        let id = self.nodes.values().find(|n| n.role == Role::Leader && n.raw.is_some())?.id;
+        let id = self.leader()?;
         let raw = self.nodes.get_mut(&id)?.raw.as_mut()?;
         let lsn = raw.propose(Bytes::from_static(b"liveness")).ok()?;
         let now = self.now;
@@ -573,7 +606,16 @@ impl Simulation {
     fn handle(&mut self, event: Event) -> Check {
         match event {
             Event::Tick(id) => {
+                let now = self.now;
+                let count = self.cfg.faults.count_paused_time;
                 let node = self.nodes.get_mut(&id).expect("known node");
+                if now < node.paused_until {
+                    node.missed_ticks += 1;
+                    let tick = node.tick_us;
+                    self.schedule(tick, Event::Tick(id));
+                    return Ok(());
+                }
+                node.resume(now, count);
                 let Some(raw) = node.raw.as_mut() else { return Ok(()) };
                 let tick = node.tick_us;
                 raw.tick().map_err(|e| self.violation("no errors", format!("node {id} tick: {e}")))?;
@@ -582,7 +624,16 @@ impl Simulation {
             }
             Event::Deliver(message) => {
                 let to = message.to;
+                let now = self.now;
+                let count = self.cfg.faults.count_paused_time;
                 let node = self.nodes.get_mut(&to).expect("known node");
+                if now < node.paused_until {
+                    // Held in the socket until the process runs again.
+                    let wait = node.paused_until - now;
+                    self.schedule(wait, Event::Deliver(message));
+                    return Ok(());
+                }
+                node.resume(now, count);
                 let Some(raw) = node.raw.as_mut() else { return Ok(()) };
                 let name = message.body.name();
                 raw.step(message)
@@ -879,25 +930,36 @@ impl Simulation {
         Ok(())
     }
 
+    /// The newest leader a client could reach (running, not paused).
     fn leader(&self) -> Option<NodeId> {
         self.nodes
             .values()
-            .filter(|n| n.raw.is_some() && n.role == Role::Leader)
+            .filter(|n| n.raw.is_some() && n.role == Role::Leader && n.paused_until == 0)
             .max_by_key(|n| n.term)
             .map(|n| n.id)
     }
 
     fn client_op(&mut self) -> Check {
         let key = self.rng.u64(0..4);
-        let alive: Vec<NodeId> = self.nodes.values().filter(|n| n.raw.is_some()).map(|n| n.id).collect();
+        let now = self.now;
+        let count = self.cfg.faults.count_paused_time;
+        // A paused process takes no requests; one whose pause is over resumes first.
+        let alive: Vec<NodeId> = self
+            .nodes
+            .values_mut()
+            .filter(|n| n.raw.is_some() && now >= n.paused_until)
+            .map(|n| {
+                n.resume(now, count);
+                n.id
+            })
+            .collect();
         if alive.is_empty() {
             return Ok(());
         }
         let write = self.rng.f64() < 0.6;
-        let target = if write || self.rng.bool() {
-            self.leader().unwrap_or_else(|| alive[self.rng.usize(0..alive.len())])
-        } else {
-            alive[self.rng.usize(0..alive.len())]
+        let target = match self.leader() {
+            Some(leader) if (write || self.rng.bool()) && alive.contains(&leader) => leader,
+            _ => alive[self.rng.usize(0..alive.len())],
         };
         let op = self.history.len();
         let now = self.now;
@@ -969,6 +1031,18 @@ impl Simulation {
     fn fault(&mut self) {
         let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
         let n = ids.len();
+        if self.cfg.faults.pauses && self.rng.f64() < 0.25 {
+            // Pause a process (the leader half the time) for one to four election timeouts.
+            let victim =
+                if self.rng.bool() { self.leader() } else { None }.unwrap_or(ids[self.rng.usize(0..n)]);
+            let length = self.rng.u64(TICK_US * 10..TICK_US * 40);
+            let node = self.nodes.get_mut(&victim).expect("known node");
+            if node.raw.is_some() && node.paused_until <= self.now {
+                node.paused_until = self.now + length;
+                self.report.pauses += 1;
+            }
+            return;
+        }
         match self.rng.u8(0..8) {
             0 | 1 => {
                 // Heal everything and restart the crashed.
