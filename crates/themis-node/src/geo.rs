@@ -67,6 +67,11 @@ impl Geo {
         })
     }
 
+    /// This node's region.
+    pub(crate) fn region(&self) -> &str {
+        &self.region
+    }
+
     /// A node's region: as configured, else `local`.
     pub(crate) fn region_of(&self, id: u64) -> &str {
         self.regions.get(&id).map_or("local", String::as_str)

@@ -29,7 +29,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use themis_replication::geo::quorum::{self, QuorumResult, ReplicaAnswer};
-use themis_replication::geo::{HealthPolicy, ReplicaHealth, Router, Strategy};
+use themis_replication::geo::{
+    ConsistencyLevel, HealthPolicy, RegionView, ReplicaHealth, Router, Strategy, select_read_region,
+};
 
 use crate::client::{Client, ClientError, Credentials};
 use crate::protocol::{Consistency, Request, Response};
@@ -49,6 +51,10 @@ pub struct RouterConfig {
     pub timeout: Duration,
     /// The seed of the random strategies.
     pub seed: u64,
+    /// The client's region: reads go to the region `select_read_region` picks for their
+    /// level (this one first when healthy, else the nearest by measured round trip);
+    /// `None` spreads them over every replica.
+    pub local_region: Option<String>,
 }
 
 impl RouterConfig {
@@ -62,6 +68,7 @@ impl RouterConfig {
             attempts: 3,
             timeout: Duration::from_secs(5),
             seed: u64::from(std::process::id()),
+            local_region: None,
         }
     }
 }
@@ -72,6 +79,8 @@ impl RouterConfig {
 pub struct Replica {
     /// Its client address.
     pub addr: SocketAddr,
+    /// Its region, as it reported at connect (`local` if it did not answer).
+    pub region: String,
     pool: Vec<tokio::sync::Mutex<Option<Arc<Client>>>>,
     next: AtomicUsize,
 }
@@ -156,14 +165,25 @@ impl ReadRouter {
             )));
         }
         let leader = Client::connect_any(addrs, credentials).await?;
-        let replicas = addrs
-            .iter()
-            .map(|&addr| Replica {
+        let mut replicas = Vec::new();
+        for &addr in addrs {
+            let mut replica = Replica {
                 addr,
+                region: "local".into(),
                 pool: (0..config.pool_size).map(|_| tokio::sync::Mutex::new(None)).collect(),
                 next: AtomicUsize::new(0),
-            })
-            .collect();
+            };
+            if config.local_region.is_some()
+                && let Ok(Response::Status { json }) =
+                    replica.call(credentials, Request::Status, Duration::from_secs(2)).await
+                && let Some(region) = serde_json::from_str::<serde_json::Value>(&json)
+                    .ok()
+                    .and_then(|s| s["region"].as_str().map(String::from))
+            {
+                replica.region = region;
+            }
+            replicas.push(replica);
+        }
         Ok(ReadRouter {
             router: Router::new(replicas, config.strategy, config.health, config.seed),
             credentials: credentials.clone(),
@@ -214,10 +234,19 @@ impl ReadRouter {
             Consistency::Session(None) => Consistency::Session(self.session_token()),
             other => other,
         };
+        let region = self.read_region(&consistency);
         let request = Request::Get { collection: collection.into(), id: id.into(), consistency };
         let mut last = None;
+        // A replica that failed this read is not tried again for it; the others are, in
+        // the chosen region first.
+        let mut failed: Vec<SocketAddr> = Vec::new();
         for _ in 0..self.config.attempts {
-            let Some(pick) = self.router.pick(now_ms(), |_| true) else { break };
+            let untried = |r: &Replica| !failed.contains(&r.addr);
+            let pick = match &region {
+                Some(region) => self.router.pick(now_ms(), |r| r.region == *region && untried(r)),
+                None => None,
+            };
+            let Some(pick) = pick.or_else(|| self.router.pick(now_ms(), untried)) else { break };
             let started = Instant::now();
             match pick.replica().call(&self.credentials, request.clone(), self.config.timeout).await {
                 Ok(Response::Value { value, session_token, .. }) => {
@@ -235,12 +264,56 @@ impl ReadRouter {
                     return Err(crate::client::unexpected(other));
                 }
                 Err(e) => {
+                    failed.push(pick.replica().addr);
                     pick.failed(now_ms());
                     last = Some(e);
                 }
             }
         }
         Err(last.unwrap_or(ClientError::NoLeader { leader: None, addr: None }))
+    }
+
+    /// The region a read at `consistency` goes to, when the router knows its own region:
+    /// `select_read_region` over each region's health (a replica not taken out) and round
+    /// trip (the fastest replica's EWMA; an unmeasured region counts as near when it is
+    /// the local one and far otherwise). The leader's region is not tracked here: STRONG
+    /// reads go to the leader before this.
+    fn read_region(&self, consistency: &Consistency) -> Option<String> {
+        let local = self.config.local_region.as_deref()?;
+        let now = now_ms();
+        let mut views: Vec<RegionView> = Vec::new();
+        for (i, replica) in self.router.replicas().enumerate() {
+            let Some(health) = self.router.health(i) else { continue };
+            let healthy = health.out_until_ms <= now;
+            let rtt_ms = match health.ewma_rtt_us {
+                0 if replica.region == local => 0,
+                0 => 1_000,
+                us => us / 1_000,
+            };
+            match views.iter_mut().find(|v| v.name == replica.region) {
+                Some(v) => {
+                    v.healthy |= healthy;
+                    v.rtt_ms = v.rtt_ms.min(rtt_ms);
+                }
+                None => views.push(RegionView {
+                    name: replica.region.clone(),
+                    healthy,
+                    rtt_ms,
+                    lag_ms: 0,
+                    has_leader: false,
+                }),
+            }
+        }
+        let (level, bound) = match consistency {
+            Consistency::Bounded { max_staleness_ms, .. } => {
+                (ConsistencyLevel::BoundedStaleness, *max_staleness_ms)
+            }
+            Consistency::Session(_) => (ConsistencyLevel::Session, 0),
+            Consistency::Prefix => (ConsistencyLevel::ConsistentPrefix, 0),
+            Consistency::Eventual => (ConsistencyLevel::Eventual, 0),
+            Consistency::Strong => return None,
+        };
+        select_read_region(level, local, &views, bound).map(String::from)
     }
 
     async fn leader_read(&self, request: Request) -> Result<Option<Vec<u8>>, ClientError> {

@@ -840,6 +840,7 @@ async fn answer(request: Request, shared: &Shared) -> Response {
                 "failovers": manager.failover_history(),
                 "alerts": manager.recent_alerts(),
                 "archive": shared.archive.as_ref().map(|(stats, timeout_ms)| stats.status(*timeout_ms)),
+                "region": shared.geo.region(),
             });
             Response::Status { json: json.to_string() }
         }

@@ -154,3 +154,29 @@ async fn quorum_reads_answer_from_r_of_n_and_fail_without_a_quorum() {
         assert!(err.contains("1 <= R <= N"), "{err}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_router_in_a_region_reads_there_and_moves_to_another_when_it_fails() {
+    let mut cluster = Cluster::start_with(3, 0, |text| {
+        common::with_regions(&text, |id| if id == 3 { "eu-west" } else { "us-east" })
+    });
+    cluster.leader().await;
+    let mut config = RouterConfig::new(Strategy::RoundRobin);
+    config.local_region = Some("eu-west".into());
+    let router = ReadRouter::connect(&addrs(&cluster), &cluster.admin, config).await.unwrap();
+    assert_eq!(router.health().len(), 3);
+    router.put("c", "r", b"{\"v\":1}").await.unwrap();
+    for _ in 0..50 {
+        assert!(router.get("c", "r", Consistency::Session(None)).await.unwrap().is_some());
+    }
+    let spread = picks(&router);
+    assert_eq!(spread[2], 50, "every read in the local region: {spread:?}");
+
+    // The local region's only replica dies: reads move to the nearest other region.
+    cluster.kill(2);
+    for _ in 0..50 {
+        assert!(router.get("c", "r", Consistency::Eventual).await.unwrap().is_some());
+    }
+    let after = picks(&router);
+    assert!(after[0] + after[1] >= 45, "reads moved to us-east: {after:?}");
+}
