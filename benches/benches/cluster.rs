@@ -126,14 +126,9 @@ async fn lag_at(nodes: &[Node], credentials: &Credentials, rate: f64, secs: f64)
     (total as f64 / started.elapsed().as_secs_f64(), lags)
 }
 
-/// CPU seconds this process has used (user + system), from `/proc/self/stat`.
+/// CPU seconds this process has used.
 fn cpu_secs() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // Fields after the command name (which ends with ')'): utime and stime are the 12th
-    // and 13th, in clock ticks (100 per second on Linux).
-    let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
-    (ticks(11) + ticks(12)) / 100.0
+    themis_benches::process_cpu_secs()
 }
 
 /// One run of [`with_subscribers`].

@@ -22,12 +22,9 @@ use themis_replication::geo::Strategy;
 const READERS: usize = 32;
 const DOCS: u64 = 1_000;
 
-/// CPU seconds this process has used (user + system), from `/proc/self/stat`.
+/// CPU seconds this process has used.
 fn cpu_secs() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
-    (ticks(11) + ticks(12)) / 100.0
+    themis_benches::process_cpu_secs()
 }
 
 /// Reads per second through `router` for `secs`, and the CPU seconds used per wall second.

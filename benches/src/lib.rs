@@ -141,3 +141,15 @@ fn human_rate(rate: f64) -> String {
         format!("{rate:.0}")
     }
 }
+
+/// CPU seconds this process has used (user + system), from `/proc/self/stat` (0 where it
+/// cannot be read).
+#[must_use]
+pub fn process_cpu_secs() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which ends with ')'): utime and stime are the 12th
+    // and 13th, in clock ticks (100 per second on Linux).
+    let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
