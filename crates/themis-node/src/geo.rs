@@ -45,13 +45,13 @@ pub(crate) struct Geo {
 
 /// Samples a replica's history keeps: an hour at one a second.
 const HISTORY_SAMPLES: usize = 3_600;
+/// How often the leader samples replica lag.
+const SAMPLE_EVERY: Duration = Duration::from_secs(1);
 
 /// An empty staleness tracker of [`HISTORY_SAMPLES`] per replica.
 pub(crate) fn tracker() -> Arc<Mutex<StalenessTracker>> {
     Arc::new(Mutex::new(StalenessTracker::new(HISTORY_SAMPLES)))
 }
-/// How often the leader samples replica lag.
-const SAMPLE_EVERY: Duration = Duration::from_secs(1);
 
 impl Geo {
     pub(crate) fn new(config: &NodeConfig, staleness: Arc<Mutex<StalenessTracker>>) -> Result<Geo, GeoError> {
@@ -78,11 +78,15 @@ impl Geo {
     }
 
     /// One sample of every member's lag, on the leader (the only node that knows them):
-    /// the leader itself at 0, each replica as its status reports it.
+    /// the leader itself at 0, each replica as its status reports it. A node that no
+    /// longer leads forgets what it sampled, so it never reports a past term's lag as now.
     fn sample(&self, manager: &ReplicationManager, now_ms: u64) {
         let status = manager.status();
         let mut tracker = self.staleness.lock().unwrap_or_else(PoisonError::into_inner);
         if status.role != "Leader" {
+            for id in tracker.replicas().collect::<Vec<_>>() {
+                tracker.remove(id);
+            }
             return;
         }
         let zero = LagSample { at_ms: now_ms, lag_lsns: 0, lag_ms: 0 };
