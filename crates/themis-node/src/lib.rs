@@ -11,8 +11,10 @@
 //! // certs/ holds ca.pem and an admin client certificate (`themis certs` writes them).
 //! let admin = Credentials::admin_from_dir(std::path::Path::new("certs"))?;
 //! let client = Client::connect(node.client_addr, &admin).await?;
-//! let token = client.put("users", "ada", br#"{"name":"Ada"}"#).await?;
-//! let doc = client.get("users", "ada", Consistency::Session(token)).await?;
+//! client.put("users", "ada", br#"{"name":"Ada"}"#).await?;
+//! // Read-your-writes on any node: the client keeps the session token its write returned
+//! // (`client.session_token()` carries it to another client).
+//! let doc = client.get("users", "ada", Consistency::Session(None)).await?;
 //! assert!(doc.is_some());
 //! # Ok(()) }
 //! ```
