@@ -155,7 +155,7 @@ fn write_raft_seed_corpus() {
         ("vote", Body::Vote { claim, signature: Signature(vec![7; 64]), force: false }),
         ("append", Body::Append { prev_lsn: 5, prev_term: 1, entries, commit: 5 }),
         ("append_response", Body::AppendResponse { reject: true, lsn: 5, hint_lsn: 3, hint_term: 1 }),
-        ("heartbeat", Body::Heartbeat { commit: 5, round: 9 }),
+        ("heartbeat", Body::Heartbeat { commit: 5, round: 9, closed: 6, closed_ms: 1_700_000_000_000 }),
         ("read_index", Body::ReadIndex { ctx: Bytes::from_static(b"ctx") }),
     ];
     for (name, body) in bodies {
