@@ -212,6 +212,12 @@ impl TierMap {
         self.assigned.get(collection).map_or(self.default_tier(), |(t, _)| *t)
     }
 
+    /// The tier assigned to `collection`, if any (`None`: it is in the default tier).
+    #[must_use]
+    pub fn assigned(&self, collection: &str) -> Option<ReplicationTier> {
+        self.assigned.get(collection).map(|(t, _)| *t)
+    }
+
     /// Whether the collection's tier was set by hand (automatic tiering leaves it alone).
     #[must_use]
     pub fn pinned(&self, collection: &str) -> bool {
@@ -393,6 +399,7 @@ mod tests {
         });
         assert_eq!(map.tier("payments"), ReplicationTier::Tier1);
         assert_eq!(map.tier("users"), ReplicationTier::Tier2);
+        assert_eq!((map.assigned("payments"), map.assigned("users")), (Some(ReplicationTier::Tier1), None));
         assert!(map.pinned("payments") && !map.pinned("logs"));
         map.apply(&TierChange::Clear { collection: "payments".into() });
         assert_eq!(map.tier("payments"), ReplicationTier::Tier2);

@@ -505,6 +505,45 @@ async fn put_doc(
     }
 }
 
+/// Writes the internal document `collection/key` (none: removes it) through the leader
+/// and waits until this node has applied it; `what` names it in a timeout. Slot records
+/// and tier assignments travel this way.
+pub(crate) async fn write_internal(
+    shared: &crate::server::Shared,
+    collection: &str,
+    key: &str,
+    value: Option<Bytes>,
+    what: &str,
+) -> Result<u64, HttpResponse> {
+    const LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
+    let write = shared.writes.write(
+        &shared.manager,
+        &shared.store,
+        collection.to_string(),
+        Bytes::copy_from_slice(key.as_bytes()),
+        value,
+    );
+    let lsn = match tokio::time::timeout(LIMIT, write).await {
+        Ok(Ok(lsn)) => lsn,
+        Ok(Err(e)) => return Err(reply(crate::server::driver_error(e))),
+        Err(_) => {
+            return Err(error(
+                StatusCode::GATEWAY_TIMEOUT,
+                "timeout",
+                &format!("the {what} write timed out"),
+            ));
+        }
+    };
+    if tokio::time::timeout(LIMIT, shared.manager.wait_applied(lsn)).await.is_err() {
+        return Err(error(
+            StatusCode::GATEWAY_TIMEOUT,
+            "timeout",
+            &format!("applying the {what} write timed out"),
+        ));
+    }
+    Ok(lsn)
+}
+
 /// `?write_concern=one|majority|all`, if given.
 fn write_concern(query: &HashMap<String, String>) -> Result<Option<WriteConcern>, String> {
     query

@@ -259,21 +259,8 @@ async fn write_record(
         Some(r) => serde_json::to_vec(r).expect("a record serializes"),
         None => serde_json::to_vec(&json!({"dropped": true})).expect("serializes"),
     };
-    let write = shared.writes.write(
-        &shared.manager,
-        &shared.store,
-        SLOTS_COLLECTION.to_string(),
-        Bytes::copy_from_slice(name.as_bytes()),
-        Some(Bytes::from(doc)),
-    );
-    let lsn = match tokio::time::timeout(WRITE_TIMEOUT, write).await {
-        Ok(Ok(lsn)) => lsn,
-        Ok(Err(e)) => return Err(crate::admin::reply(driver_error(e))),
-        Err(_) => return Err(error(StatusCode::GATEWAY_TIMEOUT, "timeout", "the slot write timed out")),
-    };
-    if tokio::time::timeout(WRITE_TIMEOUT, shared.manager.wait_applied(lsn)).await.is_err() {
-        return Err(error(StatusCode::GATEWAY_TIMEOUT, "timeout", "applying the slot write timed out"));
-    }
+    let lsn =
+        crate::admin::write_internal(shared, SLOTS_COLLECTION, name, Some(Bytes::from(doc)), "slot").await?;
     reconcile_now(shared).await;
     Ok(lsn)
 }

@@ -13,7 +13,6 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response as HttpResponse};
 use bytes::Bytes;
 use serde_json::{Value, json};
@@ -22,7 +21,7 @@ use themis_replication::geo::{
 };
 use themis_replication::raft::driver::ReplicationManager;
 
-use crate::admin::{AdminState, bad_request, error};
+use crate::admin::{AdminState, bad_request};
 use crate::protocol::{ErrorCode, Response, check_name};
 use crate::server::Shared;
 use crate::store::DocStore;
@@ -31,9 +30,10 @@ use crate::store::DocStore;
 pub const TIERS_COLLECTION: &str = "_themis_tiers";
 
 /// The tier table as the store last applied it, rebuilt when internal documents change.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Tiers {
-    cache: Mutex<(u64, TierMap, bool)>,
+    /// The store's internal version the table was built at, and the table.
+    cache: Mutex<(u64, TierMap)>,
     /// Automatic tiering's write counts (the leader's), when on.
     auto: Option<Mutex<AutoTiering>>,
 }
@@ -41,14 +41,16 @@ pub(crate) struct Tiers {
 impl Tiers {
     pub(crate) fn new(auto: Option<AutoTierPolicy>) -> Result<Tiers, String> {
         let auto = auto.map(AutoTiering::new).transpose().map_err(|e| format!("geo.auto_tiering: {e}"))?;
-        Ok(Tiers { cache: Mutex::new((u64::MAX, TierMap::default(), false)), auto: auto.map(Mutex::new) })
+        // No store version is u64::MAX, so the first use builds the table.
+        Ok(Tiers { cache: Mutex::new((u64::MAX, TierMap::default())), auto: auto.map(Mutex::new) })
     }
 
-    /// The table, rebuilt from the store's `_themis_tiers` documents if they changed.
-    pub(crate) fn map(&self, store: &DocStore) -> TierMap {
+    /// Runs `f` on the table, rebuilt first from the store's `_themis_tiers` documents if
+    /// they changed since it was built.
+    fn with_map<T>(&self, store: &DocStore, f: impl FnOnce(&TierMap) -> T) -> T {
         let version = store.internal_version();
         let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
-        if cache.0 != version || !cache.2 {
+        if cache.0 != version {
             let mut map = TierMap::default();
             for (key, value, _) in store.internal_docs(TIERS_COLLECTION) {
                 if let (Ok(collection), Ok(doc)) =
@@ -59,22 +61,20 @@ impl Tiers {
                     map.apply(&TierChange::Assign { collection, tier, automatic });
                 }
             }
-            *cache = (version, map, true);
+            *cache = (version, map);
         }
-        cache.1.clone()
+        f(&cache.1)
+    }
+
+    /// The table (a copy, for listing and automatic tiering).
+    pub(crate) fn map(&self, store: &DocStore) -> TierMap {
+        self.with_map(store, TierMap::clone)
     }
 
     /// The tier assigned to `collection`, if any (an unassigned collection follows the
-    /// cluster's mode alone).
+    /// cluster's mode alone). On every write: a version check and a map lookup.
     pub(crate) fn tier_of(&self, store: &DocStore, collection: &str) -> Option<ReplicationTier> {
-        let version = store.internal_version();
-        {
-            let cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
-            if cache.0 == version && cache.2 {
-                return cache.1.assignments().find(|(c, ..)| *c == collection).map(|(_, t, _)| t);
-            }
-        }
-        self.map(store).assignments().find(|(c, ..)| *c == collection).map(|(_, t, _)| t)
+        self.with_map(store, |map| map.assigned(collection))
     }
 
     /// Counts a write for automatic tiering (a no-op when it is off).
@@ -209,23 +209,7 @@ async fn write(
     let value = tier.map(|(t, automatic)| {
         Bytes::from(serde_json::to_vec(&json!({ "tier": t.as_str(), "automatic": automatic })).expect("JSON"))
     });
-    let write = shared.writes.write(
-        &shared.manager,
-        &shared.store,
-        TIERS_COLLECTION.to_string(),
-        Bytes::copy_from_slice(collection.as_bytes()),
-        value,
-    );
-    let limit = Duration::from_secs(10);
-    let lsn = match tokio::time::timeout(limit, write).await {
-        Ok(Ok(lsn)) => lsn,
-        Ok(Err(e)) => return Err(crate::admin::reply(crate::server::driver_error(e))),
-        Err(_) => return Err(error(StatusCode::GATEWAY_TIMEOUT, "timeout", "the tier write timed out")),
-    };
-    if tokio::time::timeout(limit, shared.manager.wait_applied(lsn)).await.is_err() {
-        return Err(error(StatusCode::GATEWAY_TIMEOUT, "timeout", "applying the tier write timed out"));
-    }
-    Ok(lsn)
+    crate::admin::write_internal(shared, TIERS_COLLECTION, collection, value, "tier").await
 }
 
 /// With automatic tiering on: every `every`, the leader moves collections by their write
