@@ -957,6 +957,30 @@ client_addr = "127.0.0.1:8003"
                 "admin_addr = \"localhost\"",
             ),
             (good.replace("node_id = 1", "node_id = 1\nregion = \"\""), "region = \"\""),
+            (
+                good.replace("node_id = 1", "node_id = 1\nregion = \"US East\""),
+                "region = \"US East\": expected 1 to 32",
+            ),
+            (
+                good.replace("[replication]", "[replication]\nmax_clock_drift_ppm = 200000"),
+                "max_clock_drift_ppm = 200000",
+            ),
+            (format!("{good}\n[geo]\ndefault_consistency = \"linear\"\n"), "geo.default_consistency"),
+            (format!("{good}\n[geo]\nmax_staleness_ms = 0\n"), "geo.max_staleness_ms = 0"),
+            (format!("{good}\n[geo]\nsession_token_ttl_ms = 10\n"), "geo.session_token_ttl_ms = 10"),
+            (format!("{good}\n[geo]\nread_wait_ms = 20000\n"), "geo.read_wait_ms = 20000"),
+            (format!("{good}\n[geo]\nauto_tier_interval_secs = 0\n"), "geo.auto_tier_interval_secs = 0"),
+            (
+                format!(
+                    "{good}\n[geo]\nauto_tiering = true\nauto_promote_writes_per_sec = 1\nauto_demote_writes_per_sec = 5\n"
+                ),
+                "geo.auto_demote_writes_per_sec = 5",
+            ),
+            (
+                format!("{good}\n[geo]\nsession_secret_file = \"/nonexistent/secret\"\n"),
+                "geo.session_secret_file",
+            ),
+            (format!("{good}\n[geo]\nregion = \"x\"\n"), "unknown field"),
         ];
         for (text, needle) in cases {
             let err = NodeConfig::parse(&text, |_| None).unwrap_err();
