@@ -163,6 +163,9 @@ fn write_raft_seed_corpus() {
         let bytes = wire::encode(&message);
         write("raft_message_decode", name, &bytes);
         if name == "append" {
+            // The same append forwarded by an upstream to a learner (cascading), and its answer.
+            write("raft_message_decode", "forward", &wire::encode_forward(NodeId(3), NodeId(2), &message));
+            write("raft_message_decode", "forward_ack", &wire::encode_forward_ack(NodeId(2), NodeId(3), 8));
             write("raft_message_decode", "append_truncated", &bytes[..bytes.len() - 5]);
             let mut flipped = bytes.clone();
             flipped[60] ^= 1;

@@ -32,6 +32,7 @@ use themis_wal::{Entry, EntryKind, Lsn, record};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
+use crate::cascade::CascadeState;
 use crate::confchange::MemberChange;
 use crate::config::Config;
 use crate::durable::WalStorage;
@@ -318,6 +319,14 @@ pub struct DriverStatus {
     /// everything committed applied is fresh as of now; a follower as of the heartbeat
     /// whose whole commit LSN it has applied.
     pub safe_ms: u64,
+    /// Cascading replication: each cascaded learner and the member it streams from
+    /// ([`ReplicationManager::set_upstreams`]).
+    #[serde(default)]
+    pub upstreams: BTreeMap<NodeId, NodeId>,
+    /// Leader: cascaded learners it serves directly for now (their upstream is silent, or
+    /// they stalled behind it).
+    #[serde(default)]
+    pub cascade_direct: Vec<NodeId>,
 }
 
 /// Running totals of a driver, for metrics.
@@ -353,6 +362,15 @@ pub struct DriverCounters {
     pub snapshots_received: u64,
     /// Bytes of snapshot transfers that resumed from a part file after a restart.
     pub snapshot_bytes_resumed: u64,
+    /// Entries this node passed on to learners streaming from it (cascading).
+    #[serde(default)]
+    pub forwarded_entries: u64,
+    /// Forward batches it sent (probes included).
+    #[serde(default)]
+    pub forward_batches: u64,
+    /// Leader: appends it left to a cascaded learner's upstream instead of sending.
+    #[serde(default)]
+    pub appends_left_to_upstream: u64,
 }
 
 /// A snapshot transfer in progress.
@@ -419,6 +437,7 @@ enum Command {
     Membership { change: MemberChange, reply: Reply<Lsn> },
     Transfer { to: NodeId, reply: Reply<()> },
     Peer { id: NodeId, reply: oneshot::Sender<Option<PeerInfo>> },
+    SetUpstreams { upstreams: BTreeMap<NodeId, NodeId>, reply: oneshot::Sender<()> },
     Shutdown,
 }
 
@@ -711,6 +730,19 @@ impl ReplicationManager {
         rx.await.ok().flatten()
     }
 
+    /// Sets cascading replication: each learner in `upstreams` streams the committed log
+    /// from the member named beside it instead of from the leader (see
+    /// [`cascade`](crate::cascade)). Every node must be given the same map (the node layer
+    /// keeps it in the replicated store); checking chains and cycles is the caller's.
+    pub async fn set_upstreams(&self, upstreams: BTreeMap<NodeId, NodeId>) -> Result<(), DriverError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(Command::SetUpstreams { upstreams, reply: tx })
+            .await
+            .map_err(|_| DriverError::Stopped("the driver has stopped".into()))?;
+        rx.await.map_err(|_| DriverError::Stopped("the driver has stopped".into()))
+    }
+
     /// Stops the driver: the loop ends after the work in hand, waiting writes fail with
     /// [`DriverError::Stopped`], links close. Every handle then reports `Stopped`.
     pub async fn shutdown(&self) {
@@ -845,10 +877,7 @@ impl Driver {
         let history = Recent::new();
         let (alerts, _) = broadcast::channel(256);
         let alert_history = Recent::new();
-        let mut peers = BTreeMap::new();
-        for info in restored.peers.into_iter().chain(config.peers.iter().cloned()) {
-            peers.entry(info.id).or_insert(Peer { info, sender: None, retry_at: None });
-        }
+        let peers = initial_peers(restored.peers, &config.peers);
         let mut driver = Loop {
             id,
             node,
@@ -883,6 +912,7 @@ impl Driver {
             chunks_tx,
             incoming: None,
             freshness: Freshness { closed: VecDeque::new(), safe_ms: Arc::clone(&safe_ms) },
+            cascade: CascadeState::default(),
             tick_time: Instant::now(),
         };
         driver.sync_peers();
@@ -910,6 +940,16 @@ impl Driver {
             handle,
         ))
     }
+}
+
+/// The peers a driver starts with: those its snapshot recorded, then the configured
+/// bootstrap members (a recorded address wins).
+fn initial_peers(restored: Vec<PeerInfo>, configured: &[PeerInfo]) -> BTreeMap<NodeId, Peer> {
+    let mut peers = BTreeMap::new();
+    for info in restored.into_iter().chain(configured.iter().cloned()) {
+        peers.entry(info.id).or_insert(Peer { info, sender: None, retry_at: None });
+    }
+    peers
 }
 
 async fn accept_loop(
@@ -1112,6 +1152,8 @@ struct Loop {
     /// The snapshot this node is receiving: from whom, which, bytes held.
     incoming: Option<(NodeId, SnapshotId, u64)>,
     freshness: Freshness,
+    /// Cascading replication: this node as a learner's upstream, and as a leader.
+    cascade: CascadeState,
     /// The monotonic time the tick count stands for: one period per tick from the start,
     /// plus what [`Loop::catch_up_time`] counted.
     tick_time: Instant,
@@ -1244,6 +1286,7 @@ impl Loop {
                 let ready = self.node.ready()?;
                 self.handle_ready(ready).await?;
             }
+            self.forward();
             self.maybe_snapshot().await?;
         }
     }
@@ -1293,6 +1336,7 @@ impl Loop {
             Packet::Message(m) => (m.from, m.to),
             Packet::Chunk(c) => (c.from, c.to),
             Packet::Ack(a) => (a.from, a.to),
+            Packet::Forward { from, to, .. } | Packet::ForwardAck { from, to, .. } => (*from, *to),
         };
         if claims != from || to != self.id {
             tracing::warn!(link = %from, %claims, %to, "a message names another sender or receiver; dropped");
@@ -1317,6 +1361,79 @@ impl Loop {
                 let _ = self.chunks_tx.try_send(chunk);
             }
             Packet::Ack(ack) => self.snapshot_acked(&ack),
+            Packet::Forward { from, message, .. } => self.forwarded(from, message),
+            Packet::ForwardAck { from, commit, .. } => {
+                self.cascade.acked(from, commit);
+            }
+        }
+    }
+
+    /// A learner steps what its upstream forwarded as the `Append` of the leader it
+    /// names, and tells the upstream where it stands. Only a learner streams from another
+    /// member, only from the one it was given, and only entries of a voter's leadership.
+    fn forwarded(&mut self, from: NodeId, message: Message) {
+        let conf = self.node.conf_state();
+        if !conf.learners.contains(&self.id) || self.cascade.upstreams().get(&self.id) != Some(&from) {
+            tracing::debug!(node = %self.id, %from, "a forward from a member this node does not stream from; dropped");
+            return;
+        }
+        if !conf.all_voters().contains(&message.from) {
+            tracing::warn!(node = %self.id, %from, leader = %message.from, "a forward names a leader that is not a voter; dropped");
+            return;
+        }
+        if let Err(err) = self.node.step(message) {
+            tracing::debug!(%from, error = %err, "forwarded entries refused");
+        }
+        let ack = wire::encode_forward_ack(self.id, from, self.node.committed());
+        if let Some(sender) = self.peers.get(&from).and_then(|p| p.sender.as_ref()) {
+            let _ = sender.try_send(Bytes::from(ack));
+        }
+    }
+
+    /// As a learner's upstream: passes on what this node holds committed and durable, one
+    /// batch in flight per learner.
+    fn forward(&mut self) {
+        if self.cascade.upstreams().is_empty() {
+            return;
+        }
+        let leading = self.node.role() == Role::Leader;
+        let Some(leader) = self.node.leader() else { return };
+        let commit = self.node.committed().min(self.storage.last_lsn().unwrap_or(0));
+        let now = Instant::now();
+        for due in self.cascade.due(self.id, leading, commit, now) {
+            self.cascade.sent(due.learner, now);
+            let prev_lsn = due.from - 1;
+            let batch = self.storage.term(prev_lsn).and_then(|prev_term| {
+                let entries = if due.from <= commit {
+                    self.storage.entries(due.from, commit + 1, self.config.raft.max_msg_bytes)?
+                } else {
+                    Vec::new()
+                };
+                Ok((prev_term, entries))
+            });
+            let (prev_term, mut entries) = match batch {
+                Ok(batch) => batch,
+                Err(err) => {
+                    // Compacted away, say: the leader takes the learner back when it stalls.
+                    tracing::debug!(node = %self.id, learner = %due.learner, error = %err, "cannot forward");
+                    continue;
+                }
+            };
+            entries.truncate(self.config.wire.max_entries);
+            let count = entries.len() as u64;
+            let message = Message {
+                from: leader,
+                to: due.learner,
+                term: self.node.term(),
+                body: Body::Append { prev_lsn, prev_term, entries, commit },
+            };
+            let bytes = Bytes::from(wire::encode_forward(self.id, due.learner, &message));
+            if let Some(sender) = self.peers.get(&due.learner).and_then(|p| p.sender.as_ref())
+                && sender.try_send(bytes).is_ok()
+            {
+                self.counters.forward_batches += 1;
+                self.counters.forwarded_entries += count;
+            }
         }
     }
 
@@ -1508,6 +1625,14 @@ impl Loop {
             Command::Peer { id, reply } => {
                 let _ = reply.send(self.peers.get(&id).map(|p| p.info.clone()));
             }
+            Command::SetUpstreams { upstreams, reply } => {
+                if &upstreams != self.cascade.upstreams() {
+                    tracing::info!(node = %self.id, ?upstreams, "cascading replication set");
+                    self.cascade.set(upstreams);
+                    self.publish_status();
+                }
+                let _ = reply.send(());
+            }
             Command::Shutdown => {}
         }
     }
@@ -1638,6 +1763,12 @@ impl Loop {
             if let Body::Snapshot(snapshot) = &message.body {
                 // Never as one message: in chunks, answered as they arrive.
                 self.start_transfer(to, snapshot);
+                continue;
+            }
+            if matches!(message.body, Body::Append { .. }) && self.cascade.left_to_upstream(to) {
+                // The learner's upstream forwards the committed log; its answers still come
+                // here and keep its progress.
+                self.counters.appends_left_to_upstream += 1;
                 continue;
             }
             let sent = match self.peers.get_mut(&to) {
@@ -1805,6 +1936,11 @@ impl Loop {
 
     fn publish_status(&mut self) {
         let status = self.node.status();
+        for learner in self.cascade.review(&status, self.config.raft.election_tick) {
+            tracing::info!(node = %self.id, %learner, "a cascaded learner's upstream is silent or it stalled: replicating to it directly");
+            // The appends left to the upstream were counted in flight: start over.
+            self.node.report_unreachable(learner);
+        }
         let last_lsn = status.last_lsn;
         let now_ms = (self.clock)().physical_ms();
         let tick_ms = u64::try_from(self.config.tick.as_millis()).unwrap_or(u64::MAX);
@@ -1885,6 +2021,8 @@ impl Loop {
             snapshot_transfers: self.transfers(),
             snapshot_lsn: self.storage.snapshot_meta().lsn,
             safe_ms,
+            upstreams: self.cascade.upstreams().clone(),
+            cascade_direct: self.cascade.direct(),
         });
     }
 

@@ -73,6 +73,7 @@
 //! `docs/raft.md` describes the messages, the roles, how the modes map to acknowledgement
 //! and why the lease is safe.
 
+pub mod cascade;
 mod confchange;
 mod config;
 pub mod driver;

@@ -319,6 +319,18 @@ impl<S: Storage> RawNode<S> {
         self.raft.term
     }
 
+    /// The commit LSN this node knows of (cheap).
+    #[must_use]
+    pub fn committed(&self) -> Lsn {
+        self.raft.log.committed
+    }
+
+    /// The node's role (cheap).
+    #[must_use]
+    pub fn role(&self) -> Role {
+        self.raft.role
+    }
+
     /// The leader this node knows of.
     #[must_use]
     pub fn leader(&self) -> Option<NodeId> {

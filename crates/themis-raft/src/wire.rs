@@ -66,6 +66,8 @@ const TAG_READ_INDEX: u8 = 9;
 const TAG_READ_INDEX_RESPONSE: u8 = 10;
 const TAG_SNAPSHOT_CHUNK: u8 = 11;
 const TAG_SNAPSHOT_ACK: u8 = 12;
+const TAG_FORWARD: u8 = 13;
+const TAG_FORWARD_ACK: u8 = 14;
 
 /// Which snapshot a chunked transfer carries: its LSN and term, its size and the CRC32C
 /// of all its bytes. Two transfers with the same id carry the same bytes, so a receiver
@@ -126,6 +128,27 @@ pub enum Packet {
     Chunk(SnapshotChunk),
     /// A snapshot chunk's answer.
     Ack(SnapshotAck),
+    /// Committed entries a member passes on to a learner that streams from it (cascading
+    /// replication): `message` is the `Append` the learner steps as if from the leader it
+    /// names, whose committed log the entries are a part of.
+    Forward {
+        /// The member passing the entries on (the learner's upstream).
+        from: NodeId,
+        /// The learner.
+        to: NodeId,
+        /// An `Append` from the leader to the learner.
+        message: Message,
+    },
+    /// A learner's answer to a [`Packet::Forward`]: its commit LSN after the entries (the
+    /// upstream goes on from there; on a mismatch, from what it holds for certain).
+    ForwardAck {
+        /// The learner.
+        from: NodeId,
+        /// Its upstream.
+        to: NodeId,
+        /// The learner's commit LSN.
+        commit: Lsn,
+    },
 }
 
 const VOTE_PRE: u8 = 1;
@@ -266,16 +289,64 @@ pub fn encode_ack(ack: &SnapshotAck) -> Vec<u8> {
     out
 }
 
+/// Encodes a forwarded `Append` (cascading replication): the header (tag 13, the
+/// upstream, the learner), then `message` as [`encode`] lays it out.
+#[must_use]
+pub fn encode_forward(from: NodeId, to: NodeId, message: &Message) -> Vec<u8> {
+    let inner = encode(message);
+    let mut out = Vec::with_capacity(18 + inner.len());
+    put_header(&mut out, TAG_FORWARD, from, to);
+    out.extend_from_slice(&inner);
+    out
+}
+
+/// Encodes a learner's answer to a forward: the header (tag 14), its commit LSN.
+#[must_use]
+pub fn encode_forward_ack(from: NodeId, to: NodeId, commit: Lsn) -> Vec<u8> {
+    let mut out = Vec::with_capacity(26);
+    put_header(&mut out, TAG_FORWARD_ACK, from, to);
+    out.put_u64_le(commit);
+    out
+}
+
+/// Encodes any [`Packet`].
+#[must_use]
+pub fn encode_packet(packet: &Packet) -> Vec<u8> {
+    match packet {
+        Packet::Message(m) => encode(m),
+        Packet::Chunk(c) => encode_chunk(c),
+        Packet::Ack(a) => encode_ack(a),
+        Packet::Forward { from, to, message } => encode_forward(*from, *to, message),
+        Packet::ForwardAck { from, to, commit } => encode_forward_ack(*from, *to, *commit),
+    }
+}
+
 /// Decodes whatever a peer link carries ([`Packet`]).
 pub fn decode_packet(buf: &Bytes, limits: &WireLimits) -> Result<Packet, RaftError> {
     let tag = buf.get(1).copied();
-    if buf.first() != Some(&WIRE_VERSION) || !matches!(tag, Some(TAG_SNAPSHOT_CHUNK | TAG_SNAPSHOT_ACK)) {
+    if buf.first() != Some(&WIRE_VERSION)
+        || !matches!(tag, Some(TAG_SNAPSHOT_CHUNK | TAG_SNAPSHOT_ACK | TAG_FORWARD | TAG_FORWARD_ACK))
+    {
         return decode(buf, limits).map(Packet::Message);
     }
     let mut r = Reader { buf, at: 2 };
     let from = r.node("from")?;
     let to = r.node("to")?;
-    let packet = if tag == Some(TAG_SNAPSHOT_CHUNK) {
+    if tag == Some(TAG_FORWARD) {
+        let message =
+            decode(&buf.slice(r.at..), limits).map_err(|err| r.bad(format!("forwarded message: {err}")))?;
+        if !matches!(message.body, Body::Append { .. }) || message.to != to {
+            return Err(r.bad(format!(
+                "a forward must carry an Append to {to}, not a {} to {}",
+                message.body.name(),
+                message.to
+            )));
+        }
+        return Ok(Packet::Forward { from, to, message });
+    }
+    let packet = if tag == Some(TAG_FORWARD_ACK) {
+        Packet::ForwardAck { from, to, commit: r.lsn("commit")? }
+    } else if tag == Some(TAG_SNAPSHOT_CHUNK) {
         let term = r.lsn("term")?;
         let id = r.snapshot_id(limits)?;
         let offset = r.u64("chunk offset")?;
@@ -659,6 +730,44 @@ mod tests {
         other.meta.lsn = 8;
         let err = decode_packet(&Bytes::from(encode_chunk(&other)), &limits).unwrap_err();
         assert!(err.to_string().contains("the metadata says LSN 8"), "{err}");
+    }
+
+    #[test]
+    fn forwards_and_their_answers_round_trip_and_a_forward_carries_only_an_append_to_its_learner() {
+        let limits = WireLimits::default();
+        let mut append = samples()[2].clone();
+        append.to = NodeId(4);
+        let forward = Packet::Forward { from: NodeId(2), to: NodeId(4), message: append.clone() };
+        let ack = Packet::ForwardAck { from: NodeId(4), to: NodeId(2), commit: 6 };
+        for packet in [&forward, &ack] {
+            let bytes = encode_packet(packet);
+            assert_eq!(&decode_packet(&Bytes::from(bytes.clone()), &limits).unwrap(), packet);
+            for cut in 0..bytes.len() {
+                assert!(
+                    decode_packet(&Bytes::copy_from_slice(&bytes[..cut]), &limits).is_err(),
+                    "cut at {cut}"
+                );
+            }
+        }
+        // A vote, or an append addressed to another node, is not a forward.
+        let vote = samples()[0].clone();
+        let err =
+            decode_packet(&Bytes::from(encode_forward(NodeId(2), vote.to, &vote)), &limits).unwrap_err();
+        assert!(err.to_string().contains("must carry an Append"), "{err}");
+        let err =
+            decode_packet(&Bytes::from(encode_forward(NodeId(2), NodeId(5), &append)), &limits).unwrap_err();
+        assert!(err.to_string().contains("to 5"), "{err}");
+        // The inner message's damage is named.
+        let mut bytes = encode_forward(NodeId(2), NodeId(4), &append);
+        bytes.push(0);
+        let err = decode_packet(&Bytes::from(bytes), &limits).unwrap_err();
+        assert!(
+            err.to_string().contains("forwarded message") && err.to_string().contains("trailing"),
+            "{err}"
+        );
+        let mut bytes = encode_packet(&ack);
+        bytes[18..26].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(decode_packet(&Bytes::from(bytes), &limits).is_err(), "an out-of-range commit");
     }
 
     #[test]
