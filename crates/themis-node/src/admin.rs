@@ -38,6 +38,9 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/cluster/members/{id}/promote"),
     ("POST", "/v1/cluster/transfer"),
     ("GET", "/v1/cluster/topology"),
+    ("GET", "/v1/cluster/cascade"),
+    ("PUT", "/v1/cluster/cascade/{id}"),
+    ("DELETE", "/v1/cluster/cascade/{id}"),
     ("GET", "/v1/geo/staleness"),
     ("GET", "/v1/tiers"),
     ("PUT", "/v1/tiers/{collection}"),
@@ -138,6 +141,8 @@ pub(crate) fn router(state: Arc<AdminState>) -> Router {
         .route("/v1/cluster/members/{id}/promote", post(promote))
         .route("/v1/cluster/transfer", post(transfer))
         .route("/v1/cluster/topology", get(topology))
+        .route("/v1/cluster/cascade", get(crate::cascade::list))
+        .route("/v1/cluster/cascade/{id}", put(crate::cascade::set).delete(crate::cascade::clear))
         .route("/v1/geo/staleness", get(staleness))
         .route("/v1/tiers", get(crate::tiers::list))
         .route("/v1/tiers/{collection}", put(crate::tiers::assign).delete(crate::tiers::clear))
@@ -391,7 +396,7 @@ fn body<T: serde::de::DeserializeOwned>(bytes: &Bytes, example: &str) -> Result<
         .map_err(|e| format!("the body is not what this route takes ({e}); example: {example}"))
 }
 
-fn node_id(text: &str) -> Result<u64, String> {
+pub(crate) fn node_id(text: &str) -> Result<u64, String> {
     text.parse::<u64>()
         .ok()
         .filter(|id| *id > 0)
@@ -445,17 +450,41 @@ struct MemberBody {
     id: u64,
     raft_addr: String,
     client_addr: String,
+    /// A read replica that streams from this member instead of the leader (cascading).
+    #[serde(default)]
+    upstream: Option<u64>,
 }
 
 async fn add_member(State(state): State<Arc<AdminState>>, bytes: Bytes) -> HttpResponse {
-    let example = r#"{"id":4,"raft_addr":"10.0.0.4:7000","client_addr":"10.0.0.4:8000"}"#;
-    match body::<MemberBody>(&bytes, example) {
-        Ok(m) if m.id == 0 => bad_request("id = 0: node ids start at 1"),
-        Ok(m) => {
-            run(&state, Request::AddLearner { id: m.id, raft_addr: m.raft_addr, client_addr: m.client_addr })
-                .await
+    let example = r#"{"id":4,"raft_addr":"10.0.0.4:7000","client_addr":"10.0.0.4:8000","upstream":2}"#;
+    let m = match body::<MemberBody>(&bytes, example) {
+        Ok(m) if m.id == 0 => return bad_request("id = 0: node ids start at 1"),
+        Ok(m) if m.upstream == Some(0) => return bad_request("upstream = 0: node ids start at 1"),
+        Ok(m) => m,
+        Err(e) => return bad_request(&e),
+    };
+    let (id, upstream) = (NodeId(m.id), m.upstream.map(NodeId));
+    if let Some(upstream) = upstream {
+        // Refused before the learner is added: a chain too deep is named, nothing changes.
+        let status = state.shared.manager.status();
+        let current = crate::cascade::topology(&state.shared.store);
+        if let Err((code, message)) = crate::cascade::check(&status, &current, id, upstream, true) {
+            return error(code, "invalid_topology", &message);
         }
-        Err(e) => bad_request(&e),
+    }
+    let added =
+        run(&state, Request::AddLearner { id: m.id, raft_addr: m.raft_addr, client_addr: m.client_addr })
+            .await;
+    match upstream {
+        Some(upstream) if added.status().is_success() => {
+            match crate::cascade::write(&state.shared, id, Some(upstream), true).await {
+                Ok(lsn) => {
+                    axum::Json(json!({ "id": id.0, "upstream": upstream.0, "lsn": lsn })).into_response()
+                }
+                Err(r) => r,
+            }
+        }
+        _ => added,
     }
 }
 
@@ -718,6 +747,7 @@ async fn topology(State(state): State<Arc<AdminState>>) -> HttpResponse {
             "region": state.regions.get(&id.0),
             "raft_addr": info.as_ref().map(|i| i.raft_addr.to_string()),
             "client_addr": info.and_then(|i| String::from_utf8(i.meta).ok()),
+            "upstream": s.upstreams.get(id).map(|u| u.0),
         });
         if let Some(r) = by_id.get(id) {
             node["healthy"] = json!(r.healthy);
@@ -732,14 +762,17 @@ async fn topology(State(state): State<Arc<AdminState>>) -> HttpResponse {
         }
         nodes.push(node);
     }
-    // Links are the leader's replication streams; only the leader measures them.
+    // Links are the replication streams, as the leader measures them: from the leader,
+    // or from a cascaded replica's upstream while the upstream serves it.
     let links: Vec<Value> = s
         .replicas
         .iter()
         .filter(|r| Some(r.id) != s.leader)
         .map(|r| {
+            let upstream = s.upstreams.get(&r.id).filter(|_| !s.cascade_direct.contains(&r.id));
             json!({
-                "from": s.id.0,
+                "from": upstream.unwrap_or(&s.id).0,
+                "cascaded": upstream.is_some(),
                 "to": r.id.0,
                 "state": r.state,
                 "healthy": r.healthy,

@@ -23,6 +23,7 @@ pub mod admin;
 pub mod admin_client;
 pub mod archive;
 pub mod auth;
+pub mod cascade;
 pub mod changes;
 pub mod client;
 pub mod config;

@@ -182,6 +182,24 @@ fn encode_totals(encoder: &mut DescriptorEncoder<'_>, s: &DriverStatus) -> std::
         "Snapshot bytes a transfer found already received when it resumed after a restart",
         c.snapshot_bytes_resumed,
     )?;
+    counter(
+        encoder,
+        "cascade_forwarded_entries",
+        "Entries this node passed on to read replicas streaming from it (cascading)",
+        c.forwarded_entries,
+    )?;
+    counter(
+        encoder,
+        "cascade_appends_left_to_upstream",
+        "Leader: appends left to a cascaded replica's upstream instead of sent",
+        c.appends_left_to_upstream,
+    )?;
+    gauge(
+        encoder,
+        "cascade_direct_replicas",
+        "Leader: cascaded replicas it serves directly for now (upstream silent, or the replica stalled)",
+        signed(s.cascade_direct.len() as u64),
+    )?;
     gauge(
         encoder,
         "snapshot_transfers",

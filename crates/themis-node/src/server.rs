@@ -50,7 +50,8 @@ pub(crate) struct Shared {
     pub(crate) logical: themis_replication::logical::LogicalReplicationManager,
     /// `logical.max_slots`.
     pub(crate) logical_max_slots: usize,
-    /// Serializes the leader's read-modify-writes of slot records.
+    /// Serializes the leader's read-modify-writes of internal documents (slot records,
+    /// the cascade topology).
     pub(crate) slot_writes: tokio::sync::Mutex<()>,
     /// The node's clock.
     pub(crate) hlc: Arc<Hlc>,
@@ -114,6 +115,7 @@ fn start_tasks(
     crate::slots::start(shared);
     crate::geo::start(shared);
     crate::tiers::start(shared, Duration::from_secs(config.geo.auto_tier_interval_secs));
+    crate::cascade::start(shared);
     if let Some(spec) = &config.archive {
         crate::archive::start(shared, spec, &config.cluster, config.data_dir.join("raft"), archive_stats)
             .map_err(|e| NodeError::Io(format!("archive: {e}")))?;

@@ -35,9 +35,13 @@ use crate::types::Role;
 /// How long an upstream waits for a learner's answer before sending a batch again.
 pub(crate) const FORWARD_RESEND: Duration = Duration::from_millis(500);
 
-/// A learner the leader serves directly again goes back to its upstream once it is at
-/// most this many LSNs behind the commit LSN.
+/// A learner served directly goes back to its upstream once it is at most this many LSNs
+/// behind the commit LSN (under a steady load it is never exactly caught up).
 const CAUGHT_UP_LSNS: u64 = 64;
+
+/// The longest a learner that keeps stalling behind its upstream is served directly
+/// before the upstream is tried again, in stall periods (each stall doubles the wait).
+const MAX_BACKOFF_PERIODS: u64 = 16;
 
 /// This node's side of cascading replication.
 #[derive(Debug, Default)]
@@ -64,8 +68,13 @@ struct Watch {
     /// The learner's match LSN when it last moved, and the tick it moved at.
     match_lsn: Lsn,
     moved_at: u64,
-    /// Served by the leader directly (the upstream is silent or the learner stalled).
+    /// Served by the leader directly (new, its upstream silent, or it stalled).
     direct: bool,
+    /// The tick the current direct or cascaded period began.
+    since: u64,
+    /// Stall periods a direct period lasts at least: doubled by each stall, back to one
+    /// after a cascaded period in which the learner kept up.
+    backoff: u64,
 }
 
 /// A batch an upstream is due to send: to `learner`, entries from `from` (an empty probe
@@ -77,10 +86,12 @@ pub(crate) struct Due {
 }
 
 impl CascadeState {
-    /// Replaces the map of upstreams; state for learners no longer cascaded is dropped.
+    /// Replaces the map of upstreams; state for learners no longer cascaded, or cascaded
+    /// from another member now, is dropped (a new upstream starts like a new learner).
     pub(crate) fn set(&mut self, upstreams: BTreeMap<NodeId, NodeId>) {
-        self.outbound.retain(|learner, _| upstreams.contains_key(learner));
-        self.watch.retain(|learner, _| upstreams.contains_key(learner));
+        let same = |learner: &NodeId| upstreams.get(learner) == self.upstreams.get(learner);
+        self.outbound.retain(|learner, _| same(learner));
+        self.watch.retain(|learner, _| same(learner));
         self.upstreams = upstreams;
     }
 
@@ -100,14 +111,18 @@ impl CascadeState {
     }
 
     /// Leader, once a tick: decides for each cascaded learner whether its upstream serves
-    /// it. Returns the learners just taken back (their progress must be reset, since the
-    /// appends the leader counted in flight were never sent).
+    /// it. A learner is first served directly, until it holds everything committed (a new
+    /// learner learns its upstream's membership from that log, and admits its link only
+    /// then); it is left to its upstream while the upstream answers the leader and the
+    /// learner moves, and taken back when either stops, for a while that doubles with
+    /// every stall. Returns the learners just taken back (their progress must be reset:
+    /// the appends the leader counted in flight were never sent).
     pub(crate) fn review(&mut self, status: &Status, stall_ticks: u64) -> Vec<NodeId> {
         if status.soft_state.role != Role::Leader {
             self.watch.clear();
             return Vec::new();
         }
-        let commit = status.hard_state.commit;
+        let (commit, now) = (status.hard_state.commit, status.ticks);
         let mut taken_back = Vec::new();
         for (&learner, &upstream) in &self.upstreams {
             let Some(pr) = status.progress.get(&learner).filter(|p| p.learner) else {
@@ -120,24 +135,34 @@ impl CascadeState {
                 continue;
             };
             let upstream_live = up.last_contact_ticks < stall_ticks;
-            let watch = self.watch.entry(learner).or_insert(Watch {
+            let w = self.watch.entry(learner).or_insert(Watch {
                 match_lsn: pr.match_lsn,
-                moved_at: status.ticks,
-                direct: !upstream_live,
+                moved_at: now,
+                direct: true,
+                since: now,
+                backoff: 1,
             });
-            if pr.match_lsn != watch.match_lsn {
-                watch.match_lsn = pr.match_lsn;
-                watch.moved_at = status.ticks;
+            if pr.match_lsn != w.match_lsn {
+                w.match_lsn = pr.match_lsn;
+                w.moved_at = now;
             }
             let behind = commit.saturating_sub(pr.match_lsn);
-            let stalled = behind > 0 && status.ticks.saturating_sub(watch.moved_at) >= stall_ticks;
-            if watch.direct {
-                if upstream_live && behind <= CAUGHT_UP_LSNS && up.match_lsn >= pr.match_lsn {
-                    watch.direct = false;
+            if w.direct {
+                let waited = now.saturating_sub(w.since) >= w.backoff * stall_ticks;
+                if waited && upstream_live && behind <= CAUGHT_UP_LSNS && up.match_lsn >= pr.match_lsn {
+                    w.direct = false;
+                    w.since = now;
+                    w.moved_at = now;
                 }
-            } else if !upstream_live || stalled {
-                watch.direct = true;
-                watch.moved_at = status.ticks;
+                continue;
+            }
+            let stalled = behind > 0 && now.saturating_sub(w.moved_at) >= stall_ticks;
+            if !upstream_live || stalled {
+                // A cascaded period that kept up for a while resets the wait.
+                let kept_up = w.moved_at.saturating_sub(w.since) >= stall_ticks;
+                w.backoff = if kept_up || !stalled { 1 } else { (w.backoff * 2).min(MAX_BACKOFF_PERIODS) };
+                w.direct = true;
+                w.since = now;
                 taken_back.push(learner);
             }
         }
@@ -239,42 +264,69 @@ mod tests {
     }
 
     #[test]
-    fn the_leader_leaves_a_learner_to_a_live_upstream_and_takes_it_back_when_it_stalls() {
+    fn the_leader_serves_a_new_learner_until_it_is_caught_up_then_leaves_it_to_its_upstream() {
         let mut c = CascadeState::default();
         c.set(BTreeMap::from([(n(4), n(2))]));
         assert!(!c.left_to_upstream(n(4)), "nothing is left to an upstream before a review");
-        // Upstream 2 answers; learner 4 keeps up.
-        let taken = c.review(&leader_status(10, 100, &[(2, 100, 0, false), (4, 100, 0, true)]), 10);
-        assert!(taken.is_empty());
+        // New: served directly for a stall period, and until it holds everything.
+        assert!(c.review(&leader_status(10, 100, &[(2, 100, 0, false), (4, 0, 0, true)]), 10).is_empty());
+        assert!(!c.left_to_upstream(n(4)));
+        assert_eq!(c.direct(), vec![n(4)]);
+        c.review(&leader_status(20, 100, &[(2, 100, 0, false), (4, 30, 0, true)]), 10);
+        assert!(!c.left_to_upstream(n(4)), "not caught up yet");
+        c.review(&leader_status(21, 100, &[(2, 100, 0, false), (4, 100, 0, true)]), 10);
         assert!(c.left_to_upstream(n(4)));
         assert!(!c.left_to_upstream(n(2)), "a voter is never cascaded");
         // Writes go on; the learner moves: still left to the upstream.
-        c.review(&leader_status(15, 150, &[(2, 150, 0, false), (4, 120, 0, true)]), 10);
+        c.review(&leader_status(26, 150, &[(2, 150, 0, false), (4, 120, 0, true)]), 10);
         assert!(c.left_to_upstream(n(4)));
-        // The learner stops moving while behind for the stall time: taken back.
-        let taken = c.review(&leader_status(25, 200, &[(2, 200, 0, false), (4, 120, 0, true)]), 10);
+        // It stops moving while behind for the stall time: taken back.
+        let taken = c.review(&leader_status(36, 200, &[(2, 200, 0, false), (4, 120, 0, true)]), 10);
         assert_eq!(taken, vec![n(4)]);
         assert!(!c.left_to_upstream(n(4)));
         assert_eq!(c.direct(), vec![n(4)]);
-        // Caught up (within the slack) with a live upstream that holds as much: back.
-        assert!(c.review(&leader_status(26, 200, &[(2, 200, 0, false), (4, 190, 0, true)]), 10).is_empty());
+        // It kept up for a while before (tick 21 to 26 is under a stall period, so no):
+        // the wait doubled to two stall periods.
+        c.review(&leader_status(46, 200, &[(2, 200, 0, false), (4, 200, 0, true)]), 10);
+        assert!(!c.left_to_upstream(n(4)), "still waiting out the doubled period");
+        c.review(&leader_status(56, 200, &[(2, 200, 0, false), (4, 200, 0, true)]), 10);
+        assert!(c.left_to_upstream(n(4)), "caught up, upstream live, waited: back");
+        // Stalls again at once: the wait doubles again.
+        c.review(&leader_status(66, 250, &[(2, 250, 0, false), (4, 200, 0, true)]), 10);
+        assert!(!c.left_to_upstream(n(4)));
+        c.review(&leader_status(96, 250, &[(2, 250, 0, false), (4, 250, 0, true)]), 10);
+        assert!(!c.left_to_upstream(n(4)), "four stall periods now");
+        c.review(&leader_status(106, 250, &[(2, 250, 0, false), (4, 250, 0, true)]), 10);
         assert!(c.left_to_upstream(n(4)));
+        // This time it keeps up for more than a stall period, then its upstream goes
+        // silent: taken back, and the wait is one period again.
+        c.review(&leader_status(120, 300, &[(2, 300, 0, false), (4, 300, 0, true)]), 10);
+        let taken = c.review(&leader_status(121, 300, &[(2, 300, 12, false), (4, 300, 0, true)]), 10);
+        assert_eq!(taken, vec![n(4)]);
+        c.review(&leader_status(131, 300, &[(2, 300, 0, false), (4, 300, 0, true)]), 10);
+        assert!(c.left_to_upstream(n(4)));
+        // An upstream that holds less than the learner does not take it back.
+        c.set(BTreeMap::from([(n(4), n(3))]));
+        c.review(&leader_status(140, 300, &[(3, 200, 0, false), (4, 300, 0, true)]), 10);
+        c.review(&leader_status(160, 300, &[(3, 200, 0, false), (4, 300, 0, true)]), 10);
+        assert!(!c.left_to_upstream(n(4)), "upstream 3 is behind the learner");
     }
 
     #[test]
     fn a_silent_upstream_hands_its_learner_to_the_leader_at_once() {
         let mut c = CascadeState::default();
         c.set(BTreeMap::from([(n(4), n(2)), (n(5), n(4))]));
-        c.review(&leader_status(10, 100, &[(2, 100, 0, false), (4, 100, 0, true), (5, 100, 0, true)]), 10);
+        let all_caught_up = |ticks, silent2| {
+            leader_status(ticks, 100, &[(2, 100, silent2, false), (4, 100, 0, true), (5, 100, 0, true)])
+        };
+        c.review(&all_caught_up(10, 0), 10);
+        c.review(&all_caught_up(20, 0), 10);
         assert!(c.left_to_upstream(n(4)) && c.left_to_upstream(n(5)));
-        let taken = c.review(
-            &leader_status(11, 100, &[(2, 100, 12, false), (4, 100, 0, true), (5, 100, 0, true)]),
-            10,
-        );
+        let taken = c.review(&all_caught_up(21, 12), 10);
         assert_eq!(taken, vec![n(4)], "learner 4's upstream is silent; 5's (learner 4) is not");
         assert!(c.left_to_upstream(n(5)));
         // A follower reviewing forgets the watch: a new leader decides afresh.
-        let mut follower = leader_status(12, 100, &[]);
+        let mut follower = leader_status(22, 100, &[]);
         follower.soft_state.role = Role::Follower;
         c.review(&follower, 10);
         assert!(!c.left_to_upstream(n(5)));

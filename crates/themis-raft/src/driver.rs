@@ -1244,9 +1244,7 @@ impl Loop {
                     }
                     self.expire_reads();
                     self.tick_transfers();
-                    if self.peers.values().any(|p| p.retry_at.is_some_and(|at| at <= Instant::now())) {
-                        self.sync_peers();
-                    }
+                    self.repair_links();
                     self.publish_status();
                 }
                 msg = inbound.recv() => {
@@ -1370,11 +1368,13 @@ impl Loop {
 
     /// A learner steps what its upstream forwarded as the `Append` of the leader it
     /// names, and tells the upstream where it stands. Only a learner streams from another
-    /// member, only from the one it was given, and only entries of a voter's leadership.
+    /// member, and only entries of a voter's leadership. It need not know the topology
+    /// itself: a new learner learns it from the very log it is forwarded, and any member
+    /// forwards only committed entries, which every leader's log holds.
     fn forwarded(&mut self, from: NodeId, message: Message) {
         let conf = self.node.conf_state();
-        if !conf.learners.contains(&self.id) || self.cascade.upstreams().get(&self.id) != Some(&from) {
-            tracing::debug!(node = %self.id, %from, "a forward from a member this node does not stream from; dropped");
+        if !conf.learners.contains(&self.id) {
+            tracing::debug!(node = %self.id, %from, "a forward to a node that is not a learner; dropped");
             return;
         }
         if !conf.all_voters().contains(&message.from) {
@@ -1384,9 +1384,9 @@ impl Loop {
         if let Err(err) = self.node.step(message) {
             tracing::debug!(%from, error = %err, "forwarded entries refused");
         }
-        let ack = wire::encode_forward_ack(self.id, from, self.node.committed());
-        if let Some(sender) = self.peers.get(&from).and_then(|p| p.sender.as_ref()) {
-            let _ = sender.try_send(Bytes::from(ack));
+        let commit = self.node.committed();
+        if !self.send_bytes(from, Bytes::from(wire::encode_forward_ack(self.id, from, commit))) {
+            tracing::debug!(node = %self.id, upstream = %from, "no link to answer a forward on");
         }
     }
 
@@ -1428,11 +1428,11 @@ impl Loop {
                 body: Body::Append { prev_lsn, prev_term, entries, commit },
             };
             let bytes = Bytes::from(wire::encode_forward(self.id, due.learner, &message));
-            if let Some(sender) = self.peers.get(&due.learner).and_then(|p| p.sender.as_ref())
-                && sender.try_send(bytes).is_ok()
-            {
+            if self.send_bytes(due.learner, bytes) {
                 self.counters.forward_batches += 1;
                 self.counters.forwarded_entries += count;
+            } else {
+                tracing::debug!(node = %self.id, learner = %due.learner, "no link to forward on; sent again later");
             }
         }
     }
@@ -1771,22 +1771,39 @@ impl Loop {
                 self.counters.appends_left_to_upstream += 1;
                 continue;
             }
-            let sent = match self.peers.get_mut(&to) {
-                Some(peer) => {
-                    match peer.sender.as_ref().map(|s| s.try_send(Bytes::from(wire::encode(&message)))) {
-                        Some(Ok(())) => true,
-                        Some(Err(SendError::Full { .. })) | None => false,
-                        Some(Err(SendError::Closed { .. })) => {
-                            close_link(peer, &mut self.counters);
-                            peer.retry_at = Some(Instant::now() + LINK_RETRY);
-                            false
-                        }
-                    }
-                }
-                None => false,
-            };
-            if !sent {
+            if !self.send_bytes(to, Bytes::from(wire::encode(&message))) {
                 self.node.report_unreachable(to);
+            }
+        }
+    }
+
+    /// Once a tick: a link whose task ended (the peer refused it, say, not knowing this
+    /// node as a member yet) is dropped and dialled again after [`LINK_RETRY`], without
+    /// waiting for a message to find it closed; links due again are dialled.
+    fn repair_links(&mut self) {
+        let now = Instant::now();
+        for peer in self.peers.values_mut() {
+            if peer.sender.as_ref().is_some_and(PeerSender::is_closed) {
+                close_link(peer, &mut self.counters);
+                peer.retry_at = Some(now + LINK_RETRY);
+            }
+        }
+        if self.peers.values().any(|p| p.retry_at.is_some_and(|at| at <= now)) {
+            self.sync_peers();
+        }
+    }
+
+    /// Queues `bytes` on the link to `to`; false if there is none or it is full. A closed
+    /// link is dropped and dialled again after [`LINK_RETRY`].
+    fn send_bytes(&mut self, to: NodeId, bytes: Bytes) -> bool {
+        let Some(peer) = self.peers.get_mut(&to) else { return false };
+        match peer.sender.as_ref().map(|s| s.try_send(bytes)) {
+            Some(Ok(())) => true,
+            Some(Err(SendError::Full { .. })) | None => false,
+            Some(Err(SendError::Closed { .. })) => {
+                close_link(peer, &mut self.counters);
+                peer.retry_at = Some(Instant::now() + LINK_RETRY);
+                false
             }
         }
     }

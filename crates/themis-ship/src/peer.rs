@@ -189,6 +189,13 @@ impl PeerSender {
         })
     }
 
+    /// Whether the link's task has ended (closed, or the peer failed permanently): nothing
+    /// sent now would go anywhere.
+    #[must_use]
+    pub fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+
     fn queued_msgs(&self) -> usize {
         self.tx.max_capacity() - self.tx.capacity()
     }
