@@ -227,6 +227,10 @@ themis bench --dir /tmp/themis --duration 5")]
     /// (the leader); the stricter of the tier and the cluster's mode applies.
     #[command(subcommand)]
     Tier(TierCmd),
+    /// Cascading read replicas: a learner that streams from another member instead of the
+    /// leader (at most five hops, no cycle).
+    #[command(subcommand)]
+    Cascade(CascadeCmd),
     /// How stale each region and replica is, with history (the leader knows every
     /// replica; another node reports its own).
     #[command(after_help = "Example:
@@ -421,6 +425,39 @@ impl AdminTarget {
         let (addrs, credentials) = admin_target(self.admin_addr, self.target)?;
         Ok(themis_node::admin_client::AdminClient::new(addrs, credentials))
     }
+}
+
+#[derive(Subcommand)]
+enum CascadeCmd {
+    /// Make read replica ID stream from member UPSTREAM (through the log; the chain is
+    /// checked on the leader and a refusal names it).
+    #[command(after_help = "Example:\n  themis cascade set 5 --upstream 4 --dir /tmp/themis")]
+    Set {
+        /// The read replica (a learner).
+        id: u64,
+        /// The member it streams from.
+        #[arg(long)]
+        upstream: u64,
+        #[command(flatten)]
+        admin: AdminTarget,
+    },
+    /// Make read replica ID stream from the leader again.
+    #[command(after_help = "Example:\n  themis cascade clear 5 --dir /tmp/themis")]
+    Clear {
+        /// The read replica.
+        id: u64,
+        #[command(flatten)]
+        admin: AdminTarget,
+    },
+    /// Every cascaded replica with its chain to the leader.
+    #[command(after_help = "Example:\n  themis cascade list --dir /tmp/themis")]
+    List {
+        /// Print the JSON answer.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        admin: AdminTarget,
+    },
 }
 
 #[derive(Subcommand)]
@@ -775,6 +812,7 @@ fn run(command: Cmd) -> Result<ExitCode, String> {
         Cmd::Cdc(cmd) => cdc(cmd)?,
         Cmd::Slot(cmd) => slot(cmd)?,
         Cmd::Tier(cmd) => tier(cmd)?,
+        Cmd::Cascade(cmd) => cascade(cmd)?,
         Cmd::Staleness { window, json, admin } => staleness(window, json, admin)?,
         Cmd::Archive(cmd) => return archive_cmd(cmd),
         Cmd::Restore { to_time, to_lsn, to_hlc, target_dir, dry_run, parallel, archive } => {
@@ -1424,6 +1462,49 @@ fn tier(cmd: TierCmd) -> Result<(), String> {
                     t["tier"].as_str().unwrap_or("?"),
                     t["write_concern"].as_str().unwrap_or("?"),
                     if t["automatic"] == true { "  (automatic)" } else { "" }
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `themis cascade ...`.
+fn cascade(cmd: CascadeCmd) -> Result<(), String> {
+    match cmd {
+        CascadeCmd::Set { id, upstream, admin } => {
+            let body = serde_json::json!({ "upstream": upstream });
+            let path = format!("/v1/cluster/cascade/{id}");
+            let done = block_on(logical::call(&mut admin.client()?, "PUT", &path, Some(&body)))?;
+            println!("node {id} streams from node {upstream} (LSN {})", done["lsn"]);
+        }
+        CascadeCmd::Clear { id, admin } => {
+            let path = format!("/v1/cluster/cascade/{id}");
+            let done = block_on(logical::call(&mut admin.client()?, "DELETE", &path, None))?;
+            println!("node {id} streams from the leader (LSN {})", done["lsn"]);
+        }
+        CascadeCmd::List { json, admin } => {
+            let list = block_on(logical::call(&mut admin.client()?, "GET", "/v1/cluster/cascade", None))?;
+            if json {
+                println!("{list:#}");
+                return Ok(());
+            }
+            let replicas = list["replicas"].as_array().cloned().unwrap_or_default();
+            if replicas.is_empty() {
+                println!("no cascaded replica; every member replicates from the leader");
+            }
+            for r in replicas {
+                let chain: Vec<String> = r["chain"]
+                    .as_array()
+                    .map(|c| c.iter().map(ToString::to_string).collect())
+                    .unwrap_or_default();
+                println!(
+                    "node {:<4} from {:<4} chain {} -> leader ({} hops){}",
+                    r["replica"],
+                    r["upstream"],
+                    chain.join(" -> "),
+                    r["hops"],
+                    if r["direct"] == true { "  (served by the leader for now)" } else { "" }
                 );
             }
         }

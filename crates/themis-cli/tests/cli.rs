@@ -77,6 +77,9 @@ fn every_command_has_help_with_an_example() {
         vec!["tier", "clear"],
         vec!["tier", "list"],
         vec!["staleness"],
+        vec!["cascade", "set"],
+        vec!["cascade", "clear"],
+        vec!["cascade", "list"],
     ] {
         let mut args = args.clone();
         args.push("--help");
@@ -216,7 +219,8 @@ impl Drop for Up<'_> {
     }
 }
 
-/// `themis tier`, `themis staleness` and `themis put --write-concern` on a running cluster.
+/// `themis tier`, `themis staleness`, `themis cascade` and `themis put --write-concern` on a
+/// running cluster.
 fn tiers_and_staleness(dir: &str) {
     assert!(ok(&["tier", "set", "payments", "tier1", "--dir", dir]).contains("payments is in tier1"));
     let list = ok(&["tier", "list", "--dir", dir]);
@@ -229,6 +233,11 @@ fn tiers_and_staleness(dir: &str) {
     fails(&["put", "payments", "p2", "{}", "--write-concern", "most", "--dir", dir], 2, "one, majority, all");
     let report = ok(&["staleness", "--json", "--dir", dir]);
     assert!(report.contains("\"staleness_ms\""), "{report}");
+    // Cascading: three voters, no read replica; a voter or a stranger is refused.
+    assert!(ok(&["cascade", "list", "--dir", dir]).contains("no cascaded replica"));
+    assert!(ok(&["cascade", "list", "--json", "--dir", dir]).contains("\"max_hops\": 5"));
+    fails(&["cascade", "set", "2", "--upstream", "3", "--dir", dir], 1, "node 2 is a voter");
+    fails(&["cascade", "set", "9", "--upstream", "2", "--dir", dir], 1, "node 9 is not a member");
 }
 
 /// `themis get` at each level on a running cluster, and each bad level flag refused.

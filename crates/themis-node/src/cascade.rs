@@ -236,7 +236,11 @@ mod tests {
         // A sixth hop is refused, naming the chain.
         let (code, m) = check(&s, &c, NodeId(8), NodeId(7), false).unwrap_err();
         assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY);
-        assert!(m.contains("8 -> 7 -> 6 -> 5 -> 4 -> 2"), "{m}");
+        assert_eq!(
+            m,
+            "node 8 cannot stream from 7: replication chain 8 -> 7 -> 6 -> 5 -> 4 -> 2 -> leader is 6 hops \
+             from the leader; at most 5 are allowed"
+        );
         // A cycle is refused.
         let (_, m) = check(&s, &c, NodeId(4), NodeId(7), false).unwrap_err();
         assert!(m.contains("cycle"), "{m}");

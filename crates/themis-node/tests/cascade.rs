@@ -213,11 +213,44 @@ async fn a_chain_of_read_replicas_streams_from_a_follower_and_survives_a_link_in
     until(&cluster, 3, "replica 4 forwards to 5 again", |s| counter(s, "forwarded_entries") >= before + 100)
         .await;
 
-    // Cleared: 6 streams from the leader again.
-    let (code, _, text) =
-        http(cluster.nodes[leader].admin, &cluster.admin, "DELETE", "/v1/cluster/cascade/6", &[], "").await;
-    assert_eq!(code, 200, "{text}");
-    until(&cluster, leader, "6 cleared", |s| s["upstreams"].get("6").is_none()).await;
-    fill(&client, 1000..1100).await;
-    holds(&cluster, 5, client.session_token(), 1100).await;
+    // What the leader sends per write, cascaded (to two followers; the follower feeds the
+    // chain) and, once every replica is cleared, direct (to two followers and three
+    // replicas).
+    let cascaded = leader_bytes_per_write(&cluster, leader, &client, 1000..1400).await;
+    for id in [6, 5, 4] {
+        let path = format!("/v1/cluster/cascade/{id}");
+        let (code, _, text) =
+            http(cluster.nodes[leader].admin, &cluster.admin, "DELETE", &path, &[], "").await;
+        assert_eq!(code, 200, "{text}");
+    }
+    until(&cluster, leader, "the cascade cleared", |s| s["upstreams"] == serde_json::json!({})).await;
+    let direct = leader_bytes_per_write(&cluster, leader, &client, 1400..1800).await;
+    eprintln!(
+        "leader payload bytes per write: cascaded {cascaded:.0}, direct {direct:.0} ({:.2}x)",
+        direct / cascaded
+    );
+    assert!(
+        direct > 1.5 * cascaded,
+        "cascading spares the leader: {cascaded:.0} vs {direct:.0} bytes per write"
+    );
+}
+
+/// Writes `range` and returns the payload bytes the leader sent per write meanwhile,
+/// once every replica holds them.
+async fn leader_bytes_per_write(
+    cluster: &Cluster,
+    leader: usize,
+    client: &std::sync::Arc<Client>,
+    range: std::ops::Range<usize>,
+) -> f64 {
+    let sent = |s: &serde_json::Value| counter(s, "sent_payload_bytes");
+    let before = sent(&status(cluster, leader).await);
+    let n = range.len();
+    let last = range.end;
+    fill(client, range).await;
+    for i in 3..6 {
+        holds(cluster, i, client.session_token(), last).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await; // a tick or two: statuses publish
+    (sent(&status(cluster, leader).await) - before) as f64 / n as f64
 }
