@@ -130,6 +130,15 @@ async fn a_chain_of_read_replicas_streams_from_a_follower_and_survives_a_link_in
     assert_eq!(code, 200, "{text}");
     let (code, text) = add(&mut cluster, leader, 4, Some(4)).await;
     assert_eq!(code, 200, "{text}");
+    // Joining with an upstream that is not a member is refused before the node is added.
+    let six = &cluster.nodes[5];
+    let body =
+        format!(r#"{{"id":6,"raft_addr":"{}","client_addr":"{}","upstream":42}}"#, six.raft, six.client);
+    let (code, _, text) =
+        http(cluster.nodes[leader].admin, &cluster.admin, "POST", "/v1/cluster/members", &[], &body).await;
+    assert_eq!(code, 422, "{text}");
+    assert!(text.contains("upstream 42 is not a member"), "{text}");
+    assert!(!status(&cluster, leader).await["learners"].as_array().unwrap().contains(&serde_json::json!(6)));
     let (code, text) = add(&mut cluster, leader, 5, None).await;
     assert_eq!(code, 200, "{text}");
     let (code, text) = put_upstream(&cluster, leader, 6, 5).await;
