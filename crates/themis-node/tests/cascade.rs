@@ -96,6 +96,22 @@ async fn settle(cluster: &Cluster, leader: usize, client: &Client, upstreams: &[
     panic!("the chain never settled: leader {}", status(cluster, leader).await);
 }
 
+/// A cycle, a voter, a non-member and node 0 are refused through the API, naming the
+/// problem, and nothing changes.
+async fn refusals(cluster: &Cluster, leader: usize, f: u64) {
+    let (code, text) = put_upstream(cluster, leader, 4, 6).await;
+    assert_eq!(code, 422, "a cycle: {text}");
+    assert!(text.contains("cycle") && text.contains("4 -> 6 -> 5 -> 4"), "{text}");
+    let (code, text) = put_upstream(cluster, leader, f, 4).await;
+    assert_eq!(code, 422, "{text}");
+    assert!(text.contains("a voter"), "{text}");
+    let (code, text) = put_upstream(cluster, leader, 6, 42).await;
+    assert_eq!(code, 422, "{text}");
+    assert!(text.contains("upstream 42 is not a member"), "{text}");
+    let (code, text) = put_upstream(cluster, leader, 6, 0).await;
+    assert_eq!(code, 400, "{text}");
+}
+
 async fn add(cluster: &mut Cluster, leader: usize, index: usize, upstream: Option<u64>) -> (u16, String) {
     cluster.restart(index);
     let node = &cluster.nodes[index];
@@ -144,18 +160,7 @@ async fn a_chain_of_read_replicas_streams_from_a_follower_and_survives_a_link_in
     let (code, text) = put_upstream(&cluster, leader, 6, 5).await;
     assert_eq!(code, 200, "{text}");
 
-    // Refused, naming the problem, and nothing changes.
-    let (code, text) = put_upstream(&cluster, leader, 4, 6).await;
-    assert_eq!(code, 422, "a cycle: {text}");
-    assert!(text.contains("cycle") && text.contains("4 -> 6 -> 5 -> 4"), "{text}");
-    let (code, text) = put_upstream(&cluster, leader, f, 4).await;
-    assert_eq!(code, 422, "{text}");
-    assert!(text.contains("a voter"), "{text}");
-    let (code, text) = put_upstream(&cluster, leader, 6, 42).await;
-    assert_eq!(code, 422, "{text}");
-    assert!(text.contains("upstream 42 is not a member"), "{text}");
-    let (code, text) = put_upstream(&cluster, leader, 6, 0).await;
-    assert_eq!(code, 400, "{text}");
+    refusals(&cluster, leader, f).await;
 
     let (code, _, text) =
         http(cluster.nodes[leader].admin, &cluster.admin, "GET", "/v1/cluster/cascade", &[], "").await;
