@@ -28,6 +28,7 @@ fn entry(lsn: u64) -> Entry {
             value: Bytes::from(themis_node::stats::document(0, lsn, 256)),
             before: None,
         },
+        stamp: None,
     };
     Entry {
         lsn,

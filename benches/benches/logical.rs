@@ -36,6 +36,7 @@ fn payload(i: u64) -> Bytes {
             key: Bytes::from(format!("order-{i}")),
             value: Bytes::from(doc),
         },
+        stamp: None,
     };
     encode_batch(&[op]).unwrap()
 }

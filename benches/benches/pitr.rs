@@ -28,6 +28,7 @@ fn payload(i: u64) -> Bytes {
             key: Bytes::from(format!("order-{}", i % 10_000)),
             value: Bytes::from(themis_node::stats::document(0, i, 256)),
         },
+        stamp: None,
     };
     encode_batch(&[op]).unwrap()
 }

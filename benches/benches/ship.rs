@@ -326,6 +326,7 @@ fn workload(first: Lsn, n: u64) -> Vec<(Lsn, Vec<Op>)> {
                     key: Bytes::from(format!("user:{key:08}")),
                     value: Bytes::from(document(lsn)),
                 },
+                stamp: None,
             };
             (lsn, vec![op])
         })

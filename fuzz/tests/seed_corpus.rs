@@ -70,12 +70,14 @@ fn write_seed_corpus() {
                 key: Bytes::from_static(b"u1"),
                 value: Bytes::from_static(b"{}"),
             },
+            stamp: None,
         },
-        Op { origin: NodeId(1), txn: 7, kind: OpKind::Commit },
+        Op { origin: NodeId(1), txn: 7, kind: OpKind::Commit, stamp: None },
         Op {
             origin: NodeId(1),
             txn: 0,
             kind: OpKind::Ddl { statement: "CREATE x".into(), schema_version: 2 },
+            stamp: None,
         },
     ];
     write("wal_op_decode", "upsert", &ops[0].encode().unwrap());
@@ -89,8 +91,20 @@ fn write_seed_corpus() {
             value: Bytes::from_static(b"{\"n\":2}"),
             before: Some(Bytes::from_static(b"{\"n\":1}")),
         },
+        stamp: None,
     };
     write("wal_op_decode", "update_with_before_image", &update.encode().unwrap());
+    // A write made in another cluster (active-active), with what its origin had seen.
+    let stamped = Op {
+        stamp: Some(op::Stamp {
+            cluster: "us-east".into(),
+            lsn: 42,
+            hlc: ts,
+            seen: vec![("us-west".into(), 17)],
+        }),
+        ..update.clone()
+    };
+    write("wal_op_decode", "stamped_update", &stamped.encode().unwrap());
     write("wal_op_decode", "unknown_kind", &[1, 99, 0, 0]);
     write("wal_op_decode", "huge_count", &[0xff, 0xff, 0xff, 0xff, 1]);
 

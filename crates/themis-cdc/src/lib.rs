@@ -30,6 +30,7 @@
 //!         origin: NodeId(1),
 //!         txn: 0,
 //!         kind: OpKind::Insert { collection: collection.into(), key: id.into(), value: "{}".into() },
+//!         stamp: None,
 //!     };
 //!     let range = wal.append(&[NewEntry::data(hlc.now(), encode_batch(&[op])?)])?;
 //!     cdc.publish(&[wal.read(range.first)?]);

@@ -48,6 +48,7 @@ fn entry(lsn: Lsn) -> Entry {
             key: Bytes::from(lsn.to_string()),
             value: Bytes::new(),
         },
+        stamp: None,
     };
     Entry {
         lsn,

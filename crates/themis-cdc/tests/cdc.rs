@@ -36,7 +36,8 @@ fn fixture(config: CdcConfig) -> Fixture {
 impl Fixture {
     /// Appends one entry holding `ops` and publishes it, as the commit path does.
     fn commit(&self, ops: &[OpKind]) -> Lsn {
-        let ops: Vec<Op> = ops.iter().map(|k| Op { origin: NodeId(7), txn: 0, kind: k.clone() }).collect();
+        let ops: Vec<Op> =
+            ops.iter().map(|k| Op { origin: NodeId(7), txn: 0, kind: k.clone(), stamp: None }).collect();
         let range = self.wal.append(&[NewEntry::data(self.hlc.now(), encode_batch(&ops).unwrap())]).unwrap();
         self.cdc.publish(&[self.wal.read(range.first).unwrap()]);
         range.first

@@ -39,7 +39,7 @@
 //!
 //! for (id, doc) in [("o1", r#"{"tenant":"acme","region":"us"}"#), ("o2", r#"{"tenant":"globex"}"#)] {
 //!     let kind = OpKind::Insert { collection: "orders".into(), key: id.into(), value: doc.into() };
-//!     let op = Op { origin: NodeId(1), txn: 0, kind };
+//!     let op = Op { origin: NodeId(1), txn: 0, kind, stamp: None };
 //!     let range = wal.append(&[NewEntry::data(hlc.now(), encode_batch(&[op])?)])?;
 //!     cdc.publish(&[wal.read(range.first)?]);
 //! }

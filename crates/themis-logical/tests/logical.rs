@@ -54,7 +54,8 @@ fn fixture(config: LogicalConfig) -> Fixture {
 
 impl Fixture {
     fn commit(&self, ops: &[OpKind]) -> Lsn {
-        let ops: Vec<Op> = ops.iter().map(|k| Op { origin: NodeId(3), txn: 0, kind: k.clone() }).collect();
+        let ops: Vec<Op> =
+            ops.iter().map(|k| Op { origin: NodeId(3), txn: 0, kind: k.clone(), stamp: None }).collect();
         let range = self.wal.append(&[NewEntry::data(self.hlc.now(), encode_batch(&ops).unwrap())]).unwrap();
         self.cdc.publish(&[self.wal.read(range.first).unwrap()]);
         range.first
@@ -636,7 +637,12 @@ async fn one_read_returns_a_whole_published_batch() {
     f.slots.create_slot(SlotConfig::new("all", OutputPlugin::Json), None).unwrap();
     let entries: Vec<NewEntry> = (0..1000)
         .map(|i| {
-            let op = Op { origin: NodeId(3), txn: 0, kind: insert("c", &format!("{i}"), &json!({"i": i})) };
+            let op = Op {
+                origin: NodeId(3),
+                txn: 0,
+                kind: insert("c", &format!("{i}"), &json!({"i": i})),
+                stamp: None,
+            };
             NewEntry::data(f.hlc.now(), encode_batch(&[op]).unwrap())
         })
         .collect();

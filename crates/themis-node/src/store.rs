@@ -407,7 +407,7 @@ mod tests {
     use themis_replication::clock::NodeId;
 
     fn op(kind: OpKind) -> Op {
-        Op { origin: NodeId(1), txn: 0, kind }
+        Op { origin: NodeId(1), txn: 0, kind, stamp: None }
     }
 
     fn upsert(key: &str, value: &str) -> Op {

@@ -114,7 +114,8 @@ impl Sequencer {
     }
 
     fn op(&self, kind: OpKind) -> Bytes {
-        encode_batch(&[Op { origin: self.origin, txn: 0, kind }]).expect("names and values were checked")
+        encode_batch(&[Op { origin: self.origin, txn: 0, kind, stamp: None }])
+            .expect("names and values were checked")
     }
 
     /// Writes `value` (none: deletes) as document `key` of `collection`; returns its LSN

@@ -26,7 +26,7 @@
 //! let hlc = Hlc::new(NodeId(1));
 //! for i in 0..10u32 {
 //!     let op = Op { origin: NodeId(1), txn: 0, kind: OpKind::Upsert {
-//!         collection: "c".into(), key: "k".into(), value: format!("{i}").into() } };
+//!         collection: "c".into(), key: "k".into(), value: format!("{i}").into() }, stamp: None };
 //!     wal.append(&[NewEntry::data(hlc.now(), encode_batch(&[op])?)])?;
 //! }
 //! archiver.step(&wal, wal.last_lsn(), true).await?;

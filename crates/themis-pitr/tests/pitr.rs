@@ -64,7 +64,7 @@ fn fixture(entries: u64) -> Fixture {
                 OpKind::Delete { collection: "c".into(), key: Bytes::from(key.to_string()), before: None }
             }
         };
-        let payload = encode_batch(&[Op { origin: NodeId(1), txn: 0, kind }]).unwrap();
+        let payload = encode_batch(&[Op { origin: NodeId(1), txn: 0, kind, stamp: None }]).unwrap();
         wal.append(&[NewEntry::data(ts(lsn), payload)]).unwrap();
         let mut model = models.last().unwrap().clone();
         model.insert(key, value);

@@ -59,6 +59,7 @@ fn put(key: &str, value: &str) -> Bytes {
             key: Bytes::copy_from_slice(key.as_bytes()),
             value: Bytes::copy_from_slice(value.as_bytes()),
         },
+        stamp: None,
     };
     encode_batch(&[op]).unwrap()
 }

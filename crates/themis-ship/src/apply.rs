@@ -918,13 +918,18 @@ impl StateMachine for MemoryStateMachine {
                         key: key.clone(),
                         value: value.clone(),
                     };
-                    ops.push(Op { origin: NodeId(0), txn: 0, kind });
+                    ops.push(Op { origin: NodeId(0), txn: 0, kind, stamp: None });
                     lsns.push(doc.lsn);
                 }
             }
         }
         for (statement, schema_version) in self.schema().1 {
-            ops.push(Op { origin: NodeId(0), txn: 0, kind: OpKind::Ddl { statement, schema_version } });
+            ops.push(Op {
+                origin: NodeId(0),
+                txn: 0,
+                kind: OpKind::Ddl { statement, schema_version },
+                stamp: None,
+            });
         }
         let batch = op::encode_batch(&ops).map_err(|e| ApplyError::Snapshot(e.to_string()))?;
         let len =
@@ -992,7 +997,7 @@ mod tests {
             key: Bytes::from(key.to_string()),
             value: Bytes::from_static(b"v"),
         };
-        vec![Op { origin: NodeId(1), txn: 0, kind }]
+        vec![Op { origin: NodeId(1), txn: 0, kind, stamp: None }]
     }
 
     #[test]

@@ -24,6 +24,7 @@ fn upsert(key: &str, value: &str) -> Op {
             key: Bytes::from(key.to_owned()),
             value: Bytes::from(value.to_owned()),
         },
+        stamp: None,
     }
 }
 
@@ -33,7 +34,7 @@ fn in_txn(mut op: Op, txn: u64) -> Op {
 }
 
 fn marker(kind: OpKind, txn: u64) -> Op {
-    Op { origin: NodeId(1), txn, kind }
+    Op { origin: NodeId(1), txn, kind, stamp: None }
 }
 
 fn ddl(version: u64) -> Op {
@@ -41,6 +42,7 @@ fn ddl(version: u64) -> Op {
         origin: NodeId(1),
         txn: 0,
         kind: OpKind::Ddl { statement: format!("ALTER c v{version}"), schema_version: version },
+        stamp: None,
     }
 }
 
@@ -105,6 +107,7 @@ fn changes_report_the_previous_value() {
                 origin: NodeId(1),
                 txn: 0,
                 kind: OpKind::Delete { collection: "c".into(), key: Bytes::from_static(b"k"), before: None },
+                stamp: None,
             }],
         )
         .unwrap();
@@ -148,6 +151,7 @@ fn a_failed_apply_stops_the_applier_and_names_the_lsn() {
                 value: Bytes::new(),
                 before: None,
             },
+            stamp: None,
         };
         let _ = applier.submit(1, vec![update]);
         let err = applier.sync().unwrap_err();
@@ -213,6 +217,7 @@ fn snapshots_restore_documents_schema_and_idempotence() {
                 origin: NodeId(1),
                 txn: 0,
                 kind: OpKind::Delete { collection: "c".into(), key: Bytes::from_static(b"b"), before: None },
+                stamp: None,
             }],
         )
         .unwrap();
@@ -346,7 +351,7 @@ fn log(steps: &[Step]) -> Vec<(Lsn, Vec<Op>)> {
             Some(v) => OpKind::Upsert { collection, key, value: Bytes::from(format!("{v}@{lsn}")) },
             None => OpKind::Delete { collection, key, before: None },
         };
-        Op { origin: NodeId(1), txn, kind }
+        Op { origin: NodeId(1), txn, kind, stamp: None }
     };
     let mut out = Vec::new();
     for s in steps {

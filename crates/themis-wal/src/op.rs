@@ -2,16 +2,22 @@
 //! holds. Versioned and hand-framed (little-endian, `u32` length prefixes):
 //!
 //! ```text
-//! op     = version:u8 (1 or 2) kind:u8 origin:u64 txn:u64 body
+//! op     = version:u8 (1, 2 or 3) kind:u8 origin:u64 txn:u64 body [stamp: version 3]
 //! body   = insert | upsert (kinds 1, 3): collection:str key:bytes value:bytes
 //!        | update (2): collection:str key:bytes value:bytes before
 //!        | delete (4): collection:str key:bytes before
 //!        | ddl (5): statement:str schema_version:u64
 //!        | begin (6) | commit (7): empty
-//! before = (version 1: nothing) | (version 2: 1:u8 bytes)
+//! before = (version 1: nothing) | (version 2: 1:u8 bytes) | (version 3: 0:u8 | 1:u8 bytes)
+//! stamp  = cluster:str lsn:u64 hlc:16 bytes seen_count:u32 (cluster:str lsn:u64){seen_count}
 //! str    = len:u32 utf-8 bytes        bytes = len:u32 bytes
 //! batch  = count:u32 (len:u32 op){count}
 //! ```
+//!
+//! A *stamp* (version 3) says where a write was first made when clusters replicate to
+//! each other (active-active): the origin cluster, the LSN there (0: this entry's own),
+//! its HLC timestamp, and what the origin had applied of each other cluster when it wrote
+//! it (`seen`), so a receiver can tell a causally later write from a concurrent one.
 //!
 //! An update or delete may carry the document it replaces (its *before-image*, as
 //! PostgreSQL logs the old row under `REPLICA IDENTITY FULL`), so any reader of the log,
@@ -24,11 +30,31 @@
 //! kind is an [`OpError`], never a panic.
 
 use bytes::{BufMut, Bytes};
-use themis_clock::NodeId;
+use themis_clock::{NodeId, Timestamp};
 
-/// The newest format version this crate reads and writes (ops without a before-image are
-/// still written as version 1).
-pub const OP_VERSION: u8 = 2;
+use crate::Lsn;
+
+/// The newest format version this crate reads and writes (ops without a before-image or a
+/// stamp are still written as version 1, with a before-image and no stamp as version 2).
+pub const OP_VERSION: u8 = 3;
+
+/// The most `seen` entries a stamp carries (one per other cluster of a mesh).
+pub const MAX_STAMP_SEEN: usize = 64;
+
+/// Where a write was first made, for replication between clusters (see the module
+/// documentation).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stamp {
+    /// The origin cluster's name.
+    pub cluster: String,
+    /// The write's LSN in the origin cluster (0: the LSN of the entry holding the op).
+    pub lsn: Lsn,
+    /// When it was written, on the origin's clock.
+    pub hlc: Timestamp,
+    /// For each other cluster, the highest of its origin LSNs the origin cluster had
+    /// applied when it made the write.
+    pub seen: Vec<(String, Lsn)>,
+}
 
 /// A document operation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,6 +65,8 @@ pub struct Op {
     pub txn: u64,
     /// What it does.
     pub kind: OpKind,
+    /// Where it was first made, for ops of clusters that replicate to each other.
+    pub stamp: Option<Stamp>,
 }
 
 /// What an [`Op`] does.
@@ -175,12 +203,29 @@ pub enum OpError {
         /// The byte found.
         flag: u8,
     },
-    /// A field is longer than the `u32` length prefix allows.
-    #[error("op field {0} is longer than 4 GiB")]
+    /// A field is longer than the `u32` length prefix allows, or a stamp has more
+    /// `seen` entries than [`MAX_STAMP_SEEN`].
+    #[error("op field {0} is longer than its limit")]
     TooLong(&'static str),
+    /// A count above its bound.
+    #[error("op field {field} counts {count}, above the limit of {max}")]
+    TooMany {
+        /// The field.
+        field: &'static str,
+        /// The count found.
+        count: usize,
+        /// The bound.
+        max: usize,
+    },
 }
 
 impl Op {
+    /// An op without a stamp.
+    #[must_use]
+    pub fn new(origin: NodeId, txn: u64, kind: OpKind) -> Op {
+        Op { origin, txn, kind, stamp: None }
+    }
+
     /// The before-image it carries, if any.
     #[must_use]
     pub fn before(&self) -> Option<&Bytes> {
@@ -193,14 +238,23 @@ impl Op {
     /// Appends the encoding to `out`.
     pub fn encode_into(&self, out: &mut Vec<u8>) -> Result<(), OpError> {
         let before = self.before();
-        out.put_u8(if before.is_some() { 2 } else { 1 });
+        let version = match (&self.stamp, before) {
+            (Some(_), _) => 3,
+            (None, Some(_)) => 2,
+            (None, None) => 1,
+        };
+        out.put_u8(version);
         out.put_u8(self.kind.code());
         out.put_u64_le(self.origin.0);
         out.put_u64_le(self.txn);
         let put_before = |out: &mut Vec<u8>| -> Result<(), OpError> {
-            if let Some(before) = before {
-                out.put_u8(1);
-                put_field(out, "before", before)?;
+            match before {
+                Some(before) => {
+                    out.put_u8(1);
+                    put_field(out, "before", before)?;
+                }
+                None if version == 3 => out.put_u8(0),
+                None => {}
             }
             Ok(())
         };
@@ -226,6 +280,9 @@ impl Op {
                 out.put_u64_le(*schema_version);
             }
             OpKind::Begin | OpKind::Commit => {}
+        }
+        if let Some(stamp) = &self.stamp {
+            put_stamp(out, stamp)?;
         }
         Ok(())
     }
@@ -285,6 +342,21 @@ pub fn decode_batch(bytes: &Bytes) -> Result<Vec<Op>, OpError> {
     }
     r.finish()?;
     Ok(ops)
+}
+
+fn put_stamp(out: &mut Vec<u8>, stamp: &Stamp) -> Result<(), OpError> {
+    if stamp.seen.len() > MAX_STAMP_SEEN {
+        return Err(OpError::TooLong("stamp seen"));
+    }
+    put_field(out, "stamp cluster", stamp.cluster.as_bytes())?;
+    out.put_u64_le(stamp.lsn);
+    out.put_slice(&stamp.hlc.to_bytes());
+    out.put_u32_le(stamp.seen.len() as u32);
+    for (cluster, lsn) in &stamp.seen {
+        put_field(out, "stamp seen cluster", cluster.as_bytes())?;
+        out.put_u64_le(*lsn);
+    }
+    Ok(())
 }
 
 fn put_field(out: &mut Vec<u8>, field: &'static str, bytes: &[u8]) -> Result<(), OpError> {
@@ -372,12 +444,13 @@ impl Reader<'_> {
             6 => OpKind::Begin,
             _ => OpKind::Commit,
         };
-        Ok(Op { origin, txn, kind })
+        let stamp = if version == 3 { Some(self.stamp()?) } else { None };
+        Ok(Op { origin, txn, kind, stamp })
     }
 
-    /// A before-image: absent in version 1; in version 2 the byte 1, then the bytes. Any
+    /// A before-image: absent in version 1; in version 2 the byte 1, then the bytes (any
     /// other byte is refused, 0 included: an op without a before-image is version 1, so
-    /// each op has one encoding.
+    /// each op has one encoding); in version 3 the byte 0 (none) or 1 and the bytes.
     fn before(&mut self, version: u8) -> Result<Option<Bytes>, OpError> {
         if version < 2 {
             return Ok(None);
@@ -385,8 +458,25 @@ impl Reader<'_> {
         let offset = self.at;
         match self.u8("before")? {
             1 => Ok(Some(self.field("before")?)),
+            0 if version == 3 => Ok(None),
             flag => Err(OpError::BadFlag { field: "before", offset, flag }),
         }
+    }
+
+    fn stamp(&mut self) -> Result<Stamp, OpError> {
+        let cluster = self.string("stamp cluster")?;
+        let lsn = self.u64("stamp lsn")?;
+        let hlc = self.take("stamp hlc", Timestamp::ENCODED_LEN as u64)?;
+        let hlc = Timestamp::from_bytes(&hlc).expect("16 bytes taken");
+        let count = self.u32("stamp seen count")? as usize;
+        if count > MAX_STAMP_SEEN {
+            return Err(OpError::TooMany { field: "stamp seen", count, max: MAX_STAMP_SEEN });
+        }
+        let mut seen = Vec::with_capacity(count);
+        for _ in 0..count {
+            seen.push((self.string("stamp seen cluster")?, self.u64("stamp seen lsn")?));
+        }
+        Ok(Stamp { cluster, lsn, hlc, seen })
     }
 
     fn finish(&self) -> Result<(), OpError> {
@@ -419,7 +509,11 @@ mod tests {
             OpKind::Begin,
             OpKind::Commit,
         ];
-        kinds.into_iter().enumerate().map(|(i, kind)| Op { origin: NodeId(3), txn: i as u64, kind }).collect()
+        kinds
+            .into_iter()
+            .enumerate()
+            .map(|(i, kind)| Op { origin: NodeId(3), txn: i as u64, kind, stamp: None })
+            .collect()
     }
 
     #[test]
@@ -434,9 +528,9 @@ mod tests {
     #[test]
     fn bad_input_is_a_typed_error() {
         let good = all_kinds()[0].encode().unwrap().to_vec();
-        let mut v3 = good.clone();
-        v3[0] = 3;
-        assert_eq!(Op::decode(&v3.into()), Err(OpError::UnknownVersion(3)));
+        let mut v4 = good.clone();
+        v4[0] = 4;
+        assert_eq!(Op::decode(&v4.into()), Err(OpError::UnknownVersion(4)));
         let mut k9 = good.clone();
         k9[1] = 9;
         assert_eq!(Op::decode(&k9.into()), Err(OpError::UnknownKind(9)));
@@ -485,6 +579,50 @@ mod tests {
         }
     }
 
+    fn stamp(seen: usize) -> Stamp {
+        Stamp {
+            cluster: "us-east".into(),
+            lsn: 42,
+            hlc: Timestamp::from_parts(1_700_000_000_000, 3, NodeId(2)).unwrap(),
+            seen: (0..seen).map(|i| (format!("c{i}"), i as Lsn * 10)).collect(),
+        }
+    }
+
+    #[test]
+    fn stamped_ops_are_version_3_round_trip_and_refuse_damage() {
+        for seen in [0, 2] {
+            let ops: Vec<Op> =
+                all_kinds().into_iter().map(|op| Op { stamp: Some(stamp(seen)), ..op }).collect();
+            for op in &ops {
+                let bytes = op.encode().unwrap();
+                assert_eq!(bytes[0], 3, "{op:?}");
+                assert_eq!(Op::decode(&bytes).unwrap(), *op);
+                for cut in 0..bytes.len() {
+                    assert!(Op::decode(&bytes.slice(..cut)).is_err(), "cut {cut} of {op:?}");
+                }
+            }
+            assert_eq!(decode_batch(&encode_batch(&ops).unwrap()).unwrap(), ops);
+        }
+        // A version 3 update without a before-image carries the byte 0; any other marker
+        // but 0 and 1 is refused.
+        let update = Op { stamp: Some(stamp(0)), ..all_kinds()[1].clone() };
+        let mut bad = update.encode().unwrap().to_vec();
+        let flag_at = 18 + 4 + "users".len() + 4 + 2 + 4 + 2;
+        assert_eq!(bad[flag_at], 0);
+        bad[flag_at] = 2;
+        assert_eq!(Op::decode(&bad.into()), Err(OpError::BadFlag { field: "before", offset: flag_at, flag: 2 }));
+        // Too many `seen` entries: refused when encoding and when decoding.
+        let crowded = Op { stamp: Some(stamp(MAX_STAMP_SEEN + 1)), ..all_kinds()[0].clone() };
+        assert_eq!(crowded.encode(), Err(OpError::TooLong("stamp seen")));
+        let mut bytes = Op { stamp: Some(stamp(0)), ..all_kinds()[0].clone() }.encode().unwrap().to_vec();
+        let count_at = bytes.len() - 4;
+        bytes[count_at..].copy_from_slice(&(MAX_STAMP_SEEN as u32 + 1).to_le_bytes());
+        assert_eq!(
+            Op::decode(&bytes.into()),
+            Err(OpError::TooMany { field: "stamp seen", count: MAX_STAMP_SEEN + 1, max: MAX_STAMP_SEEN })
+        );
+    }
+
     #[test]
     fn targets_name_collection_and_key() {
         let ops = all_kinds();
@@ -503,6 +641,7 @@ mod tests {
                     key: Bytes::from(vec![b'k'; k]),
                     value: Bytes::from(vec![b'v'; v]),
                 },
+                stamp: None,
             };
             assert_eq!(encode_batch(&[op]).unwrap().len(), single_write_batch_len(c, k, v));
         }
