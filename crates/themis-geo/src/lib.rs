@@ -50,6 +50,7 @@
 //! # }
 //! ```
 
+pub mod active;
 mod config;
 mod error;
 mod level;

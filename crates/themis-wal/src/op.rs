@@ -610,7 +610,10 @@ mod tests {
         let flag_at = 18 + 4 + "users".len() + 4 + 2 + 4 + 2;
         assert_eq!(bad[flag_at], 0);
         bad[flag_at] = 2;
-        assert_eq!(Op::decode(&bad.into()), Err(OpError::BadFlag { field: "before", offset: flag_at, flag: 2 }));
+        assert_eq!(
+            Op::decode(&bad.into()),
+            Err(OpError::BadFlag { field: "before", offset: flag_at, flag: 2 })
+        );
         // Too many `seen` entries: refused when encoding and when decoding.
         let crowded = Op { stamp: Some(stamp(MAX_STAMP_SEEN + 1)), ..all_kinds()[0].clone() };
         assert_eq!(crowded.encode(), Err(OpError::TooLong("stamp seen")));
