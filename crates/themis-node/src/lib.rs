@@ -19,6 +19,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod active;
 pub mod admin;
 pub mod admin_client;
 pub mod archive;

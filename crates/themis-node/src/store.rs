@@ -5,14 +5,18 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
+use themis_replication::clock::{NodeId, Timestamp};
+use themis_replication::geo::active::DocStamp;
 use themis_replication::logical::{DdlStatement, SnapshotDoc};
 use themis_replication::ship::{ApplyError, Change, StateMachine};
 use themis_replication::wal::Lsn;
 use themis_replication::wal::op::{Op, OpKind};
+
+use crate::active::{Active, CONFLICTS_COLLECTION, Decision, MAX_CONFLICT_RECORDS};
 
 const SHARDS: usize = 64;
 
@@ -31,6 +35,9 @@ type Internal = BTreeMap<(String, Bytes), (Bytes, Lsn)>;
 struct Doc {
     value: Bytes,
     lsn: Lsn,
+    /// Where the write that made this version was first made (active-active); none for
+    /// writes of a cluster without links.
+    stamp: Option<Arc<DocStamp>>,
 }
 
 type Shard = HashMap<(String, Bytes), Doc>;
@@ -58,6 +65,10 @@ pub struct DocStore {
     /// DDL applied and not yet taken by [`DocStore::take_ddl`]: statement, schema
     /// version, LSN.
     ddl: Mutex<Vec<(String, u64, Lsn)>>,
+    /// Active-active: this cluster's name and conflict resolution, when it has links.
+    active: Option<Active>,
+    /// Conflicts settled since start.
+    conflicts: AtomicU64,
 }
 
 impl Default for DocStore {
@@ -68,6 +79,8 @@ impl Default for DocStore {
             internal: Mutex::new(BTreeMap::new()),
             internal_version: AtomicU64::new(0),
             ddl: Mutex::new(Vec::new()),
+            active: None,
+            conflicts: AtomicU64::new(0),
         }
     }
 }
@@ -90,7 +103,8 @@ fn shard_of(collection: &str, key: &[u8]) -> usize {
 
 /// One document in a snapshot. A snapshot is postcard's `Vec<SnapshotRow>`: a varint
 /// count, then each row (collection and key and value as length-prefixed bytes, LSN as a
-/// varint).
+/// varint); then, when any document has a stamp, postcard's `Vec<StampRow>` (a snapshot
+/// without that section has no stamps).
 #[derive(Serialize, Deserialize)]
 struct SnapshotRow<'a> {
     collection: &'a str,
@@ -101,6 +115,18 @@ struct SnapshotRow<'a> {
     lsn: Lsn,
 }
 
+/// A document's stamp in a snapshot.
+#[derive(Serialize, Deserialize)]
+struct StampRow<'a> {
+    collection: &'a str,
+    #[serde(borrow, with = "serde_bytes")]
+    key: &'a [u8],
+    cluster: &'a str,
+    lsn: Lsn,
+    hlc_time: u64,
+    hlc_node: u64,
+}
+
 /// The most bytes postcard spends on a varint-encoded `u64` or `usize`.
 const MAX_VARINT: usize = 10;
 
@@ -109,6 +135,34 @@ impl DocStore {
     #[must_use]
     pub fn new() -> DocStore {
         DocStore::default()
+    }
+
+    /// An empty store of a cluster with active-active links: writes from other clusters
+    /// are checked against each document's stamp, and conflicts settled and recorded.
+    #[must_use]
+    pub fn with_active(active: Active) -> DocStore {
+        DocStore { active: Some(active), ..DocStore::default() }
+    }
+
+    /// The active-active settings, when the cluster has links.
+    #[must_use]
+    pub fn active(&self) -> Option<&Active> {
+        self.active.as_ref()
+    }
+
+    /// Conflicts settled since start.
+    #[must_use]
+    pub fn conflicts(&self) -> u64 {
+        self.conflicts.load(Ordering::Relaxed)
+    }
+
+    /// The document with the LSN that wrote it and its stamp (active-active).
+    #[must_use]
+    pub fn get_stamped(&self, collection: &str, id: &[u8]) -> Option<(Bytes, Lsn, Option<DocStamp>)> {
+        let shard = self.shard(shard_of(collection, id));
+        shard
+            .get(&(collection.to_string(), Bytes::copy_from_slice(id)))
+            .map(|d| (d.value.clone(), d.lsn, d.stamp.as_deref().cloned()))
     }
 
     fn shard(&self, i: usize) -> MutexGuard<'_, Shard> {
@@ -194,6 +248,44 @@ impl DocStore {
             .collect()
     }
 
+    /// Writes a conflict record as the internal document `_themis_conflicts/<id>`, and
+    /// drops the oldest records beyond [`MAX_CONFLICT_RECORDS`] (every node drops the same).
+    fn record_conflict(&self, lsn: Lsn, id: String, record: &serde_json::Value) -> Change {
+        let key = Bytes::from(id.into_bytes());
+        let doc = Doc { value: Bytes::from(record.to_string()), lsn, stamp: None };
+        let evicted = {
+            let mut internal = self.internal.lock().unwrap_or_else(PoisonError::into_inner);
+            internal.insert((CONFLICTS_COLLECTION.to_string(), key.clone()), (doc.value.clone(), lsn));
+            let held = internal
+                .range((CONFLICTS_COLLECTION.to_string(), Bytes::new())..)
+                .take_while(|((c, _), _)| c == CONFLICTS_COLLECTION)
+                .count();
+            let over = held.saturating_sub(MAX_CONFLICT_RECORDS);
+            let oldest: Vec<Bytes> = internal
+                .range((CONFLICTS_COLLECTION.to_string(), Bytes::new())..)
+                .take(over)
+                .map(|((_, k), _)| k.clone())
+                .collect();
+            for k in &oldest {
+                internal.remove(&(CONFLICTS_COLLECTION.to_string(), k.clone()));
+            }
+            oldest
+        };
+        for k in evicted {
+            self.shard(shard_of(CONFLICTS_COLLECTION, &k)).remove(&(CONFLICTS_COLLECTION.to_string(), k));
+        }
+        self.shard(shard_of(CONFLICTS_COLLECTION, &key))
+            .insert((CONFLICTS_COLLECTION.to_string(), key.clone()), doc.clone());
+        self.internal_version.fetch_add(1, Ordering::AcqRel);
+        Change {
+            lsn,
+            collection: CONFLICTS_COLLECTION.to_string(),
+            key,
+            previous: None,
+            current: Some(doc.value),
+        }
+    }
+
     /// How many shards the store has.
     pub(crate) const SHARDS: usize = SHARDS;
 
@@ -246,6 +338,7 @@ impl DocStore {
             _ => Some(Doc {
                 value: serde_json::json!({ "schema_version": statement.schema_version() }).to_string().into(),
                 lsn,
+                stamp: None,
             }),
         };
         let previous = match &meta {
@@ -284,7 +377,8 @@ impl StateMachine for DocStore {
         let mut guards: Vec<(usize, MutexGuard<'_, Shard>)> =
             ids.iter().map(|&i| (i, self.shard(i))).collect();
         let mut changes = Vec::new();
-        for op in ops {
+        let mut records = Vec::new();
+        for (index, op) in ops.iter().enumerate() {
             let Some((collection, key)) = op.kind.target() else { continue };
             let i = shard_of(collection, key);
             let shard = &mut guards.iter_mut().find(|(j, _)| *j == i).expect("locked above").1;
@@ -292,6 +386,33 @@ impl StateMachine for DocStore {
             let current = shard.get(&map_key);
             if current.is_some_and(|d| d.lsn >= lsn) {
                 continue;
+            }
+            let mut stamp = op.stamp.as_ref().map(|s| Arc::new(DocStamp::of(s, lsn)));
+            // A write from another cluster may be stale, or concurrent with this version.
+            let mut settled = None;
+            if let (Some(incoming), Some(active)) = (&op.stamp, &self.active)
+                && incoming.cluster != active.cluster()
+            {
+                let value = match &op.kind {
+                    OpKind::Upsert { value, .. }
+                    | OpKind::Insert { value, .. }
+                    | OpKind::Update { value, .. } => Some(value),
+                    _ => None,
+                };
+                let here = current.map(|d| (&d.value, d.stamp.as_deref()));
+                match active.decide(collection, key, here, incoming, value, lsn) {
+                    Decision::Apply => {}
+                    Decision::Skip => continue,
+                    Decision::Settled { keep_local, value, stamp: kept, record } => {
+                        self.conflicts.fetch_add(1, Ordering::Relaxed);
+                        records.push((format!("{lsn:020}.{index:04}"), record));
+                        if keep_local {
+                            continue;
+                        }
+                        stamp = Some(Arc::new(kept));
+                        settled = Some(value);
+                    }
+                }
             }
             let previous = current.map(|d| d.value.clone());
             let stale =
@@ -307,15 +428,19 @@ impl StateMachine for DocStore {
             if mismatch {
                 self.label_mismatches.fetch_add(1, Ordering::Relaxed);
             }
-            let next = match &op.kind {
-                OpKind::Upsert { value, .. }
-                | OpKind::Insert { value, .. }
-                | OpKind::Update { value, .. } => Some(value.clone()),
-                OpKind::Delete { .. } if previous.is_some() => None,
+            let next = match (&op.kind, settled) {
+                (_, Some(value)) if value.is_some() || previous.is_some() => value,
+                (
+                    OpKind::Upsert { value, .. }
+                    | OpKind::Insert { value, .. }
+                    | OpKind::Update { value, .. },
+                    None,
+                ) => Some(value.clone()),
+                (OpKind::Delete { .. }, None) if previous.is_some() => None,
                 _ => continue,
             };
             if let Some(value) = &next {
-                let doc = Doc { value: value.clone(), lsn };
+                let doc = Doc { value: value.clone(), lsn, stamp };
                 self.note_internal(collection, key, Some(&doc));
                 shard.insert(map_key, doc);
             } else {
@@ -329,6 +454,10 @@ impl StateMachine for DocStore {
                 previous,
                 current: next,
             });
+        }
+        drop(guards);
+        for (id, record) in records {
+            changes.push(self.record_conflict(lsn, id, &record));
         }
         Ok(changes)
     }
@@ -349,12 +478,30 @@ impl StateMachine for DocStore {
         let mut out = vec![0u8; MAX_VARINT];
         out.reserve(bound);
         let mut count = 0usize;
+        let mut stamps = Vec::new();
         for i in 0..SHARDS {
             for ((collection, key), doc) in self.shard(i).iter() {
                 let row = SnapshotRow { collection, key, value: &doc.value, lsn: doc.lsn };
                 out = postcard::to_extend(&row, out).map_err(|e| ApplyError::Snapshot(e.to_string()))?;
                 count += 1;
+                if let Some(stamp) = &doc.stamp {
+                    stamps.push((collection.clone(), key.clone(), Arc::clone(stamp)));
+                }
             }
+        }
+        if !stamps.is_empty() {
+            let rows: Vec<StampRow<'_>> = stamps
+                .iter()
+                .map(|(collection, key, stamp)| StampRow {
+                    collection,
+                    key,
+                    cluster: &stamp.cluster,
+                    lsn: stamp.lsn,
+                    hlc_time: stamp.hlc.raw_time(),
+                    hlc_node: stamp.hlc.node().0,
+                })
+                .collect();
+            out = postcard::to_extend(&rows, out).map_err(|e| ApplyError::Snapshot(e.to_string()))?;
         }
         let mut prefix = [0u8; MAX_VARINT];
         let used =
@@ -375,11 +522,24 @@ impl StateMachine for DocStore {
             rows.push(row);
             rest = tail;
         }
+        let mut stamps: HashMap<(&str, &[u8]), DocStamp> = HashMap::new();
         if !rest.is_empty() {
-            return Err(ApplyError::Snapshot(format!(
-                "document store: {} bytes after the last of {count} documents",
-                rest.len()
-            )));
+            let (rows, tail) = postcard::take_from_bytes::<Vec<StampRow<'_>>>(rest).map_err(bad)?;
+            // The section is written only when a document has a stamp: an empty one is
+            // a second encoding of a snapshot without, or damage.
+            if rows.is_empty() || !tail.is_empty() {
+                return Err(ApplyError::Snapshot(format!(
+                    "document store: {} bytes after the last of {count} documents",
+                    rest.len()
+                )));
+            }
+            for row in rows {
+                let hlc = Timestamp::from_raw(row.hlc_time, NodeId(row.hlc_node));
+                stamps.insert(
+                    (row.collection, row.key),
+                    DocStamp { cluster: row.cluster.to_string(), lsn: row.lsn, hlc },
+                );
+            }
         }
         let mut shards: Vec<MutexGuard<'_, Shard>> = (0..SHARDS).map(|i| self.shard(i)).collect();
         for shard in &mut shards {
@@ -390,7 +550,8 @@ impl StateMachine for DocStore {
         for row in rows {
             let i = shard_of(row.collection, row.key);
             let map_key = (row.collection.to_string(), Bytes::copy_from_slice(row.key));
-            let doc = Doc { value: Bytes::copy_from_slice(row.value), lsn: row.lsn };
+            let stamp = stamps.remove(&(row.collection, row.key)).map(Arc::new);
+            let doc = Doc { value: Bytes::copy_from_slice(row.value), lsn: row.lsn, stamp };
             if row.collection.starts_with(INTERNAL_PREFIX) {
                 internal.insert(map_key.clone(), (doc.value.clone(), doc.lsn));
             }
@@ -498,6 +659,64 @@ mod tests {
         assert_eq!((copy.len(), copy.get("c", b"b").unwrap().0), (1, Bytes::from_static(b"2")));
         let err = copy.restore(&Bytes::from_static(&[0xff, 0xff, 0xff])).unwrap_err();
         assert!(err.to_string().contains("document store"), "{err}");
+    }
+
+    fn stamped(cluster: &str, lsn: Lsn, ms: u64, seen: &[(&str, Lsn)], key: &str, value: &str) -> Op {
+        Op {
+            stamp: Some(themis_replication::wal::op::Stamp {
+                cluster: cluster.into(),
+                lsn,
+                hlc: Timestamp::from_parts(ms, 0, NodeId(1)).unwrap(),
+                seen: seen.iter().map(|(c, l)| ((*c).to_string(), *l)).collect(),
+            }),
+            ..upsert(key, value)
+        }
+    }
+
+    #[test]
+    fn writes_from_another_cluster_apply_skip_or_conflict_by_their_stamps_and_stamps_survive_snapshots() {
+        use themis_replication::crdt::{AuditLog, ConflictResolver, Strategy};
+        let active = || {
+            Active::new(
+                "west".into(),
+                ConflictResolver::new(Strategy::LastWriterWins, AuditLog::new(16, None)),
+            )
+        };
+        let store = DocStore::with_active(active());
+        // Local writes (LSN 0 in the stamp: the entry's own).
+        store
+            .apply(1, &[stamped("west", 0, 100, &[], "a", "w1"), stamped("west", 0, 100, &[], "b", "w1")])
+            .unwrap();
+        assert_eq!(store.get_stamped("c", b"a").unwrap().2.unwrap().lsn, 1);
+        // East had seen west's LSN 1 when it wrote a: it follows, and applies.
+        store.apply(2, &[stamped("east", 7, 150, &[("west", 1)], "a", "e1")]).unwrap();
+        assert_eq!(store.get("c", b"a").unwrap().0, "e1");
+        // The same east write again (a replay through another path): stale.
+        assert!(store.apply(3, &[stamped("east", 7, 150, &[("west", 1)], "a", "e1")]).unwrap().is_empty());
+        // West writes b again; east, not having seen it, wrote b earlier on its clock:
+        // concurrent, and last-writer-wins keeps west's; the record holds east's value.
+        store.apply(4, &[stamped("west", 0, 300, &[], "b", "w2")]).unwrap();
+        let changes = store.apply(5, &[stamped("east", 8, 200, &[("west", 1)], "b", "e2")]).unwrap();
+        assert_eq!(store.get("c", b"b").unwrap().0, "w2");
+        assert_eq!(store.conflicts(), 1);
+        assert_eq!(changes.len(), 1, "only the record changed");
+        let records = store.internal_docs(CONFLICTS_COLLECTION);
+        assert_eq!(records.len(), 1);
+        let record: serde_json::Value = serde_json::from_slice(&records[0].1).unwrap();
+        assert_eq!(
+            (record["winner"].as_str(), record["remote"]["value"].as_str()),
+            (Some("local"), Some("e2"))
+        );
+        // A later concurrent east write wins, and takes east's stamp.
+        store.apply(6, &[stamped("east", 9, 400, &[("west", 1)], "b", "e3")]).unwrap();
+        let (value, _, stamp) = store.get_stamped("c", b"b").unwrap();
+        assert_eq!((value, stamp.unwrap().cluster), (Bytes::from_static(b"e3"), "east".to_string()));
+        // Stamps survive a snapshot, and decide the same afterwards.
+        let copy = DocStore::with_active(active());
+        copy.restore(&store.snapshot().unwrap()).unwrap();
+        assert_eq!(copy.get_stamped("c", b"b").unwrap().2, store.get_stamped("c", b"b").unwrap().2);
+        assert!(copy.apply(7, &[stamped("east", 9, 400, &[("west", 1)], "b", "e3")]).unwrap().is_empty());
+        assert_eq!(copy.internal_docs(CONFLICTS_COLLECTION).len(), 2);
     }
 
     #[test]
