@@ -4,7 +4,7 @@ use std::fmt;
 
 use bytes::Bytes;
 use themis_clock::{NodeId, Timestamp};
-use themis_wal::op::{Op, OpKind, decode_batch};
+use themis_wal::op::{Op, OpKind, Stamp, decode_batch};
 use themis_wal::{Entry, EntryKind, Lsn};
 
 use crate::error::CdcError;
@@ -121,6 +121,9 @@ pub struct ChangeEvent {
     pub txn: u64,
     /// The schema change, for DDL events.
     pub ddl: Option<DdlChange>,
+    /// Where the change was first made, when clusters replicate to each other
+    /// (active-active): the op's stamp, as written.
+    pub stamp: Option<Stamp>,
     /// Whether this is the last event of its entry that the subscriber receives:
     /// resuming after its LSN then loses nothing (an entry can hold several changes, and
     /// resuming after an LSN skips the rest of that entry). Heartbeats are always ends.
@@ -143,6 +146,7 @@ impl ChangeEvent {
             origin: hlc.node(),
             txn: 0,
             ddl: None,
+            stamp: None,
             entry_end: true,
         }
     }
@@ -190,6 +194,7 @@ fn event_of(entry: &Entry, index: u32, op: Op) -> Option<ChangeEvent> {
         origin,
         txn: op.txn,
         ddl,
+        stamp: op.stamp.clone(),
         entry_end: false,
     };
     Some(match op.kind {

@@ -263,6 +263,7 @@ mod tests {
             origin: themis_clock::NodeId(1),
             txn: 0,
             ddl: None,
+            stamp: None,
             entry_end: true,
         }
     }

@@ -67,6 +67,16 @@ struct Ddl<'a> {
     schema_version: u64,
 }
 
+/// Where a change was first made (active-active): its origin cluster, its LSN there, its
+/// HLC, and what the origin had applied of each other cluster.
+#[derive(Serialize)]
+struct StampOut<'a> {
+    cluster: &'a str,
+    lsn: Lsn,
+    hlc: String,
+    seen: std::collections::BTreeMap<&'a str, Lsn>,
+}
+
 #[derive(Serialize)]
 struct Envelope<'a> {
     op: &'static str,
@@ -74,6 +84,8 @@ struct Envelope<'a> {
     before: Option<Doc<'a>>,
     after: Option<Doc<'a>>,
     source: Source<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stamp: Option<StampOut<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     ddl: Option<Ddl<'a>>,
 }
@@ -111,6 +123,12 @@ pub fn envelope(event: &ChangeEvent, node: u64) -> String {
             txn: event.txn,
         },
         ddl: event.ddl.as_ref().map(|d| Ddl { statement: &d.statement, schema_version: d.schema_version }),
+        stamp: event.stamp.as_ref().map(|s| StampOut {
+            cluster: &s.cluster,
+            lsn: if s.lsn == 0 { event.lsn } else { s.lsn },
+            hlc: s.hlc.to_string(),
+            seen: s.seen.iter().map(|(c, l)| (c.as_str(), *l)).collect(),
+        }),
     };
     serde_json::to_string(&envelope).expect("the envelope serializes")
 }

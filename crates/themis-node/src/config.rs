@@ -345,6 +345,67 @@ struct RawConfig {
     archive: Option<themis_replication::pitr::ArchiveSpec>,
     #[serde(default)]
     geo: GeoSection,
+    #[serde(default)]
+    active_active: ActiveSection,
+}
+
+/// Active-active replication between clusters (`[active_active]`, docs/active-active.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ActiveSection {
+    /// Stamp every write with this cluster's name and HLC, settle writes from linked
+    /// clusters by those stamps, and run the links (default false). The cluster's `cluster`
+    /// name must then be 1 to 32 characters of a-z, 0-9 and -.
+    pub enabled: bool,
+    /// A write from another cluster stamped more than this far ahead of this clock stops
+    /// its link with an error, in ms (default 5000; 1 to 3600000).
+    pub max_clock_skew_ms: u64,
+    /// Apply a linked cluster's changes that came to it from a third cluster (default
+    /// false: in a mesh each cluster takes each origin's changes from that origin, and
+    /// nothing loops either way).
+    pub replicate_foreign_changes: bool,
+    /// How each collection settles conflicts (themis-crdt's `ResolverConfig`; default
+    /// last-writer-wins for every collection).
+    pub resolver: Option<themis_replication::crdt::ResolverConfig>,
+}
+
+impl Default for ActiveSection {
+    fn default() -> Self {
+        ActiveSection {
+            enabled: false,
+            max_clock_skew_ms: 5_000,
+            replicate_foreign_changes: false,
+            resolver: None,
+        }
+    }
+}
+
+impl ActiveSection {
+    /// The conflict resolver these settings describe (last-writer-wins without a
+    /// `resolver` table); an error names the key.
+    pub fn resolver(&self) -> Result<themis_replication::crdt::ConflictResolver, ConfigError> {
+        use themis_replication::crdt::{AuditLog, ConflictResolver, Strategy};
+        match &self.resolver {
+            None => Ok(ConflictResolver::new(Strategy::LastWriterWins, AuditLog::new(10_000, None))),
+            Some(config) => ConflictResolver::from_config(config, [], None)
+                .map_err(|e| ConfigError(format!("active_active.resolver: {e}"))),
+        }
+    }
+
+    fn validate(&self, cluster: &str) -> Result<(), ConfigError> {
+        if !self.enabled {
+            return Ok(());
+        }
+        themis_replication::geo::active::check_cluster_name(cluster)
+            .map_err(|e| ConfigError(format!("cluster = {cluster:?}: with active_active.enabled, {e}")))?;
+        if !(1..=3_600_000).contains(&self.max_clock_skew_ms) {
+            return Err(ConfigError(format!(
+                "active_active.max_clock_skew_ms = {}: must be 1 to 3600000",
+                self.max_clock_skew_ms
+            )));
+        }
+        self.resolver().map(|_| ())
+    }
 }
 
 fn default_cluster() -> String {
@@ -419,6 +480,8 @@ pub struct NodeConfig {
     pub default_consistency: themis_replication::geo::ConsistencyLevel,
     /// `geo.session_secret_file`'s contents.
     pub session_secret: Option<Vec<u8>>,
+    /// Active-active replication between clusters (`[active_active]`).
+    pub active_active: ActiveSection,
 }
 
 fn parse_addr(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
@@ -630,6 +693,7 @@ impl RawConfig {
             ));
         }
         let (default_consistency, session_secret) = self.geo.validate()?;
+        self.active_active.validate(&self.cluster)?;
         let fsync = match r.fsync.as_str() {
             "always" => true,
             "never" => false,
@@ -761,6 +825,7 @@ impl RawConfig {
             geo: self.geo,
             default_consistency,
             session_secret,
+            active_active: self.active_active,
         })
     }
 }

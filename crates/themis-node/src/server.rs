@@ -358,7 +358,12 @@ impl Node {
 
         let logical = crate::slots::open(config, &wal_handle, &cdc).map_err(|e| io("logical slots", &e))?;
         let votes = SharedVotes::new(signer);
-        let store = Arc::new(DocStore::new());
+        let store = Arc::new(if config.active_active.enabled {
+            let resolver = config.active_active.resolver().map_err(|e| NodeError::Io(e.to_string()))?;
+            DocStore::with_active(crate::active::Active::new(config.cluster.clone(), resolver))
+        } else {
+            DocStore::new()
+        });
         let clock = Arc::clone(&hlc);
         let (manager, driver) =
             Driver::start(driver_config, storage, transport, listener, store.clone(), votes, move || {
@@ -382,7 +387,14 @@ impl Node {
             metrics: metrics.clone(),
             auth,
             cdc: cdc.clone(),
-            writes: Sequencer::new(id, config.before_images.clone()),
+            writes: {
+                let writes = Sequencer::new(id, config.before_images.clone());
+                if config.active_active.enabled {
+                    writes.with_stamps(config.cluster.clone(), Arc::clone(&hlc))
+                } else {
+                    writes
+                }
+            },
             wal: wal_handle,
             logical,
             logical_max_slots: config.logical.max_slots,

@@ -599,11 +599,14 @@ pub(crate) async fn ddl(State(state): State<Arc<AdminState>>, bytes: Bytes) -> H
         stamp: None,
     };
     let payload = encode_batch(&[op]).expect("a statement encodes");
-    let lsn = match tokio::time::timeout(WRITE_TIMEOUT, shared.writes.ddl(&shared.manager, payload)).await {
-        Ok(Ok(lsn)) => lsn,
-        Ok(Err(e)) => return crate::admin::reply(driver_error(e)),
-        Err(_) => return error(StatusCode::GATEWAY_TIMEOUT, "timeout", "the DDL write timed out"),
-    };
+    let lsn =
+        match tokio::time::timeout(WRITE_TIMEOUT, shared.writes.propose_exclusive(&shared.manager, payload))
+            .await
+        {
+            Ok(Ok(lsn)) => lsn,
+            Ok(Err(e)) => return crate::admin::reply(driver_error(e)),
+            Err(_) => return error(StatusCode::GATEWAY_TIMEOUT, "timeout", "the DDL write timed out"),
+        };
     axum::Json(json!({
         "statement": statement.to_string(),
         "collection": collection,

@@ -35,7 +35,7 @@ use themis_replication::clock::NodeId;
 use themis_replication::raft::DriverError;
 use themis_replication::raft::driver::ReplicationManager;
 use themis_replication::wal::Lsn;
-use themis_replication::wal::op::{Op, OpKind, encode_batch};
+use themis_replication::wal::op::{Op, OpKind, Stamp, encode_batch};
 use tokio::sync::{Mutex, RwLock};
 
 use crate::store::DocStore;
@@ -75,6 +75,8 @@ impl Drop for Flight<'_> {
 #[derive(Debug)]
 pub(crate) struct Sequencer {
     origin: NodeId,
+    /// Active-active: this cluster's name and clock, which stamp every write.
+    stamping: Option<(String, std::sync::Arc<themis_replication::clock::Hlc>)>,
     before_images: Option<CdcFilter>,
     /// The term the overlay was built in; writes hold it shared, a resync exclusively.
     epoch: RwLock<u64>,
@@ -91,6 +93,7 @@ impl Sequencer {
     pub(crate) fn new(origin: NodeId, before_images: Option<CdcFilter>) -> Sequencer {
         Sequencer {
             origin,
+            stamping: None,
             before_images,
             // Term 0 never leads, so the first write as leader resyncs.
             epoch: RwLock::new(0),
@@ -99,14 +102,29 @@ impl Sequencer {
         }
     }
 
+    /// Stamps every write with `cluster` and a timestamp of `hlc` (active-active).
+    pub(crate) fn with_stamps(
+        mut self,
+        cluster: String,
+        hlc: std::sync::Arc<themis_replication::clock::Hlc>,
+    ) -> Sequencer {
+        self.stamping = Some((cluster, hlc));
+        self
+    }
+
     /// The node id its ops carry as their origin.
     pub(crate) fn origin(&self) -> NodeId {
         self.origin
     }
 
-    /// Proposes a DDL batch while no labeled write is in flight, and sends the next write
-    /// through a resync: a drop changes documents the overlay may hold.
-    pub(crate) async fn ddl(&self, manager: &ReplicationManager, payload: Bytes) -> Result<Lsn, DriverError> {
+    /// Proposes a batch that changes documents behind the overlay's back (DDL, a link's
+    /// writes from another cluster) while no labeled write is in flight, and sends the next
+    /// write through a resync.
+    pub(crate) async fn propose_exclusive(
+        &self,
+        manager: &ReplicationManager,
+        payload: Bytes,
+    ) -> Result<Lsn, DriverError> {
         let _exclusive = self.epoch.write().await;
         let result = manager.propose(payload).await;
         self.dirty.store(true, Ordering::Release);
@@ -114,7 +132,13 @@ impl Sequencer {
     }
 
     fn op(&self, kind: OpKind) -> Bytes {
-        encode_batch(&[Op { origin: self.origin, txn: 0, kind, stamp: None }])
+        let stamp = self.stamping.as_ref().map(|(cluster, hlc)| Stamp {
+            cluster: cluster.clone(),
+            lsn: 0,
+            hlc: hlc.now(),
+            seen: Vec::new(),
+        });
+        encode_batch(&[Op { origin: self.origin, txn: 0, kind, stamp }])
             .expect("names and values were checked")
     }
 
