@@ -42,6 +42,11 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("PUT", "/v1/cluster/cascade/{id}"),
     ("DELETE", "/v1/cluster/cascade/{id}"),
     ("GET", "/v1/geo/staleness"),
+    ("GET", "/v1/links"),
+    ("POST", "/v1/links"),
+    ("GET", "/v1/links/conflicts"),
+    ("GET", "/v1/links/{name}"),
+    ("DELETE", "/v1/links/{name}"),
     ("GET", "/v1/tiers"),
     ("PUT", "/v1/tiers/{collection}"),
     ("DELETE", "/v1/tiers/{collection}"),
@@ -144,6 +149,9 @@ pub(crate) fn router(state: Arc<AdminState>) -> Router {
         .route("/v1/cluster/cascade", get(crate::cascade::list))
         .route("/v1/cluster/cascade/{id}", put(crate::cascade::set).delete(crate::cascade::clear))
         .route("/v1/geo/staleness", get(staleness))
+        .route("/v1/links", get(crate::links::list).post(crate::links::create))
+        .route("/v1/links/conflicts", get(crate::links::conflicts))
+        .route("/v1/links/{name}", get(crate::links::get_link).delete(crate::links::drop_link))
         .route("/v1/tiers", get(crate::tiers::list))
         .route("/v1/tiers/{collection}", put(crate::tiers::assign).delete(crate::tiers::clear))
         .route("/v1/collections/{collection}/docs/{id}", put(put_doc).get(get_doc).delete(delete_doc))

@@ -31,6 +31,7 @@ pub mod config;
 pub mod feed;
 mod geo;
 pub mod limits;
+pub mod links;
 pub mod local;
 pub mod metrics;
 pub mod protocol;

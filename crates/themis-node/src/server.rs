@@ -61,6 +61,10 @@ pub(crate) struct Shared {
     pub(crate) geo: crate::geo::Geo,
     /// Replication tiers by collection.
     pub(crate) tiers: crate::tiers::Tiers,
+    /// Active-active settings (`[active_active]`).
+    pub(crate) active_active: crate::config::ActiveSection,
+    /// Active-active links' statuses (the leader runs them).
+    pub(crate) links: crate::links::Links,
 }
 
 impl Shared {
@@ -116,6 +120,7 @@ fn start_tasks(
     crate::geo::start(shared);
     crate::tiers::start(shared, Duration::from_secs(config.geo.auto_tier_interval_secs));
     crate::cascade::start(shared);
+    crate::links::start(shared);
     if let Some(spec) = &config.archive {
         crate::archive::start(shared, spec, &config.cluster, config.data_dir.join("raft"), archive_stats)
             .map_err(|e| NodeError::Io(format!("archive: {e}")))?;
@@ -403,6 +408,8 @@ impl Node {
             archive: config.archive.as_ref().map(|a| (Arc::clone(&archive_stats), a.timeout_secs * 1000)),
             geo: crate::geo::Geo::new(config, staleness).map_err(|e| NodeError::Io(format!("[geo]: {e}")))?,
             tiers: crate::tiers::Tiers::new(config.geo.auto_tier_policy()).map_err(NodeError::Io)?,
+            active_active: config.active_active.clone(),
+            links: crate::links::Links::default(),
         });
         start_tasks(&shared, config, &sinks, archive_stats)?;
         let client_listener = TcpListener::bind(config.client_addr)

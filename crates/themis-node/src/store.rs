@@ -378,15 +378,20 @@ impl StateMachine for DocStore {
             ids.iter().map(|&i| (i, self.shard(i))).collect();
         let mut changes = Vec::new();
         let mut records = Vec::new();
+        // Documents this task wrote: a later op of the same task on one of them is not a
+        // replay, though the document already carries this LSN.
+        let mut touched: Vec<(&str, &Bytes)> = Vec::new();
         for (index, op) in ops.iter().enumerate() {
             let Some((collection, key)) = op.kind.target() else { continue };
             let i = shard_of(collection, key);
             let shard = &mut guards.iter_mut().find(|(j, _)| *j == i).expect("locked above").1;
             let map_key = (collection.to_string(), key.clone());
             let current = shard.get(&map_key);
-            if current.is_some_and(|d| d.lsn >= lsn) {
+            let ours = || touched.iter().any(|(c, k)| *c == collection && *k == key);
+            if current.is_some_and(|d| d.lsn > lsn || (d.lsn == lsn && !ours())) {
                 continue;
             }
+            touched.push((collection, key));
             let mut stamp = op.stamp.as_ref().map(|s| Arc::new(DocStamp::of(s, lsn)));
             // A write from another cluster may be stale, or concurrent with this version.
             let mut settled = None;
@@ -577,6 +582,23 @@ mod tests {
             key: Bytes::copy_from_slice(key.as_bytes()),
             value: Bytes::copy_from_slice(value.as_bytes()),
         })
+    }
+
+    #[test]
+    fn ops_of_one_entry_on_one_document_apply_in_order_and_a_replay_applies_none() {
+        let store = DocStore::new();
+        // Two ops of one entry on one document apply in order; the entry replayed, neither.
+        assert_eq!(store.apply(2, &[upsert("x", "1"), upsert("x", "2")]).unwrap().len(), 2);
+        assert_eq!(store.get("c", b"x").unwrap().0, "2");
+        assert!(store.apply(2, &[upsert("x", "1"), upsert("x", "2")]).unwrap().is_empty());
+        assert_eq!(store.get("c", b"x").unwrap().0, "2");
+        store
+            .apply(
+                2,
+                &[op(OpKind::Delete { collection: "c".into(), key: Bytes::from_static(b"x"), before: None })],
+            )
+            .unwrap();
+        assert_eq!(store.get("c", b"x").unwrap().0, "2", "a replayed entry's delete is a replay too");
     }
 
     #[test]

@@ -74,9 +74,24 @@ impl Cluster {
     /// The files of a cluster of `n` members and `spare` nodes, not started yet (so a test
     /// can rewrite each node's configuration before [`launch`](Self::launch)).
     pub(crate) fn layout(n: u64, spare: u64) -> (tempfile::TempDir, LocalCluster) {
+        Cluster::layout_named("e2e", n, spare)
+    }
+
+    /// [`layout`](Self::layout) for a cluster named `name`.
+    pub(crate) fn layout_named(name: &str, n: u64, spare: u64) -> (tempfile::TempDir, LocalCluster) {
         let dir = tempfile::tempdir().unwrap();
-        let layout = LocalCluster::write(dir.path(), "e2e", n, spare, "semi_sync").unwrap();
+        let layout = LocalCluster::write(dir.path(), name, n, spare, "semi_sync").unwrap();
         (dir, layout)
+    }
+
+    /// A cluster of `n` named `name`, each configuration rewritten by `edit` first.
+    pub(crate) fn start_named(name: &str, n: u64, edit: impl Fn(String) -> String) -> Cluster {
+        let (dir, layout) = Cluster::layout_named(name, n, 0);
+        for node in &layout.nodes {
+            let text = std::fs::read_to_string(&node.config).unwrap();
+            std::fs::write(&node.config, edit(text)).unwrap();
+        }
+        Cluster::launch(dir, layout, n)
     }
 
     /// Starts the first `n` nodes of `layout`.
