@@ -214,6 +214,23 @@ pub fn resolve(
         origin: cluster_node(&side.stamp.cluster),
     };
     let (l, r) = (version(local), version(remote));
+    if let (CrdtStrategy::Crdt(kind), Some(lv), Some(rv)) =
+        (resolver.strategy_for(collection), local.value, remote.value)
+        && let Some(merged) = merge_json_counter(*kind, lv, rv)
+    {
+        let value = merged.map_err(|(side, reason)| CrdtError::Decode {
+            collection: collection.into(),
+            key: String::from_utf8_lossy(key).into_owned(),
+            side,
+            kind: kind.name(),
+            reason,
+        })?;
+        return Ok(Settled {
+            value: Some(value),
+            winner: Winner::Merged,
+            strategy: format!("crdt:{}", kind.name()),
+        });
+    }
     let strategy = match resolver.strategy_for(collection) {
         CrdtStrategy::LastWriterWins => "last_writer_wins".to_string(),
         CrdtStrategy::FirstWriterWins => "first_writer_wins".to_string(),
@@ -238,6 +255,89 @@ pub fn resolve(
         }
     };
     Ok(settled)
+}
+
+/// For a collection whose strategy is a CRDT held as JSON (a counter): any write, local
+/// or remote, concurrent or not, merges into the current state rather than replacing it
+/// (a client's read-modify-write may have raced a write from another cluster; the
+/// merge keeps both). `None` for other collections, or values that are not JSON.
+pub fn merge_into(
+    resolver: &ConflictResolver,
+    collection: &str,
+    key: &[u8],
+    current: &[u8],
+    incoming: &[u8],
+) -> Option<Result<Vec<u8>, CrdtError>> {
+    let CrdtStrategy::Crdt(kind) = resolver.strategy_for(collection) else { return None };
+    let merged = merge_json_counter(*kind, current, incoming)?;
+    Some(merged.map_err(|(side, reason)| CrdtError::Decode {
+        collection: collection.into(),
+        key: String::from_utf8_lossy(key).into_owned(),
+        side: if side == "local" {
+            "current"
+        } else if side == "remote" {
+            "incoming"
+        } else {
+            side
+        },
+        kind: kind.name(),
+        reason,
+    }))
+}
+
+/// Counters held as JSON documents, merged the way their CRDTs merge: a `g_counter` is an
+/// object of per-replica counts (`{"us-west": 3, "us-east": 5}`, value 8) and merges by
+/// taking each replica's larger count; a `pn_counter` is `{"p": {...}, "n": {...}}`, each
+/// side merged so. Each replica (a cluster, say) only raises its own count, so a merge
+/// keeps every increment made anywhere. `None`: not a counter kind, or not JSON (the
+/// CRDT's own encoding then applies).
+fn merge_json_counter(
+    kind: themis_crdt::CrdtKind,
+    local: &[u8],
+    remote: &[u8],
+) -> Option<Result<Vec<u8>, (&'static str, String)>> {
+    use themis_crdt::CrdtKind;
+    type Counts = BTreeMap<String, u64>;
+    #[derive(serde::Serialize, serde::Deserialize, Default)]
+    #[serde(deny_unknown_fields)]
+    struct Pn {
+        #[serde(default)]
+        p: Counts,
+        #[serde(default)]
+        n: Counts,
+    }
+    fn max_merge(into: &mut Counts, from: Counts) {
+        for (replica, count) in from {
+            let at = into.entry(replica).or_insert(0);
+            *at = (*at).max(count);
+        }
+    }
+    fn parse<T: for<'de> serde::Deserialize<'de>>(
+        side: &'static str,
+        bytes: &[u8],
+    ) -> Result<T, (&'static str, String)> {
+        serde_json::from_slice(bytes).map_err(|e| (side, e.to_string()))
+    }
+    let json = |b: &[u8]| b.first() == Some(&b'{');
+    if !json(local) || !json(remote) {
+        return None;
+    }
+    let merged = match kind {
+        CrdtKind::GCounter => (|| {
+            let mut l: Counts = parse("local", local)?;
+            max_merge(&mut l, parse("remote", remote)?);
+            serde_json::to_vec(&l).map_err(|e| ("merged", e.to_string()))
+        })(),
+        CrdtKind::PnCounter => (|| {
+            let mut l: Pn = parse("local", local)?;
+            let r: Pn = parse("remote", remote)?;
+            max_merge(&mut l.p, r.p);
+            max_merge(&mut l.n, r.n);
+            serde_json::to_vec(&l).map_err(|e| ("merged", e.to_string()))
+        })(),
+        _ => return None,
+    };
+    Some(merged)
 }
 
 #[cfg(test)]
@@ -331,6 +431,32 @@ mod tests {
         lsn: Lsn,
         seen_other: Lsn,
         clock: u64,
+    }
+
+    #[test]
+    fn json_counters_merge_per_replica_so_every_increment_counts() {
+        let resolver =
+            ConflictResolver::new(Strategy::Crdt(themis_crdt::CrdtKind::GCounter), AuditLog::new(8, None));
+        let (a, b) = (
+            DocStamp { cluster: "a".into(), lsn: 1, hlc: ts(100) },
+            DocStamp { cluster: "b".into(), lsn: 1, hlc: ts(200) },
+        );
+        let local = Side { value: Some(br#"{"a":3,"b":1}"#), stamp: &a };
+        let remote = Side { value: Some(br#"{"b":4}"#), stamp: &b };
+        let s = resolve(&resolver, "hits", b"k", &local, &remote).unwrap();
+        assert_eq!((s.winner, s.value.as_deref()), (Winner::Merged, Some(&br#"{"a":3,"b":4}"#[..])));
+        assert_eq!(s.strategy, "crdt:g_counter");
+        let pn =
+            ConflictResolver::new(Strategy::Crdt(themis_crdt::CrdtKind::PnCounter), AuditLog::new(8, None));
+        let local = Side { value: Some(br#"{"p":{"a":5},"n":{"a":1}}"#), stamp: &a };
+        let remote = Side { value: Some(br#"{"p":{"b":2},"n":{"a":2}}"#), stamp: &b };
+        let s = resolve(&pn, "hits", b"k", &local, &remote).unwrap();
+        assert_eq!(s.value.as_deref(), Some(&br#"{"p":{"a":5,"b":2},"n":{"a":2}}"#[..]));
+        // A counter that is not one is refused, naming the side; nothing is guessed.
+        let bad = Side { value: Some(br#"{"a":"x"}"#), stamp: &b };
+        let err = resolve(&resolver, "hits", b"k", &Side { value: Some(br#"{"a":1}"#), stamp: &a }, &bad)
+            .unwrap_err();
+        assert!(err.to_string().contains("remote"), "{err}");
     }
 
     proptest! {

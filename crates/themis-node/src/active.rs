@@ -49,6 +49,26 @@ impl Active {
         Active { cluster, resolver }
     }
 
+    /// For a counter collection, `incoming` merged into `current` (see
+    /// `themis_geo::active::merge_into`); `None` for other collections or values. A value
+    /// that is not a counter of the declared kind is not merged (it replaces, as in any
+    /// collection) and is reported.
+    pub(crate) fn merge_into(
+        &self,
+        collection: &str,
+        key: &[u8],
+        current: &Bytes,
+        incoming: &Bytes,
+    ) -> Option<Bytes> {
+        match active::merge_into(&self.resolver, collection, key, current, incoming)? {
+            Ok(merged) => Some(Bytes::from(merged)),
+            Err(e) => {
+                tracing::warn!(collection, error = %e, "a counter write that is not a counter replaces the document");
+                None
+            }
+        }
+    }
+
     /// This cluster's name.
     #[must_use]
     pub fn cluster(&self) -> &str {

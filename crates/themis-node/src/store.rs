@@ -444,6 +444,13 @@ impl StateMachine for DocStore {
                 (OpKind::Delete { .. }, None) if previous.is_some() => None,
                 _ => continue,
             };
+            // A counter merges every write into what is there.
+            let next = match (&self.active, &previous, next) {
+                (Some(active), Some(current), Some(value)) => {
+                    Some(active.merge_into(collection, key, current, &value).unwrap_or(value))
+                }
+                (_, _, next) => next,
+            };
             if let Some(value) = &next {
                 let doc = Doc { value: value.clone(), lsn, stamp };
                 self.note_internal(collection, key, Some(&doc));

@@ -18,10 +18,16 @@ use themis_node::{Client, Consistency};
 use themis_testkit::proxy::{Fault, Proxy};
 
 const KEYS: u64 = 40;
+/// Increments each side makes to the shared counter.
+const INCREMENTS: u64 = 60;
 
 fn enabled(text: String) -> String {
     #![allow(clippy::needless_pass_by_value, reason = "the shape Cluster::start_named takes")]
-    format!("{text}\n[active_active]\nenabled = true\n")
+    // `hits` holds counters: concurrent versions merge instead of one winning.
+    format!(
+        "{text}\n[active_active]\nenabled = true\n[active_active.resolver.default]\nstrategy = \"last_writer_wins\"\n\
+         [active_active.resolver.collections.hits]\nstrategy = \"crdt\"\ncrdt_type = \"g_counter\"\n"
+    )
 }
 
 /// Files for reaching `remote` from the other cluster: its CA and a read token of its own.
@@ -105,6 +111,28 @@ async fn writer(
     done
 }
 
+/// Counts `side`'s slot of the counter `hits/h` up to `n`, one increment at a time (read,
+/// raise its own slot, write; a write whose answer is lost is tried again with the same
+/// count, so each increment counts once).
+async fn incrementer(client: Arc<Client>, side: &'static str, n: u64) {
+    for i in 1..=n {
+        loop {
+            let current = client.get("hits", "h", Consistency::Strong).await;
+            let Ok(current) = current else {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            };
+            let mut counts: BTreeMap<String, u64> =
+                current.map(|v| serde_json::from_slice(&v).unwrap()).unwrap_or_default();
+            counts.insert(side.to_string(), i);
+            if client.put("hits", "h", &serde_json::to_vec(&counts).unwrap()).await.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
 /// Every key's value on `cluster`, read from its leader.
 async fn contents(cluster: &Cluster) -> BTreeMap<String, Option<String>> {
     let leader = cluster.leader().await;
@@ -181,6 +209,14 @@ async fn check_conflicts(clusters: &[&Cluster], written: &BTreeMap<String, BTree
         assert_eq!(code, 200, "{text}");
         for r in json(&text)["conflicts"].as_array().unwrap() {
             conflicts += 1;
+            if r["collection"] == "hits" {
+                assert_eq!(
+                    (r["strategy"].as_str(), r["winner"].as_str()),
+                    (Some("crdt:g_counter"), Some("merged")),
+                    "{r}"
+                );
+                continue;
+            }
             assert_eq!(r["strategy"], "last_writer_wins", "{r}");
             let hlc = |side: &str| {
                 r[side]["hlc"].as_str().unwrap().parse::<themis_replication::clock::Timestamp>().unwrap()
@@ -235,12 +271,14 @@ async fn two_clusters_accept_writes_on_both_sides_and_converge_through_cuts_and_
     let start = Instant::now();
     let until = start + Duration::from_secs(6);
     let mut tasks = Vec::new();
+    let mut counters = Vec::new();
     for (i, (cluster, side)) in [(&west, "west"), (&east, "east")].into_iter().enumerate() {
         let addrs: Vec<_> = cluster.nodes.iter().map(|n| n.client).collect();
         let client = Arc::new(Client::connect_any(&addrs, &cluster.admin).await.unwrap());
         for w in 0..2u64 {
             tasks.push(tokio::spawn(writer(Arc::clone(&client), side, (i as u64) * 10 + w + 1, until)));
         }
+        counters.push(tokio::spawn(incrementer(Arc::clone(&client), side, INCREMENTS)));
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
     for p in to_east.iter().chain(&to_west) {
@@ -256,6 +294,9 @@ async fn two_clusters_accept_writes_on_both_sides_and_converge_through_cuts_and_
     }
     west.restart(wl);
     east.restart(el);
+    for c in counters {
+        c.await.unwrap();
+    }
     let mut written: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     let mut count = 0;
     for t in tasks {
@@ -275,7 +316,84 @@ async fn two_clusters_accept_writes_on_both_sides_and_converge_through_cuts_and_
     }
 
     let conflicts = check_conflicts(&[&west, &east], &written).await;
+    // The counter holds every increment of both sides, on both.
+    for cluster in [&west, &east] {
+        let leader = cluster.leader().await;
+        let h = cluster.client(leader).await.get("hits", "h", Consistency::Strong).await.unwrap().unwrap();
+        let counts: BTreeMap<String, u64> = serde_json::from_slice(&h).unwrap();
+        assert_eq!(counts.values().sum::<u64>(), 2 * INCREMENTS, "{counts:?}");
+    }
     eprintln!("{count} acknowledged writes on two clusters; {conflicts} conflicts settled and recorded");
     assert!(conflicts > 0, "concurrent writes to {KEYS} keys from both sides conflicted at least once");
     drop((to_east, to_west));
+}
+
+/// Three clusters in a mesh (each links to the other two): writes on all three converge,
+/// each origin's changes reach each cluster once (from their origin; what a cluster took
+/// from a third is not passed on), and once the writers stop nothing more crosses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mesh_of_three_converges_and_nothing_loops() {
+    let names = ["eu", "us", "ap"];
+    let clusters: Vec<Cluster> = names.iter().map(|n| Cluster::start_named(n, 3, enabled)).collect();
+    let files_dir = tempfile::tempdir().unwrap();
+    let mut proxies_of = Vec::new();
+    for c in &clusters {
+        proxies_of.push(proxies(c).await);
+    }
+    for (i, c) in clusters.iter().enumerate() {
+        let leader = c.leader().await;
+        for (j, remote) in clusters.iter().enumerate().filter(|(j, _)| *j != i) {
+            let files = remote_files(remote, files_dir.path(), &format!("{}-for-{}", names[j], names[i]));
+            let (code, text) = link(c, leader, names[j], &proxies_of[j], &files).await;
+            assert_eq!(code, 200, "{text}");
+        }
+    }
+    let until = Instant::now() + Duration::from_secs(3);
+    let mut tasks = Vec::new();
+    for (i, c) in clusters.iter().enumerate() {
+        let addrs: Vec<_> = c.nodes.iter().map(|n| n.client).collect();
+        let client = Arc::new(Client::connect_any(&addrs, &c.admin).await.unwrap());
+        tasks.push(tokio::spawn(writer(client, names[i], i as u64 + 1, until)));
+    }
+    let mut written: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for t in tasks {
+        for (k, v, _) in t.await.unwrap() {
+            written.entry(k).or_default().insert(v);
+        }
+    }
+    // Converged: every pair of clusters holds the same documents, each a value a client
+    // wrote.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let all = loop {
+        let mut all = Vec::new();
+        for c in &clusters {
+            all.push(contents(c).await);
+        }
+        if all.windows(2).all(|w| w[0] == w[1]) {
+            break all;
+        }
+        assert!(Instant::now() < deadline, "the mesh did not converge within 30 s");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    for (k, v) in &all[0] {
+        let v = v.as_ref().unwrap_or_else(|| panic!("{k} was written, so it exists"));
+        assert!(written[k].contains(v), "{k} holds {v}, which no client wrote");
+    }
+    // Quiet: with the writers stopped, a second later no link applies anything more.
+    let applied = |v: &serde_json::Value| -> u64 {
+        v["links"].as_array().unwrap().iter().map(|l| l["applied_changes"].as_u64().unwrap()).sum()
+    };
+    let mut before = Vec::new();
+    for c in &clusters {
+        before.push(applied(&links(c).await));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for (i, c) in clusters.iter().enumerate() {
+        let now = links(c).await;
+        assert_eq!(applied(&now), before[i], "{} applied more with nothing written: {now}", names[i]);
+        for l in now["links"].as_array().unwrap() {
+            assert_eq!(l["state"], "streaming", "{l}");
+        }
+    }
+    drop(proxies_of);
 }
