@@ -248,6 +248,43 @@ impl DocStore {
             .collect()
     }
 
+    /// The stamp `op` leaves on its document and, for a write from another cluster that
+    /// settled a conflict, the value to store instead of its own (`Some(None)`: delete);
+    /// `None` when the op changes nothing (stale, or the local version won). A settled
+    /// conflict's record joins `records`.
+    #[allow(clippy::type_complexity, reason = "a private helper of apply")]
+    fn settle(
+        &self,
+        op: &Op,
+        current: Option<&Doc>,
+        lsn: Lsn,
+        index: usize,
+        records: &mut Vec<(String, serde_json::Value)>,
+    ) -> Option<(Option<Arc<DocStamp>>, Option<Option<Bytes>>)> {
+        let stamp = op.stamp.as_ref().map(|s| Arc::new(DocStamp::of(s, lsn)));
+        let (Some(incoming), Some(active)) = (&op.stamp, &self.active) else { return Some((stamp, None)) };
+        if incoming.cluster == active.cluster() {
+            return Some((stamp, None));
+        }
+        let (collection, key) = op.kind.target()?;
+        let value = match &op.kind {
+            OpKind::Upsert { value, .. } | OpKind::Insert { value, .. } | OpKind::Update { value, .. } => {
+                Some(value)
+            }
+            _ => None,
+        };
+        let here = current.map(|d| (&d.value, d.stamp.as_deref()));
+        match active.decide(collection, key, here, incoming, value, lsn) {
+            Decision::Apply => Some((stamp, None)),
+            Decision::Skip => None,
+            Decision::Settled { keep_local, value, stamp: kept, record } => {
+                self.conflicts.fetch_add(1, Ordering::Relaxed);
+                records.push((format!("{lsn:020}.{index:04}"), record));
+                (!keep_local).then(|| (Some(Arc::new(kept)), Some(value)))
+            }
+        }
+    }
+
     /// Writes a conflict record as the internal document `_themis_conflicts/<id>`, and
     /// drops the oldest records beyond [`MAX_CONFLICT_RECORDS`] (every node drops the same).
     fn record_conflict(&self, lsn: Lsn, id: String, record: &serde_json::Value) -> Change {
@@ -392,33 +429,7 @@ impl StateMachine for DocStore {
                 continue;
             }
             touched.push((collection, key));
-            let mut stamp = op.stamp.as_ref().map(|s| Arc::new(DocStamp::of(s, lsn)));
-            // A write from another cluster may be stale, or concurrent with this version.
-            let mut settled = None;
-            if let (Some(incoming), Some(active)) = (&op.stamp, &self.active)
-                && incoming.cluster != active.cluster()
-            {
-                let value = match &op.kind {
-                    OpKind::Upsert { value, .. }
-                    | OpKind::Insert { value, .. }
-                    | OpKind::Update { value, .. } => Some(value),
-                    _ => None,
-                };
-                let here = current.map(|d| (&d.value, d.stamp.as_deref()));
-                match active.decide(collection, key, here, incoming, value, lsn) {
-                    Decision::Apply => {}
-                    Decision::Skip => continue,
-                    Decision::Settled { keep_local, value, stamp: kept, record } => {
-                        self.conflicts.fetch_add(1, Ordering::Relaxed);
-                        records.push((format!("{lsn:020}.{index:04}"), record));
-                        if keep_local {
-                            continue;
-                        }
-                        stamp = Some(Arc::new(kept));
-                        settled = Some(value);
-                    }
-                }
-            }
+            let Some((stamp, settled)) = self.settle(op, current, lsn, index, &mut records) else { continue };
             let previous = current.map(|d| d.value.clone());
             let stale =
                 |before: &Option<Bytes>| before.as_ref().is_some_and(|b| previous.as_ref() != Some(b));
