@@ -231,6 +231,10 @@ themis bench --dir /tmp/themis --duration 5")]
     /// leader (at most five hops, no cycle).
     #[command(subcommand)]
     Cascade(CascadeCmd),
+    /// Active-active links: this cluster applies another cluster's writes (both accept
+    /// writes and converge; conflicts are settled per collection and recorded).
+    #[command(subcommand)]
+    Link(LinkCmd),
     /// How stale each region and replica is, with history (the leader knows every
     /// replica; another node reports its own).
     #[command(after_help = "Example:
@@ -425,6 +429,67 @@ impl AdminTarget {
         let (addrs, credentials) = admin_target(self.admin_addr, self.target)?;
         Ok(themis_node::admin_client::AdminClient::new(addrs, credentials))
     }
+}
+
+#[derive(Subcommand)]
+enum LinkCmd {
+    /// Link this cluster to REMOTE_CLUSTER: its writes are applied here from its change
+    /// stream (create the opposite link on the remote for both directions).
+    #[command(
+        after_help = "Example:\n  themis link create from-east --remote-cluster us-east \\\n    --addrs 10.0.1.1:9000,10.0.1.2:9000 --ca-file east-ca.pem --token-file east.token --dir /tmp/themis"
+    )]
+    Create {
+        /// The link's name.
+        name: String,
+        /// The remote cluster's name.
+        #[arg(long)]
+        remote_cluster: String,
+        /// The remote nodes' admin addresses, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        addrs: Vec<String>,
+        /// The remote cluster's CA certificate (PEM), readable on this cluster's nodes.
+        #[arg(long)]
+        ca_file: String,
+        /// A bearer token of the remote cluster with at least the read role.
+        #[arg(long)]
+        token_file: String,
+        #[command(flatten)]
+        admin: AdminTarget,
+    },
+    /// Every link and whether it is synchronized.
+    #[command(after_help = "Example:\n  themis link list --dir /tmp/themis")]
+    List {
+        /// Print the JSON answer.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        admin: AdminTarget,
+    },
+    /// One link's sync status (positions, lag, conflicts in the last hour).
+    #[command(after_help = "Example:\n  themis link status from-east --dir /tmp/themis")]
+    Status {
+        /// The link.
+        name: String,
+        #[command(flatten)]
+        admin: AdminTarget,
+    },
+    /// Drop a link (its position is forgotten).
+    #[command(after_help = "Example:\n  themis link drop from-east --dir /tmp/themis")]
+    Drop {
+        /// The link.
+        name: String,
+        #[command(flatten)]
+        admin: AdminTarget,
+    },
+    /// The newest conflict records, newest first.
+    #[command(after_help = "Example:\n  themis link conflicts --limit 20 --dir /tmp/themis")]
+    Conflicts {
+        /// How many (1 to 10000).
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        #[command(flatten)]
+        admin: AdminTarget,
+    },
 }
 
 #[derive(Subcommand)]
@@ -813,6 +878,7 @@ fn run(command: Cmd) -> Result<ExitCode, String> {
         Cmd::Slot(cmd) => slot(cmd)?,
         Cmd::Tier(cmd) => tier(cmd)?,
         Cmd::Cascade(cmd) => cascade(cmd)?,
+        Cmd::Link(cmd) => link(cmd)?,
         Cmd::Staleness { window, json, admin } => staleness(window, json, admin)?,
         Cmd::Archive(cmd) => return archive_cmd(cmd),
         Cmd::Restore { to_time, to_lsn, to_hlc, target_dir, dry_run, parallel, archive } => {
@@ -1462,6 +1528,86 @@ fn tier(cmd: TierCmd) -> Result<(), String> {
                     t["tier"].as_str().unwrap_or("?"),
                     t["write_concern"].as_str().unwrap_or("?"),
                     if t["automatic"] == true { "  (automatic)" } else { "" }
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One line per link: its state, positions and conflicts.
+fn link_line(l: &serde_json::Value) -> String {
+    format!(
+        "{:<20} from {:<12} {:<9} read {} of {} (applied {}), lag {} ms, {} conflicts in the last hour{}{}",
+        l["name"].as_str().unwrap_or("?"),
+        l["remote_cluster"].as_str().unwrap_or("?"),
+        l["state"].as_str().unwrap_or("?"),
+        l["read_lsn"],
+        l["remote_lsn"],
+        l["applied_lsn"],
+        l["lag_ms"],
+        l["conflicts_last_hour"],
+        if l["is_synchronized"] == true { ", synchronized" } else { "" },
+        l["last_error"].as_str().map(|e| format!("; error: {e}")).unwrap_or_default(),
+    )
+}
+
+/// `themis link ...`.
+fn link(cmd: LinkCmd) -> Result<(), String> {
+    match cmd {
+        LinkCmd::Create { name, remote_cluster, addrs, ca_file, token_file, admin } => {
+            let absolute =
+                |p: &str| std::path::absolute(p).map_or_else(|_| p.to_string(), |p| p.display().to_string());
+            let body = serde_json::json!({
+                "name": name, "remote_cluster": remote_cluster, "addrs": addrs,
+                "ca_file": absolute(&ca_file), "token_file": absolute(&token_file),
+            });
+            let done = block_on(logical::call(&mut admin.client()?, "POST", "/v1/links", Some(&body)))?;
+            println!("link {name} takes cluster {remote_cluster}'s writes (LSN {})", done["lsn"]);
+        }
+        LinkCmd::List { json, admin } => {
+            let list = block_on(logical::call(&mut admin.client()?, "GET", "/v1/links", None))?;
+            if json {
+                println!("{list:#}");
+                return Ok(());
+            }
+            let links = list["links"].as_array().cloned().unwrap_or_default();
+            if links.is_empty() {
+                println!("no link; this cluster takes no other cluster's writes");
+            }
+            for l in &links {
+                println!("{}", link_line(l));
+            }
+        }
+        LinkCmd::Status { name, admin } => {
+            let path = format!("/v1/links/{name}");
+            let l = block_on(logical::call(&mut admin.client()?, "GET", &path, None))?;
+            println!("{}", link_line(&l));
+        }
+        LinkCmd::Drop { name, admin } => {
+            let path = format!("/v1/links/{name}");
+            let done = block_on(logical::call(&mut admin.client()?, "DELETE", &path, None))?;
+            println!("link {name} dropped (LSN {})", done["lsn"]);
+        }
+        LinkCmd::Conflicts { limit, admin } => {
+            let path = format!("/v1/links/conflicts?limit={limit}");
+            let list = block_on(logical::call(&mut admin.client()?, "GET", &path, None))?;
+            let records = list["conflicts"].as_array().cloned().unwrap_or_default();
+            if records.is_empty() {
+                println!("no conflict recorded");
+            }
+            for r in records {
+                println!(
+                    "{}/{} at LSN {}: {} won by {} (local {} from {}, remote {} from {})",
+                    r["collection"].as_str().unwrap_or("?"),
+                    r["id"].as_str().unwrap_or("?"),
+                    r["lsn"],
+                    r["winner"].as_str().unwrap_or("?"),
+                    r["strategy"].as_str().unwrap_or("?"),
+                    r["local"]["hlc"].as_str().unwrap_or("?"),
+                    r["local"]["cluster"].as_str().unwrap_or("?"),
+                    r["remote"]["hlc"].as_str().unwrap_or("?"),
+                    r["remote"]["cluster"].as_str().unwrap_or("?"),
                 );
             }
         }

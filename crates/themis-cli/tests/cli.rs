@@ -80,6 +80,11 @@ fn every_command_has_help_with_an_example() {
         vec!["cascade", "set"],
         vec!["cascade", "clear"],
         vec!["cascade", "list"],
+        vec!["link", "create"],
+        vec!["link", "list"],
+        vec!["link", "status"],
+        vec!["link", "drop"],
+        vec!["link", "conflicts"],
     ] {
         let mut args = args.clone();
         args.push("--help");
@@ -238,6 +243,30 @@ fn tiers_and_staleness(dir: &str) {
     assert!(ok(&["cascade", "list", "--json", "--dir", dir]).contains("\"max_hops\": 5"));
     fails(&["cascade", "set", "2", "--upstream", "3", "--dir", dir], 1, "node 2 is a voter");
     fails(&["cascade", "set", "9", "--upstream", "2", "--dir", dir], 1, "node 9 is not a member");
+    // Links: none, and this cluster (active-active off) refuses one.
+    assert!(ok(&["link", "list", "--dir", dir]).contains("no link"));
+    assert!(ok(&["link", "conflicts", "--dir", dir]).contains("no conflict recorded"));
+    let ca = format!("{dir}/certs/ca.pem");
+    fails(
+        &[
+            "link",
+            "create",
+            "x",
+            "--remote-cluster",
+            "east",
+            "--addrs",
+            "127.0.0.1:1",
+            "--ca-file",
+            &ca,
+            "--token-file",
+            &ca,
+            "--dir",
+            dir,
+        ],
+        1,
+        "[active_active] enabled",
+    );
+    fails(&["link", "status", "nope", "--dir", dir], 1, "no link");
 }
 
 /// `themis get` at each level on a running cluster, and each bad level flag refused.

@@ -103,6 +103,16 @@ impl Metrics {
         self.registry.register_collector(Box::new(GeoCollector { staleness, manager, hlc }));
     }
 
+    /// Adds active-active metrics: each link's lag, position and changes applied (on the
+    /// leader, which runs the links) and the conflicts this node's store settled.
+    pub(crate) fn watch_links(
+        &mut self,
+        links: Arc<crate::links::Links>,
+        store: Arc<crate::store::DocStore>,
+    ) {
+        self.registry.register_collector(Box::new(LinkCollector { links, store }));
+    }
+
     /// Adds logical replication slot metrics, read from `slots` at each scrape.
     pub fn watch_slots(&mut self, slots: LogicalReplicationManager) {
         self.registry.register_collector(Box::new(SlotCollector { slots }));
@@ -531,6 +541,58 @@ impl Collector for GeoCollector {
             if let Some(r) = tracker.get_staleness(&region) {
                 ConstGauge::new(signed(r.min_lag_ms))
                     .encode(family.encode_family(&RegionLabels { region })?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug)]
+struct LinkCollector {
+    links: Arc<crate::links::Links>,
+    store: Arc<crate::store::DocStore>,
+}
+
+/// A link metric: name, help, type, and its value in a status.
+type LinkRow = (&'static str, &'static str, MetricType, fn(&crate::links::LinkStatus) -> u64);
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LinkLabels {
+    link: String,
+}
+
+impl Collector for LinkCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> std::fmt::Result {
+        counter(
+            &mut encoder,
+            "conflicts",
+            "Conflicts between clusters this node's store settled and recorded",
+            self.store.conflicts(),
+        )?;
+        let statuses = self.links.statuses();
+        let rows: [LinkRow; 4] = [
+            ("link_lag_ms", "How far behind its remote's writes each link is", MetricType::Gauge, |s| {
+                s.lag_ms
+            }),
+            ("link_read_lsn", "The remote LSN each link has read and handled", MetricType::Gauge, |s| {
+                s.read_lsn
+            }),
+            ("link_remote_lsn", "The newest remote LSN each link has heard of", MetricType::Gauge, |s| {
+                s.remote_lsn
+            }),
+            ("link_applied_changes", "Remote writes each link applied here", MetricType::Counter, |s| {
+                s.applied_changes
+            }),
+        ];
+        for (name, help, kind, value) in rows {
+            let mut family = encoder.encode_descriptor(name, help, None, kind)?;
+            for (link, status) in &statuses {
+                let labels = LinkLabels { link: link.clone() };
+                if matches!(kind, MetricType::Counter) {
+                    ConstCounter::new(value(status)).encode(family.encode_family(&labels)?)?;
+                } else {
+                    ConstGauge::new(signed(value(status))).encode(family.encode_family(&labels)?)?;
+                }
             }
         }
         Ok(())

@@ -64,7 +64,7 @@ pub(crate) struct Shared {
     /// Active-active settings (`[active_active]`).
     pub(crate) active_active: crate::config::ActiveSection,
     /// Active-active links' statuses (the leader runs them).
-    pub(crate) links: crate::links::Links,
+    pub(crate) links: Arc<crate::links::Links>,
 }
 
 impl Shared {
@@ -363,12 +363,7 @@ impl Node {
 
         let logical = crate::slots::open(config, &wal_handle, &cdc).map_err(|e| io("logical slots", &e))?;
         let votes = SharedVotes::new(signer);
-        let store = Arc::new(if config.active_active.enabled {
-            let resolver = config.active_active.resolver().map_err(|e| NodeError::Io(e.to_string()))?;
-            DocStore::with_active(crate::active::Active::new(config.cluster.clone(), resolver))
-        } else {
-            DocStore::new()
-        });
+        let store = Arc::new(document_store(config)?);
         let clock = Arc::clone(&hlc);
         let (manager, driver) =
             Driver::start(driver_config, storage, transport, listener, store.clone(), votes, move || {
@@ -381,6 +376,10 @@ impl Node {
         metrics.watch_slots(logical.clone());
         let staleness = crate::geo::tracker();
         metrics.watch_geo(Arc::clone(&staleness), manager.clone(), Arc::clone(&hlc));
+        let links = Arc::new(crate::links::Links::default());
+        if config.active_active.enabled {
+            metrics.watch_links(Arc::clone(&links), Arc::clone(&store));
+        }
         let archive_stats = Arc::new(crate::archive::ArchiveStats::default());
         if config.archive.is_some() {
             metrics.watch_archive(Arc::clone(&archive_stats));
@@ -392,14 +391,7 @@ impl Node {
             metrics: metrics.clone(),
             auth,
             cdc: cdc.clone(),
-            writes: {
-                let writes = Sequencer::new(id, config.before_images.clone());
-                if config.active_active.enabled {
-                    writes.with_stamps(config.cluster.clone(), Arc::clone(&hlc))
-                } else {
-                    writes
-                }
-            },
+            writes: sequencer(config, id, &hlc),
             wal: wal_handle,
             logical,
             logical_max_slots: config.logical.max_slots,
@@ -409,7 +401,7 @@ impl Node {
             geo: crate::geo::Geo::new(config, staleness).map_err(|e| NodeError::Io(format!("[geo]: {e}")))?,
             tiers: crate::tiers::Tiers::new(config.geo.auto_tier_policy()).map_err(NodeError::Io)?,
             active_active: config.active_active.clone(),
-            links: crate::links::Links::default(),
+            links,
         });
         start_tasks(&shared, config, &sinks, archive_stats)?;
         let client_listener = TcpListener::bind(config.client_addr)
@@ -559,6 +551,25 @@ async fn accept_clients(listener: TcpListener, tls: Option<tokio_rustls::TlsAcce
 
 /// TLS records start with 0x16 (handshake); anything else is a plaintext client, which is
 /// told in plaintext why it is refused.
+/// The document store: with the cluster's conflict resolution when it has links.
+fn document_store(config: &NodeConfig) -> Result<DocStore, NodeError> {
+    if !config.active_active.enabled {
+        return Ok(DocStore::new());
+    }
+    let resolver = config.active_active.resolver().map_err(|e| NodeError::Io(e.to_string()))?;
+    Ok(DocStore::with_active(crate::active::Active::new(config.cluster.clone(), resolver)))
+}
+
+/// The write sequencer: stamping every write when the cluster has links.
+fn sequencer(config: &NodeConfig, id: NodeId, hlc: &Arc<Hlc>) -> Sequencer {
+    let writes = Sequencer::new(id, config.before_images.clone());
+    if config.active_active.enabled {
+        writes.with_stamps(config.cluster.clone(), Arc::clone(hlc))
+    } else {
+        writes
+    }
+}
+
 async fn serve_tls(
     mut tcp: TcpStream,
     acceptor: tokio_rustls::TlsAcceptor,

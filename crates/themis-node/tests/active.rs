@@ -316,6 +316,17 @@ async fn two_clusters_accept_writes_on_both_sides_and_converge_through_cuts_and_
     }
 
     let conflicts = check_conflicts(&[&west, &east], &written).await;
+    // The links' figures are metrics too.
+    let leader = west.leader().await;
+    let (code, _, text) = http(west.nodes[leader].admin, &west.admin, "GET", "/metrics", &[], "").await;
+    assert_eq!(code, 200);
+    for series in [
+        "themis_link_lag_ms{link=\"from-us-east\"}",
+        "themis_link_applied_changes_total{link=\"from-us-east\"}",
+    ] {
+        assert!(common::metric(&text, series).is_some(), "{series} in:\n{text}");
+    }
+    assert!(common::metric(&text, "themis_conflicts_total").unwrap() > 0.0);
     // The counter holds every increment of both sides, on both.
     for cluster in [&west, &east] {
         let leader = cluster.leader().await;
