@@ -45,6 +45,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/links"),
     ("POST", "/v1/links"),
     ("GET", "/v1/links/conflicts"),
+    ("POST", "/v1/links/conflicts/resolve"),
     ("GET", "/v1/links/{name}"),
     ("DELETE", "/v1/links/{name}"),
     ("GET", "/v1/tiers"),
@@ -151,6 +152,7 @@ pub(crate) fn router(state: Arc<AdminState>) -> Router {
         .route("/v1/geo/staleness", get(staleness))
         .route("/v1/links", get(crate::links::list).post(crate::links::create))
         .route("/v1/links/conflicts", get(crate::links::conflicts))
+        .route("/v1/links/conflicts/resolve", post(crate::links::resolve))
         .route("/v1/links/{name}", get(crate::links::get_link).delete(crate::links::drop_link))
         .route("/v1/tiers", get(crate::tiers::list))
         .route("/v1/tiers/{collection}", put(crate::tiers::assign).delete(crate::tiers::clear))
@@ -191,7 +193,7 @@ pub(crate) fn router(state: Arc<AdminState>) -> Router {
 pub fn route_role(method: &str, path: &str) -> Role {
     match (method, path) {
         ("PUT" | "DELETE", "/v1/collections/{collection}/docs/{id}")
-        | ("POST", "/v1/slots/{name}/advance") => Role::Write,
+        | ("POST", "/v1/slots/{name}/advance" | "/v1/links/conflicts/resolve") => Role::Write,
         ("GET", _) => Role::Read,
         _ => Role::Admin,
     }

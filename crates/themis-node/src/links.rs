@@ -618,6 +618,72 @@ pub(crate) async fn drop_link(
     }
 }
 
+/// The body of `POST /v1/links/conflicts/resolve`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ResolveBody {
+    collection: String,
+    id: String,
+    /// Which sibling to keep (0: the older).
+    winner: usize,
+}
+
+/// `POST /v1/links/conflicts/resolve` with `{"collection", "id", "winner"}`: settles a
+/// document that a `keep_both` collection holds as siblings (`{"_siblings": [...]}`) by
+/// writing the chosen one, as any write: it follows both, so every linked cluster takes
+/// it.
+pub(crate) async fn resolve(State(state): State<Arc<AdminState>>, bytes: Bytes) -> HttpResponse {
+    let body: ResolveBody = match serde_json::from_slice(&bytes) {
+        Ok(b) => b,
+        Err(e) => {
+            return bad_request(&format!(
+                r#"expected {{"collection": "...", "id": "...", "winner": 0}}: {e}"#
+            ));
+        }
+    };
+    let shared = &state.shared;
+    let Some((current, _)) = shared.store.get(&body.collection, body.id.as_bytes()) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            &format!("no document {}/{}", body.collection, body.id),
+        );
+    };
+    let siblings: Option<Vec<Box<RawValue>>> =
+        serde_json::from_slice::<BTreeMap<String, Vec<Box<RawValue>>>>(&current)
+            .ok()
+            .and_then(|mut m| m.remove("_siblings"));
+    let Some(siblings) = siblings else {
+        return error(
+            StatusCode::CONFLICT,
+            "conflict",
+            &format!("{}/{} holds no siblings: nothing to resolve", body.collection, body.id),
+        );
+    };
+    let Some(chosen) = siblings.get(body.winner) else {
+        return bad_request(&format!(
+            "winner = {}: the document holds {} siblings",
+            body.winner,
+            siblings.len()
+        ));
+    };
+    let value = Bytes::from(chosen.get().as_bytes().to_vec());
+    let write = shared.writes.write(
+        &shared.manager,
+        &shared.store,
+        body.collection.clone(),
+        Bytes::from(body.id.clone().into_bytes()),
+        Some(value),
+    );
+    match tokio::time::timeout(Duration::from_secs(10), write).await {
+        Ok(Ok(lsn)) => {
+            axum::Json(json!({ "collection": body.collection, "id": body.id, "lsn": lsn })).into_response()
+        }
+        Ok(Err(e)) => crate::admin::reply(crate::server::driver_error(e)),
+        Err(_) => error(StatusCode::GATEWAY_TIMEOUT, "timeout", "the resolving write timed out"),
+    }
+}
+
 /// The query of `GET /v1/links/conflicts`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -23,10 +23,12 @@ const INCREMENTS: u64 = 60;
 
 fn enabled(text: String) -> String {
     #![allow(clippy::needless_pass_by_value, reason = "the shape Cluster::start_named takes")]
-    // `hits` holds counters: concurrent versions merge instead of one winning.
+    // `hits` holds counters: concurrent versions merge instead of one winning; `both`
+    // keeps concurrent versions side by side.
     format!(
         "{text}\n[active_active]\nenabled = true\n[active_active.resolver.default]\nstrategy = \"last_writer_wins\"\n\
-         [active_active.resolver.collections.hits]\nstrategy = \"crdt\"\ncrdt_type = \"g_counter\"\n"
+         [active_active.resolver.collections.hits]\nstrategy = \"crdt\"\ncrdt_type = \"g_counter\"\n\
+         [active_active.resolver.collections.both]\nstrategy = \"keep_both\"\n"
     )
 }
 
@@ -407,4 +409,114 @@ async fn a_mesh_of_three_converges_and_nothing_loops() {
         }
     }
     drop(proxies_of);
+}
+
+/// Waits (10 s at most) until `cluster` holds `want` at `both/x`.
+async fn holds(cluster: &Cluster, want: &str) {
+    let leader = cluster.leader().await;
+    let client = cluster.client(leader).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = client
+            .get("both", "x", Consistency::Strong)
+            .await
+            .unwrap()
+            .map(|v| String::from_utf8(v).unwrap());
+        if got.as_deref() == Some(want) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{want} never arrived; holds {got:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A `keep_both` collection keeps two concurrent versions as siblings on both clusters
+/// until someone picks one; and a link to a cluster that does not stamp its writes stops
+/// with an error that says so, applying nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn siblings_are_kept_then_resolved_by_hand_and_an_unstamped_origin_is_refused() {
+    let west = Cluster::start_named("us-west", 3, enabled);
+    let east = Cluster::start_named("us-east", 3, enabled);
+    let plain = Cluster::start_named("plain", 3, |t| t);
+    let (wl, el) = (west.leader().await, east.leader().await);
+    let files_dir = tempfile::tempdir().unwrap();
+    let (to_east, to_west, to_plain) = (proxies(&east).await, proxies(&west).await, proxies(&plain).await);
+    let (code, text) =
+        link(&west, wl, "us-east", &to_east, &remote_files(&east, files_dir.path(), "east")).await;
+    assert_eq!(code, 200, "{text}");
+    let (code, text) =
+        link(&east, el, "us-west", &to_west, &remote_files(&west, files_dir.path(), "west")).await;
+    assert_eq!(code, 200, "{text}");
+
+    // Cut apart, each side writes both/x; joined again, both hold both versions.
+    for p in to_east.iter().chain(&to_west) {
+        p.set(Fault::Blackhole);
+        p.cut();
+    }
+    west.client(wl).await.put("both", "x", br#"{"v":"west"}"#).await.unwrap();
+    east.client(el).await.put("both", "x", br#"{"v":"east"}"#).await.unwrap();
+    for p in to_east.iter().chain(&to_west) {
+        p.set(Fault::Pass);
+    }
+    let leader = west.leader().await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let siblings = loop {
+        let w = west.client(leader).await.get("both", "x", Consistency::Strong).await.unwrap().unwrap();
+        let e = east
+            .client(east.leader().await)
+            .await
+            .get("both", "x", Consistency::Strong)
+            .await
+            .unwrap()
+            .unwrap();
+        if w == e && w.starts_with(b"{\"_siblings\"") {
+            break String::from_utf8(w).unwrap();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no siblings: west {:?}, east {:?}",
+            String::from_utf8_lossy(&w),
+            String::from_utf8_lossy(&e)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(siblings.contains(r#"{"v":"west"}"#) && siblings.contains(r#"{"v":"east"}"#), "{siblings}");
+    // Picked by hand on one side; the choice crosses to the other.
+    let v: serde_json::Value = serde_json::from_str(&siblings).unwrap();
+    let chosen = v["_siblings"][1].to_string();
+    let body = r#"{"collection":"both","id":"x","winner":1}"#;
+    let (code, _, text) =
+        http(west.nodes[leader].admin, &west.admin, "POST", "/v1/links/conflicts/resolve", &[], body).await;
+    assert_eq!(code, 200, "{text}");
+    holds(&west, &chosen).await;
+    holds(&east, &chosen).await;
+    let (code, _, text) =
+        http(west.nodes[leader].admin, &west.admin, "POST", "/v1/links/conflicts/resolve", &[], body).await;
+    assert_eq!(code, 409, "nothing left to resolve: {text}");
+    let bad = r#"{"collection":"both","id":"x","winner":"first"}"#;
+    let (code, _, _) =
+        http(west.nodes[leader].admin, &west.admin, "POST", "/v1/links/conflicts/resolve", &[], bad).await;
+    assert_eq!(code, 400);
+
+    // A cluster without [active_active] does not stamp its writes: refused, not guessed.
+    let (code, text) =
+        link(&west, leader, "plain", &to_plain, &remote_files(&plain, files_dir.path(), "plain")).await;
+    assert_eq!(code, 200, "{text}");
+    plain.client(plain.leader().await).await.put("both", "y", b"{}").await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (code, _, text) =
+            http(west.nodes[leader].admin, &west.admin, "GET", "/v1/links/from-plain", &[], "").await;
+        assert_eq!(code, 200, "{text}");
+        let l = json(&text);
+        if l["state"] == "error" || l["last_error"].is_string() {
+            assert!(l["last_error"].as_str().unwrap().contains("carries no stamp"), "{l}");
+            assert_eq!(l["applied_changes"], 0, "{l}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the link never refused: {l}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(west.client(leader).await.get("both", "y", Consistency::Strong).await.unwrap(), None);
+    drop((to_east, to_west, to_plain));
 }
