@@ -14,7 +14,9 @@
 //! - writes the remote took from this cluster are not applied (they came from here) but
 //!   mark how far the remote had seen this cluster; writes it took from a third cluster
 //!   likewise, unless `replicate_foreign_changes`;
-//! - internal collections and DDL do not cross (DDL across links is planned).
+//! - internal collections do not cross; schema changes do, each in an entry of its own,
+//!   settled against this cluster's (a drop keeps, and records, documents written here
+//!   concurrently with it; a schema version only rises).
 //!
 //! Each batch and the link's new position go into **one** log entry, so after a restart
 //! or a failover on either side the link resumes from the position the log holds: nothing
@@ -247,10 +249,25 @@ async fn stream(shared: &Arc<Shared>, name: &str, record: LinkRecord) -> Result<
             }
         }
         for event in events {
+            // A schema change goes into a log entry of its own: what came before it is
+            // applied first, and it is applied (with the position after it) before what
+            // follows.
+            let ddl = is_ddl(&event);
+            if ddl {
+                link.apply().await?;
+            }
             link.take(&event)?;
+            if ddl && event.id.is_some() {
+                link.apply().await?;
+            }
         }
         link.apply().await?;
     }
+}
+
+/// Whether `event` is a schema change (the envelope starts with its op).
+fn is_ddl(event: &FeedEvent) -> bool {
+    event.kind == "change" && event.data.starts_with(r#"{"op":"t""#)
 }
 
 struct AbortOnDrop(JoinHandle<()>);
@@ -269,6 +286,13 @@ struct ChangeIn<'a> {
     after: Option<&'a RawValue>,
     source: SourceIn<'a>,
     stamp: Option<StampIn>,
+    ddl: Option<DdlIn>,
+}
+
+#[derive(Deserialize)]
+struct DdlIn {
+    statement: String,
+    schema_version: u64,
 }
 
 #[derive(Deserialize)]
@@ -355,7 +379,7 @@ impl<'a> Applier<'a> {
         let change: ChangeIn<'_> = serde_json::from_str(data)
             .map_err(|e| format!("an undecodable change from the remote ({e}): {data}"))?;
         let collection = change.source.collection.as_ref();
-        if change.op == "t" || collection.starts_with(INTERNAL_PREFIX) {
+        if collection.starts_with(INTERNAL_PREFIX) {
             self.skipped += 1;
             return Ok(());
         }
@@ -399,6 +423,12 @@ impl<'a> Applier<'a> {
         self.newest_ms = self.newest_ms.max(hlc.physical_ms());
         let key = Bytes::from(change.source.id.as_bytes().to_vec());
         let kind = match (change.op, change.after) {
+            ("t", _) => {
+                let ddl = change.ddl.ok_or_else(|| {
+                    format!("a DDL change without its statement at remote LSN {}", change.source.lsn)
+                })?;
+                OpKind::Ddl { statement: ddl.statement, schema_version: ddl.schema_version }
+            }
             ("c" | "u" | "r", Some(after)) => OpKind::Upsert {
                 collection: collection.to_string(),
                 key,

@@ -596,7 +596,7 @@ pub(crate) async fn ddl(State(state): State<Arc<AdminState>>, bytes: Bytes) -> H
         origin: shared.writes.origin(),
         txn: 0,
         kind: OpKind::Ddl { statement: statement.to_string(), schema_version: statement.schema_version() },
-        stamp: None,
+        stamp: shared.writes.stamp(),
     };
     let payload = encode_batch(&[op]).expect("a statement encodes");
     let lsn =

@@ -16,6 +16,9 @@ use themis_replication::ship::{ApplyError, Change, StateMachine};
 use themis_replication::wal::Lsn;
 use themis_replication::wal::op::{Op, OpKind};
 
+use themis_replication::geo::active::{Verdict, classify};
+use themis_replication::wal::op::Stamp;
+
 use crate::active::{Active, CONFLICTS_COLLECTION, Decision, MAX_CONFLICT_RECORDS};
 
 const SHARDS: usize = 64;
@@ -331,7 +334,13 @@ impl DocStore {
     /// metadata document. A statement the store does not know changes nothing (the
     /// leader refuses those before they reach the log). Every shard is locked: the
     /// applier runs DDL as a barrier, alone.
-    fn apply_ddl(&self, lsn: Lsn, statement: &str) -> Vec<Change> {
+    ///
+    /// A statement from another cluster (active-active) is settled against this one: a
+    /// drop keeps, and records, the documents written here concurrently with it (the drop
+    /// did not know them); a schema version only ever rises; a create of a collection
+    /// that exists leaves it as it is.
+    fn apply_ddl(&self, lsn: Lsn, statement: &str, stamp: Option<&Stamp>) -> Vec<Change> {
+        let remote = stamp.filter(|s| self.active.as_ref().is_some_and(|a| a.cluster() != s.cluster));
         let Ok(statement) = DdlStatement::parse(statement) else {
             tracing::warn!(lsn, statement, "a DDL entry the store does not know; nothing applied");
             return Vec::new();
@@ -344,10 +353,18 @@ impl DocStore {
         ));
         let mut shards: Vec<MutexGuard<'_, Shard>> = (0..SHARDS).map(|i| self.shard(i)).collect();
         let mut changes = Vec::new();
+        let mut records = Vec::new();
         if let DdlStatement::DropCollection(_) = statement {
             for shard in &mut shards {
                 shard.retain(|(c, k), d| {
                     if *c != collection || d.lsn >= lsn {
+                        return true;
+                    }
+                    if let Some(drop) = remote
+                        && let Some(here) = d.stamp.as_deref()
+                        && classify(Some(here), drop) == Verdict::Conflict
+                    {
+                        records.push(drop_record(&statement.to_string(), k, d, here, drop, lsn));
                         return true;
                     }
                     changes.push(Change {
@@ -367,7 +384,23 @@ impl DocStore {
         let meta_key = Bytes::from(collection.into_bytes());
         let shard = &mut shards[shard_of(COLLECTIONS_COLLECTION, &meta_key)];
         let map_key = (COLLECTIONS_COLLECTION.to_string(), meta_key.clone());
-        if shard.get(&map_key).is_some_and(|d| d.lsn >= lsn) {
+        let held_version = |d: &Doc| {
+            serde_json::from_slice::<serde_json::Value>(&d.value)
+                .ok()
+                .and_then(|v| v["schema_version"].as_u64())
+        };
+        let superseded = match (&statement, shard.get(&map_key)) {
+            (_, Some(d)) if d.lsn >= lsn => true,
+            (DdlStatement::CreateCollection(_), Some(_)) => remote.is_some(),
+            (DdlStatement::SetSchemaVersion(..), Some(d)) => {
+                remote.is_some() && held_version(d).is_some_and(|v| v >= statement.schema_version())
+            }
+            _ => false,
+        };
+        if superseded {
+            drop(shards);
+            self.conflicts.fetch_add(records.len() as u64, Ordering::Relaxed);
+            changes.extend(records.into_iter().map(|(id, r)| self.record_conflict(lsn, id, &r)));
             return changes;
         }
         let meta = match statement {
@@ -390,8 +423,42 @@ impl DocStore {
             previous: previous.map(|d| d.value),
             current: meta.map(|d| d.value),
         });
+        drop(shards);
+        self.conflicts.fetch_add(records.len() as u64, Ordering::Relaxed);
+        changes.extend(records.into_iter().map(|(id, r)| self.record_conflict(lsn, id, &r)));
         changes
     }
+}
+
+/// The record of a document a drop from another cluster did not remove: it was written
+/// here concurrently with the drop.
+fn drop_record(
+    statement: &str,
+    key: &Bytes,
+    doc: &Doc,
+    here: &DocStamp,
+    drop: &Stamp,
+    lsn: Lsn,
+) -> (String, serde_json::Value) {
+    let record = serde_json::json!({
+        "kind": "ddl",
+        "statement": statement,
+        "collection": DdlStatement::parse(statement).map(|s| s.collection().to_string()).unwrap_or_default(),
+        "id": String::from_utf8_lossy(key),
+        "lsn": lsn,
+        "strategy": "drop_keeps_concurrent_writes",
+        "winner": "local",
+        "error": null,
+        "local": {
+            "cluster": here.cluster, "lsn": here.lsn, "hlc": here.hlc.to_string(),
+            "deleted": false, "value": String::from_utf8_lossy(&doc.value),
+        },
+        "remote": {
+            "cluster": drop.cluster, "lsn": drop.lsn, "hlc": drop.hlc.to_string(),
+            "deleted": true, "value": null,
+        },
+    });
+    (format!("{lsn:020}.d.{}", String::from_utf8_lossy(key)), record)
 }
 
 impl StateMachine for DocStore {
@@ -400,7 +467,9 @@ impl StateMachine for DocStore {
             let mut changes = Vec::new();
             for op in ops {
                 match &op.kind {
-                    OpKind::Ddl { statement, .. } => changes.extend(self.apply_ddl(lsn, statement)),
+                    OpKind::Ddl { statement, .. } => {
+                        changes.extend(self.apply_ddl(lsn, statement, op.stamp.as_ref()));
+                    }
                     _ => changes.extend(self.apply(lsn, std::slice::from_ref(op))?),
                 }
             }

@@ -131,14 +131,18 @@ impl Sequencer {
         result
     }
 
-    fn op(&self, kind: OpKind) -> Bytes {
-        let stamp = self.stamping.as_ref().map(|(cluster, hlc)| Stamp {
+    /// The stamp a write made here now carries (active-active), if this cluster stamps.
+    pub(crate) fn stamp(&self) -> Option<Stamp> {
+        self.stamping.as_ref().map(|(cluster, hlc)| Stamp {
             cluster: cluster.clone(),
             lsn: 0,
             hlc: hlc.now(),
             seen: Vec::new(),
-        });
-        encode_batch(&[Op { origin: self.origin, txn: 0, kind, stamp }])
+        })
+    }
+
+    fn op(&self, kind: OpKind) -> Bytes {
+        encode_batch(&[Op { origin: self.origin, txn: 0, kind, stamp: self.stamp() }])
             .expect("names and values were checked")
     }
 

@@ -520,3 +520,86 @@ async fn siblings_are_kept_then_resolved_by_hand_and_an_unstamped_origin_is_refu
     assert_eq!(west.client(leader).await.get("both", "y", Consistency::Strong).await.unwrap(), None);
     drop((to_east, to_west, to_plain));
 }
+
+/// Waits (20 s at most) until `cluster`'s leader holds `want` at `orders/id`.
+async fn order_is(cluster: &Cluster, id: &str, want: Option<&str>) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let client = cluster.client(cluster.leader().await).await;
+        let got = client
+            .get("orders", id, Consistency::Strong)
+            .await
+            .unwrap()
+            .map(|v| String::from_utf8(v).unwrap());
+        if got.as_deref() == want {
+            return;
+        }
+        assert!(Instant::now() < deadline, "orders/{id}: wanted {want:?}, holds {got:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn ddl(cluster: &Cluster, statement: &str) {
+    let leader = cluster.leader().await;
+    let body = serde_json::json!({ "statement": statement }).to_string();
+    let (code, _, text) =
+        http(cluster.nodes[leader].admin, &cluster.admin, "POST", "/v1/ddl", &[], &body).await;
+    assert_eq!(code, 200, "{statement}: {text}");
+}
+
+/// Schema changes cross links: a collection created on one cluster exists on the other,
+/// and a drop racing writes on the other cluster removes what the dropping cluster had
+/// seen, keeps what was written concurrently, and records each kept document; both
+/// clusters end the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ddl_crosses_links_and_a_drop_racing_writes_is_reported() {
+    let west = Cluster::start_named("us-west", 3, enabled);
+    let east = Cluster::start_named("us-east", 3, enabled);
+    let (wl, el) = (west.leader().await, east.leader().await);
+    let files_dir = tempfile::tempdir().unwrap();
+    let (to_east, to_west) = (proxies(&east).await, proxies(&west).await);
+    let (code, text) =
+        link(&west, wl, "us-east", &to_east, &remote_files(&east, files_dir.path(), "east")).await;
+    assert_eq!(code, 200, "{text}");
+    let (code, text) =
+        link(&east, el, "us-west", &to_west, &remote_files(&west, files_dir.path(), "west")).await;
+    assert_eq!(code, 200, "{text}");
+
+    ddl(&west, "CREATE COLLECTION orders").await;
+    west.client(wl).await.put("orders", "o1", br#"{"v":1}"#).await.unwrap();
+    order_is(&east, "o1", Some(r#"{"v":1}"#)).await;
+    let (code, _, text) = http(east.nodes[el].admin, &east.admin, "GET", "/v1/collections", &[], "").await;
+    assert_eq!(code, 200);
+    assert!(text.contains(r#""name":"orders""#), "the create crossed: {text}");
+
+    // Apart: west drops orders; east, not knowing, writes o2 and changes o1.
+    for p in to_east.iter().chain(&to_west) {
+        p.set(Fault::Blackhole);
+        p.cut();
+    }
+    ddl(&west, "DROP COLLECTION orders").await;
+    let east_client = east.client(el).await;
+    east_client.put("orders", "o2", br#"{"v":2}"#).await.unwrap();
+    east_client.put("orders", "o1", br#"{"v":11}"#).await.unwrap();
+    for p in to_east.iter().chain(&to_west) {
+        p.set(Fault::Pass);
+    }
+    // Both end with east's concurrent writes, which the drop did not know.
+    for cluster in [&west, &east] {
+        order_is(cluster, "o2", Some(r#"{"v":2}"#)).await;
+        order_is(cluster, "o1", Some(r#"{"v":11}"#)).await;
+    }
+    // East reports what the drop kept.
+    let leader = east.leader().await;
+    let (code, _, text) =
+        http(east.nodes[leader].admin, &east.admin, "GET", "/v1/links/conflicts", &[], "").await;
+    assert_eq!(code, 200, "{text}");
+    let records = json(&text)["conflicts"].as_array().unwrap().clone();
+    let kept: BTreeSet<&str> = records
+        .iter()
+        .filter(|r| r["kind"] == "ddl" && r["statement"] == "DROP COLLECTION orders")
+        .map(|r| r["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(kept, BTreeSet::from(["o1", "o2"]), "{records:?}");
+    drop((to_east, to_west));
+}
