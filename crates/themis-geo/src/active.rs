@@ -285,12 +285,15 @@ pub fn merge_into(
     }))
 }
 
-/// Counters held as JSON documents, merged the way their CRDTs merge: a `g_counter` is an
-/// object of per-replica counts (`{"us-west": 3, "us-east": 5}`, value 8) and merges by
-/// taking each replica's larger count; a `pn_counter` is `{"p": {...}, "n": {...}}`, each
-/// side merged so. Each replica (a cluster, say) only raises its own count, so a merge
-/// keeps every increment made anywhere. `None`: not a counter kind, or not JSON (the
-/// CRDT's own encoding then applies).
+/// CRDTs held as JSON documents, merged the way they merge: a `g_counter` is an object of
+/// per-replica counts (`{"us-west": 3, "us-east": 5}`, value 8) and merges by taking each
+/// replica's larger count; a `pn_counter` is `{"p": {...}, "n": {...}}`, each side merged
+/// so. Each replica (a cluster, say) only raises its own count, so a merge keeps every
+/// increment made anywhere. An `or_set` is `{"add": {"<element>": ["<tag>", ...]},
+/// "remove": ["<tag>", ...]}`: an element is added under a tag no one else uses and
+/// removed by listing the tags its read showed; a merge is the union of both, and an
+/// element is in the set while one of its tags is not removed, so an add concurrent with a
+/// remove wins. `None`: another kind, or not JSON (the CRDT's own encoding then applies).
 fn merge_json_counter(
     kind: themis_crdt::CrdtKind,
     local: &[u8],
@@ -298,6 +301,14 @@ fn merge_json_counter(
 ) -> Option<Result<Vec<u8>, (&'static str, String)>> {
     use themis_crdt::CrdtKind;
     type Counts = BTreeMap<String, u64>;
+    #[derive(serde::Serialize, serde::Deserialize, Default)]
+    #[serde(deny_unknown_fields)]
+    struct Set {
+        #[serde(default)]
+        add: BTreeMap<String, std::collections::BTreeSet<String>>,
+        #[serde(default)]
+        remove: std::collections::BTreeSet<String>,
+    }
     #[derive(serde::Serialize, serde::Deserialize, Default)]
     #[serde(deny_unknown_fields)]
     struct Pn {
@@ -323,6 +334,15 @@ fn merge_json_counter(
         return None;
     }
     let merged = match kind {
+        CrdtKind::OrSet => (|| {
+            let mut l: Set = parse("local", local)?;
+            let r: Set = parse("remote", remote)?;
+            for (element, tags) in r.add {
+                l.add.entry(element).or_default().extend(tags);
+            }
+            l.remove.extend(r.remove);
+            serde_json::to_vec(&l).map_err(|e| ("merged", e.to_string()))
+        })(),
         CrdtKind::GCounter => (|| {
             let mut l: Counts = parse("local", local)?;
             max_merge(&mut l, parse("remote", remote)?);
@@ -434,7 +454,7 @@ mod tests {
     }
 
     #[test]
-    fn json_counters_merge_per_replica_so_every_increment_counts() {
+    fn json_counters_and_sets_merge_so_every_increment_and_add_counts() {
         let resolver =
             ConflictResolver::new(Strategy::Crdt(themis_crdt::CrdtKind::GCounter), AuditLog::new(8, None));
         let (a, b) = (
@@ -452,6 +472,16 @@ mod tests {
         let remote = Side { value: Some(br#"{"p":{"b":2},"n":{"a":2}}"#), stamp: &b };
         let s = resolve(&pn, "hits", b"k", &local, &remote).unwrap();
         assert_eq!(s.value.as_deref(), Some(&br#"{"p":{"a":5,"b":2},"n":{"a":2}}"#[..]));
+        // Sets: tags union; an add concurrent with a remove survives.
+        let set = ConflictResolver::new(Strategy::Crdt(themis_crdt::CrdtKind::OrSet), AuditLog::new(8, None));
+        let local = Side { value: Some(br#"{"add":{"x":["a1"],"y":["a2"]},"remove":["a2"]}"#), stamp: &a };
+        let remote = Side { value: Some(br#"{"add":{"x":["b1"]},"remove":["a1"]}"#), stamp: &b };
+        let s = resolve(&set, "tags", b"k", &local, &remote).unwrap();
+        assert_eq!(
+            s.value.as_deref(),
+            Some(&br#"{"add":{"x":["a1","b1"],"y":["a2"]},"remove":["a1","a2"]}"#[..]),
+            "x stays (tag b1 was never removed), y is gone"
+        );
         // A counter that is not one is refused, naming the side; nothing is guessed.
         let bad = Side { value: Some(br#"{"a":"x"}"#), stamp: &b };
         let err = resolve(&resolver, "hits", b"k", &Side { value: Some(br#"{"a":1}"#), stamp: &a }, &bad)

@@ -281,31 +281,36 @@ impl DocStore {
             Decision::Apply => Some((stamp, None)),
             Decision::Skip => None,
             Decision::Settled { keep_local, value, stamp: kept, record } => {
-                self.conflicts.fetch_add(1, Ordering::Relaxed);
                 records.push((format!("{lsn:020}.{index:04}"), record));
                 (!keep_local).then(|| (Some(Arc::new(kept)), Some(value)))
             }
         }
     }
 
-    /// Writes a conflict record as the internal document `_themis_conflicts/<id>`, and
+    /// Writes conflict records as the internal documents `_themis_conflicts/<id>`, and
     /// drops the oldest records beyond [`MAX_CONFLICT_RECORDS`] (every node drops the same).
-    fn record_conflict(&self, lsn: Lsn, id: String, record: &serde_json::Value) -> Change {
-        let key = Bytes::from(id.into_bytes());
-        let doc = Doc { value: Bytes::from(record.to_string()), lsn, stamp: None };
+    fn record_conflicts(&self, lsn: Lsn, records: Vec<(String, serde_json::Value)>) -> Vec<Change> {
+        if records.is_empty() {
+            return Vec::new();
+        }
+        self.conflicts.fetch_add(records.len() as u64, Ordering::Relaxed);
+        let docs: Vec<(Bytes, Doc)> = records
+            .into_iter()
+            .map(|(id, r)| {
+                (Bytes::from(id.into_bytes()), Doc { value: Bytes::from(r.to_string()), lsn, stamp: None })
+            })
+            .collect();
         let evicted = {
             let mut internal = self.internal.lock().unwrap_or_else(PoisonError::into_inner);
-            internal.insert((CONFLICTS_COLLECTION.to_string(), key.clone()), (doc.value.clone(), lsn));
-            let held = internal
-                .range((CONFLICTS_COLLECTION.to_string(), Bytes::new())..)
-                .take_while(|((c, _), _)| c == CONFLICTS_COLLECTION)
-                .count();
+            for (key, doc) in &docs {
+                internal.insert((CONFLICTS_COLLECTION.to_string(), key.clone()), (doc.value.clone(), lsn));
+            }
+            let start = (CONFLICTS_COLLECTION.to_string(), Bytes::new());
+            let held =
+                internal.range(start.clone()..).take_while(|((c, _), _)| c == CONFLICTS_COLLECTION).count();
             let over = held.saturating_sub(MAX_CONFLICT_RECORDS);
-            let oldest: Vec<Bytes> = internal
-                .range((CONFLICTS_COLLECTION.to_string(), Bytes::new())..)
-                .take(over)
-                .map(|((_, k), _)| k.clone())
-                .collect();
+            let oldest: Vec<Bytes> =
+                internal.range(start..).take(over).map(|((_, k), _)| k.clone()).collect();
             for k in &oldest {
                 internal.remove(&(CONFLICTS_COLLECTION.to_string(), k.clone()));
             }
@@ -314,16 +319,20 @@ impl DocStore {
         for k in evicted {
             self.shard(shard_of(CONFLICTS_COLLECTION, &k)).remove(&(CONFLICTS_COLLECTION.to_string(), k));
         }
-        self.shard(shard_of(CONFLICTS_COLLECTION, &key))
-            .insert((CONFLICTS_COLLECTION.to_string(), key.clone()), doc.clone());
-        self.internal_version.fetch_add(1, Ordering::AcqRel);
-        Change {
-            lsn,
-            collection: CONFLICTS_COLLECTION.to_string(),
-            key,
-            previous: None,
-            current: Some(doc.value),
+        let mut changes = Vec::with_capacity(docs.len());
+        for (key, doc) in docs {
+            self.shard(shard_of(CONFLICTS_COLLECTION, &key))
+                .insert((CONFLICTS_COLLECTION.to_string(), key.clone()), doc.clone());
+            changes.push(Change {
+                lsn,
+                collection: CONFLICTS_COLLECTION.to_string(),
+                key,
+                previous: None,
+                current: Some(doc.value),
+            });
         }
+        self.internal_version.fetch_add(1, Ordering::AcqRel);
+        changes
     }
 
     /// How many shards the store has.
@@ -399,8 +408,7 @@ impl DocStore {
         };
         if superseded {
             drop(shards);
-            self.conflicts.fetch_add(records.len() as u64, Ordering::Relaxed);
-            changes.extend(records.into_iter().map(|(id, r)| self.record_conflict(lsn, id, &r)));
+            changes.extend(self.record_conflicts(lsn, records));
             return changes;
         }
         let meta = match statement {
@@ -424,8 +432,7 @@ impl DocStore {
             current: meta.map(|d| d.value),
         });
         drop(shards);
-        self.conflicts.fetch_add(records.len() as u64, Ordering::Relaxed);
-        changes.extend(records.into_iter().map(|(id, r)| self.record_conflict(lsn, id, &r)));
+        changes.extend(self.record_conflicts(lsn, records));
         changes
     }
 }
@@ -548,9 +555,7 @@ impl StateMachine for DocStore {
             });
         }
         drop(guards);
-        for (id, record) in records {
-            changes.push(self.record_conflict(lsn, id, &record));
-        }
+        changes.extend(self.record_conflicts(lsn, records));
         Ok(changes)
     }
 

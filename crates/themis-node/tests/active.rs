@@ -1,5 +1,5 @@
 //! Active-active between two real 3-node clusters, `us-west` and `us-east`, each its own
-//! Raft group: each links to the other through the testkit's proxy; writers on both sides
+//! Raft group: each links to the other through the testkit's proxy (25 ms each way); writers on both sides
 //! write overlapping keys while the links are cut and restored and both leaders are
 //! killed. Afterwards both clusters hold the same documents, each key's value is the same
 //! on both, every conflict was settled last-writer-wins and recorded with the value that
@@ -42,11 +42,17 @@ fn remote_files(remote: &Cluster, dir: &std::path::Path, name: &str) -> (String,
     (ca.display().to_string(), token.display().to_string())
 }
 
-/// Proxies in front of `remote`'s admin APIs (so the test can cut the link).
+/// One way between the two regions: 25 ms (a 50 ms round trip).
+const ONE_WAY: Duration = Duration::from_millis(25);
+
+/// Proxies in front of `remote`'s admin APIs, 25 ms each way (so a link crosses a 50 ms
+/// round trip, and the test can cut it).
 async fn proxies(remote: &Cluster) -> Vec<Proxy> {
     let mut out = Vec::new();
     for node in &remote.nodes {
-        out.push(Proxy::start(node.admin).await.unwrap());
+        let proxy = Proxy::start(node.admin).await.unwrap();
+        proxy.set(Fault::Delay(ONE_WAY));
+        out.push(proxy);
     }
     out
 }
@@ -292,7 +298,7 @@ async fn two_clusters_accept_writes_on_both_sides_and_converge_through_cuts_and_
     east.kill(el);
     tokio::time::sleep(Duration::from_secs(1)).await;
     for p in to_east.iter().chain(&to_west) {
-        p.set(Fault::Pass);
+        p.set(Fault::Delay(ONE_WAY));
     }
     west.restart(wl);
     east.restart(el);
@@ -456,7 +462,7 @@ async fn siblings_are_kept_then_resolved_by_hand_and_an_unstamped_origin_is_refu
     west.client(wl).await.put("both", "x", br#"{"v":"west"}"#).await.unwrap();
     east.client(el).await.put("both", "x", br#"{"v":"east"}"#).await.unwrap();
     for p in to_east.iter().chain(&to_west) {
-        p.set(Fault::Pass);
+        p.set(Fault::Delay(ONE_WAY));
     }
     let leader = west.leader().await;
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -582,7 +588,7 @@ async fn ddl_crosses_links_and_a_drop_racing_writes_is_reported() {
     east_client.put("orders", "o2", br#"{"v":2}"#).await.unwrap();
     east_client.put("orders", "o1", br#"{"v":11}"#).await.unwrap();
     for p in to_east.iter().chain(&to_west) {
-        p.set(Fault::Pass);
+        p.set(Fault::Delay(ONE_WAY));
     }
     // Both end with east's concurrent writes, which the drop did not know.
     for cluster in [&west, &east] {
