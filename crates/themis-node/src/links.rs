@@ -113,6 +113,8 @@ pub struct LinkStatus {
     pub skipped_changes: u64,
     /// The last error, while the link is failing.
     pub last_error: Option<String>,
+    /// Whether a slot on the remote holds its log for this link.
+    pub log_held: bool,
 }
 
 /// Every link's task and status, on the leader.
@@ -220,9 +222,74 @@ fn credentials(spec: &LinkSpec) -> Result<(Vec<SocketAddr>, Credentials), String
     Ok((addrs, Credentials::tls(ca).with_token(token.trim())))
 }
 
+/// The logical slot on the remote that holds its log for this cluster's links: named
+/// after this cluster, so every link from here to that remote shares it.
+fn slot_name(local: &str) -> String {
+    format!("themis_link_{}", local.replace('-', "_"))
+}
+
+/// Holds the remote's log for the link: a logical slot on the remote, created if missing
+/// and moved to the link's recorded position now and then, so the remote does not compact
+/// away entries the link has not applied. Best effort: without it (a token whose role
+/// cannot create slots, a remote that refuses) the link still streams, and its status
+/// says the log is not held.
+struct Hold {
+    admin: crate::admin_client::AdminClient,
+    slot: String,
+    held: bool,
+    advanced_to: Lsn,
+    advanced_at: std::time::Instant,
+}
+
+impl Hold {
+    async fn open(addrs: Vec<SocketAddr>, creds: Credentials, local: &str) -> (Hold, Option<String>) {
+        let mut admin = crate::admin_client::AdminClient::new(addrs, creds).retry_for(Duration::from_secs(5));
+        let slot = slot_name(local);
+        let body = json!({ "name": slot, "plugin": "json" });
+        let problem = match admin.request("POST", "/v1/slots", Some(&body)).await {
+            Ok(a) if a.ok() || a.status == 409 => None,
+            Ok(a) => {
+                Some(format!("the remote's log is not held for this link (slot {slot}: {})", a.message()))
+            }
+            Err(e) => Some(format!("the remote's log is not held for this link (slot {slot}: {e})")),
+        };
+        let hold = Hold {
+            admin,
+            slot,
+            held: problem.is_none(),
+            advanced_to: 0,
+            advanced_at: std::time::Instant::now(),
+        };
+        (hold, problem)
+    }
+
+    /// Moves the slot to `lsn`, at most once a second.
+    async fn advance(&mut self, lsn: Lsn) -> Option<String> {
+        if !self.held || lsn <= self.advanced_to || self.advanced_at.elapsed() < Duration::from_secs(1) {
+            return None;
+        }
+        self.advanced_at = std::time::Instant::now();
+        let path = format!("/v1/slots/{}/advance", self.slot);
+        match self.admin.request("POST", &path, Some(&json!({ "lsn": lsn }))).await {
+            Ok(a) if a.ok() => {
+                self.advanced_to = lsn;
+                None
+            }
+            Ok(a) => Some(format!("moving slot {} on the remote: {}", self.slot, a.message())),
+            Err(e) => Some(format!("moving slot {} on the remote: {e}", self.slot)),
+        }
+    }
+}
+
 /// Streams the remote's changes into this cluster's log until an error.
 async fn stream(shared: &Arc<Shared>, name: &str, record: LinkRecord) -> Result<(), String> {
     let (addrs, creds) = credentials(&record.spec)?;
+    let local = shared.store.active().map(|a| a.cluster().to_string()).unwrap_or_default();
+    let (mut hold, problem) = Hold::open(addrs.clone(), creds.clone(), &local).await;
+    shared.links.update(name, |s| s.log_held = problem.is_none());
+    if let Some(problem) = problem {
+        tracing::warn!(link = %name, "{problem}");
+    }
     let mut feed =
         ChangeFeed::new(addrs, creds, "", "", Some(record.applied_lsn)).retry_for(Duration::from_secs(5));
     // The reader runs apart, so a batch is what has arrived while the last one applied.
@@ -262,6 +329,9 @@ async fn stream(shared: &Arc<Shared>, name: &str, record: LinkRecord) -> Result<
             }
         }
         link.apply().await?;
+        if let Some(problem) = hold.advance(link.record.applied_lsn).await {
+            tracing::warn!(link = %name, "{problem}");
+        }
     }
 }
 
@@ -586,6 +656,7 @@ fn describe(
         "skipped_changes": status.skipped_changes,
         "conflicts_last_hour": conflicts,
         "is_synchronized": synchronized,
+        "log_held": status.log_held,
         "last_error": status.last_error,
     })
 }
@@ -642,10 +713,27 @@ pub(crate) async fn drop_link(
     if !records(&state.shared).contains_key(&name) {
         return error(StatusCode::NOT_FOUND, "not_found", &format!("no link {name:?}"));
     }
-    match crate::admin::write_internal(&state.shared, LINKS_COLLECTION, &name, None, "link").await {
-        Ok(lsn) => axum::Json(json!({ "name": name, "lsn": lsn })).into_response(),
-        Err(r) => r,
+    let record = records(&state.shared).remove(&name);
+    let lsn = match crate::admin::write_internal(&state.shared, LINKS_COLLECTION, &name, None, "link").await {
+        Ok(lsn) => lsn,
+        Err(r) => return r,
+    };
+    // The slot that held the remote's log for this cluster goes too, unless another
+    // link to that remote still uses it; a remote that cannot be reached is named.
+    let mut slot = Value::Null;
+    if let (Some(record), Some(active)) = (record, state.shared.store.active())
+        && !records(&state.shared).values().any(|r| r.spec.remote_cluster == record.spec.remote_cluster)
+        && let Ok((addrs, creds)) = credentials(&record.spec)
+    {
+        let name = slot_name(active.cluster());
+        let mut admin = crate::admin_client::AdminClient::new(addrs, creds).retry_for(Duration::from_secs(5));
+        slot = match admin.request("DELETE", &format!("/v1/slots/{name}"), None).await {
+            Ok(a) if a.ok() || a.status == 404 => json!({ "name": name, "dropped": true }),
+            Ok(a) => json!({ "name": name, "dropped": false, "error": a.message() }),
+            Err(e) => json!({ "name": name, "dropped": false, "error": e.to_string() }),
+        };
     }
+    axum::Json(json!({ "name": name, "lsn": lsn, "remote_slot": slot })).into_response()
 }
 
 /// The body of `POST /v1/links/conflicts/resolve`.

@@ -32,13 +32,14 @@ fn enabled(text: String) -> String {
     )
 }
 
-/// Files for reaching `remote` from the other cluster: its CA and a read token of its own.
+/// Files for reaching `remote` from the other cluster: its CA and an admin token of its
+/// own (a link creates a slot on the remote to hold its log; reading needs only `read`).
 fn remote_files(remote: &Cluster, dir: &std::path::Path, name: &str) -> (String, String) {
     let ca = dir.join(format!("{name}-ca.pem"));
     std::fs::write(&ca, &remote.ca).unwrap();
     let secret = std::fs::read(&remote.jwt_secret_file).unwrap();
     let token = dir.join(format!("{name}.token"));
-    std::fs::write(&token, hs256_token(&secret, "link", Role::Read, 3600).unwrap()).unwrap();
+    std::fs::write(&token, hs256_token(&secret, "link", Role::Admin, 3600).unwrap()).unwrap();
     (ca.display().to_string(), token.display().to_string())
 }
 
@@ -324,6 +325,15 @@ async fn two_clusters_accept_writes_on_both_sides_and_converge_through_cuts_and_
     }
 
     let conflicts = check_conflicts(&[&west, &east], &written).await;
+    // Each link's remote holds its log for it in a slot named after the linking cluster.
+    for (cluster, slot) in [(&west, "themis_link_us_east"), (&east, "themis_link_us_west")] {
+        let leader = cluster.leader().await;
+        let (code, _, text) =
+            http(cluster.nodes[leader].admin, &cluster.admin, "GET", "/v1/slots", &[], "").await;
+        assert_eq!(code, 200, "{text}");
+        assert!(text.contains(slot), "slot {slot} on the remote: {text}");
+    }
+    assert_eq!(links(&west).await["links"][0]["log_held"], true);
     // The links' figures are metrics too.
     let leader = west.leader().await;
     let (code, _, text) = http(west.nodes[leader].admin, &west.admin, "GET", "/metrics", &[], "").await;
@@ -595,17 +605,30 @@ async fn ddl_crosses_links_and_a_drop_racing_writes_is_reported() {
         order_is(cluster, "o2", Some(r#"{"v":2}"#)).await;
         order_is(cluster, "o1", Some(r#"{"v":11}"#)).await;
     }
-    // East reports what the drop kept.
-    let leader = east.leader().await;
-    let (code, _, text) =
-        http(east.nodes[leader].admin, &east.admin, "GET", "/v1/links/conflicts", &[], "").await;
-    assert_eq!(code, 200, "{text}");
-    let records = json(&text)["conflicts"].as_array().unwrap().clone();
-    let kept: BTreeSet<&str> = records
-        .iter()
-        .filter(|r| r["kind"] == "ddl" && r["statement"] == "DROP COLLECTION orders")
-        .map(|r| r["id"].as_str().unwrap())
-        .collect();
-    assert_eq!(kept, BTreeSet::from(["o1", "o2"]), "{records:?}");
+    // East reports what the drop kept, once the drop has crossed.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let leader = east.leader().await;
+        let (code, _, text) =
+            http(east.nodes[leader].admin, &east.admin, "GET", "/v1/links/conflicts", &[], "").await;
+        assert_eq!(code, 200, "{text}");
+        let records = json(&text)["conflicts"].as_array().unwrap().clone();
+        let kept: BTreeSet<String> = records
+            .iter()
+            .filter(|r| r["kind"] == "ddl" && r["statement"] == "DROP COLLECTION orders")
+            .map(|r| r["id"].as_str().unwrap().to_string())
+            .collect();
+        if !kept.is_empty() {
+            assert_eq!(kept, BTreeSet::from(["o1".to_string(), "o2".to_string()]), "{records:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the drop never reached us-east: {records:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // And it removed nothing the other side wrote: both still hold both.
+    for cluster in [&west, &east] {
+        order_is(cluster, "o2", Some(r#"{"v":2}"#)).await;
+        order_is(cluster, "o1", Some(r#"{"v":11}"#)).await;
+    }
     drop((to_east, to_west));
 }
