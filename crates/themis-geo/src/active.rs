@@ -1,6 +1,6 @@
 //! Active-active: clusters that each accept writes and replicate them to each other.
 //!
-//! Every write carries a [`Stamp`](themis_wal::op::Stamp): its origin cluster, its LSN
+//! Every write carries a [`Stamp`]: its origin cluster, its LSN
 //! there, its HLC timestamp, and what the origin had applied of each other cluster when it
 //! wrote it (`seen`). A document keeps the [`DocStamp`] of the write that made its current
 //! value. When a write from another cluster arrives, [`classify`] compares the two:
@@ -218,13 +218,7 @@ pub fn resolve(
         (resolver.strategy_for(collection), local.value, remote.value)
         && let Some(merged) = merge_json_counter(*kind, lv, rv)
     {
-        let value = merged.map_err(|(side, reason)| CrdtError::Decode {
-            collection: collection.into(),
-            key: String::from_utf8_lossy(key).into_owned(),
-            side,
-            kind: kind.name(),
-            reason,
-        })?;
+        let value = merged.map_err(|(side, reason)| decode_error(collection, key, *kind, side, reason))?;
         return Ok(Settled {
             value: Some(value),
             winner: Winner::Merged,
@@ -270,19 +264,31 @@ pub fn merge_into(
 ) -> Option<Result<Vec<u8>, CrdtError>> {
     let CrdtStrategy::Crdt(kind) = resolver.strategy_for(collection) else { return None };
     let merged = merge_json_counter(*kind, current, incoming)?;
-    Some(merged.map_err(|(side, reason)| CrdtError::Decode {
+    Some(merged.map_err(|(side, reason)| {
+        let side = match side {
+            "local" => "current",
+            "remote" => "incoming",
+            other => other,
+        };
+        decode_error(collection, key, *kind, side, reason)
+    }))
+}
+
+/// A value a CRDT strategy could not read, named by collection, key, side and kind.
+fn decode_error(
+    collection: &str,
+    key: &[u8],
+    kind: themis_crdt::CrdtKind,
+    side: &'static str,
+    reason: String,
+) -> CrdtError {
+    CrdtError::Decode {
         collection: collection.into(),
         key: String::from_utf8_lossy(key).into_owned(),
-        side: if side == "local" {
-            "current"
-        } else if side == "remote" {
-            "incoming"
-        } else {
-            side
-        },
+        side,
         kind: kind.name(),
         reason,
-    }))
+    }
 }
 
 /// CRDTs held as JSON documents, merged the way they merge: a `g_counter` is an object of

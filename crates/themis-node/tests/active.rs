@@ -78,6 +78,21 @@ async fn link(
     (code, text)
 }
 
+/// Links `west` and `east` both ways through proxies (25 ms each way); returns the
+/// proxies in front of each and the directory holding the CA and token files.
+async fn link_both(west: &Cluster, east: &Cluster) -> (Vec<Proxy>, Vec<Proxy>, tempfile::TempDir) {
+    let (wl, el) = (west.leader().await, east.leader().await);
+    let files_dir = tempfile::tempdir().unwrap();
+    let (to_east, to_west) = (proxies(east).await, proxies(west).await);
+    let (code, text) =
+        link(west, wl, "us-east", &to_east, &remote_files(east, files_dir.path(), "east")).await;
+    assert_eq!(code, 200, "{text}");
+    let (code, text) =
+        link(east, el, "us-west", &to_west, &remote_files(west, files_dir.path(), "west")).await;
+    assert_eq!(code, 200, "{text}");
+    (to_east, to_west, files_dir)
+}
+
 async fn links(cluster: &Cluster) -> serde_json::Value {
     for i in 0..cluster.nodes.len() {
         if cluster.nodes[i].child.is_none() {
@@ -455,14 +470,8 @@ async fn siblings_are_kept_then_resolved_by_hand_and_an_unstamped_origin_is_refu
     let east = Cluster::start_named("us-east", 3, enabled);
     let plain = Cluster::start_named("plain", 3, |t| t);
     let (wl, el) = (west.leader().await, east.leader().await);
-    let files_dir = tempfile::tempdir().unwrap();
-    let (to_east, to_west, to_plain) = (proxies(&east).await, proxies(&west).await, proxies(&plain).await);
-    let (code, text) =
-        link(&west, wl, "us-east", &to_east, &remote_files(&east, files_dir.path(), "east")).await;
-    assert_eq!(code, 200, "{text}");
-    let (code, text) =
-        link(&east, el, "us-west", &to_west, &remote_files(&west, files_dir.path(), "west")).await;
-    assert_eq!(code, 200, "{text}");
+    let (to_east, to_west, files_dir) = link_both(&west, &east).await;
+    let to_plain = proxies(&plain).await;
 
     // Cut apart, each side writes both/x; joined again, both hold both versions.
     for p in to_east.iter().chain(&to_west) {
@@ -572,14 +581,7 @@ async fn ddl_crosses_links_and_a_drop_racing_writes_is_reported() {
     let west = Cluster::start_named("us-west", 3, enabled);
     let east = Cluster::start_named("us-east", 3, enabled);
     let (wl, el) = (west.leader().await, east.leader().await);
-    let files_dir = tempfile::tempdir().unwrap();
-    let (to_east, to_west) = (proxies(&east).await, proxies(&west).await);
-    let (code, text) =
-        link(&west, wl, "us-east", &to_east, &remote_files(&east, files_dir.path(), "east")).await;
-    assert_eq!(code, 200, "{text}");
-    let (code, text) =
-        link(&east, el, "us-west", &to_west, &remote_files(&west, files_dir.path(), "west")).await;
-    assert_eq!(code, 200, "{text}");
+    let (to_east, to_west, _files) = link_both(&west, &east).await;
 
     ddl(&west, "CREATE COLLECTION orders").await;
     west.client(wl).await.put("orders", "o1", br#"{"v":1}"#).await.unwrap();
