@@ -383,6 +383,80 @@ struct StampIn {
     seen: BTreeMap<String, Lsn>,
 }
 
+/// What a link knows when it reads a change: the two clusters, its settings and the time.
+struct View<'a> {
+    local: &'a str,
+    remote: &'a str,
+    replicate_foreign: bool,
+    now_ms: u64,
+    max_skew_ms: u64,
+}
+
+/// What one change of the remote's stream becomes.
+#[derive(Debug, PartialEq, Eq)]
+enum Step {
+    /// Nothing (an internal collection).
+    Skip,
+    /// Not applied, but the remote's log showed it had applied `cluster`'s LSN `lsn`
+    /// (a write from here, or from a third cluster taken from its origin instead).
+    Mark { cluster: String, lsn: Lsn },
+    /// Applied here, so stamped.
+    Apply { kind: OpKind, stamp: Stamp },
+}
+
+/// Reads one change (its SSE envelope): refuses one without a stamp, from an origin
+/// that is not a cluster name, or stamped more than `max_skew_ms` ahead; the remote's own
+/// writes carry what its log had shown before them (`marks`), a forwarded one what its
+/// origin had seen.
+fn step(data: &str, view: &View<'_>, marks: &CausalMarks) -> Result<Step, String> {
+    let change: ChangeIn<'_> = serde_json::from_str(data)
+        .map_err(|e| format!("an undecodable change from the remote ({e}): {data}"))?;
+    let collection = change.source.collection.as_ref();
+    let at = change.source.lsn;
+    if collection.starts_with(INTERNAL_PREFIX) {
+        return Ok(Step::Skip);
+    }
+    let Some(stamp) = change.stamp else {
+        return Err(format!(
+            "the remote's change at LSN {at} carries no stamp: is [active_active] enabled on cluster {}?",
+            view.remote
+        ));
+    };
+    check_cluster_name(&stamp.cluster)
+        .map_err(|e| format!("a change from an unknown origin at remote LSN {at}: {e}"))?;
+    let hlc: Timestamp = stamp
+        .hlc
+        .parse()
+        .map_err(|e| format!("the change at remote LSN {at} has a bad HLC {:?}: {e}", stamp.hlc))?;
+    let own = stamp.cluster == view.remote;
+    if !own && (stamp.cluster == view.local || !view.replicate_foreign) {
+        return Ok(Step::Mark { cluster: stamp.cluster, lsn: stamp.lsn });
+    }
+    let stamp = Stamp {
+        cluster: stamp.cluster,
+        lsn: stamp.lsn,
+        hlc,
+        seen: if own { marks.seen() } else { stamp.seen.into_iter().collect() },
+    };
+    check_skew(&stamp, view.now_ms, view.max_skew_ms).map_err(|e| e.to_string())?;
+    let key = Bytes::from(change.source.id.as_bytes().to_vec());
+    let kind = match (change.op, change.after) {
+        ("t", _) => {
+            let ddl =
+                change.ddl.ok_or_else(|| format!("a DDL change without its statement at remote LSN {at}"))?;
+            OpKind::Ddl { statement: ddl.statement, schema_version: ddl.schema_version }
+        }
+        ("c" | "u" | "r", Some(after)) => OpKind::Upsert {
+            collection: collection.to_string(),
+            key,
+            value: Bytes::from(after.get().as_bytes().to_vec()),
+        },
+        ("d", _) => OpKind::Delete { collection: collection.to_string(), key, before: None },
+        (op, _) => return Err(format!("a change of kind {op:?} without a document at remote LSN {at}")),
+    };
+    Ok(Step::Apply { kind, stamp })
+}
+
 /// Turns a link's events into batches and applies them.
 struct Applier<'a> {
     name: &'a str,
@@ -446,73 +520,34 @@ impl<'a> Applier<'a> {
     }
 
     fn change(&mut self, data: &str) -> Result<(), String> {
-        let change: ChangeIn<'_> = serde_json::from_str(data)
-            .map_err(|e| format!("an undecodable change from the remote ({e}): {data}"))?;
-        let collection = change.source.collection.as_ref();
-        if collection.starts_with(INTERNAL_PREFIX) {
-            self.skipped += 1;
-            return Ok(());
-        }
-        let Some(stamp) = change.stamp else {
-            return Err(format!(
-                "the remote's change at LSN {} carries no stamp: is [active_active] enabled on cluster {}?",
-                change.source.lsn, self.record.spec.remote_cluster
-            ));
-        };
-        check_cluster_name(&stamp.cluster).map_err(|e| {
-            format!("a change from an unknown origin at remote LSN {}: {e}", change.source.lsn)
-        })?;
-        let hlc: Timestamp = stamp.hlc.parse().map_err(|e| {
-            format!("the change at remote LSN {} has a bad HLC {:?}: {e}", change.source.lsn, stamp.hlc)
-        })?;
         let active = self.shared.store.active().ok_or("active-active is off")?;
-        let local = active.cluster();
-        let remote = self.record.spec.remote_cluster.as_str();
-        let own = stamp.cluster == remote;
-        let foreign_applied =
-            !own && stamp.cluster != local && self.shared.active_active.replicate_foreign_changes;
-        if !own && !foreign_applied {
-            // It came from here, or from a third cluster this one links to itself.
-            self.marks.observe(&stamp.cluster, stamp.lsn);
-            self.skipped += 1;
-            return Ok(());
+        let view = View {
+            local: active.cluster(),
+            remote: &self.record.spec.remote_cluster,
+            replicate_foreign: self.shared.active_active.replicate_foreign_changes,
+            now_ms: self.shared.hlc.now().physical_ms(),
+            max_skew_ms: self.shared.active_active.max_clock_skew_ms,
+        };
+        match step(data, &view, &self.marks)? {
+            Step::Skip => self.skipped += 1,
+            Step::Mark { cluster, lsn } => {
+                self.marks.observe(&cluster, lsn);
+                self.skipped += 1;
+            }
+            Step::Apply { kind, stamp } => {
+                // This clock moves past every remote write it applies, so a later write
+                // here is later on every clock (last-writer-wins then agrees with
+                // causality).
+                let _ = self.shared.hlc.update(stamp.hlc);
+                self.newest_ms = self.newest_ms.max(stamp.hlc.physical_ms());
+                self.partial.push(Op {
+                    origin: self.shared.writes.origin(),
+                    txn: 0,
+                    kind,
+                    stamp: Some(stamp),
+                });
+            }
         }
-        let stamp = Stamp {
-            cluster: stamp.cluster,
-            lsn: stamp.lsn,
-            hlc,
-            // The remote's own write had seen what its log showed before it; a forwarded
-            // one keeps what its origin had seen.
-            seen: if own { self.marks.seen() } else { stamp.seen.into_iter().collect() },
-        };
-        let now_ms = self.shared.hlc.now().physical_ms();
-        check_skew(&stamp, now_ms, self.shared.active_active.max_clock_skew_ms).map_err(|e| e.to_string())?;
-        // This clock moves past every remote write it applies, so a later write here is
-        // later on every clock (last-writer-wins then agrees with causality).
-        let _ = self.shared.hlc.update(hlc);
-        self.newest_ms = self.newest_ms.max(hlc.physical_ms());
-        let key = Bytes::from(change.source.id.as_bytes().to_vec());
-        let kind = match (change.op, change.after) {
-            ("t", _) => {
-                let ddl = change.ddl.ok_or_else(|| {
-                    format!("a DDL change without its statement at remote LSN {}", change.source.lsn)
-                })?;
-                OpKind::Ddl { statement: ddl.statement, schema_version: ddl.schema_version }
-            }
-            ("c" | "u" | "r", Some(after)) => OpKind::Upsert {
-                collection: collection.to_string(),
-                key,
-                value: Bytes::from(after.get().as_bytes().to_vec()),
-            },
-            ("d", _) => OpKind::Delete { collection: collection.to_string(), key, before: None },
-            (op, _) => {
-                return Err(format!(
-                    "a change of kind {op:?} without a document at remote LSN {}",
-                    change.source.lsn
-                ));
-            }
-        };
-        self.partial.push(Op { origin: self.shared.writes.origin(), txn: 0, kind, stamp: Some(stamp) });
         Ok(())
     }
 
@@ -840,4 +875,70 @@ pub(crate) async fn conflicts(
         })
         .collect();
     axum::Json(json!({ "conflicts": records, "total": state.shared.store.conflicts() })).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(replicate_foreign: bool) -> View<'static> {
+        View { local: "us-west", remote: "us-east", replicate_foreign, now_ms: 1_000_000, max_skew_ms: 5_000 }
+    }
+
+    fn change(cluster: &str, lsn: Lsn, ms: u64) -> String {
+        format!(
+            r#"{{"op":"u","after":{{"n":1}},"source":{{"collection":"c","id":"k","lsn":90}},"stamp":{{"cluster":"{cluster}","lsn":{lsn},"hlc":"{ms}.0@1","seen":{{"ap":3}}}}}}"#
+        )
+    }
+
+    #[test]
+    fn the_remotes_writes_apply_with_its_marks_and_the_rest_only_marks() {
+        let mut marks = CausalMarks::default();
+        marks.observe("us-west", 41);
+        let Step::Apply { kind, stamp } = step(&change("us-east", 7, 999_000), &view(false), &marks).unwrap()
+        else {
+            panic!("the remote's own write applies")
+        };
+        assert!(matches!(kind, OpKind::Upsert { ref value, .. } if value.as_ref() == br#"{"n":1}"#));
+        assert_eq!(
+            (stamp.cluster.as_str(), stamp.lsn, stamp.seen),
+            ("us-east", 7, vec![("us-west".to_string(), 41)])
+        );
+        // Our own write echoed back, and a third cluster's: marks only.
+        assert_eq!(
+            step(&change("us-west", 41, 999_000), &view(false), &marks).unwrap(),
+            Step::Mark { cluster: "us-west".into(), lsn: 41 }
+        );
+        assert_eq!(
+            step(&change("ap", 3, 999_000), &view(false), &marks).unwrap(),
+            Step::Mark { cluster: "ap".into(), lsn: 3 }
+        );
+        // Unless forwarding is on: then the third cluster's write applies with its own seen.
+        let Step::Apply { stamp, .. } = step(&change("ap", 3, 999_000), &view(true), &marks).unwrap() else {
+            panic!("forwarded")
+        };
+        assert_eq!(stamp.seen, vec![("ap".to_string(), 3)]);
+        // Internal collections never cross.
+        let internal =
+            change("us-east", 8, 999_000).replace(r#""collection":"c""#, r#""collection":"_themis_links""#);
+        assert_eq!(step(&internal, &view(false), &marks).unwrap(), Step::Skip);
+    }
+
+    #[test]
+    fn skew_unknown_origins_missing_stamps_and_damage_are_refused_by_name() {
+        let marks = CausalMarks::default();
+        let err = step(&change("us-east", 7, 1_006_000), &view(false), &marks).unwrap_err();
+        assert!(err.contains("6000 ms ahead") && err.contains("cluster us-east at LSN 7"), "{err}");
+        step(&change("us-east", 7, 1_004_000), &view(false), &marks).unwrap();
+        let err = step(&change("US East!", 7, 999_000), &view(false), &marks).unwrap_err();
+        assert!(err.contains("unknown origin at remote LSN 90"), "{err}");
+        let unstamped = r#"{"op":"c","after":{},"source":{"collection":"c","id":"k","lsn":5}}"#;
+        let err = step(unstamped, &view(false), &marks).unwrap_err();
+        assert!(err.contains("carries no stamp") && err.contains("us-east"), "{err}");
+        let bad_hlc = change("us-east", 7, 1).replace("1.0@1", "soon");
+        assert!(step(&bad_hlc, &view(false), &marks).unwrap_err().contains("bad HLC"));
+        assert!(step("{not json", &view(false), &marks).unwrap_err().contains("undecodable"));
+        let no_doc = change("us-east", 7, 999_000).replace(r#""after":{"n":1}"#, r#""after":null"#);
+        assert!(step(&no_doc, &view(false), &marks).unwrap_err().contains("without a document"));
+    }
 }
