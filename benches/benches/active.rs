@@ -260,11 +260,7 @@ async fn phase_clusters(secs: f64, rate: f64) {
 
 fn main() {
     let quick = std::env::args().any(|a| a == "--test");
-    let secs: f64 = if quick {
-        0.5
-    } else {
-        std::env::var("THEMIS_BENCH_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(5.0)
-    };
+    let secs = themis_benches::bench_secs(0.5, 5.0);
     let rate: f64 = std::env::var("THEMIS_BENCH_RATE").ok().and_then(|s| s.parse().ok()).unwrap_or(10_000.0);
     phase_store(quick);
     let runtime =

@@ -208,12 +208,7 @@ fn wal_baseline(dir: &std::path::Path, secs: f64) -> f64 {
 }
 
 fn main() {
-    let quick = std::env::args().any(|a| a == "--test");
-    let secs: f64 = if quick {
-        0.5
-    } else {
-        std::env::var("THEMIS_BENCH_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(5.0)
-    };
+    let secs = themis_benches::bench_secs(0.5, 5.0);
     let dir = tempfile::tempdir().expect("tempdir");
     let baseline = wal_baseline(dir.path(), secs);
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();

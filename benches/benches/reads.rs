@@ -57,12 +57,7 @@ async fn read_rate(router: Arc<ReadRouter>, secs: f64) -> (f64, f64) {
 }
 
 fn main() {
-    let quick = std::env::args().any(|a| a == "--test");
-    let secs: f64 = if quick {
-        0.25
-    } else {
-        std::env::var("THEMIS_BENCH_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(3.0)
-    };
+    let secs = themis_benches::bench_secs(0.25, 3.0);
     let dir = tempfile::tempdir().expect("tempdir");
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     runtime.block_on(async {

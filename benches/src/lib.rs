@@ -153,3 +153,13 @@ pub fn process_cpu_secs() -> f64 {
     let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
     (ticks(11) + ticks(12)) / 100.0
 }
+
+/// How long each phase of a load bench runs, in seconds: `quick` under
+/// `cargo bench -- --test` (CI's bench build check), else `THEMIS_BENCH_SECS` or `default`.
+#[must_use]
+pub fn bench_secs(quick: f64, default: f64) -> f64 {
+    if std::env::args().any(|a| a == "--test") {
+        return quick;
+    }
+    std::env::var("THEMIS_BENCH_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(default)
+}

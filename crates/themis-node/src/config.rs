@@ -1057,6 +1057,60 @@ client_addr = "127.0.0.1:8003"
     }
 
     #[test]
+    fn active_active_settings_load_and_bad_ones_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = base(dir.path());
+        let named = |cluster: &str, section: &str| {
+            format!("cluster = \"{cluster}\"\n{good}\n[active_active]\n{section}")
+        };
+        let config = NodeConfig::parse(
+            &named(
+                "us-west",
+                "enabled = true\nmax_clock_skew_ms = 250\n[active_active.resolver.default]\nstrategy = \"first_writer_wins\"\n\
+                 [active_active.resolver.collections.hits]\nstrategy = \"crdt\"\ncrdt_type = \"g_counter\"\n",
+            ),
+            |_| None,
+        )
+        .unwrap();
+        assert!(config.active_active.enabled);
+        assert_eq!(config.active_active.max_clock_skew_ms, 250);
+        assert!(!config.active_active.replicate_foreign_changes);
+        config.active_active.resolver().unwrap();
+        // Off by default; off, any cluster name is fine.
+        assert!(!NodeConfig::parse(&good, |_| None).unwrap().active_active.enabled);
+        NodeConfig::parse(&named("Prod Cluster", "enabled = false\n"), |_| None).unwrap();
+        for (text, needle) in [
+            (
+                named("Prod Cluster", "enabled = true\n"),
+                "cluster = \"Prod Cluster\": with active_active.enabled",
+            ),
+            (
+                named("us-west", "enabled = true\nmax_clock_skew_ms = 0\n"),
+                "active_active.max_clock_skew_ms = 0",
+            ),
+            (
+                named("us-west", "enabled = true\nmax_clock_skew_ms = 3600001\n"),
+                "active_active.max_clock_skew_ms = 3600001",
+            ),
+            (
+                named("us-west", "enabled = true\n[active_active.resolver.default]\nstrategy = \"newest\"\n"),
+                "active_active.resolver",
+            ),
+            (
+                named(
+                    "us-west",
+                    "enabled = true\n[active_active.resolver.default]\nstrategy = \"crdt\"\ncrdt_type = \"bag\"\n",
+                ),
+                "active_active.resolver",
+            ),
+            (named("us-west", "enabled = true\nlinks = 3\n"), "unknown field"),
+        ] {
+            let err = NodeConfig::parse(&text, |_| None).unwrap_err();
+            assert!(err.to_string().contains(needle), "{needle}: {err}");
+        }
+    }
+
+    #[test]
     fn cdc_settings_and_sinks_load_and_bad_ones_are_named() {
         let dir = tempfile::tempdir().unwrap();
         let good = base(dir.path());
