@@ -67,8 +67,17 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/logical/schemas/protobuf"),
     ("POST", "/v1/ddl"),
     ("GET", "/v1/collections"),
+    ("GET", "/v1/analytics/lag"),
+    ("GET", "/v1/analytics/insights"),
+    ("GET", "/v1/analytics/bottlenecks"),
     ("GET", "/v1/openapi.json"),
     ("GET", "/metrics"),
+    ("GET", "/ui"),
+    ("GET", "/ui/app.js"),
+    ("GET", "/ui/app.css"),
+    ("GET", "/ui/login"),
+    ("POST", "/ui/login"),
+    ("POST", "/ui/logout"),
 ];
 
 /// The `OpenAPI` 3 document for [`ROUTES`].
@@ -98,6 +107,8 @@ pub(crate) struct AdminState {
     id: u64,
     regions: BTreeMap<u64, String>,
     topology: Mutex<Topology>,
+    /// Whether the API is served over TLS (the dashboard's cookie is then `Secure`).
+    pub(crate) tls: bool,
 }
 
 impl AdminState {
@@ -108,6 +119,7 @@ impl AdminState {
             id: config.node_id,
             regions: config.regions.clone(),
             topology: Mutex::new(Topology::default()),
+            tls: !config.insecure_plaintext,
         });
         // Follow every status change, so the version counts changes even between requests.
         let watcher = Arc::downgrade(&state);
@@ -168,8 +180,16 @@ pub(crate) fn router(state: Arc<AdminState>) -> Router {
         .route("/v1/logical/schemas/protobuf", get(crate::slots::proto_schema))
         .route("/v1/ddl", post(crate::slots::ddl))
         .route("/v1/collections", get(crate::slots::collections))
+        .route("/v1/analytics/lag", get(crate::analytics::lag))
+        .route("/v1/analytics/insights", get(crate::analytics::insights))
+        .route("/v1/analytics/bottlenecks", get(crate::analytics::bottlenecks))
         .route("/v1/openapi.json", get(openapi))
         .route("/metrics", get(metrics))
+        .route("/ui", get(crate::dashboard::index))
+        .route("/ui/app.js", get(crate::dashboard::script))
+        .route("/ui/app.css", get(crate::dashboard::style))
+        .route("/ui/login", get(crate::dashboard::login_form).post(crate::dashboard::login))
+        .route("/ui/logout", post(crate::dashboard::logout))
         // Runs after routing (so it knows the route) and before any handler or body read.
         .route_layer(axum::middleware::from_fn_with_state(Arc::clone(&state), guard))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such route") })
@@ -194,7 +214,7 @@ pub fn route_role(method: &str, path: &str) -> Role {
     match (method, path) {
         ("PUT" | "DELETE", "/v1/collections/{collection}/docs/{id}")
         | ("POST", "/v1/slots/{name}/advance" | "/v1/links/conflicts/resolve") => Role::Write,
-        ("GET", _) => Role::Read,
+        ("GET", _) | ("POST", "/ui/login" | "/ui/logout") => Role::Read,
         _ => Role::Admin,
     }
 }
@@ -217,11 +237,12 @@ async fn guard(
 ) -> HttpResponse {
     let auth = &state.shared.auth;
     let needs = route_role(request.method().as_str(), matched.as_str());
-    if matched.as_str() == "/metrics" && auth.metrics_open() {
+    if (matched.as_str() == "/metrics" && auth.metrics_open()) || matched.as_str() == "/ui/login" {
         return next.run(request).await;
     }
-    let identity = match request.headers().get(header::AUTHORIZATION) {
-        Some(value) => match value.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")) {
+    let cookie = crate::dashboard::cookie_token(request.headers());
+    let identity = match (request.headers().get(header::AUTHORIZATION), cookie) {
+        (Some(value), _) => match value.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")) {
             Some(token) => match auth.token(token.trim()) {
                 Ok(principal) => Identity::Known(principal),
                 Err(e) => Identity::Refused(e),
@@ -230,7 +251,19 @@ async fn guard(
                 "the Authorization header is not \"Bearer <token>\"".into(),
             )),
         },
-        None => {
+        // The dashboard's session: a change must also say it comes from the dashboard's
+        // own script, which a form or link on another site cannot.
+        (None, Some(token)) => match auth.token(token) {
+            Ok(_) if needs != Role::Read && !request.headers().contains_key(crate::dashboard::UI_HEADER) => {
+                Identity::Refused(AuthError::Unauthenticated(format!(
+                    "a change made with the dashboard's session cookie must carry the {} header",
+                    crate::dashboard::UI_HEADER
+                )))
+            }
+            Ok(principal) => Identity::Known(principal),
+            Err(e) => Identity::Refused(e),
+        },
+        (None, None) => {
             request.extensions().get::<ConnIdentity>().map_or(Identity::None, |conn| conn.0.as_ref().clone())
         }
     };
@@ -239,6 +272,12 @@ async fn guard(
             // Handlers that narrow further (a change stream's collections) read it.
             request.extensions_mut().insert(Caller(Arc::new(identity)));
             next.run(request).await
+        }
+        Err(_)
+            if request.method() == axum::http::Method::GET && crate::dashboard::is_page(matched.as_str()) =>
+        {
+            // A browser opening the dashboard without a session is shown the sign-in form.
+            (StatusCode::SEE_OTHER, [(header::LOCATION, "/ui/login")]).into_response()
         }
         Err(e) => {
             let op = match needs {
@@ -817,10 +856,13 @@ mod tests {
         for (path, item) in doc["paths"].as_object().expect("paths") {
             for (method, op) in item.as_object().expect("path item") {
                 let method = method.to_uppercase();
-                // The documented role is the one the guard enforces, and both refusals are listed.
+                // The documented role is the one the guard enforces, and both refusals are
+                // listed, except on the one route open to anyone (the dashboard's sign-in).
                 assert_eq!(op["x-themis-role"], route_role(&method, path).as_str(), "{method} {path}");
+                let open = op["security"] == json!([]);
+                assert_eq!(open, path == "/ui/login", "{method} {path}");
                 assert!(
-                    op["responses"]["401"].is_object() && op["responses"]["403"].is_object(),
+                    open || (op["responses"]["401"].is_object() && op["responses"]["403"].is_object()),
                     "{method} {path}"
                 );
                 documented.push((method, path.clone()));

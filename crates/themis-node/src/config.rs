@@ -347,6 +347,8 @@ struct RawConfig {
     geo: GeoSection,
     #[serde(default)]
     active_active: ActiveSection,
+    #[serde(default)]
+    analytics: crate::analytics::AnalyticsSection,
 }
 
 /// Active-active replication between clusters (`[active_active]`, docs/active-active.md).
@@ -482,6 +484,8 @@ pub struct NodeConfig {
     pub session_secret: Option<Vec<u8>>,
     /// Active-active replication between clusters (`[active_active]`).
     pub active_active: ActiveSection,
+    /// Lag history and insight thresholds (`[analytics]`).
+    pub analytics: crate::analytics::AnalyticsSection,
 }
 
 fn parse_addr(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
@@ -694,6 +698,7 @@ impl RawConfig {
         }
         let (default_consistency, session_secret) = self.geo.validate()?;
         self.active_active.validate(&self.cluster)?;
+        self.analytics.validate().map_err(ConfigError)?;
         let fsync = match r.fsync.as_str() {
             "always" => true,
             "never" => false,
@@ -826,6 +831,7 @@ impl RawConfig {
             default_consistency,
             session_secret,
             active_active: self.active_active,
+            analytics: self.analytics,
         })
     }
 }

@@ -22,12 +22,14 @@
 pub mod active;
 pub mod admin;
 pub mod admin_client;
+pub mod analytics;
 pub mod archive;
 pub mod auth;
 pub mod cascade;
 pub mod changes;
 pub mod client;
 pub mod config;
+pub mod dashboard;
 pub mod feed;
 mod geo;
 pub mod limits;

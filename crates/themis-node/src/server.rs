@@ -65,6 +65,8 @@ pub(crate) struct Shared {
     pub(crate) active_active: crate::config::ActiveSection,
     /// Active-active links' statuses (the leader runs them).
     pub(crate) links: Arc<crate::links::Links>,
+    /// Lag history, insights and bottlenecks.
+    pub(crate) analytics: Arc<crate::analytics::Analytics>,
 }
 
 impl Shared {
@@ -253,7 +255,12 @@ fn raft_config(config: &NodeConfig, id: NodeId) -> Result<(RaftConfig, Duration)
 
 /// Opens the Raft log and state under `data_dir/raft` (a new node writes its bootstrap
 /// membership), with fsyncs timed into `metrics`.
-fn open_storage(config: &NodeConfig, id: NodeId, metrics: &Metrics) -> Result<WalStorage, NodeError> {
+fn open_storage(
+    config: &NodeConfig,
+    id: NodeId,
+    metrics: &Metrics,
+    window: Arc<crate::analytics::FsyncWindow>,
+) -> Result<WalStorage, NodeError> {
     let bootstrap_voters: Vec<NodeId> =
         config.peers.iter().map(|p| NodeId(p.0)).filter(|p| !(config.join && *p == id)).collect();
     let mut conf = ConfState::with_voters(bootstrap_voters);
@@ -261,10 +268,22 @@ fn open_storage(config: &NodeConfig, id: NodeId, metrics: &Metrics) -> Result<Wa
         conf.learners.insert(id);
     }
     let fsync_histogram = metrics.fsync_histogram();
+    let delay = crate::analytics::FsyncDelay::from_env();
     let wal = WalConfig {
         fsync: if config.fsync { FsyncPolicy::Always } else { FsyncPolicy::Never },
         max_record_bytes: MAX_RECORD_BYTES,
-        on_sync: Some(Arc::new(move |took| fsync_histogram.observe(took.as_secs_f64()))),
+        on_sync: Some(Arc::new(move |took| {
+            let took = match &delay {
+                Some(delay) => {
+                    let wait = delay.delay();
+                    std::thread::sleep(wait);
+                    took + wait
+                }
+                None => took,
+            };
+            fsync_histogram.observe(took.as_secs_f64());
+            window.observe(took);
+        })),
         ..WalConfig::default()
     };
     let (storage, report) = WalStorage::open(config.data_dir.join("raft"), wal, Some((conf, config.policy)))
@@ -344,7 +363,8 @@ impl Node {
         let listener = transport.bind(config.raft_addr).await.map_err(|e| io("raft_addr", &e))?;
 
         let mut metrics = Metrics::new();
-        let storage = open_storage(config, id, &metrics)?;
+        let fsync_window = Arc::new(crate::analytics::FsyncWindow::default());
+        let storage = open_storage(config, id, &metrics, Arc::clone(&fsync_window))?;
 
         let mut driver_config = driver_config(config, id)?;
         let wal_handle = storage.wal().clone();
@@ -402,7 +422,17 @@ impl Node {
             tiers: crate::tiers::Tiers::new(config.geo.auto_tier_policy()).map_err(NodeError::Io)?,
             active_active: config.active_active.clone(),
             links,
+            analytics: Arc::new(crate::analytics::Analytics::new(
+                config.analytics.clone(),
+                u64::try_from(config.lag_alert.as_millis()).unwrap_or(u64::MAX),
+            )),
         });
+        crate::analytics::spawn_sampler(
+            Arc::clone(&shared.analytics),
+            fsync_window,
+            manager.clone(),
+            config.heartbeat,
+        );
         start_tasks(&shared, config, &sinks, archive_stats)?;
         let client_listener = TcpListener::bind(config.client_addr)
             .await

@@ -272,6 +272,11 @@ pub struct ReplicaStatus {
     pub lag_ms: u64,
     /// Milliseconds since it last answered.
     pub last_contact_ms: u64,
+    /// The round trip of its latest answered heartbeat, in microseconds (0 until one is
+    /// answered): the time from the leader sending the heartbeat to its answer arriving,
+    /// which includes the replica's wait for its own pending log write.
+    #[serde(default)]
+    pub rtt_us: u64,
     /// Replication state: `Probe`, `Replicate` or `Snapshot`.
     pub state: String,
     /// Answering heartbeats and within the lag bounds.
@@ -897,6 +902,7 @@ impl Driver {
             alerts: alerts.clone(),
             alert_history: alert_history.clone(),
             alerting: BTreeMap::new(),
+            rtt: BTreeMap::new(),
             started: Instant::now(),
             leading_since: None,
             last_leader: None,
@@ -1085,6 +1091,43 @@ struct Peer {
     retry_at: Option<Instant>,
 }
 
+/// The heartbeats sent to one replica and not yet answered, and the latest round trip.
+#[derive(Debug, Default)]
+struct RoundTrips {
+    /// Round and send time, oldest first; at most [`RoundTrips::PENDING`].
+    pending: std::collections::VecDeque<(u64, Instant)>,
+    /// The latest round trip, in microseconds.
+    last_us: u64,
+}
+
+impl RoundTrips {
+    /// Heartbeats remembered per replica: at a 100 ms interval, a 3.2 s round trip.
+    const PENDING: usize = 32;
+
+    fn sent(&mut self, round: u64, at: Instant) {
+        if self.pending.back().is_some_and(|(r, _)| *r >= round) {
+            return;
+        }
+        if self.pending.len() == Self::PENDING {
+            self.pending.pop_front();
+        }
+        self.pending.push_back((round, at));
+    }
+
+    /// An answer to `round`: its round trip, and older rounds are no longer awaited.
+    fn answered(&mut self, round: u64, at: Instant) {
+        while let Some(&(r, sent)) = self.pending.front() {
+            if r > round {
+                break;
+            }
+            self.pending.pop_front();
+            if r == round {
+                self.last_us = u64::try_from(at.duration_since(sent).as_micros()).unwrap_or(u64::MAX);
+            }
+        }
+    }
+}
+
 /// How long a membership change waits for the one before it to commit.
 pub const CONFIG_CHANGE_WAIT: Duration = Duration::from_secs(5);
 
@@ -1124,6 +1167,8 @@ struct Loop {
     alert_history: Recent<AlertEvent>,
     /// Replicas currently alerting.
     alerting: BTreeMap<NodeId, bool>,
+    /// Heartbeat round trips per replica (leader).
+    rtt: BTreeMap<NodeId, RoundTrips>,
     started: Instant,
     /// When this node last became leader: replicas' match LSNs are unknown until they
     /// answer, so lag is not judged for two heartbeat intervals.
@@ -1345,6 +1390,11 @@ impl Loop {
                 // A follower's read index may be answered from this leader's lease.
                 if matches!(message.body, Body::ReadIndex { .. }) {
                     self.catch_up_time();
+                }
+                if let Body::HeartbeatResponse { round } = message.body
+                    && let Some(rtt) = self.rtt.get_mut(&from)
+                {
+                    rtt.answered(round, Instant::now());
                 }
                 if let Err(err) = self.node.step(message) {
                     tracing::debug!(%from, error = %err, "message refused");
@@ -1771,6 +1821,9 @@ impl Loop {
                 self.counters.appends_left_to_upstream += 1;
                 continue;
             }
+            if let Body::Heartbeat { round, .. } = message.body {
+                self.rtt.entry(to).or_default().sent(round, Instant::now());
+            }
             if !self.send_bytes(to, Bytes::from(wire::encode(&message))) {
                 self.node.report_unreachable(to);
             }
@@ -2001,6 +2054,7 @@ impl Loop {
                 lag_lsns,
                 lag_ms,
                 last_contact_ms: pr.last_contact_ticks * tick_ms,
+                rtt_us: self.rtt.get(id).map_or(0, |r| r.last_us),
                 state: match pr.state {
                     ProgressState::Probe => "Probe",
                     ProgressState::Replicate => "Replicate",
@@ -2012,6 +2066,7 @@ impl Loop {
         }
         if status.soft_state.role != Role::Leader {
             self.alerting.clear();
+            self.rtt.clear();
         }
         let applied_lsn = self.applied.borrow().clone().unwrap_or(0);
         let safe_ms = self.advance_safe_time(&status, applied_lsn, now_ms);
@@ -2157,6 +2212,25 @@ mod tests {
             raft_addr: format!("127.0.0.1:{}", 7000 + id).parse().unwrap(),
             meta: vec![],
         }
+    }
+
+    #[test]
+    fn a_round_trip_is_timed_from_its_heartbeat_and_older_rounds_are_dropped() {
+        let t0 = Instant::now();
+        let mut rtt = RoundTrips::default();
+        rtt.sent(1, t0);
+        rtt.sent(1, t0 + Duration::from_millis(5)); // a round goes to each peer once
+        rtt.sent(2, t0 + Duration::from_millis(100));
+        rtt.sent(3, t0 + Duration::from_millis(200));
+        rtt.answered(2, t0 + Duration::from_millis(130));
+        assert_eq!(rtt.last_us, 30_000);
+        assert_eq!(rtt.pending.len(), 1, "round 1 is no longer awaited");
+        rtt.answered(2, t0 + Duration::from_millis(400)); // a duplicate answer changes nothing
+        assert_eq!(rtt.last_us, 30_000);
+        for round in 4..100 {
+            rtt.sent(round, t0);
+        }
+        assert_eq!(rtt.pending.len(), RoundTrips::PENDING);
     }
 
     #[test]
