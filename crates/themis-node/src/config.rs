@@ -48,6 +48,15 @@ pub struct TlsFiles {
     pub cert: PathBuf,
     /// This node's private key.
     pub key: PathBuf,
+    /// The admin API's certificate, when it is not the node certificate: browsers do not
+    /// accept the node certificate's Ed25519 key, so the dashboard needs an ECDSA or RSA
+    /// one (`themis_replication::ship::tls::issue_web_cert` issues one from the cluster CA).
+    /// Given with `admin_key`, or neither.
+    #[serde(default)]
+    pub admin_cert: Option<PathBuf>,
+    /// The admin API certificate's private key.
+    #[serde(default)]
+    pub admin_key: Option<PathBuf>,
 }
 
 /// Replication settings.
@@ -742,7 +751,13 @@ impl RawConfig {
                     "tls: missing (give tls.ca, tls.cert and tls.key, or insecure_plaintext = true)".into()
                 );
             };
-            for (key, path) in [("tls.ca", &tls.ca), ("tls.cert", &tls.cert), ("tls.key", &tls.key)] {
+            let admin = match (&tls.admin_cert, &tls.admin_key) {
+                (Some(cert), Some(key)) => vec![("tls.admin_cert", cert), ("tls.admin_key", key)],
+                (None, None) => Vec::new(),
+                _ => return bad("tls.admin_cert and tls.admin_key: give both or neither".into()),
+            };
+            for (key, path) in [("tls.ca", &tls.ca), ("tls.cert", &tls.cert), ("tls.key", &tls.key)].into_iter().chain(admin)
+            {
                 if let Err(e) = std::fs::File::open(path) {
                     return bad(format!("{key} = {:?}: cannot be read ({e})", path.display().to_string()));
                 }
@@ -1008,6 +1023,15 @@ client_addr = "127.0.0.1:8003"
                 .replace("[tls]", "insecure_plaintext = false\n[tls]"),
                 "tls.ca = \"/nonexistent/ca.pem\"",
             ),
+            (
+                good.replace(
+                    "insecure_plaintext = true",
+                    "[tls]\nca = \"/nonexistent/ca.pem\"\ncert = \"c\"\nkey = \"k\"\nadmin_cert = \"w\"",
+                )
+                .replace("[tls]", "insecure_plaintext = false\n[tls]"),
+                "tls.admin_cert and tls.admin_key: give both or neither",
+            ),
+            (format!("{good}\n[analytics]\nhistory_secs = 5\n"), "analytics.history_secs = 5"),
             (good.replace("min_sync_replicas = 1", "min_sync_replicas = 3"), "min_sync_replicas = 3"),
             (good.replace("node_id = 1", "node_id = 9"), "node_id = 9 is not listed"),
             (good.replace("node_id = 1", "node_id = 1\ncolour = 3"), "unknown field `colour`"),

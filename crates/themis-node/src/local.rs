@@ -129,7 +129,8 @@ impl LocalCluster {
         for n in &nodes {
             let text = format!(
                 "node_id = {id}\ncluster = \"{cluster}\"\ndata_dir = \"{data}\"\nraft_addr = \"{raft}\"\n\
-                 client_addr = \"{client}\"\nadmin_addr = \"{admin}\"\njoin = {join}\n\n[tls]\nca = \"{ca}\"\ncert = \"{cert}\"\nkey = \"{key}\"\n\n\
+                 client_addr = \"{client}\"\nadmin_addr = \"{admin}\"\njoin = {join}\n\n[tls]\nca = \"{ca}\"\ncert = \"{cert}\"\nkey = \"{key}\"\n\
+                 admin_cert = \"{admin_cert}\"\nadmin_key = \"{admin_key}\"\n\n\
                  [auth]\njwt_hs256_secret_file = \"{secret}\"\n\n\
                  [replication]\nmode = \"{mode}\"\nmin_sync_replicas = {min_sync}\nheartbeat_ms = 100\nelection_timeout_ms = 500\n{peers}",
                 id = n.id,
@@ -141,6 +142,8 @@ impl LocalCluster {
                 ca = certs.join("ca.pem").display(),
                 cert = certs.join(format!("node-{}.pem", n.id)).display(),
                 key = certs.join(format!("node-{}.key", n.id)).display(),
+                admin_cert = certs.join(format!("node-{}-web.pem", n.id)).display(),
+                admin_key = certs.join(format!("node-{}-web.key", n.id)).display(),
                 secret = jwt_secret_file.display(),
             );
             std::fs::write(&n.config, text).map_err(|e| format!("{}: {e}", n.config.display()))?;

@@ -321,10 +321,11 @@ fn driver_config(config: &NodeConfig, id: NodeId) -> Result<DriverConfig, NodeEr
 
 /// The node link security and the client API acceptor `config` asks for; the node
 /// certificate must name this node.
-fn security(
-    config: &NodeConfig,
-    id: NodeId,
-) -> Result<(Security, Option<tokio_rustls::TlsAcceptor>), NodeError> {
+/// The peer transport's security, the client API's acceptor and the admin API's (the same
+/// unless `tls.admin_cert` gives the admin API its own certificate).
+type Acceptors = (Security, Option<tokio_rustls::TlsAcceptor>, Option<tokio_rustls::TlsAcceptor>);
+
+fn security(config: &NodeConfig, id: NodeId) -> Result<Acceptors, NodeError> {
     if let Some(files) = &config.tls {
         let tls = TlsConfig::from_files(&files.ca, &files.cert, &files.key)
             .map_err(|e| NodeError::Io(format!("tls: {e}")))?;
@@ -337,10 +338,21 @@ fn security(
             )));
         }
         let acceptor = tls.client_api_acceptor();
-        Ok((Security::Tls(tls), Some(acceptor)))
+        let admin = match (&files.admin_cert, &files.admin_key) {
+            (Some(cert), Some(key)) => {
+                let read = |path: &std::path::PathBuf, what: &str| {
+                    std::fs::read_to_string(path)
+                        .map_err(|e| NodeError::Io(format!("tls.{what} = {:?}: {e}", path.display().to_string())))
+                };
+                tls.acceptor_with_cert(&read(cert, "admin_cert")?, &read(key, "admin_key")?)
+                    .map_err(|e| NodeError::Io(format!("tls.admin_cert: {e}")))?
+            }
+            _ => acceptor.clone(),
+        };
+        Ok((Security::Tls(tls), Some(acceptor), Some(admin)))
     } else {
         tracing::warn!(node = %id, "insecure_plaintext = true: node links and clients are NOT encrypted, and clients are NOT authenticated (anyone who reaches a port may do everything)");
-        Ok((Security::InsecurePlaintext, None))
+        Ok((Security::InsecurePlaintext, None, None))
     }
 }
 
@@ -351,7 +363,7 @@ impl Node {
         let io = |what: &str, e: &dyn std::fmt::Display| NodeError::Io(format!("{what}: {e}"));
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|e| io(&config.data_dir.display().to_string(), &e))?;
-        let (security, client_tls) = security(config, id)?;
+        let (security, client_tls, admin_tls) = security(config, id)?;
         let signer = vote_signer(config, id, &security)?;
         for warning in config.warnings() {
             tracing::warn!(node = %id, "{warning}");
@@ -444,7 +456,7 @@ impl Node {
                     TcpListener::bind(addr).await.map_err(|e| io(&format!("admin_addr {addr}"), &e))?;
                 let bound = listener.local_addr().map_err(|e| io("admin_addr", &e))?;
                 let state = crate::admin::AdminState::new(shared.clone(), config);
-                (Some(tokio::spawn(crate::admin::serve(listener, client_tls.clone(), state))), Some(bound))
+                (Some(tokio::spawn(crate::admin::serve(listener, admin_tls, state))), Some(bound))
             }
             None => (None, None),
         };
@@ -1001,7 +1013,7 @@ mod tests {
         };
         let good = issue_node_cert(&ca, NodeId(1), &[]).unwrap();
         let c = config(&good.cert, &good.key);
-        let (links, _) = super::security(&c, NodeId(1)).unwrap();
+        let (links, _, _) = super::security(&c, NodeId(1)).unwrap();
         let votes = vote_signer(&c, NodeId(1), &links).unwrap();
         let Security::Tls(tls) = &links else { panic!("TLS") };
         let certified = themis_replication::ship::tls::ed25519_public_key(tls.certificate()).unwrap();
@@ -1017,7 +1029,7 @@ mod tests {
         let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
         let cert = params.signed_by(&key, &issuer).unwrap();
         let c = config(&cert.pem(), &key.serialize_pem());
-        let (links, _) = super::security(&c, NodeId(1)).unwrap();
+        let (links, _, _) = super::security(&c, NodeId(1)).unwrap();
         let err = vote_signer(&c, NodeId(1), &links).unwrap_err().to_string();
         assert!(
             err.contains("tls.cert") && err.contains("not Ed25519") && err.contains("themis certs"),

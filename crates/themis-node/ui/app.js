@@ -60,9 +60,16 @@ $("btn-mode").addEventListener("click", () => {
   confirmThen(`Change the acknowledgement mode to ${mode.toUpperCase()}?`,
     () => api("/v1/cluster/mode", { method: "PUT", body: JSON.stringify({ mode, min_sync_replicas: 1 }) }));
 });
+$("mode-select").addEventListener("change", (e) => { e.target.dataset.touched = "1"; });
 $("lag-span").addEventListener("change", (e) => { state.span = e.target.value; refresh(); });
 
 function summary(s) {
+  // The mode control starts at the cluster's mode, until the operator picks another.
+  const select = $("mode-select");
+  if (!select.dataset.touched) {
+    const mode = String(s.mode || "").split("(")[0].toLowerCase();
+    if ([...select.options].some((o) => o.value === mode)) select.value = mode;
+  }
   const leader = s.leader ? `node ${s.leader}` : "none known";
   $("summary").innerHTML =
     `<span><b>Node</b><span id="node-id">${esc(s.id)}</span></span>` +
@@ -135,8 +142,8 @@ function chart(h) {
   const x = (t) => (t1 === t0 ? w : ((t - t0) / (t1 - t0)) * w);
   const line = pts.map((p) => `${x(p[0]).toFixed(1)},${(ht - (p[1] / max) * (ht - 10)).toFixed(1)}`).join(" ");
   return `<div class="chart" data-replica="${h.replica}"><h3>Replica ${h.replica}</h3>` +
-    `<svg viewBox="0 0 ${w} ${ht}" preserveAspectRatio="none"><polyline fill="none" stroke="#2f5fd0" stroke-width="1.5" points="${line}"/>` +
-    `<text x="4" y="12" font-size="10" fill="#6b7385">${max} ms</text></svg>` +
+    `<svg viewBox="0 0 ${w} ${ht}" preserveAspectRatio="none"><polyline fill="none" stroke="#2f5fd0" stroke-width="1.5" vector-effect="non-scaling-stroke" points="${line}"/></svg>` +
+    `<div class="stats">scale: 0 to ${max} ms</div>` +
     `<div class="stats">avg ${h.avg_ms.toFixed(1)} ms · p95 ${h.p95_ms} · p99 ${h.p99_ms} · max ${h.max_ms} ms · ${h.samples} s</div></div>`;
 }
 
@@ -193,12 +200,28 @@ function slots(s, metrics) {
     `<td>${esc(x.record.confirmed_flush_lsn)}</td><td>${esc(x.lag_lsn)}</td></tr>`).join("") ||
     '<tr><td colspan="4">No slots.</td></tr>';
   facts("cdc", metricValues(metrics, "themis_cdc_"));
-  facts("archive", metricValues(metrics, "themis_archive_"));
+}
+
+function flatten(obj, prefix = "", out = {}) {
+  for (const [k, v] of Object.entries(obj)) {
+    if (v && typeof v === "object" && !Array.isArray(v)) flatten(v, `${prefix}${k}.`, out);
+    else out[prefix + k] = Array.isArray(v) ? v.join(", ") : v;
+  }
+  return out;
+}
+
+function alerts(list) {
+  $("alerts").innerHTML = list.slice().reverse().slice(0, 10).map((a) => {
+    const [kind, detail] = typeof a.alert === "object" ? Object.entries(a.alert)[0] : [a.alert, {}];
+    return `<li data-alert="${esc(kind)}"><span class="kind">${esc(kind)}</span>${esc(JSON.stringify(detail))}` +
+      `<br><small>${esc(a.at_ms)} ms after start</small></li>`;
+  }).join("") || "<li>No health alerts.</li>";
 }
 
 async function refresh() {
   try {
-    const [s, t] = await Promise.all([api("/v1/cluster/status"), api("/v1/cluster/topology")]);
+    const [full, t] = await Promise.all([api("/v1/cluster/status"), api("/v1/cluster/topology")]);
+    const s = full.status;
     state.status = s;
     summary(s);
     drawTopology(t, s);
@@ -208,11 +231,13 @@ async function refresh() {
     ]);
     $("lag-charts").innerHTML = lag.histories.map(chart).join("") || "<p>No history on this node (the leader keeps it).</p>";
     insights(ins.insights, bn.bottlenecks);
+    alerts(full.alerts || []);
     const [l, c, sl, m] = await Promise.all([
       api("/v1/links"), api("/v1/links/conflicts?limit=20"), api("/v1/slots"), api("/metrics"),
     ]);
     links(l, c);
     slots(sl, m);
+    facts("archive", full.archive ? flatten(full.archive) : {});
     $("error").hidden = true;
     document.body.dataset.loaded = "true";
   } catch (e) {

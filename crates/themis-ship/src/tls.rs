@@ -82,6 +82,26 @@ pub fn issue_node_cert(ca: &CertPem, node: NodeId, extra_names: &[String]) -> Re
     Ok(CertPem { cert: cert.pem(), key: key.serialize_pem() })
 }
 
+/// Issues a server certificate for a node's HTTP admin API and dashboard, signed by `ca`:
+/// ECDSA P-256, for server authentication only. Browsers do not accept the Ed25519 node
+/// certificate ([`issue_node_cert`]), whose key must stay Ed25519 because it signs votes;
+/// this one lets them connect. `extra_names` as for [`issue_node_cert`].
+pub fn issue_web_cert(ca: &CertPem, node: NodeId, extra_names: &[String]) -> Result<CertPem, ShipError> {
+    let ca_key = rcgen::KeyPair::from_pem(&ca.key).map_err(|e| cert_err("CA key", e))?;
+    let issuer =
+        rcgen::Issuer::from_ca_cert_pem(&ca.cert, ca_key).map_err(|e| cert_err("CA certificate", e))?;
+    let mut names = vec![node_dns_name(node)];
+    names.extend(extra_names.iter().cloned());
+    let mut params = rcgen::CertificateParams::new(names).map_err(|e| cert_err("web certificate names", e))?;
+    params.distinguished_name.push(rcgen::DnType::CommonName, node_dns_name(node));
+    params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    params.use_authority_key_identifier_extension = true;
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(|e| cert_err("web key", e))?;
+    let cert = params.signed_by(&key, &issuer).map_err(|e| cert_err("web certificate", e))?;
+    Ok(CertPem { cert: cert.pem(), key: key.serialize_pem() })
+}
+
 /// Issues a client certificate for the client and admin APIs, signed by `ca`: its
 /// subject is `CN=<name>, OU=<role>` (the node maps the role to what it may do; see
 /// [`client_subject`]), valid for client authentication only.
@@ -183,6 +203,8 @@ pub struct TlsConfig {
     /// For the client API: this node's certificate; a client certificate from the cluster
     /// CA is asked for but not required (clients may authenticate with a token instead).
     client_api: Arc<ServerConfig>,
+    /// The cluster CA, for acceptors with another server certificate.
+    roots: Arc<RootCertStore>,
 }
 
 impl std::fmt::Debug for TlsConfig {
@@ -243,7 +265,7 @@ impl TlsConfig {
             .with_client_cert_verifier(optional)
             .with_single_cert(chain.clone(), key.clone_key())
             .map_err(|e| cert_err("node certificate and key", e))?;
-        let server_verifier = WebPkiServerVerifier::builder_with_provider(roots, provider())
+        let server_verifier = WebPkiServerVerifier::builder_with_provider(Arc::clone(&roots), provider())
             .build()
             .map_err(|e| cert_err("server verifier", e))?;
         let client = ClientConfig::builder_with_provider(provider())
@@ -259,6 +281,7 @@ impl TlsConfig {
             server: Arc::new(server),
             client: Arc::new(client),
             client_api: Arc::new(client_api),
+            roots,
         })
     }
 
@@ -296,6 +319,30 @@ impl TlsConfig {
     #[must_use]
     pub fn client_api_acceptor(&self) -> tokio_rustls::TlsAcceptor {
         tokio_rustls::TlsAcceptor::from(Arc::clone(&self.client_api))
+    }
+
+    /// An acceptor like [`client_api_acceptor`](Self::client_api_acceptor) that presents
+    /// another server certificate (PEM chain and key), such as the admin API's
+    /// browser-compatible one ([`issue_web_cert`]).
+    pub fn acceptor_with_cert(&self, cert_pem: &str, key_pem: &str) -> Result<tokio_rustls::TlsAcceptor, ShipError> {
+        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+            .collect::<Result<_, _>>()
+            .map_err(|e| cert_err("certificate PEM", e))?;
+        if chain.is_empty() {
+            return Err(ShipError::Certificate("the certificate PEM holds no certificate".into()));
+        }
+        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| cert_err("private key PEM", e))?;
+        let optional = WebPkiClientVerifier::builder_with_provider(Arc::clone(&self.roots), provider())
+            .allow_unauthenticated()
+            .build()
+            .map_err(|e| cert_err("client verifier", e))?;
+        let config = ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| cert_err("TLS 1.3", e))?
+            .with_client_cert_verifier(optional)
+            .with_single_cert(chain, key)
+            .map_err(|e| cert_err("certificate and key", e))?;
+        Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
     }
 
     pub(crate) fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
@@ -362,7 +409,8 @@ pub fn client_api_connector_as(
 pub const ADMIN_CLIENT: &str = "client-admin";
 
 /// Writes a CA and a certificate per node into `dir` as `ca.pem`, `ca.key`,
-/// `node-<id>.pem` and `node-<id>.key`, and an admin client certificate (name `admin`,
+/// `node-<id>.pem` and `node-<id>.key`, a browser-compatible certificate per node for its
+/// admin API ([`issue_web_cert`]) as `node-<id>-web.pem` and `node-<id>-web.key`, and an admin client certificate (name `admin`,
 /// role `admin`) as `client-admin.pem` and `client-admin.key` (keys readable by the owner
 /// only).
 pub fn write_cluster_certs(dir: &Path, cluster: &str, nodes: &[NodeId]) -> Result<CertPem, ShipError> {
@@ -371,9 +419,13 @@ pub fn write_cluster_certs(dir: &Path, cluster: &str, nodes: &[NodeId]) -> Resul
     write_pem(dir, "ca.pem", &ca.cert, false)?;
     write_pem(dir, "ca.key", &ca.key, true)?;
     for &node in nodes {
-        let cert = issue_node_cert(&ca, node, &["localhost".into(), "127.0.0.1".into()])?;
+        let names = ["localhost".to_string(), "127.0.0.1".to_string()];
+        let cert = issue_node_cert(&ca, node, &names)?;
         write_pem(dir, &format!("node-{}.pem", node.0), &cert.cert, false)?;
         write_pem(dir, &format!("node-{}.key", node.0), &cert.key, true)?;
+        let web = issue_web_cert(&ca, node, &names)?;
+        write_pem(dir, &format!("node-{}-web.pem", node.0), &web.cert, false)?;
+        write_pem(dir, &format!("node-{}-web.key", node.0), &web.key, true)?;
     }
     let admin = issue_client_cert(&ca, "admin", "admin")?;
     write_pem(dir, &format!("{ADMIN_CLIENT}.pem"), &admin.cert, false)?;

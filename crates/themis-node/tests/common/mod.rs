@@ -19,6 +19,8 @@ pub(crate) struct Proc {
     pub(crate) admin: SocketAddr,
     pub(crate) config: PathBuf,
     pub(crate) child: Option<Child>,
+    /// Environment variables the process starts with (fault injection, say).
+    pub(crate) env: Vec<(String, String)>,
 }
 
 pub(crate) struct Cluster {
@@ -38,10 +40,16 @@ pub(crate) fn log_path(config: &Path) -> PathBuf {
 }
 
 pub(crate) fn spawn(config: &Path) -> Child {
+    spawn_with_env(config, &[])
+}
+
+/// [`spawn`] with extra environment variables.
+pub(crate) fn spawn_with_env(config: &Path, env: &[(String, String)]) -> Child {
     let log = std::fs::OpenOptions::new().create(true).append(true).open(log_path(config)).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_themis-node"))
         .arg("--config")
         .arg(config)
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .env("THEMIS_LOG", std::env::var("THEMIS_LOG").unwrap_or_else(|_| "warn".into()))
         .stdout(Stdio::piped())
         .stderr(Stdio::from(log))
@@ -96,16 +104,29 @@ impl Cluster {
 
     /// Starts the first `n` nodes of `layout`.
     pub(crate) fn launch(dir: tempfile::TempDir, layout: LocalCluster, n: u64) -> Cluster {
+        Cluster::launch_with_env(dir, layout, n, |_| Vec::new())
+    }
+
+    /// [`launch`](Self::launch), node `i` started with the environment variables `env(i)`
+    /// (kept for its restarts).
+    pub(crate) fn launch_with_env(
+        dir: tempfile::TempDir,
+        layout: LocalCluster,
+        n: u64,
+        env: impl Fn(usize) -> Vec<(String, String)>,
+    ) -> Cluster {
         let nodes = layout
             .nodes
             .into_iter()
-            .map(|n| Proc {
+            .enumerate()
+            .map(|(i, n)| Proc {
                 id: n.id,
                 raft: n.raft,
                 client: n.client,
                 admin: n.admin,
                 config: n.config,
                 child: None,
+                env: env(i),
             })
             .collect();
         let mut cluster = Cluster {
@@ -124,7 +145,7 @@ impl Cluster {
     pub(crate) fn restart(&mut self, i: usize) {
         let node = &mut self.nodes[i];
         assert!(node.child.is_none());
-        node.child = Some(spawn(&node.config));
+        node.child = Some(spawn_with_env(&node.config, &node.env));
     }
 
     pub(crate) fn kill(&mut self, i: usize) {
@@ -378,6 +399,15 @@ impl Net {
 /// A cluster of `n` whose peer addresses are all proxies, each node's configuration
 /// rewritten by `edit` first.
 pub(crate) async fn start_proxied(n: u64, edit: impl Fn(String) -> String) -> (Cluster, Net) {
+    start_proxied_with_env(n, edit, |_| Vec::new()).await
+}
+
+/// [`start_proxied`], node `i` started with the environment variables `env(i)`.
+pub(crate) async fn start_proxied_with_env(
+    n: u64,
+    edit: impl Fn(String) -> String,
+    env: impl Fn(usize) -> Vec<(String, String)>,
+) -> (Cluster, Net) {
     let (dir, layout) = Cluster::layout(n, 0);
     let mut links = BTreeMap::new();
     for (i, from) in layout.nodes.iter().enumerate() {
@@ -394,6 +424,6 @@ pub(crate) async fn start_proxied(n: u64, edit: impl Fn(String) -> String) -> (C
         }
         std::fs::write(&from.config, edit(text)).unwrap();
     }
-    let cluster = tokio::task::block_in_place(|| Cluster::launch(dir, layout, n));
+    let cluster = tokio::task::block_in_place(|| Cluster::launch_with_env(dir, layout, n, env));
     (cluster, Net { links })
 }
