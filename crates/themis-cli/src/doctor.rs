@@ -1,4 +1,7 @@
-//! `themis doctor validate-wal`: a read-only check of every segment and record of a WAL.
+//! `themis doctor`: `validate-wal`, a read-only check of every segment and record of a
+//! WAL (or of one segment); and over the admin API, `check` (cluster health and whether
+//! every replica holds the leader's data), `repair` (resync a replica's diverged key
+//! ranges from the leader) and `analyze-lag` (lag history, insights, bottlenecks).
 
 use std::path::{Path, PathBuf};
 
@@ -72,3 +75,38 @@ pub fn render(wal: &Path, report: &CheckReport) -> String {
     );
     out
 }
+
+/// [`validate`] of one segment (`themis doctor validate-wal --segment N`).
+pub fn validate_segment(dir: &Path, segment: u64) -> Result<(PathBuf, CheckReport), String> {
+    let wal = wal_dir(dir)?;
+    let report = themis_replication::wal::check_segment(&wal, segment, WalConfig::default().max_record_bytes)
+        .map_err(|e| e.to_string())?;
+    Ok((wal, report))
+}
+
+/// A WAL check as JSON.
+#[must_use]
+pub fn report_json(wal: &Path, report: &CheckReport) -> serde_json::Value {
+    serde_json::json!({
+        "wal": wal.display().to_string(),
+        "segments": report.segments,
+        "records": report.records,
+        "first_lsn": report.first_lsn,
+        "last_lsn": report.last_lsn,
+        "bytes": report.bytes,
+        "healthy": report.is_healthy(),
+        "opens_by_default": report.opens_by_default(),
+        "temp_files": report.temp_files.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+        "problems": report.problems.iter().map(|p| serde_json::json!({
+            "path": p.path.display().to_string(), "offset": p.offset, "lsn": p.lsn,
+            "reason": p.reason, "torn_tail": p.torn_tail,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+pub use health::{
+    CheckOptions, ClusterReport, EXIT_DEGRADED, EXIT_DIVERGED, EXIT_HEALTHY, EXIT_UNAVAILABLE, NodeReport,
+    RangeReport, RepairReport, analyze_lag, check_cluster, render_lag, repair,
+};
+
+mod health;

@@ -719,13 +719,70 @@ enum ClusterCmd {
 
 #[derive(Subcommand)]
 enum DoctorCmd {
-    /// Check every segment and record of a WAL; exit 0 when healthy, 1 when not.
+    /// Check every segment and record of a WAL (or one segment); exit 0 when healthy, 1
+    /// when not.
     #[command(after_help = "Examples:\n  themis doctor validate-wal --dir /var/lib/themis/node-1\n  \
-themis doctor validate-wal --dir /var/lib/themis/node-1/raft/wal")]
+themis doctor validate-wal --dir /var/lib/themis/node-1/raft/wal --segment 3 --json")]
     ValidateWal {
         /// A WAL directory, or a node's data directory.
         #[arg(long)]
         dir: PathBuf,
+        /// Check only this segment (and whether it follows the one before).
+        #[arg(long)]
+        segment: Option<u64>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cluster health: who leads, each replica's health and open insights, and whether
+    /// every replica holds the leader's data (hashes of key ranges). Exit 0 healthy, 1
+    /// degraded, 2 a replica's data differs, 3 unavailable.
+    #[command(after_help = "Examples:\n  themis doctor check --dir /tmp/themis\n  \
+themis doctor check --admin-addr 10.0.0.1:7300,10.0.0.2:7300 --ca ca.pem --auth-token \"$T\" --json")]
+    Check {
+        /// Key ranges the data is compared in.
+        #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=1_048_576))]
+        buckets: u32,
+        /// Skip the data comparison.
+        #[arg(long)]
+        no_data: bool,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        admin: AdminTarget,
+    },
+    /// Find the key ranges where a replica's data differs from the leader's and resync
+    /// only those from the leader (or every range with --full).
+    #[command(after_help = "Example:\n  themis doctor repair --replica 3 --dir /tmp/themis")]
+    Repair {
+        /// The replica's node id.
+        #[arg(long)]
+        replica: u64,
+        /// Resync every key range, not only those that differ.
+        #[arg(long)]
+        full: bool,
+        /// Key ranges the data is compared and copied in.
+        #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=1_048_576))]
+        buckets: u32,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        admin: AdminTarget,
+    },
+    /// Each replica's lag over a span (avg, p95, p99, max), the insights of the span and
+    /// each node's bottleneck.
+    #[command(after_help = "Example:\n  themis doctor analyze-lag --duration 24h --dir /tmp/themis")]
+    AnalyzeLag {
+        /// The span: 90s, 15m, 24h (at most 7d).
+        #[arg(long, default_value = "1h")]
+        duration: String,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        admin: AdminTarget,
     },
 }
 
@@ -898,15 +955,51 @@ fn run(command: Cmd) -> Result<ExitCode, String> {
         Cmd::Subscribe { slot, data_dir, max, report_secs, until_idle, source, admin } => {
             subscribe(slot, data_dir, max, report_secs, until_idle, source, admin)?;
         }
-        Cmd::Doctor(DoctorCmd::ValidateWal { dir }) => {
-            let (wal, report) = doctor::validate(&dir)?;
-            println!("{}", doctor::render(&wal, &report));
-            if !report.is_healthy() {
-                return Ok(ExitCode::FAILURE);
-            }
-        }
+        Cmd::Doctor(cmd) => return doctor_cmd(cmd),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `themis doctor ...`.
+fn doctor_cmd(cmd: DoctorCmd) -> Result<ExitCode, String> {
+    let print = |json: bool, value: &serde_json::Value, text: String| {
+        if json {
+            println!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
+        } else {
+            println!("{text}");
+        }
+    };
+    match cmd {
+        DoctorCmd::ValidateWal { dir, segment, json } => {
+            let (wal, report) = match segment {
+                Some(n) => doctor::validate_segment(&dir, n)?,
+                None => doctor::validate(&dir)?,
+            };
+            print(json, &doctor::report_json(&wal, &report), doctor::render(&wal, &report));
+            Ok(if report.is_healthy() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        DoctorCmd::Check { buckets, no_data, json, admin } => {
+            let (addrs, credentials) = admin_target(admin.admin_addr, admin.target)?;
+            let options = doctor::CheckOptions { buckets, hashes: !no_data };
+            let report = block_on(async { Ok(doctor::check_cluster(&addrs, &credentials, options).await) })?;
+            let value = serde_json::to_value(&report).map_err(|e| e.to_string())?;
+            print(json, &value, report.render());
+            Ok(ExitCode::from(report.exit_code))
+        }
+        DoctorCmd::Repair { replica, full, buckets, json, admin } => {
+            let (addrs, credentials) = admin_target(admin.admin_addr, admin.target)?;
+            let report = block_on(doctor::repair(&addrs, &credentials, replica, buckets, full))?;
+            let value = serde_json::to_value(&report).map_err(|e| e.to_string())?;
+            print(json, &value, report.render());
+            Ok(if report.equal_after { ExitCode::SUCCESS } else { ExitCode::from(doctor::EXIT_DIVERGED) })
+        }
+        DoctorCmd::AnalyzeLag { duration, json, admin } => {
+            let (addrs, credentials) = admin_target(admin.admin_addr, admin.target)?;
+            let value = block_on(doctor::analyze_lag(&addrs, &credentials, &duration))?;
+            print(json, &value, doctor::render_lag(&value));
+            Ok(ExitCode::SUCCESS)
+        }
+    }
 }
 
 /// `themis archive ...`.

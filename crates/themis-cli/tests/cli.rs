@@ -155,6 +155,23 @@ fn doctor_validate_wal_reports_each_problem_and_its_exit_code_says_healthy_or_no
         "{problem}"
     );
     assert!(stdout.contains("refuses to open it"), "{stdout}");
+    // One segment at a time: the damaged one fails, the next is healthy; as JSON too.
+    let id = |p: &Path| {
+        themis_replication::wal::segment::parse_file_name(p.file_name().unwrap().to_str().unwrap()).unwrap()
+    };
+    let wal_dir = wal.to_str().unwrap();
+    let out =
+        run(&["doctor", "validate-wal", "--dir", wal_dir, "--segment", &id(first).to_string(), "--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (report["segments"].as_u64(), report["healthy"].as_bool()),
+        (Some(1), Some(false)),
+        "{report}"
+    );
+    assert_eq!(report["problems"].as_array().unwrap().len(), 1, "{report}");
+    ok(&["doctor", "validate-wal", "--dir", wal_dir, "--segment", &id(&segments[1]).to_string()]);
+    fails(&["doctor", "validate-wal", "--dir", wal_dir, "--segment", "999"], 1, "no such segment");
 
     fails(&["doctor", "validate-wal", "--dir", "/nonexistent/themis"], 1, "not a directory");
     let empty = tempfile::tempdir().unwrap();
@@ -820,4 +837,84 @@ fn a_failing_archive_raises_an_alert_while_writes_go_on() {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     assert!(alert.as_str().is_some_and(|a| a.starts_with("archiving fails")), "{alert}");
+}
+
+/// Runs `themis args` and returns its exit code and stdout.
+fn code_of(args: &[&str]) -> (i32, String) {
+    let out = run(args);
+    (out.status.code().unwrap_or(-1), text(&out).0)
+}
+
+#[test]
+fn doctor_checks_a_live_cluster_finds_a_diverged_replica_and_repairs_only_what_differs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("cluster");
+    let dir = dir.to_str().unwrap();
+    let faults = tmp.path().join("faults");
+    std::fs::create_dir_all(&faults).unwrap();
+    let up = themis()
+        .env("THEMIS_FAULT_DIR", &faults)
+        .args(["cluster", "up", "--nodes", "3", "--dir", dir])
+        .output();
+    assert!(up.unwrap().status.success());
+    let _up = Up(dir);
+    ok(&["put", "users", "first", "{}", "--dir", dir]);
+    let (code, out) = code_of(&["doctor", "check", "--dir", dir]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("healthy (exit 0)") && out.contains("2 of 2 replicas hold the leader's"), "{out}");
+
+    // A follower's store starts dropping every 5th write it applies.
+    let status: serde_json::Value = serde_json::from_str(&ok(&["status", "--json", "--dir", dir])).unwrap();
+    let leader =
+        status.as_array().unwrap().iter().find(|s| s["status"]["role"] == "Leader").unwrap()["status"]["id"]
+            .as_u64()
+            .unwrap();
+    let follower = if leader == 1 { 2 } else { 1 };
+    std::fs::write(faults.join(format!("apply-skip-every.{follower}")), "5").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    ok(&["bench", "--clients", "4", "--conns", "2", "--duration", "2", "--value-bytes", "64", "--dir", dir]);
+    std::fs::remove_file(faults.join(format!("apply-skip-every.{follower}"))).unwrap();
+
+    let (code, out) = code_of(&["doctor", "check", "--json", "--dir", dir]);
+    assert_eq!(code, 2, "{out}");
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["verdict"], "diverged", "{report}");
+    let diverged = report["ranges"]["diverged"][follower.to_string()].as_array().unwrap().len();
+    assert!(diverged > 0, "{report}");
+    let other = 6 - leader - follower;
+    assert_eq!(report["ranges"]["diverged"][other.to_string()].as_array().unwrap().len(), 0, "{report}");
+    assert!(report["problems"][0].as_str().unwrap().contains(&format!("doctor repair --replica {follower}")));
+
+    // Repair copies only the ranges that differ, and afterwards the check is clean.
+    fails(&["doctor", "repair", "--replica", &leader.to_string(), "--dir", dir], 1, "leads");
+    let (code, out) =
+        code_of(&["doctor", "repair", "--replica", &follower.to_string(), "--json", "--dir", dir]);
+    assert_eq!(code, 0, "{out}");
+    let repaired: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(repaired["buckets_repaired"].as_u64().unwrap() as usize, diverged, "{repaired}");
+    assert!(repaired["written"].as_u64().unwrap() > 0 && repaired["equal_after"] == true, "{repaired}");
+    let (code, out) = code_of(&["doctor", "check", "--dir", dir]);
+    assert_eq!(code, 0, "{out}");
+
+    // Lag analysis: every replica's history from the leader, as text and JSON.
+    let lag = ok(&["doctor", "analyze-lag", "--duration", "5m", "--dir", dir]);
+    assert!(lag.contains(&format!("replica {follower}: avg")) && lag.contains("bottlenecks:"), "{lag}");
+    let lag: serde_json::Value =
+        serde_json::from_str(&ok(&["doctor", "analyze-lag", "--duration", "5m", "--json", "--dir", dir]))
+            .unwrap();
+    assert_eq!(lag["histories"].as_array().unwrap().len(), 2, "{lag}");
+    fails(&["doctor", "analyze-lag", "--duration", "9d", "--dir", dir], 1, "1s to 7d");
+
+    // With a node down the cluster is degraded, and exit 1 says so.
+    let file: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(Path::new(dir).join("cluster.json")).unwrap()).unwrap();
+    let pid = file["nodes"][usize::try_from(other - 1).unwrap()]["pid"].as_i64().unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap()),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let (code, out) = code_of(&["doctor", "check", "--no-data", "--dir", dir]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("unreachable"), "{out}");
 }

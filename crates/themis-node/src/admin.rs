@@ -67,6 +67,9 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/logical/schemas/protobuf"),
     ("POST", "/v1/ddl"),
     ("GET", "/v1/collections"),
+    ("GET", "/v1/doctor/ranges"),
+    ("GET", "/v1/doctor/ranges/{bucket}"),
+    ("POST", "/v1/doctor/repair"),
     ("GET", "/v1/analytics/lag"),
     ("GET", "/v1/analytics/insights"),
     ("GET", "/v1/analytics/bottlenecks"),
@@ -180,6 +183,12 @@ pub(crate) fn router(state: Arc<AdminState>) -> Router {
         .route("/v1/logical/schemas/protobuf", get(crate::slots::proto_schema))
         .route("/v1/ddl", post(crate::slots::ddl))
         .route("/v1/collections", get(crate::slots::collections))
+        .route("/v1/doctor/ranges", get(crate::doctor::ranges))
+        .route("/v1/doctor/ranges/{bucket}", get(crate::doctor::bucket))
+        .route(
+            "/v1/doctor/repair",
+            post(crate::doctor::repair).layer(DefaultBodyLimit::max(crate::doctor::MAX_REPAIR_BYTES)),
+        )
         .route("/v1/analytics/lag", get(crate::analytics::lag))
         .route("/v1/analytics/insights", get(crate::analytics::insights))
         .route("/v1/analytics/bottlenecks", get(crate::analytics::bottlenecks))
@@ -214,6 +223,8 @@ pub fn route_role(method: &str, path: &str) -> Role {
     match (method, path) {
         ("PUT" | "DELETE", "/v1/collections/{collection}/docs/{id}")
         | ("POST", "/v1/slots/{name}/advance" | "/v1/links/conflicts/resolve") => Role::Write,
+        // The doctor reads every collection whatever a token's collections.
+        ("GET", "/v1/doctor/ranges" | "/v1/doctor/ranges/{bucket}") => Role::Admin,
         ("GET", _) | ("POST", "/ui/login" | "/ui/logout") => Role::Read,
         _ => Role::Admin,
     }

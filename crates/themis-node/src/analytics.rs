@@ -748,40 +748,6 @@ fn unix_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-/// A fault for tests: when `THEMIS_FAULT_FSYNC_DELAY_FILE` names a file, each WAL fsync
-/// waits the number of milliseconds the file holds (re-read every 50 ms; no file or no
-/// number: no wait). Never set it in production.
-#[derive(Debug)]
-pub(crate) struct FsyncDelay {
-    path: std::path::PathBuf,
-    cached: Mutex<(std::time::Instant, u64)>,
-    /// Nothing read yet.
-    fresh: std::sync::atomic::AtomicBool,
-}
-
-impl FsyncDelay {
-    pub(crate) fn from_env() -> Option<FsyncDelay> {
-        let path = std::env::var_os("THEMIS_FAULT_FSYNC_DELAY_FILE")?;
-        tracing::warn!(file = ?path, "fault injection: WAL fsyncs wait the milliseconds this file holds");
-        Some(FsyncDelay {
-            path: path.into(),
-            cached: Mutex::new((std::time::Instant::now(), 0)),
-            fresh: std::sync::atomic::AtomicBool::new(true),
-        })
-    }
-
-    /// The wait for this fsync.
-    pub(crate) fn delay(&self) -> Duration {
-        let mut cached = self.cached.lock().unwrap_or_else(PoisonError::into_inner);
-        if self.fresh.swap(false, Ordering::Relaxed) || cached.0.elapsed() >= Duration::from_millis(50) {
-            let ms =
-                std::fs::read_to_string(&self.path).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
-            *cached = (std::time::Instant::now(), ms);
-        }
-        Duration::from_millis(cached.1)
-    }
-}
-
 /// The longest span a history request may ask for: a week.
 pub const MAX_SPAN: Duration = Duration::from_hours(7 * 24);
 

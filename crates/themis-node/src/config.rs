@@ -756,7 +756,8 @@ impl RawConfig {
                 (None, None) => Vec::new(),
                 _ => return bad("tls.admin_cert and tls.admin_key: give both or neither".into()),
             };
-            for (key, path) in [("tls.ca", &tls.ca), ("tls.cert", &tls.cert), ("tls.key", &tls.key)].into_iter().chain(admin)
+            for (key, path) in
+                [("tls.ca", &tls.ca), ("tls.cert", &tls.cert), ("tls.key", &tls.key)].into_iter().chain(admin)
             {
                 if let Err(e) = std::fs::File::open(path) {
                     return bad(format!("{key} = {:?}: cannot be read ({e})", path.display().to_string()));

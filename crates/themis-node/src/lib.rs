@@ -30,6 +30,8 @@ pub mod changes;
 pub mod client;
 pub mod config;
 pub mod dashboard;
+pub mod doctor;
+pub mod fault;
 pub mod feed;
 mod geo;
 pub mod limits;

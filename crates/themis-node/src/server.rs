@@ -268,14 +268,14 @@ fn open_storage(
         conf.learners.insert(id);
     }
     let fsync_histogram = metrics.fsync_histogram();
-    let delay = crate::analytics::FsyncDelay::from_env();
+    let delay = crate::fault::FaultFile::from_env("fsync-delay-ms", id.0);
     let wal = WalConfig {
         fsync: if config.fsync { FsyncPolicy::Always } else { FsyncPolicy::Never },
         max_record_bytes: MAX_RECORD_BYTES,
         on_sync: Some(Arc::new(move |took| {
             let took = match &delay {
                 Some(delay) => {
-                    let wait = delay.delay();
+                    let wait = Duration::from_millis(delay.value());
                     std::thread::sleep(wait);
                     took + wait
                 }
@@ -341,8 +341,9 @@ fn security(config: &NodeConfig, id: NodeId) -> Result<Acceptors, NodeError> {
         let admin = match (&files.admin_cert, &files.admin_key) {
             (Some(cert), Some(key)) => {
                 let read = |path: &std::path::PathBuf, what: &str| {
-                    std::fs::read_to_string(path)
-                        .map_err(|e| NodeError::Io(format!("tls.{what} = {:?}: {e}", path.display().to_string())))
+                    std::fs::read_to_string(path).map_err(|e| {
+                        NodeError::Io(format!("tls.{what} = {:?}: {e}", path.display().to_string()))
+                    })
                 };
                 tls.acceptor_with_cert(&read(cert, "admin_cert")?, &read(key, "admin_key")?)
                     .map_err(|e| NodeError::Io(format!("tls.admin_cert: {e}")))?
@@ -595,11 +596,17 @@ async fn accept_clients(listener: TcpListener, tls: Option<tokio_rustls::TlsAcce
 /// told in plaintext why it is refused.
 /// The document store: with the cluster's conflict resolution when it has links.
 fn document_store(config: &NodeConfig) -> Result<DocStore, NodeError> {
-    if !config.active_active.enabled {
-        return Ok(DocStore::new());
-    }
-    let resolver = config.active_active.resolver().map_err(|e| NodeError::Io(e.to_string()))?;
-    Ok(DocStore::with_active(crate::active::Active::new(config.cluster.clone(), resolver)))
+    let store = if config.active_active.enabled {
+        let resolver = config.active_active.resolver().map_err(|e| NodeError::Io(e.to_string()))?;
+        DocStore::with_active(crate::active::Active::new(config.cluster.clone(), resolver))
+    } else {
+        DocStore::new()
+    };
+    // A fault for tests of `themis doctor` (crate::fault).
+    Ok(match crate::fault::FaultFile::from_env("apply-skip-every", config.node_id) {
+        Some(fault) => store.with_fault(fault),
+        None => store,
+    })
 }
 
 /// The write sequencer: stamping every write when the cluster has links.

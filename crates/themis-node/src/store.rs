@@ -72,6 +72,11 @@ pub struct DocStore {
     active: Option<Active>,
     /// Conflicts settled since start.
     conflicts: AtomicU64,
+    /// A fault for tests (`crate::fault`): every Nth write to a user collection is
+    /// dropped at apply, so a replica diverges as a buggy applier or flipped memory would
+    /// make it.
+    fault: Option<crate::fault::FaultFile>,
+    fault_writes: AtomicU64,
 }
 
 impl Default for DocStore {
@@ -84,6 +89,8 @@ impl Default for DocStore {
             ddl: Mutex::new(Vec::new()),
             active: None,
             conflicts: AtomicU64::new(0),
+            fault: None,
+            fault_writes: AtomicU64::new(0),
         }
     }
 }
@@ -98,6 +105,38 @@ pub(crate) fn document_hash(collection: &str, key: &[u8]) -> u64 {
         h = h.wrapping_mul(0x100_0000_01b3);
     }
     h
+}
+
+/// Per bucket of [`DocStore::range_hashes`]: documents and the sum of their digests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RangeHashes {
+    /// Documents per bucket.
+    pub counts: Vec<u64>,
+    /// The wrapping sum of the documents' digests per bucket.
+    pub sums: Vec<u128>,
+    /// Documents left out as written after the LSN asked for.
+    pub newer: u64,
+    /// Documents counted.
+    pub docs: u64,
+}
+
+fn bucket_of(collection: &str, key: &[u8], buckets: u32) -> usize {
+    (document_hash(collection, key) % u64::from(buckets.max(1))) as usize
+}
+
+/// The first 16 bytes of SHA-256 over a document's collection, key, value and LSN, each
+/// length-prefixed.
+fn doc_digest(collection: &str, key: &[u8], value: &[u8], lsn: Lsn) -> u128 {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    for part in [collection.as_bytes(), key, value] {
+        ctx.update(&(part.len() as u64).to_le_bytes());
+        ctx.update(part);
+    }
+    ctx.update(&lsn.to_le_bytes());
+    let digest = ctx.finish();
+    let mut first = [0u8; 16];
+    first.copy_from_slice(&digest.as_ref()[..16]);
+    u128::from_le_bytes(first)
 }
 
 fn shard_of(collection: &str, key: &[u8]) -> usize {
@@ -233,6 +272,112 @@ impl DocStore {
             None => internal.remove(&map_key),
         };
         self.internal_version.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Drops every Nth write to a user collection at apply, N read from `fault`: for tests
+    /// of divergence detection and repair (`themis doctor`). Never in production.
+    #[must_use]
+    pub fn with_fault(mut self, fault: crate::fault::FaultFile) -> DocStore {
+        self.fault = Some(fault);
+        self
+    }
+
+    fn fault_skips(&self, collection: &str) -> bool {
+        let Some(fault) = &self.fault else { return false };
+        let every = fault.value();
+        every > 0
+            && !collection.starts_with(INTERNAL_PREFIX)
+            && (self.fault_writes.fetch_add(1, Ordering::Relaxed) + 1).is_multiple_of(every)
+    }
+
+    /// Hashes of the store's contents as of `at_lsn`, split into `buckets` by
+    /// [`document_hash`] (the same split on every node): per bucket the documents and the
+    /// wrapping sum of each one's SHA-256 over collection, key, value and LSN (first 16
+    /// bytes), so two replicas agree on a bucket exactly when they hold the same versions.
+    /// Documents written after `at_lsn` are left out and counted in `newer`.
+    #[must_use]
+    pub fn range_hashes(&self, buckets: u32, at_lsn: Lsn) -> RangeHashes {
+        let n = buckets.max(1) as usize;
+        let mut out = RangeHashes { counts: vec![0; n], sums: vec![0; n], newer: 0, docs: 0 };
+        for i in 0..SHARDS {
+            for ((collection, key), doc) in self.shard(i).iter() {
+                if doc.lsn > at_lsn {
+                    out.newer += 1;
+                    continue;
+                }
+                let b = bucket_of(collection, key, buckets);
+                out.counts[b] += 1;
+                out.sums[b] = out.sums[b].wrapping_add(doc_digest(collection, key, &doc.value, doc.lsn));
+                out.docs += 1;
+            }
+        }
+        out
+    }
+
+    /// The documents of bucket `bucket` of `buckets` ([`DocStore::range_hashes`]).
+    #[must_use]
+    pub fn bucket_docs(&self, buckets: u32, bucket: u32) -> Vec<SnapshotDoc> {
+        let mut out = Vec::new();
+        for i in 0..SHARDS {
+            for ((collection, key), doc) in self.shard(i).iter() {
+                if bucket_of(collection, key, buckets) == bucket as usize {
+                    out.push(SnapshotDoc {
+                        collection: collection.clone(),
+                        key: key.clone(),
+                        value: doc.value.clone(),
+                        lsn: doc.lsn,
+                    });
+                }
+            }
+        }
+        out.sort_by(|a, b| (&a.collection, &a.key).cmp(&(&b.collection, &b.key)));
+        out
+    }
+
+    /// Makes bucket `bucket` of `buckets` hold `docs` (the leader's, as of `at_lsn`):
+    /// each is written unless this store holds a newer version of it, and each document of
+    /// the bucket missing from `docs` is removed unless it was written after `at_lsn`
+    /// (the applier keeps running, so nothing newer is undone). Returns (written, removed).
+    /// The repair is this node's alone, outside the log; the next snapshot keeps it.
+    pub fn repair_bucket(&self, buckets: u32, bucket: u32, at_lsn: Lsn, docs: &[SnapshotDoc]) -> (u64, u64) {
+        let wanted: std::collections::HashSet<(&str, &[u8])> =
+            docs.iter().map(|d| (d.collection.as_str(), &d.key[..])).collect();
+        let (mut written, mut removed) = (0, 0);
+        for i in 0..SHARDS {
+            let mut shard = self.shard(i);
+            let stale: Vec<(String, Bytes)> = shard
+                .iter()
+                .filter(|((c, k), d)| {
+                    bucket_of(c, k, buckets) == bucket as usize
+                        && d.lsn <= at_lsn
+                        && !wanted.contains(&(c.as_str(), &k[..]))
+                })
+                .map(|(k, _)| k.clone())
+                .collect();
+            for key in stale {
+                shard.remove(&key);
+                self.note_internal(&key.0, &key.1, None);
+                removed += 1;
+            }
+        }
+        for d in docs {
+            if bucket_of(&d.collection, &d.key, buckets) != bucket as usize {
+                continue;
+            }
+            let mut shard = self.shard(shard_of(&d.collection, &d.key));
+            let map_key = (d.collection.clone(), d.key.clone());
+            let same = shard
+                .get(&map_key)
+                .is_some_and(|cur| cur.lsn > d.lsn || (cur.lsn == d.lsn && cur.value == d.value));
+            if same {
+                continue;
+            }
+            let doc = Doc { value: d.value.clone(), lsn: d.lsn, stamp: None };
+            self.note_internal(&d.collection, &d.key, Some(&doc));
+            shard.insert(map_key, doc);
+            written += 1;
+        }
+        (written, removed)
     }
 
     /// The documents of store shard `shard` (of [`DocStore::SHARDS`]) whose collection
@@ -538,6 +683,9 @@ impl StateMachine for DocStore {
                 }
                 (_, _, next) => next,
             };
+            if self.fault_skips(collection) {
+                continue;
+            }
             if let Some(value) = &next {
                 let doc = Doc { value: value.clone(), lsn, stamp };
                 self.note_internal(collection, key, Some(&doc));
@@ -691,6 +839,40 @@ mod tests {
             )
             .unwrap();
         assert_eq!(store.get("c", b"x").unwrap().0, "2", "a replayed entry's delete is a replay too");
+    }
+
+    #[test]
+    fn range_hashes_find_a_diverged_bucket_and_repair_makes_it_equal() {
+        let good = DocStore::new();
+        let faults = tempfile::tempdir().unwrap();
+        std::fs::write(faults.path().join("skip"), "7").unwrap();
+        let bad = DocStore::new().with_fault(crate::fault::FaultFile::at(faults.path().join("skip")));
+        for lsn in 1..=200u64 {
+            let ops = [upsert(&format!("k{}", lsn % 150), &lsn.to_string())];
+            good.apply(lsn, &ops).unwrap();
+            bad.apply(lsn, &ops).unwrap();
+        }
+        let buckets = 16;
+        let (g, b) = (good.range_hashes(buckets, 200), bad.range_hashes(buckets, 200));
+        assert_eq!(g.docs, 150);
+        let diverged: Vec<u32> = (0..buckets).filter(|&i| g.sums[i as usize] != b.sums[i as usize]).collect();
+        assert!(!diverged.is_empty(), "a store that dropped writes differs");
+        // As of an earlier LSN, newer documents are left out and counted.
+        let early = good.range_hashes(buckets, 100);
+        assert_eq!(early.docs + early.newer, 150);
+        assert!(early.newer > 0);
+        for &i in &diverged {
+            let (written, _) = bad.repair_bucket(buckets, i, 200, &good.bucket_docs(buckets, i));
+            assert!(written > 0);
+        }
+        assert_eq!(good.range_hashes(buckets, 200), bad.range_hashes(buckets, 200));
+        // A document the reference lacks is removed; one written after the reference's
+        // LSN is kept (the applier moved on), and the same repair twice changes nothing.
+        bad.apply(201, &[upsert("extra", "x")]).unwrap();
+        let i = bucket_of("c", b"extra", buckets) as u32;
+        assert_eq!(bad.repair_bucket(buckets, i, 200, &good.bucket_docs(buckets, i)), (0, 0));
+        assert_eq!(bad.repair_bucket(buckets, i, 201, &good.bucket_docs(buckets, i)), (0, 1));
+        assert!(bad.get("c", b"extra").is_none());
     }
 
     #[test]

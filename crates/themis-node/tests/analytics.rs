@@ -25,7 +25,8 @@ fn now_ms() -> u64 {
 
 async fn insights(cluster: &Cluster, i: usize) -> Vec<Value> {
     let (code, _, body) =
-        http(cluster.nodes[i].admin, &cluster.admin, "GET", "/v1/analytics/insights?since_ms=0", &[], "").await;
+        http(cluster.nodes[i].admin, &cluster.admin, "GET", "/v1/analytics/insights?since_ms=0", &[], "")
+            .await;
     assert_eq!(code, 200, "{body}");
     json(&body)["insights"].as_array().unwrap().clone()
 }
@@ -42,7 +43,11 @@ async fn fired(cluster: &Cluster, i: usize, kind: &str, replica: Option<u64>, si
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    panic!("no {kind} insight for {replica:?} on node {} within 15 s: {:#?}", i + 1, insights(cluster, i).await);
+    panic!(
+        "no {kind} insight for {replica:?} on node {} within 15 s: {:#?}",
+        i + 1,
+        insights(cluster, i).await
+    );
 }
 
 /// Waits up to 15 s for insight `id` on node `i` to close.
@@ -61,19 +66,21 @@ fn within(insight: &Value, cause_ms: u64, budget_ms: u64) {
     let at = insight["at_ms"].as_u64().unwrap();
     let took = at.saturating_sub(cause_ms);
     println!("{} fired {took} ms after its cause became observable (budget {budget_ms} ms)", insight["type"]);
-    assert!(took <= budget_ms, "{} fired {took} ms after its cause (budget {budget_ms} ms): {insight}", insight["type"]);
+    assert!(
+        took <= budget_ms,
+        "{} fired {took} ms after its cause (budget {budget_ms} ms): {insight}",
+        insight["type"]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_injected_cause_fires_its_insight_within_two_heartbeats() {
     let faults = tempfile::tempdir().unwrap();
-    let delay_file = |i: usize| faults.path().join(format!("fsync-delay-{i}"));
-    let (mut cluster, net) = start_proxied_with_env(
-        3,
-        |text| text,
-        |i| vec![("THEMIS_FAULT_FSYNC_DELAY_FILE".into(), delay_file(i).display().to_string())],
-    )
-    .await;
+    let fault_dir = faults.path().display().to_string();
+    let (mut cluster, net) =
+        start_proxied_with_env(3, |text| text, |_| vec![("THEMIS_FAULT_DIR".into(), fault_dir.clone())])
+            .await;
+    let delay_file = |i: usize| faults.path().join(format!("fsync-delay-ms.{}", i + 1));
     let leader = cluster.leader().await;
     let followers: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
     let (a, b) = (followers[0], followers[1]);
@@ -87,7 +94,8 @@ async fn each_injected_cause_fires_its_insight_within_two_heartbeats() {
         tokio::spawn(async move {
             let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
-                let _ = client.put("load", &format!("k{}", n % 100), format!(r#"{{"n":{n}}}"#).as_bytes()).await;
+                let _ =
+                    client.put("load", &format!("k{}", n % 100), format!(r#"{{"n":{n}}}"#).as_bytes()).await;
                 n += 1;
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
@@ -108,9 +116,11 @@ async fn each_injected_cause_fires_its_insight_within_two_heartbeats() {
     let insight = fired(&cluster, leader, "NETWORK_ISSUE", Some(a_id), t0).await;
     within(&insight, t0 + 2 * 150, 2 * HEARTBEAT_MS + SLACK_MS);
     assert!(insight["metadata"]["rtt_ms"].as_u64().unwrap() >= 250, "{insight}");
-    let (_, _, body) = http(cluster.nodes[leader].admin, &cluster.admin, "GET", "/v1/analytics/bottlenecks", &[], "").await;
+    let (_, _, body) =
+        http(cluster.nodes[leader].admin, &cluster.admin, "GET", "/v1/analytics/bottlenecks", &[], "").await;
     let bottlenecks = json(&body)["bottlenecks"].as_array().unwrap().clone();
-    let of_a = bottlenecks.iter().find(|x| x["replica"].as_u64() == Some(a_id)).expect("replica a's bottlenecks");
+    let of_a =
+        bottlenecks.iter().find(|x| x["replica"].as_u64() == Some(a_id)).expect("replica a's bottlenecks");
     assert_eq!(of_a["primary"], "network", "{of_a}");
     net.set_between(leader, a, Fault::Pass);
     closed(&cluster, leader, insight["id"].as_u64().unwrap()).await;
@@ -121,7 +131,8 @@ async fn each_injected_cause_fires_its_insight_within_two_heartbeats() {
     let t0 = now_ms();
     let insight = fired(&cluster, b, "DISK_IO", None, t0).await;
     within(&insight, t0 + 50 + 120, 2 * HEARTBEAT_MS + SLACK_MS);
-    let (_, _, body) = http(cluster.nodes[b].admin, &cluster.admin, "GET", "/v1/analytics/bottlenecks", &[], "").await;
+    let (_, _, body) =
+        http(cluster.nodes[b].admin, &cluster.admin, "GET", "/v1/analytics/bottlenecks", &[], "").await;
     let own = json(&body)["bottlenecks"][0].clone();
     assert_eq!(own["primary"], "disk", "{own}");
     std::fs::write(delay_file(b), "0").unwrap();
@@ -142,7 +153,10 @@ async fn each_injected_cause_fires_its_insight_within_two_heartbeats() {
         assert_eq!(code, 200, "{body}");
         let h = json(&body)["histories"][0].clone();
         assert!(h["samples"].as_u64().unwrap() >= 10, "{h}");
-        assert!(h["max_ms"].as_u64() >= h["p99_ms"].as_u64() && h["p99_ms"].as_u64() >= h["p95_ms"].as_u64(), "{h}");
+        assert!(
+            h["max_ms"].as_u64() >= h["p99_ms"].as_u64() && h["p99_ms"].as_u64() >= h["p95_ms"].as_u64(),
+            "{h}"
+        );
         assert!(!h["points"].as_array().unwrap().is_empty(), "{h}");
     }
     // Bad requests are named.
@@ -157,7 +171,8 @@ async fn each_injected_cause_fires_its_insight_within_two_heartbeats() {
         assert!(body.contains(needle), "{path}: {body}");
     }
     let (code, _, body) =
-        http(cluster.nodes[leader].admin, &cluster.admin, "GET", "/v1/analytics/lag?replica=99", &[], "").await;
+        http(cluster.nodes[leader].admin, &cluster.admin, "GET", "/v1/analytics/lag?replica=99", &[], "")
+            .await;
     assert_eq!(code, 404, "{body}");
 
     stop.store(true, Ordering::Relaxed);

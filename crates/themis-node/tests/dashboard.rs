@@ -1,4 +1,4 @@
-//! The `/ui` dashboard in a real headless Chromium, driven over WebDriver (chromedriver)
+//! The `/ui` dashboard in a real headless Chromium, driven over `WebDriver` (`chromedriver`)
 //! by fantoccini: sign in with a token, see the 3-node topology and every replica healthy,
 //! see a killed follower marked unhealthy with a `SLOW_REPLICA` insight, and transfer
 //! leadership with the page's own button and confirmation dialog and see the new leader.
@@ -36,7 +36,7 @@ struct Driver {
 impl Driver {
     fn start(path: &PathBuf) -> Driver {
         let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let child = Command::new(path)
+        let mut child = Command::new(path)
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -48,6 +48,8 @@ impl Driver {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+        let _ = child.kill();
+        let _ = child.wait();
         panic!("chromedriver did not listen on port {port} within 10 s");
     }
 }
@@ -114,16 +116,34 @@ async fn screenshot(page: &Client, name: &str) {
     std::fs::write(dir.join(format!("{name}.png")), png).unwrap();
 }
 
+/// Without a session the page leads to the sign-in form; a bad token is refused there and
+/// an admin token signs in.
+async fn sign_in(page: &Client, origin: &str, cluster: &Cluster) {
+    page.goto(&format!("{origin}/ui")).await.unwrap();
+    until(page, 10, "the sign-in form", || async { page.current_url().await.unwrap().path() == "/ui/login" })
+        .await;
+    page.find(Locator::Id("token")).await.unwrap().send_keys("not-a-token").await.unwrap();
+    page.find(Locator::Css("button[type=submit]")).await.unwrap().click().await.unwrap();
+    until(page, 10, "the refusal", || async { text(page, ".error").await.contains("refused") }).await;
+    let secret = std::fs::read(&cluster.jwt_secret_file).unwrap();
+    let token = hs256_token(&secret, "operator", Role::Admin, 3600).unwrap();
+    page.find(Locator::Id("token")).await.unwrap().send_keys(&token).await.unwrap();
+    page.find(Locator::Css("button[type=submit]")).await.unwrap().click().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_shows_the_cluster_and_transfers_leadership_in_a_real_browser() {
-    let (Some(chromium), Some(chromedriver)) =
-        (find("THEMIS_CHROMIUM", &["chromium", "chromium-browser"]), find("THEMIS_CHROMEDRIVER", &["chromedriver"]))
-    else {
+    let (Some(chromium), Some(chromedriver)) = (
+        find("THEMIS_CHROMIUM", &["chromium", "chromium-browser"]),
+        find("THEMIS_CHROMEDRIVER", &["chromedriver"]),
+    ) else {
         assert!(
             std::env::var("CI").as_deref() != Ok("true"),
             "chromium and chromedriver are needed under CI=true (.ci/run installs them)"
         );
-        eprintln!("skipped: install Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)");
+        eprintln!(
+            "skipped: install Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)"
+        );
         return;
     };
     let driver = Driver::start(&chromedriver);
@@ -132,16 +152,7 @@ async fn the_dashboard_shows_the_cluster_and_transfers_leadership_in_a_real_brow
     let page = browser(&driver, &chromium).await;
     let origin = format!("https://{}", cluster.nodes[leader].admin);
 
-    // Without a session the page leads to the sign-in form; a bad token is refused there.
-    page.goto(&format!("{origin}/ui")).await.unwrap();
-    until(&page, 10, "the sign-in form", || async { page.current_url().await.unwrap().path() == "/ui/login" }).await;
-    page.find(Locator::Id("token")).await.unwrap().send_keys("not-a-token").await.unwrap();
-    page.find(Locator::Css("button[type=submit]")).await.unwrap().click().await.unwrap();
-    until(&page, 10, "the refusal", || async { text(&page, ".error").await.contains("refused") }).await;
-    let secret = std::fs::read(&cluster.jwt_secret_file).unwrap();
-    let token = hs256_token(&secret, "operator", Role::Admin, 3600).unwrap();
-    page.find(Locator::Id("token")).await.unwrap().send_keys(&token).await.unwrap();
-    page.find(Locator::Css("button[type=submit]")).await.unwrap().click().await.unwrap();
+    sign_in(&page, &origin, &cluster).await;
 
     // The cluster as the leader sees it.
     until(&page, 20, "the dashboard loaded", || async {
@@ -167,7 +178,8 @@ async fn the_dashboard_shows_the_cluster_and_transfers_leadership_in_a_real_brow
     let victim_id = cluster.nodes[victim].id;
     cluster.kill(victim);
     let row = format!("#nodes tr[data-node='{victim_id}'] td.health");
-    until(&page, 20, "the killed node marked unhealthy", || async { text(&page, &row).await == "unhealthy" }).await;
+    until(&page, 20, "the killed node marked unhealthy", || async { text(&page, &row).await == "unhealthy" })
+        .await;
     until(&page, 10, "its SLOW_REPLICA insight", || async {
         text(&page, "#insights li[data-kind='SLOW_REPLICA']").await.contains(&format!("replica {victim_id}"))
     })
@@ -204,15 +216,21 @@ async fn the_dashboard_shows_the_cluster_and_transfers_leadership_in_a_real_brow
         text(&page, "#leader").await == format!("node {target_id}")
     })
     .await;
-    until(&page, 10, "this node shown as a follower", || async { text(&page, "#node-role").await == "Follower" }).await;
+    until(&page, 10, "this node shown as a follower", || async {
+        text(&page, "#node-role").await == "Follower"
+    })
+    .await;
     assert!(text(&page, "#banner").await.contains(&format!("node {target_id}")));
     assert_eq!(cluster.leader().await, target, "the cluster agrees");
     screenshot(&page, "4-transferred").await;
 
     // Sign out: the page leads back to the form.
-    page.execute("return fetch('/ui/logout', {method: 'POST', headers: {'x-themis-ui': '1'}}).then(r => r.status)", vec![])
-        .await
-        .unwrap();
+    page.execute(
+        "return fetch('/ui/logout', {method: 'POST', headers: {'x-themis-ui': '1'}}).then(r => r.status)",
+        vec![],
+    )
+    .await
+    .unwrap();
     page.goto(&format!("{origin}/ui")).await.unwrap();
     until(&page, 10, "the sign-in form after signing out", || async {
         page.current_url().await.unwrap().path() == "/ui/login"

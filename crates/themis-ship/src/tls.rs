@@ -92,12 +92,14 @@ pub fn issue_web_cert(ca: &CertPem, node: NodeId, extra_names: &[String]) -> Res
         rcgen::Issuer::from_ca_cert_pem(&ca.cert, ca_key).map_err(|e| cert_err("CA certificate", e))?;
     let mut names = vec![node_dns_name(node)];
     names.extend(extra_names.iter().cloned());
-    let mut params = rcgen::CertificateParams::new(names).map_err(|e| cert_err("web certificate names", e))?;
+    let mut params =
+        rcgen::CertificateParams::new(names).map_err(|e| cert_err("web certificate names", e))?;
     params.distinguished_name.push(rcgen::DnType::CommonName, node_dns_name(node));
     params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
     params.use_authority_key_identifier_extension = true;
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(|e| cert_err("web key", e))?;
+    let key =
+        rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(|e| cert_err("web key", e))?;
     let cert = params.signed_by(&key, &issuer).map_err(|e| cert_err("web certificate", e))?;
     Ok(CertPem { cert: cert.pem(), key: key.serialize_pem() })
 }
@@ -324,14 +326,19 @@ impl TlsConfig {
     /// An acceptor like [`client_api_acceptor`](Self::client_api_acceptor) that presents
     /// another server certificate (PEM chain and key), such as the admin API's
     /// browser-compatible one ([`issue_web_cert`]).
-    pub fn acceptor_with_cert(&self, cert_pem: &str, key_pem: &str) -> Result<tokio_rustls::TlsAcceptor, ShipError> {
+    pub fn acceptor_with_cert(
+        &self,
+        cert_pem: &str,
+        key_pem: &str,
+    ) -> Result<tokio_rustls::TlsAcceptor, ShipError> {
         let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
             .collect::<Result<_, _>>()
             .map_err(|e| cert_err("certificate PEM", e))?;
         if chain.is_empty() {
             return Err(ShipError::Certificate("the certificate PEM holds no certificate".into()));
         }
-        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| cert_err("private key PEM", e))?;
+        let key =
+            PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| cert_err("private key PEM", e))?;
         let optional = WebPkiClientVerifier::builder_with_provider(Arc::clone(&self.roots), provider())
             .allow_unauthenticated()
             .build()

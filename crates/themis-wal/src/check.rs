@@ -80,16 +80,54 @@ impl CheckReport {
 /// bytes (the log's `max_record_bytes`). Reads only. An error means the directory itself
 /// could not be listed or a file could not be read.
 pub fn check(dir: impl AsRef<Path>, max_record: usize) -> Result<CheckReport, WalError> {
-    let dir = dir.as_ref();
+    check_inner(dir.as_ref(), max_record, None)
+}
+
+/// [`check`] of segment `id` alone: its header, its records, and whether it continues the
+/// segment before it (which is read for that, not reported on). The report's counts are
+/// this segment's; temporary files are not listed. A segment the directory does not hold
+/// is a [`WalError::Segment`] naming it.
+pub fn check_segment(dir: impl AsRef<Path>, id: u64, max_record: usize) -> Result<CheckReport, WalError> {
+    check_inner(dir.as_ref(), max_record, Some(id))
+}
+
+fn check_inner(dir: &Path, max_record: usize, only: Option<u64>) -> Result<CheckReport, WalError> {
     let mut report = CheckReport::default();
-    let (files, temp_files) = crate::recovery::files(dir)?;
-    report.temp_files = temp_files;
-    report.segments = files.len();
+    let (mut files, temp_files) = crate::recovery::files(dir)?;
+    if let Some(only) = only {
+        let Some(at) = files.iter().position(|(id, _)| *id == only) else {
+            let held: Vec<String> = files.iter().map(|(id, _)| id.to_string()).collect();
+            return Err(WalError::Segment {
+                path: dir.join(segment::file_name(only)),
+                reason: format!(
+                    "no such segment (the directory holds {})",
+                    if held.is_empty() { "none".to_string() } else { held.join(", ") }
+                ),
+            });
+        };
+        // The segment before it, read only to see where it should start.
+        files = files.split_off(at.saturating_sub(1)).into_iter().take(if at == 0 { 1 } else { 2 }).collect();
+    } else {
+        report.temp_files = temp_files;
+    }
+    let total = files.len();
+    report.segments = if only.is_some() { 1 } else { total };
+    let reported = |id: u64| only.is_none_or(|o| o == id);
+    let mut last_of_dir = None;
+    if only.is_some() {
+        last_of_dir = crate::recovery::files(dir)?.0.last().map(|(id, _)| *id);
+    }
     // (segment id, the LSN after its last record) of the previous readable segment.
     let mut prev: Option<(u64, Lsn)> = None;
     for (i, (id, path)) in files.iter().enumerate() {
-        let is_last = i + 1 == files.len();
+        let is_last = last_of_dir.map_or(i + 1 == total, |last| last == *id);
         let bytes = Bytes::from(fs::read(path).map_err(WalError::io("read", path))?);
+        if !reported(*id) {
+            // The segment before the one asked for: only where it ends matters.
+            prev =
+                segment::scan(&bytes, max_record, OnBadRecord::Skip).ok().map(|scan| (*id, scan.next_lsn()));
+            continue;
+        }
         report.bytes += bytes.len() as u64;
         let problem = |offset: u64, lsn: Option<Lsn>, reason: String, torn_tail: bool| Problem {
             path: path.clone(),

@@ -52,7 +52,7 @@ mod wal;
 #[cfg(all(test, loom))]
 mod loom_tests;
 
-pub use check::{CheckReport, Problem, check};
+pub use check::{CheckReport, Problem, check, check_segment};
 pub use commit::Progress;
 pub use entry::{Entry, EntryKind, Lsn, LsnRange, NewEntry};
 pub use error::WalError;

@@ -439,3 +439,36 @@ fn damage_in_a_recycled_segment_beyond_one_write_is_corruption() {
     assert_holds(&wal, first, recycled_first - 1);
     assert!(last > recycled_first);
 }
+
+#[test]
+fn check_segment_reports_one_segment_and_whether_it_follows_the_one_before() {
+    let dir = tempfile::tempdir().unwrap();
+    write_log(dir.path(), 300);
+    let files = segments(dir.path());
+    let id =
+        |p: &Path| themis_wal::segment::parse_file_name(p.file_name().unwrap().to_str().unwrap()).unwrap();
+    let max = small_config().max_record_bytes;
+    let whole = themis_wal::check(dir.path(), max).unwrap();
+    let mut records = 0;
+    for file in &files {
+        let one = themis_wal::check_segment(dir.path(), id(file), max).unwrap();
+        assert!(one.is_healthy(), "{one:?}");
+        assert_eq!(one.segments, 1);
+        assert_eq!(one.bytes, fs::metadata(file).unwrap().len());
+        records += one.records;
+    }
+    assert_eq!(records, whole.records, "the segments' records add up to the log's");
+    // Damage in the first segment is that segment's alone.
+    flip(&files[0], fs::metadata(&files[0]).unwrap().len() / 2, 3);
+    assert_eq!(themis_wal::check_segment(dir.path(), id(&files[0]), max).unwrap().problems.len(), 1);
+    assert!(themis_wal::check_segment(dir.path(), id(&files[1]), max).unwrap().is_healthy());
+    // A gap before a segment is reported on it; a segment that is not there is an error naming it.
+    fs::remove_file(&files[1]).unwrap();
+    let after_gap = themis_wal::check_segment(dir.path(), id(&files[2]), max).unwrap();
+    assert!(after_gap.problems.iter().any(|p| p.reason.contains("is missing")), "{after_gap:?}");
+    let err = themis_wal::check_segment(dir.path(), id(&files[1]), max).unwrap_err().to_string();
+    assert!(
+        err.contains("no such segment") && err.contains(&themis_wal::segment::file_name(id(&files[1]))),
+        "{err}"
+    );
+}
