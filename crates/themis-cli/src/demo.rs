@@ -65,6 +65,7 @@ pub fn run(exe: &std::path::Path, options: &DemoOptions) -> Result<(), String> {
             duration: Duration::from_secs_f64(options.seconds),
             value_bytes: 256,
             collection: "demo".into(),
+            rate: None,
         };
         println!(
             "  node {} leads; {} clients write for {:.0} s ({}, fsync on); the leader dies halfway",

@@ -187,11 +187,18 @@ themis token --dir /tmp/themis --name acme-cdc --role read --collections 'tenant
         #[arg(long)]
         collections: Option<String>,
     },
-    /// Closed-loop write benchmark: throughput, latency and replication-lag percentiles.
+    /// Write benchmark: throughput, latency and replication-lag percentiles, and each
+    /// local node's CPU, memory and bytes sent. Closed loop by default; open loop with
+    /// --rate (latency from when each write was due, so stalls are not hidden).
     #[command(after_help = "Examples:\n  themis bench   # against a fresh local 3-node cluster\n  \
 themis bench --clients 64 --conns 8 --duration 10 --value-bytes 256 --mode semi_sync --json\n  \
+themis bench --rate 10000 --duration 30 --mode semi_sync\n  \
 themis bench --dir /tmp/themis --duration 5")]
     Bench {
+        /// Open loop: writes due per second, sent whatever the cluster does (--clients is
+        /// then unused).
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+        rate: Option<u64>,
         /// Concurrent writers, each with one write in flight.
         #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=4096))]
         clients: u64,
@@ -928,8 +935,16 @@ fn run(command: Cmd) -> Result<ExitCode, String> {
         Cmd::Token { dir, secret, name, role, ttl, collections } => {
             println!("{}", token(dir, secret, &name, &role, ttl, collections.as_deref())?);
         }
-        Cmd::Bench { clients, conns, duration, value_bytes, mode, json, target } => {
-            bench(clients, conns, duration, value_bytes, mode.as_deref(), json, &target)?;
+        Cmd::Bench { rate, clients, conns, duration, value_bytes, mode, json, target } => {
+            let spec = workload::Spec {
+                clients: usize::try_from(clients).map_err(|e| e.to_string())?,
+                conns: usize::try_from(conns).map_err(|e| e.to_string())?,
+                duration: Duration::from_secs_f64(duration),
+                value_bytes: usize::try_from(value_bytes).map_err(|e| e.to_string())?,
+                collection: "bench".into(),
+                rate,
+            };
+            bench(spec, mode.as_deref(), json, &target)?;
         }
         Cmd::Cdc(cmd) => cdc(cmd)?,
         Cmd::Slot(cmd) => slot(cmd)?,
@@ -1437,22 +1452,7 @@ fn status(target: &Target, json: bool) -> Result<(), String> {
     })
 }
 
-fn bench(
-    clients: u64,
-    conns: u64,
-    duration: f64,
-    value_bytes: u64,
-    mode: Option<&str>,
-    json: bool,
-    target: &Target,
-) -> Result<(), String> {
-    let spec = workload::Spec {
-        clients: usize::try_from(clients).map_err(|e| e.to_string())?,
-        conns: usize::try_from(conns).map_err(|e| e.to_string())?,
-        duration: Duration::from_secs_f64(duration),
-        value_bytes: usize::try_from(value_bytes).map_err(|e| e.to_string())?,
-        collection: "bench".into(),
-    };
+fn bench(spec: workload::Spec, mode: Option<&str>, json: bool, target: &Target) -> Result<(), String> {
     // Without a target, a fresh local 3-node cluster that lives as long as the bench.
     let own = if target.dir.is_none() && target.addr.is_empty() {
         let dir = std::env::temp_dir().join(format!("themis-bench-{}", std::process::id()));
@@ -1465,6 +1465,12 @@ fn bench(
         Some((_, file, _)) => (file.nodes.iter().map(|n| n.client).collect(), file.credentials()?),
         None => target.resolve()?,
     };
+    // Nodes on this machine whose processes the bench can measure.
+    let local: Vec<(u64, u32, std::net::SocketAddr)> = match (&own, &target.dir) {
+        (Some((_, file, _)), _) => file.nodes.iter().map(|n| (n.id, n.pid, n.client)).collect(),
+        (None, Some(dir)) => ClusterFile::load(dir)?.nodes.iter().map(|n| (n.id, n.pid, n.client)).collect(),
+        (None, None) => Vec::new(),
+    };
     let report = block_on(async {
         let client = Client::connect_any(&addrs, &credentials).await.map_err(|e| e.to_string())?;
         if let Some(mode) = mode {
@@ -1475,21 +1481,28 @@ fn bench(
                 .map_err(|e| format!("--mode {mode}: {e}"))?;
         }
         if !json {
+            let load = match spec.rate {
+                Some(rate) => format!("open loop at {rate} writes/s over {} connections", spec.connections()),
+                None => format!("{} clients over {} connections", spec.clients, spec.connections()),
+            };
             eprintln!(
-                "themis bench: {} clients over {} connections for {duration} s against {} nodes",
-                spec.clients,
-                spec.connections(),
+                "themis bench: {load} for {} s against {} nodes",
+                spec.duration.as_secs_f64(),
                 addrs.len()
             );
         }
+        let probe = workload::ResourceProbe::start(&local, &credentials).await;
         let outcome = workload::run(&addrs, &credentials, &spec, || None).await;
+        let nodes = probe.finish().await;
         let mut clients = Vec::new();
         for addr in &addrs {
             clients.push(Client::connect(*addr, &credentials).await.ok());
         }
         let ratio =
             workload::leader_status(&clients).await.and_then(|(_, s)| workload::compression_ratio(&s));
-        Ok(outcome.report(&spec, ratio))
+        let mut report = outcome.report(&spec, ratio);
+        report.nodes = nodes;
+        Ok(report)
     })?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?);

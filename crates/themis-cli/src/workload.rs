@@ -1,6 +1,11 @@
-//! A closed-loop write workload: `clients` writers, each with one write in flight, for a
-//! duration, with a progress bar, replication-lag samples from the leader, and a report
-//! (throughput, latency and lag percentiles, compression ratio).
+//! A write workload for a duration, with a progress bar, replication-lag samples from the
+//! leader, and a report (throughput, latency and lag percentiles, compression ratio, and
+//! each local node's CPU, memory and bytes sent).
+//!
+//! - **Closed loop** (default): `clients` writers, each with one write in flight.
+//! - **Open loop** (`rate`): writes are due at a fixed rate whatever the cluster does, and
+//!   a write's latency runs from when it was due, not when it was sent, so a stall shows
+//!   in the percentiles instead of slowing the load down (coordinated omission).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -31,6 +36,8 @@ pub struct Spec {
     pub value_bytes: usize,
     /// The collection written.
     pub collection: String,
+    /// Open loop: writes due per second (`None`: closed loop).
+    pub rate: Option<u64>,
 }
 
 impl Spec {
@@ -69,7 +76,13 @@ pub struct Outcome {
     /// Each connection's session token at the end: together they cover every
     /// acknowledged write.
     pub sessions: Vec<String>,
+    /// Open loop: writes that fell due but were not sent, because [`MAX_IN_FLIGHT`] were
+    /// already waiting (the cluster fell that far behind).
+    pub not_sent: u64,
 }
+
+/// Open loop: the most writes waiting for their acknowledgement at once.
+pub const MAX_IN_FLIGHT: usize = 100_000;
 
 /// The figures a run is reported with.
 #[derive(Debug, Clone, Serialize)]
@@ -94,6 +107,25 @@ pub struct Report {
     pub lag_ms: Percentiles,
     /// Payload bytes over wire bytes the leader sent its peers.
     pub compression_ratio: Option<f64>,
+    /// Open loop: the writes per second offered (`None`: closed loop).
+    pub offered_rate: Option<u64>,
+    /// Open loop: writes due but not sent (too many in flight).
+    pub not_sent: u64,
+    /// Each node's resource use during the run (local nodes only).
+    pub nodes: Vec<NodeUse>,
+}
+
+/// One node's resource use over a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeUse {
+    /// Its node id.
+    pub id: u64,
+    /// CPU used (user + system), percent of one core, averaged over the run.
+    pub cpu_percent: f64,
+    /// The highest resident memory sampled, MiB.
+    pub rss_mib_max: f64,
+    /// Bytes it sent to its peers (after compression), MiB.
+    pub sent_mib: f64,
 }
 
 /// p50, p99 and p99.9.
@@ -141,6 +173,9 @@ impl Outcome {
             latency_ms: Percentiles::of(&latencies),
             lag_ms: Percentiles::of(&lag),
             compression_ratio,
+            offered_rate: spec.rate,
+            not_sent: self.not_sent,
+            nodes: Vec::new(),
         }
     }
 }
@@ -148,6 +183,13 @@ impl Outcome {
 impl std::fmt::Display for Report {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let (l, g) = (self.latency_ms, self.lag_ms);
+        if let Some(rate) = self.offered_rate {
+            writeln!(
+                f,
+                "  open loop: {rate} writes/s offered; latency runs from when each write was due ({} not sent: too many in flight)",
+                self.not_sent
+            )?;
+        }
         writeln!(
             f,
             "  {} writes acknowledged in {:.1} s: {:.0} writes/s ({} clients over {} connections, {}-byte documents, {} failed)",
@@ -163,6 +205,13 @@ impl std::fmt::Display for Report {
         write!(f, "  replication lag ms (replicas streaming): p50 {} p99 {} p99.9 {}", g.p50, g.p99, g.p999)?;
         if let Some(r) = self.compression_ratio {
             write!(f, "\n  compression ratio (payload / wire bytes to peers): {r:.2}")?;
+        }
+        for n in &self.nodes {
+            write!(
+                f,
+                "\n  node {}: CPU {:.0}% of a core, resident memory up to {:.0} MiB, {:.1} MiB sent to peers",
+                n.id, n.cpu_percent, n.rss_mib_max, n.sent_mib
+            )?;
         }
         Ok(())
     }
@@ -222,7 +271,16 @@ pub async fn run(
         conns.push(Client::connect_any(&order, credentials).await.ok().map(Arc::new));
     }
     let mut writers = Vec::new();
-    for w in 0..spec.clients {
+    let not_sent = Arc::new(AtomicU64::new(0));
+    if let Some(rate) = spec.rate {
+        writers.push(tokio::spawn(open_loop(
+            rate,
+            conns.clone(),
+            spec.clone(),
+            (stop.clone(), acked.clone(), failed.clone(), not_sent.clone()),
+        )));
+    }
+    for w in 0..spec.clients.min(if spec.rate.is_some() { 0 } else { usize::MAX }) {
         let (stop, acked, failed) = (stop.clone(), acked.clone(), failed.clone());
         let spec = spec.clone();
         let conn = conns[w % conns.len()].clone();
@@ -320,6 +378,157 @@ pub async fn run(
         lag_ms: take(&lag),
         elapsed,
         sessions,
+        not_sent: not_sent.load(Ordering::Relaxed),
+    }
+}
+
+/// What the open loop shares with the run: stop, acknowledged, failed, not sent.
+type Shared = (Arc<AtomicBool>, Arc<Mutex<Vec<Acked>>>, Arc<AtomicU64>, Arc<AtomicU64>);
+
+/// Sends writes at `rate` a second over `conns` (round robin) until `stop`, each in its own
+/// task, and times each from when it was due.
+async fn open_loop(rate: u64, conns: Vec<Option<Arc<Client>>>, spec: Spec, shared: Shared) {
+    let (stop, acked, failed, not_sent) = shared;
+    let conns: Vec<Arc<Client>> = conns.into_iter().flatten().collect();
+    if conns.is_empty() || rate == 0 {
+        failed.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    let in_flight = Arc::new(AtomicU64::new(0));
+    let interval = Duration::from_secs_f64(1.0 / rate as f64);
+    let start = Instant::now();
+    let mut n = 0u64;
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    while !stop.load(Ordering::Relaxed) {
+        tick.tick().await;
+        let now = Instant::now();
+        // Every write due by now goes out, however late the generator itself woke.
+        loop {
+            let due = start + interval.mul_f64(n as f64);
+            if due > now {
+                break;
+            }
+            if in_flight.load(Ordering::Relaxed) >= MAX_IN_FLIGHT as u64 {
+                not_sent.fetch_add(1, Ordering::Relaxed);
+                n += 1;
+                continue;
+            }
+            let client = Arc::clone(&conns[usize::try_from(n).unwrap_or(0) % conns.len()]);
+            let (acked, failed, in_flight) = (acked.clone(), failed.clone(), Arc::clone(&in_flight));
+            let (collection, value) = (spec.collection.clone(), document(0, n, spec.value_bytes));
+            let key = format!("o-{n}");
+            in_flight.fetch_add(1, Ordering::Relaxed);
+            tokio::spawn(async move {
+                match client.put(&collection, &key, &value).await {
+                    Ok(token) => acked.lock().unwrap_or_else(PoisonError::into_inner).push(Acked {
+                        key,
+                        token,
+                        sent: due,
+                        done: Instant::now(),
+                    }),
+                    Err(_) => {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                in_flight.fetch_sub(1, Ordering::Relaxed);
+            });
+            n += 1;
+        }
+    }
+    // The writes still in flight finish (or fail) before the run is counted.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while in_flight.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// CPU and memory of local node processes, read from `/proc` (Linux), and the bytes each
+/// node sent, from its status.
+#[derive(Debug)]
+pub struct ResourceProbe {
+    nodes: Vec<(u64, u32, Option<Client>)>,
+    start: Instant,
+    before: Vec<(Option<u64>, Option<u64>)>,
+    rss_max: Arc<Mutex<Vec<u64>>>,
+    stop: Arc<AtomicBool>,
+    sampler: tokio::task::JoinHandle<()>,
+}
+
+/// User + system clock ticks (`USER_HZ`, 100 a second) process `pid` has used.
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split(' ').collect();
+    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+}
+
+/// Resident memory of process `pid`, KiB.
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+async fn sent_bytes(client: Option<&Client>) -> Option<u64> {
+    client?.status().await.ok()?["status"]["counters"]["sent_wire_bytes"].as_u64()
+}
+
+impl ResourceProbe {
+    /// Starts measuring the nodes `(id, pid, client address)`.
+    pub async fn start(nodes: &[(u64, u32, SocketAddr)], credentials: &Credentials) -> ResourceProbe {
+        let mut probed = Vec::new();
+        let mut before = Vec::new();
+        for &(id, pid, addr) in nodes {
+            let client = Client::connect(addr, credentials).await.ok();
+            before.push((cpu_ticks(pid), sent_bytes(client.as_ref()).await));
+            probed.push((id, pid, client));
+        }
+        let pids: Vec<u32> = nodes.iter().map(|n| n.1).collect();
+        let rss_max = Arc::new(Mutex::new(vec![0u64; pids.len()]));
+        let stop = Arc::new(AtomicBool::new(false));
+        let sampler = {
+            let (rss_max, stop) = (Arc::clone(&rss_max), Arc::clone(&stop));
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    {
+                        let mut max = rss_max.lock().unwrap_or_else(PoisonError::into_inner);
+                        for (i, pid) in pids.iter().enumerate() {
+                            max[i] = max[i].max(rss_kib(*pid).unwrap_or(0));
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+            })
+        };
+        ResourceProbe { nodes: probed, start: Instant::now(), before, rss_max, stop, sampler }
+    }
+
+    /// Each node's use since [`start`](Self::start).
+    pub async fn finish(self) -> Vec<NodeUse> {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.sampler.await;
+        let secs = self.start.elapsed().as_secs_f64().max(0.001);
+        let rss = take(&self.rss_max);
+        let mut out = Vec::new();
+        for (i, (id, pid, client)) in self.nodes.iter().enumerate() {
+            let (cpu0, sent0) = self.before[i];
+            let cpu = match (cpu0, cpu_ticks(*pid)) {
+                (Some(a), Some(b)) => b.saturating_sub(a) as f64 / 100.0 / secs * 100.0,
+                _ => 0.0,
+            };
+            let sent = match (sent0, sent_bytes(client.as_ref()).await) {
+                (Some(a), Some(b)) => b.saturating_sub(a) as f64 / f64::from(1u32 << 20),
+                _ => 0.0,
+            };
+            out.push(NodeUse {
+                id: *id,
+                cpu_percent: (cpu * 10.0).round() / 10.0,
+                rss_mib_max: (rss.get(i).copied().unwrap_or(0) as f64 / 1024.0 * 10.0).round() / 10.0,
+                sent_mib: (sent * 100.0).round() / 100.0,
+            });
+        }
+        out
     }
 }
 
@@ -344,6 +553,7 @@ mod tests {
             lag_ms: vec![1, 2, 3, 4],
             elapsed: Duration::from_secs(2),
             sessions: vec![],
+            not_sent: 0,
         };
         let spec = Spec {
             clients: 4,
@@ -351,6 +561,7 @@ mod tests {
             duration: Duration::from_secs(2),
             value_bytes: 256,
             collection: "c".into(),
+            rate: None,
         };
         let report = outcome.report(&spec, Some(1.5));
         assert_eq!((report.writes, report.failed, report.writes_per_sec), (100, 2, 50.0));
