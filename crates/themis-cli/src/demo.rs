@@ -52,10 +52,7 @@ pub fn run(exe: &std::path::Path, options: &DemoOptions) -> Result<(), String> {
         .build()
         .map_err(|e| format!("tokio runtime: {e}"))?;
     let result = runtime.block_on(async {
-        let mut clients = Vec::new();
-        for addr in &addrs {
-            clients.push(Client::connect(*addr, &credentials).await.ok());
-        }
+        let mut clients = connect_all(&addrs, &credentials).await;
         let first = wait_for_leader(&clients, Duration::from_secs(15))
             .await
             .ok_or("no leader was elected within 15 s")?;
@@ -174,4 +171,16 @@ async fn verify(client: &Client, outcome: &workload::Outcome, node: usize) -> Re
         acked.len()
     );
     Ok(())
+}
+
+/// A client of each node, `None` for one that does not answer.
+async fn connect_all(
+    addrs: &[std::net::SocketAddr],
+    credentials: &themis_node::Credentials,
+) -> Vec<Option<Client>> {
+    let mut clients = Vec::new();
+    for addr in addrs {
+        clients.push(Client::connect(*addr, credentials).await.ok());
+    }
+    clients
 }

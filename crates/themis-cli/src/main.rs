@@ -944,7 +944,7 @@ fn run(command: Cmd) -> Result<ExitCode, String> {
                 collection: "bench".into(),
                 rate,
             };
-            bench(spec, mode.as_deref(), json, &target)?;
+            bench(&spec, mode.as_deref(), json, &target)?;
         }
         Cmd::Cdc(cmd) => cdc(cmd)?,
         Cmd::Slot(cmd) => slot(cmd)?,
@@ -1293,7 +1293,7 @@ fn certs(
             themis_replication::ship::tls::write_cluster_certs(out, cluster, &ids)
                 .map_err(|e| format!("{}: {e}", out.display()))?;
             println!(
-                "wrote {}: ca.pem, ca.key, node-1 to node-{nodes} and client-admin (.pem, .key) for cluster {cluster:?}",
+                "wrote {}: ca.pem, ca.key, node-1 to node-{nodes} (.pem, .key, and -web.pem, -web.key for the admin API), and client-admin (.pem, .key) for cluster {cluster:?}",
                 out.display()
             );
         }
@@ -1452,7 +1452,7 @@ fn status(target: &Target, json: bool) -> Result<(), String> {
     })
 }
 
-fn bench(spec: workload::Spec, mode: Option<&str>, json: bool, target: &Target) -> Result<(), String> {
+fn bench(spec: &workload::Spec, mode: Option<&str>, json: bool, target: &Target) -> Result<(), String> {
     // Without a target, a fresh local 3-node cluster that lives as long as the bench.
     let own = if target.dir.is_none() && target.addr.is_empty() {
         let dir = std::env::temp_dir().join(format!("themis-bench-{}", std::process::id()));
@@ -1492,7 +1492,7 @@ fn bench(spec: workload::Spec, mode: Option<&str>, json: bool, target: &Target) 
             );
         }
         let probe = workload::ResourceProbe::start(&local, &credentials).await;
-        let outcome = workload::run(&addrs, &credentials, &spec, || None).await;
+        let outcome = workload::run(&addrs, &credentials, spec, || None).await;
         let nodes = probe.finish().await;
         let mut clients = Vec::new();
         for addr in &addrs {
@@ -1500,7 +1500,7 @@ fn bench(spec: workload::Spec, mode: Option<&str>, json: bool, target: &Target) 
         }
         let ratio =
             workload::leader_status(&clients).await.and_then(|(_, s)| workload::compression_ratio(&s));
-        let mut report = outcome.report(&spec, ratio);
+        let mut report = outcome.report(spec, ratio);
         report.nodes = nodes;
         Ok(report)
     })?;

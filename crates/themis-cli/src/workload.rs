@@ -190,16 +190,15 @@ impl std::fmt::Display for Report {
                 self.not_sent
             )?;
         }
+        let load = if self.offered_rate.is_some() {
+            format!("{} connections", self.conns)
+        } else {
+            format!("{} clients over {} connections", self.clients, self.conns)
+        };
         writeln!(
             f,
-            "  {} writes acknowledged in {:.1} s: {:.0} writes/s ({} clients over {} connections, {}-byte documents, {} failed)",
-            self.writes,
-            self.seconds,
-            self.writes_per_sec,
-            self.clients,
-            self.conns,
-            self.value_bytes,
-            self.failed
+            "  {} writes acknowledged in {:.1} s: {:.0} writes/s ({load}, {}-byte documents, {} failed)",
+            self.writes, self.seconds, self.writes_per_sec, self.value_bytes, self.failed
         )?;
         writeln!(f, "  write latency ms: p50 {} p99 {} p99.9 {}", l.p50, l.p99, l.p999)?;
         write!(f, "  replication lag ms (replicas streaming): p50 {} p99 {} p99.9 {}", g.p50, g.p99, g.p999)?;

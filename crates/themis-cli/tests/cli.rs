@@ -107,6 +107,8 @@ fn certs_writes_a_ca_and_node_certificates_and_refuses_bad_counts() {
         "node-1.key",
         "node-3.pem",
         "node-3.key",
+        "node-3-web.pem",
+        "node-3-web.key",
         "client-admin.pem",
         "client-admin.key",
     ] {
@@ -411,6 +413,8 @@ fn a_cluster_comes_up_serves_documents_benchmarks_and_goes_down() {
     assert!(report["latency_ms"]["p99"].as_f64().unwrap() > 0.0, "{report}");
     assert!(report["lag_ms"]["p99"].is_number(), "{report}");
     assert!(ok(&["status", "--dir", dir]).contains("mode SYNC"), "the bench's mode is the cluster's");
+    assert_eq!(report["nodes"].as_array().unwrap().len(), 3, "each local node's resource use: {report}");
+    open_loop_bench(dir);
 
     check_cdc_tail(dir);
     tiers_and_staleness(dir);
@@ -426,6 +430,21 @@ fn a_cluster_comes_up_serves_documents_benchmarks_and_goes_down() {
     }
     assert!(ok(&["cluster", "status", "--dir", dir]).matches("stopped").count() == 3);
     fails(&["status", "--dir", dir], 1, "no node answered");
+}
+
+/// The open loop sends at its rate, whatever the cluster does, and says so.
+fn open_loop_bench(dir: &str) {
+    let open = ok(&["bench", "--rate", "300", "--duration", "2", "--json", "--dir", dir]);
+    let open: serde_json::Value = serde_json::from_str(&open).unwrap();
+    assert_eq!(open["offered_rate"], 300, "{open}");
+    let writes = open["writes"].as_u64().unwrap();
+    assert!((500..=700).contains(&writes), "about 600 writes in 2 s at 300/s: {open}");
+    let node = &open["nodes"][0];
+    assert!(
+        node["cpu_percent"].as_f64().unwrap() > 0.0 && node["rss_mib_max"].as_f64().unwrap() > 1.0,
+        "{open}"
+    );
+    fails(&["bench", "--rate", "0", "--dir", dir], 2, "--rate");
 }
 
 /// The change stream of the cluster `a_cluster_comes_up...` wrote to: every write in log

@@ -70,7 +70,7 @@ async fn leader(file: &ClusterFile) -> (u64, u64) {
 /// Waits until node `id` has applied `lsn`; returns how long that took.
 async fn caught_up(file: &ClusterFile, id: u64, lsn: u64) -> Duration {
     let started = Instant::now();
-    while started.elapsed() < Duration::from_secs(600) {
+    while started.elapsed() < Duration::from_mins(10) {
         if status(file, id).await.is_some_and(|s| s["applied_lsn"].as_u64() >= Some(lsn)) {
             return started.elapsed();
         }
@@ -95,18 +95,21 @@ fn restart(dir: &Path, file: &mut ClusterFile, id: u64, round: u32) -> Duration 
     serving
 }
 
+/// Stops the cluster in a directory when dropped.
+struct Down(String);
+
+impl Drop for Down {
+    fn drop(&mut self) {
+        let _ = themis().args(["cluster", "down", "--dir", &self.0]).output();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_replica_holds_the_leaders_data_bit_for_bit_after_a_follower_restart() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("cluster");
     let dir_s = dir.to_str().unwrap().to_string();
     themis().args(["cluster", "up", "--nodes", "3", "--dir", &dir_s]).assert().success();
-    struct Down(String);
-    impl Drop for Down {
-        fn drop(&mut self) {
-            let _ = themis().args(["cluster", "down", "--dir", &self.0]).output();
-        }
-    }
     let _down = Down(dir_s.clone());
     let mut file = ClusterFile::load(&dir).unwrap();
     let credentials = file.credentials().unwrap();

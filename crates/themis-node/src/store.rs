@@ -291,7 +291,7 @@ impl DocStore {
     }
 
     /// Hashes of the store's contents as of `at_lsn`, split into `buckets` by
-    /// [`document_hash`] (the same split on every node): per bucket the documents and the
+    /// the FNV-1a hash of collection and key (the same split on every node): per bucket the documents and the
     /// wrapping sum of each one's SHA-256 over collection, key, value and LSN (first 16
     /// bytes), so two replicas agree on a bucket exactly when they hold the same versions.
     /// Documents written after `at_lsn` are left out and counted in `newer`.

@@ -481,6 +481,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_web_certificate_is_ecdsa_and_serves_the_admin_api_beside_the_node_certificate() {
+        let ca = generate_ca("web").unwrap();
+        let node = issue_node_cert(&ca, NodeId(1), &[]).unwrap();
+        let tls = TlsConfig::from_pem(&ca.cert, &node.cert, &node.key).unwrap();
+        let web = issue_web_cert(&ca, NodeId(1), &["127.0.0.1".into()]).unwrap();
+        let pair = rcgen::KeyPair::from_pem(&web.key).unwrap();
+        assert!(pair.is_compatible(&rcgen::PKCS_ECDSA_P256_SHA256), "browsers accept P-256");
+        tls.acceptor_with_cert(&web.cert, &web.key).unwrap();
+        let refusal = |cert: &str, key: &str| match tls.acceptor_with_cert(cert, key) {
+            Ok(_) => panic!("accepted"),
+            Err(e) => e.to_string(),
+        };
+        let err = refusal("", &web.key);
+        assert!(err.contains("no certificate"), "{err}");
+        let err = refusal(&web.cert, &node.key);
+        assert!(err.contains("certificate and key"), "a key that is not the certificate's: {err}");
+    }
+
+    #[test]
     fn node_certificates_carry_their_id_and_build_a_config() {
         let ca = generate_ca("test").unwrap();
         let cert = issue_node_cert(&ca, NodeId(42), &[]).unwrap();
