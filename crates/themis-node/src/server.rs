@@ -67,6 +67,8 @@ pub(crate) struct Shared {
     pub(crate) links: Arc<crate::links::Links>,
     /// Lag history, insights and bottlenecks.
     pub(crate) analytics: Arc<crate::analytics::Analytics>,
+    /// The term whose leadership the logical slot readers serve (0: none).
+    pub(crate) slot_readers_term: std::sync::Mutex<u64>,
 }
 
 impl Shared {
@@ -439,6 +441,7 @@ impl Node {
                 config.analytics.clone(),
                 u64::try_from(config.lag_alert.as_millis()).unwrap_or(u64::MAX),
             )),
+            slot_readers_term: std::sync::Mutex::new(0),
         });
         crate::analytics::spawn_sampler(
             Arc::clone(&shared.analytics),

@@ -172,10 +172,25 @@ pub(crate) fn start(shared: &Arc<Shared>) {
     tokio::spawn(maintain(Arc::clone(shared)));
 }
 
+/// Restarts the slot readers (from each slot's confirmed LSN) when this node leads in a
+/// term they have not served yet; returns the term they serve now (0 when it does not
+/// lead). Both the poller and every read call it, so a read that reaches a new leader
+/// before the poller has looked is not served by a reader the poller resets a moment later
+/// (which would deliver the same changes twice).
+fn sync_readers(shared: &Shared) -> u64 {
+    let (now, leads) = shared.manager.leadership();
+    let now = if leads { now } else { 0 };
+    let mut served = shared.slot_readers_term.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if now != 0 && now != *served {
+        shared.logical.reset_readers();
+    }
+    *served = now;
+    now
+}
+
 /// Applies slot records as the store changes, and restarts readers on a new term.
 async fn follow_records(shared: Arc<Shared>) {
     let mut seen = u64::MAX;
-    let mut term = 0;
     loop {
         // A DDL change always writes an internal document (the collection's metadata).
         let version = shared.store.internal_version();
@@ -183,11 +198,7 @@ async fn follow_records(shared: Arc<Shared>) {
             seen = version;
             reconcile_now(&shared).await;
         }
-        let (now, leads) = shared.manager.leadership();
-        if leads && now != term {
-            shared.logical.reset_readers();
-        }
-        term = if leads { now } else { 0 };
+        sync_readers(&shared);
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -504,6 +515,7 @@ pub(crate) async fn read(
     if let Err(r) = require_leader(shared).await {
         return r;
     }
+    sync_readers(shared);
     let batch =
         match shared.logical.read_changes(&name, query.max, Duration::from_millis(query.wait_ms)).await {
             Ok(b) => b,
