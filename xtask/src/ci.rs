@@ -181,7 +181,7 @@ fn plan(root: &Path, budget: Budget) -> Result<Vec<Step>> {
                 Action::NotApplicable("no fuzz/ workspace".into())
             } else if crate::fuzz::nightly_available() {
                 Action::Fuzz(match budget {
-                    Budget::Ci => 60,
+                    Budget::Ci => 45,
                     Budget::Full => 600,
                 })
             } else {

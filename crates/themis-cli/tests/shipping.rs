@@ -29,6 +29,12 @@ fn writes() -> u64 {
     }
 }
 
+/// Bytes of padding per document (`THEMIS_SHIPPING_PAD_BYTES`, default 64): larger
+/// documents give a recovery figure over more data.
+fn pad() -> usize {
+    std::env::var("THEMIS_SHIPPING_PAD_BYTES").ok().and_then(|v| v.parse().ok()).unwrap_or(64)
+}
+
 fn kill(pid: u32) {
     let pid = nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap());
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
@@ -126,7 +132,9 @@ async fn every_replica_holds_the_leaders_data_bit_for_bit_after_a_follower_resta
     }
     let started = Instant::now();
     let mut writers = Vec::new();
+    let pad = "x".repeat(pad());
     for w in 0..128 {
+        let pad = pad.clone();
         let (client, next, acked) =
             (Arc::clone(&conns[w % conns.len()]), Arc::clone(&next), Arc::clone(&acked));
         writers.push(tokio::spawn(async move {
@@ -135,7 +143,7 @@ async fn every_replica_holds_the_leaders_data_bit_for_bit_after_a_follower_resta
                 if i >= total {
                     return;
                 }
-                let value = format!(r#"{{"i":{i},"pad":"{}"}}"#, "x".repeat(64));
+                let value = format!(r#"{{"i":{i},"pad":"{pad}"}}"#);
                 // A write whose outcome is unknown (the connection broke) is sent again:
                 // the same key and value, so a second apply changes nothing.
                 for attempt in 0..50 {

@@ -437,10 +437,7 @@ impl Node {
             tiers: crate::tiers::Tiers::new(config.geo.auto_tier_policy()).map_err(NodeError::Io)?,
             active_active: config.active_active.clone(),
             links,
-            analytics: Arc::new(crate::analytics::Analytics::new(
-                config.analytics.clone(),
-                u64::try_from(config.lag_alert.as_millis()).unwrap_or(u64::MAX),
-            )),
+            analytics: analytics(config),
             slot_readers_term: std::sync::Mutex::new(0),
         });
         crate::analytics::spawn_sampler(
@@ -610,6 +607,12 @@ fn document_store(config: &NodeConfig) -> Result<DocStore, NodeError> {
         Some(fault) => store.with_fault(fault),
         None => store,
     })
+}
+
+/// The node's analytics under `[analytics]`, with `replication.lag_alert_ms`.
+fn analytics(config: &NodeConfig) -> Arc<crate::analytics::Analytics> {
+    let lag_alert_ms = u64::try_from(config.lag_alert.as_millis()).unwrap_or(u64::MAX);
+    Arc::new(crate::analytics::Analytics::new(config.analytics.clone(), lag_alert_ms))
 }
 
 /// The write sequencer: stamping every write when the cluster has links.
