@@ -131,6 +131,22 @@ async fn sign_in(page: &Client, origin: &str, cluster: &Cluster) {
     page.find(Locator::Css("button[type=submit]")).await.unwrap().click().await.unwrap();
 }
 
+/// The mode control: SYNC, confirmed in the dialog, reaches the cluster; a cancelled
+/// change does not.
+async fn change_mode(page: &Client) {
+    page.find(Locator::Id("mode-select")).await.unwrap().select_by_value("async").await.unwrap();
+    page.find(Locator::Id("btn-mode")).await.unwrap().click().await.unwrap();
+    until(page, 5, "the dialog", || async { text(page, "#confirm-text").await.contains("ASYNC") }).await;
+    page.find(Locator::Id("confirm-cancel")).await.unwrap().click().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(text(page, "#mode").await.starts_with("SEMI_SYNC"), "a cancelled change changes nothing");
+    page.find(Locator::Id("mode-select")).await.unwrap().select_by_value("sync").await.unwrap();
+    page.find(Locator::Id("btn-mode")).await.unwrap().click().await.unwrap();
+    until(page, 5, "the dialog", || async { text(page, "#confirm-text").await.contains("SYNC") }).await;
+    page.find(Locator::Id("confirm-ok")).await.unwrap().click().await.unwrap();
+    until(page, 20, "the SYNC mode shown", || async { text(page, "#mode").await.starts_with("SYNC") }).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_shows_the_cluster_and_transfers_leadership_in_a_real_browser() {
     let (Some(chromium), Some(chromedriver)) = (
@@ -195,6 +211,8 @@ async fn the_dashboard_shows_the_cluster_and_transfers_leadership_in_a_real_brow
     screenshot(&page, "2-unhealthy").await;
     cluster.restart(victim);
     until(&page, 30, "the node healthy again", || async { text(&page, &row).await == "healthy" }).await;
+
+    change_mode(&page).await;
 
     // Transfer leadership with the page's button; nothing happens until it is confirmed.
     let target = (0..3).find(|&i| i != leader && i != victim).unwrap();

@@ -58,7 +58,7 @@ $("btn-transfer").addEventListener("click", () => {
 $("btn-mode").addEventListener("click", () => {
   const mode = $("mode-select").value;
   confirmThen(`Change the acknowledgement mode to ${mode.toUpperCase()}?`,
-    () => api("/v1/cluster/mode", { method: "PUT", body: JSON.stringify({ mode, min_sync_replicas: 1 }) }));
+    () => api("/v1/cluster/mode", { method: "PUT", body: JSON.stringify({ mode, min_sync_replicas: mode === "async" ? 0 : 1 }) }));
 });
 $("mode-select").addEventListener("change", (e) => { e.target.dataset.touched = "1"; });
 $("lag-span").addEventListener("change", (e) => { state.span = e.target.value; refresh(); });
