@@ -35,6 +35,8 @@ enum Action {
     Commands(Vec<Cmd>),
     /// Run the layer check in-process.
     Layers,
+    /// Check every crate's README is made from its lib.rs, in-process.
+    Readme,
     /// Run every fuzz target for this many seconds.
     Fuzz(u64),
     /// The step has nothing to check yet; say why.
@@ -162,6 +164,24 @@ fn plan(root: &Path, budget: Budget) -> Result<Vec<Step>> {
             ])]),
         },
         Step { name: "layers", action: Action::Layers },
+        Step { name: "readme", action: Action::Readme },
+        Step {
+            name: "package",
+            // Every library crate packages as it would be published, in dependency order
+            // (cargo packs the workspace's path dependencies into a local registry).
+            // --no-verify: building each package again from its archive would double the
+            // build; the archives' manifests and file lists are what this checks.
+            action: Action::Commands(vec![Cmd::cargo(&[
+                "package",
+                "--locked",
+                "--workspace",
+                "--exclude",
+                "themis-benches",
+                "--exclude",
+                "xtask",
+                "--no-verify",
+            ])]),
+        },
         Step {
             name: "doc",
             action: Action::Commands(vec![
@@ -209,6 +229,11 @@ fn execute(root: &Path, step: &Step) -> Result<Outcome> {
             println!("    {count} workspace members follow the layer table");
             Ok(Outcome::Passed)
         }
+        Action::Readme => {
+            crate::readme::run(root, true)?;
+            println!("    every crate's README is made from its lib.rs");
+            Ok(Outcome::Passed)
+        }
         Action::Commands(cmds) => {
             for cmd in cmds {
                 println!("    $ {}", cmd.display());
@@ -231,6 +256,7 @@ fn rerun_hint(step: &Step) -> String {
     match &step.action {
         Action::Commands(cmds) => cmds.iter().map(Cmd::display).collect::<Vec<_>>().join(" && "),
         Action::Layers => "cargo xtask layers".into(),
+        Action::Readme => "cargo xtask readme --check".into(),
         Action::Fuzz(seconds) => format!("cargo xtask fuzz <target> --seconds {seconds}"),
         Action::NotApplicable(_) => "(nothing to rerun)".into(),
     }

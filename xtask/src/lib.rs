@@ -4,3 +4,4 @@
 pub mod ci;
 pub mod fuzz;
 pub mod layers;
+pub mod readme;

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use xtask::{ci, fuzz, layers};
+use xtask::{ci, fuzz, layers, readme};
 
 const HELP: &str = "\
 cargo xtask <task>
@@ -13,6 +13,8 @@ tasks:
                                  --full runs the slow suites with their long budgets
   layers [--manifest-path PATH]  check dependency edges against xtask/layers.toml
   fuzz <target> [--seconds N]    run a cargo-fuzz target on nightly (default 60 s)
+  readme [--check]               write each crate's README.md from its lib.rs documentation
+                                 (--check: fail when one is not what its lib.rs makes)
   sim [--seeds N] [--nodes K[,K..]] [--start S] [--seed S]
                                  run the Raft cluster simulator (release build): N seeds per
                                  size (default 1000, sizes 3,5,7) from a random first seed
@@ -30,6 +32,8 @@ fn main() -> ExitCode {
         ["layers"] => layers_task(&root.join("Cargo.toml"), &root),
         ["layers", "--manifest-path", manifest] => layers_task(Path::new(manifest), &root),
         ["sim", rest @ ..] => sim_task(&root, rest),
+        ["readme"] => readme::run(&root, false),
+        ["readme", "--check"] => readme::run(&root, true),
         ["fuzz", target] => fuzz::run(&root, target, 60),
         ["fuzz", target, "--seconds", seconds] => {
             let Ok(seconds) = seconds.parse() else {

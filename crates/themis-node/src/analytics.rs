@@ -19,7 +19,7 @@
 //! | `NETWORK_ISSUE` | a replica's heartbeat round trip is above `analytics.rtt_warn_ms` and three times its usual (the median of up to five minutes of per-second samples, once five are known) |
 //! | `DISK_IO` | an fsync of this node's WAL took longer than `analytics.fsync_warn_ms` |
 //! | `CPU` | this process used more than `analytics.cpu_warn_percent` of the machine's cores over a second |
-//! | `APPLY_BACKLOG` | this node's state machine is more than `analytics.apply_backlog_warn` LSNs behind its commit LSN |
+//! | `APPLY_BACKLOG` | this node's state machine has been more than `analytics.apply_backlog_warn` LSNs behind its commit LSN for 2 s (a restart's replay is not one) |
 //!
 //! **Bottlenecks.** Each cause has a severity in 0..=1 from its measure `v` against its
 //! threshold `w`: `clamp((v / w - 0.5) / 1.5, 0, 1)`: 0 up to half the threshold, 1/3 at
@@ -43,6 +43,9 @@ pub const MAX_POINTS: usize = 300;
 const RTT_BASELINE_SECS: usize = 300;
 /// Round-trip samples needed before a `NETWORK_ISSUE` can be judged.
 const MIN_RTT_BASELINE: usize = 5;
+/// How long an apply backlog must last before it is an insight: a node replaying its log
+/// after a restart is behind for a moment, as it should be.
+const APPLY_BACKLOG_FOR_MS: u64 = 2_000;
 /// Seconds of history a lag spike is measured against.
 const SPIKE_WINDOW_SECS: usize = 60;
 
@@ -228,6 +231,8 @@ struct State {
     insights: VecDeque<Insight>,
     /// Open insights by kind and replica: their id.
     open: BTreeMap<(InsightKind, Option<u64>), u64>,
+    /// When an apply backlog began (it must last [`APPLY_BACKLOG_FOR_MS`] to count).
+    backlog_since: Option<u64>,
     next_id: u64,
     node: NodeSample,
     apply_backlog: u64,
@@ -483,7 +488,13 @@ impl Analytics {
         }
         let backlog = status.commit_lsn.saturating_sub(status.applied_lsn);
         st.apply_backlog = backlog;
-        if backlog > self.config.apply_backlog_warn {
+        let since = if backlog > self.config.apply_backlog_warn {
+            *st.backlog_since.get_or_insert(now_ms)
+        } else {
+            st.backlog_since = None;
+            now_ms
+        };
+        if backlog > self.config.apply_backlog_warn && now_ms.saturating_sub(since) >= APPLY_BACKLOG_FOR_MS {
             let description = format!(
                 "this node's state machine is {backlog} LSNs behind its commit LSN {} (applied {})",
                 status.commit_lsn, status.applied_lsn
@@ -984,6 +995,11 @@ mod tests {
         s.commit_lsn = 20_000;
         s.applied_lsn = 5_000;
         a.observe(2 * HB, HB, &s, fast);
+        assert_eq!(kinds(&a), vec![(InsightKind::DiskIo, None, false), (InsightKind::Cpu, None, true)]);
+        // A backlog counts once it has lasted two seconds (a restart's replay does not).
+        a.observe(2 * HB + APPLY_BACKLOG_FOR_MS - 1, HB, &s, fast);
+        assert_eq!(kinds(&a).len(), 2);
+        a.observe(2 * HB + APPLY_BACKLOG_FOR_MS, HB, &s, fast);
         assert_eq!(
             kinds(&a),
             vec![

@@ -6,7 +6,7 @@ use std::time::Duration;
 use themis_replication::clock::ManualClock;
 use themis_replication::prelude::*;
 
-fn main() -> Result<(), ClockError> {
+pub(crate) fn main() -> Result<(), ClockError> {
     let wall_a = ManualClock::new(1_700_000_000_000);
     let wall_b = ManualClock::new(1_700_000_000_000 - 250); // b's clock is 250 ms behind
     let a = Hlc::with_clock(NodeId(1), wall_a.clone());
