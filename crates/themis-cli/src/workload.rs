@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
-use themis_node::stats::{document, percentile};
+use themis_node::stats::{cpu_ticks, document, percentile};
 use themis_node::{Client, Credentials};
 
 /// A replica the leader has not heard from for this long is down, not lagging: its lag
@@ -454,14 +454,6 @@ pub struct ResourceProbe {
     sampler: tokio::task::JoinHandle<()>,
 }
 
-/// User + system clock ticks (`USER_HZ`, 100 a second) process `pid` has used.
-fn cpu_ticks(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let fields: Vec<&str> = rest.split(' ').collect();
-    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
-}
-
 /// Resident memory of process `pid`, KiB.
 fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -480,7 +472,7 @@ impl ResourceProbe {
         let mut before = Vec::new();
         for &(id, pid, addr) in nodes {
             let client = Client::connect(addr, credentials).await.ok();
-            before.push((cpu_ticks(pid), sent_bytes(client.as_ref()).await));
+            before.push((cpu_ticks(Some(pid)), sent_bytes(client.as_ref()).await));
             probed.push((id, pid, client));
         }
         let pids: Vec<u32> = nodes.iter().map(|n| n.1).collect();
@@ -512,7 +504,7 @@ impl ResourceProbe {
         let mut out = Vec::new();
         for (i, (id, pid, client)) in self.nodes.iter().enumerate() {
             let (cpu0, sent0) = self.before[i];
-            let cpu = match (cpu0, cpu_ticks(*pid)) {
+            let cpu = match (cpu0, cpu_ticks(Some(*pid))) {
                 (Some(a), Some(b)) => b.saturating_sub(a) as f64 / 100.0 / secs * 100.0,
                 _ => 0.0,
             };

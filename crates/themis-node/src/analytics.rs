@@ -697,21 +697,10 @@ struct CpuMeter {
 }
 
 impl CpuMeter {
-    /// User plus system clock ticks (`USER_HZ`, 100 a second on Linux) this process used.
-    fn ticks() -> Option<u64> {
-        let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-        // The command name may hold spaces; fields count from after its closing paren.
-        let rest = &stat[stat.rfind(')')? + 2..];
-        let fields: Vec<&str> = rest.split(' ').collect();
-        let utime: u64 = fields.get(11)?.parse().ok()?;
-        let stime: u64 = fields.get(12)?.parse().ok()?;
-        Some(utime + stime)
-    }
-
     /// The share of all cores used over the last whole second or more.
     fn sample(&mut self, cores: f64) -> Option<f64> {
         let now = std::time::Instant::now();
-        let ticks = Self::ticks()?;
+        let ticks = crate::stats::cpu_ticks(None)?;
         match self.last {
             Some((at, before)) if now.duration_since(at) >= Duration::from_secs(1) => {
                 #[allow(clippy::cast_precision_loss, reason = "tick counts are small")]

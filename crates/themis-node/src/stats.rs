@@ -14,6 +14,19 @@ pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
+/// User plus system clock ticks process `pid` has used (`None` for this process: read
+/// `/proc/self/stat`), from Linux's `/proc`; `None` where that is not readable. Ticks are
+/// `USER_HZ`, 100 a second on Linux.
+#[must_use]
+pub fn cpu_ticks(pid: Option<u32>) -> Option<u64> {
+    let path = pid.map_or_else(|| "/proc/self/stat".to_string(), |pid| format!("/proc/{pid}/stat"));
+    let stat = std::fs::read_to_string(path).ok()?;
+    // The command name may hold spaces; fields count from after its closing paren.
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
+    let fields: Vec<&str> = rest.split(' ').collect();
+    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+}
+
 /// A JSON document of exactly `bytes` bytes (at least its fields' size), naming the
 /// writer and its sequence number: what load generators write.
 #[must_use]
@@ -38,6 +51,17 @@ mod tests {
             let v: serde_json::Value = serde_json::from_slice(&doc).unwrap();
             assert_eq!((v["writer"].as_u64(), v["n"].as_u64()), (Some(7), Some(123)));
         }
+    }
+
+    #[test]
+    fn this_process_has_cpu_ticks_and_a_missing_one_none() {
+        let burn: u64 = (0..20_000_000u64).fold(0, |a, b| a.wrapping_add(b * b));
+        assert!(burn > 0);
+        if cfg!(target_os = "linux") {
+            assert!(cpu_ticks(None).is_some());
+            assert!(cpu_ticks(Some(std::process::id())).is_some());
+        }
+        assert_eq!(cpu_ticks(Some(u32::MAX)), None);
     }
 
     #[test]

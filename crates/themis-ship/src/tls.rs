@@ -65,6 +65,19 @@ pub fn generate_ca(cluster: &str) -> Result<CertPem, ShipError> {
 /// the vote key from the certificate the CA signed ([`ed25519_public_key`]), never from a
 /// message.
 pub fn issue_node_cert(ca: &CertPem, node: NodeId, extra_names: &[String]) -> Result<CertPem, ShipError> {
+    let usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth, rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    node_leaf(ca, node, extra_names, &rcgen::PKCS_ED25519, usages)
+}
+
+/// A certificate for `node` (its DNS name and `extra_names`) with a new key of `alg`,
+/// signed by `ca`, for the `usages` given.
+fn node_leaf(
+    ca: &CertPem,
+    node: NodeId,
+    extra_names: &[String],
+    alg: &'static rcgen::SignatureAlgorithm,
+    usages: Vec<rcgen::ExtendedKeyUsagePurpose>,
+) -> Result<CertPem, ShipError> {
     let ca_key = rcgen::KeyPair::from_pem(&ca.key).map_err(|e| cert_err("CA key", e))?;
     let issuer =
         rcgen::Issuer::from_ca_cert_pem(&ca.cert, ca_key).map_err(|e| cert_err("CA certificate", e))?;
@@ -74,10 +87,9 @@ pub fn issue_node_cert(ca: &CertPem, node: NodeId, extra_names: &[String]) -> Re
         rcgen::CertificateParams::new(names).map_err(|e| cert_err("node certificate names", e))?;
     params.distinguished_name.push(rcgen::DnType::CommonName, node_dns_name(node));
     params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages =
-        vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth, rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    params.extended_key_usages = usages;
     params.use_authority_key_identifier_extension = true;
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).map_err(|e| cert_err("node key", e))?;
+    let key = rcgen::KeyPair::generate_for(alg).map_err(|e| cert_err("node key", e))?;
     let cert = params.signed_by(&key, &issuer).map_err(|e| cert_err("node certificate", e))?;
     Ok(CertPem { cert: cert.pem(), key: key.serialize_pem() })
 }
@@ -87,21 +99,8 @@ pub fn issue_node_cert(ca: &CertPem, node: NodeId, extra_names: &[String]) -> Re
 /// certificate ([`issue_node_cert`]), whose key must stay Ed25519 because it signs votes;
 /// this one lets them connect. `extra_names` as for [`issue_node_cert`].
 pub fn issue_web_cert(ca: &CertPem, node: NodeId, extra_names: &[String]) -> Result<CertPem, ShipError> {
-    let ca_key = rcgen::KeyPair::from_pem(&ca.key).map_err(|e| cert_err("CA key", e))?;
-    let issuer =
-        rcgen::Issuer::from_ca_cert_pem(&ca.cert, ca_key).map_err(|e| cert_err("CA certificate", e))?;
-    let mut names = vec![node_dns_name(node)];
-    names.extend(extra_names.iter().cloned());
-    let mut params =
-        rcgen::CertificateParams::new(names).map_err(|e| cert_err("web certificate names", e))?;
-    params.distinguished_name.push(rcgen::DnType::CommonName, node_dns_name(node));
-    params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
-    params.use_authority_key_identifier_extension = true;
-    let key =
-        rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(|e| cert_err("web key", e))?;
-    let cert = params.signed_by(&key, &issuer).map_err(|e| cert_err("web certificate", e))?;
-    Ok(CertPem { cert: cert.pem(), key: key.serialize_pem() })
+    let usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    node_leaf(ca, node, extra_names, &rcgen::PKCS_ECDSA_P256_SHA256, usages)
 }
 
 /// Issues a client certificate for the client and admin APIs, signed by `ca`: its
