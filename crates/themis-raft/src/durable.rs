@@ -46,12 +46,12 @@ fn other(what: impl std::fmt::Display) -> StorageError {
     StorageError::Other(what.to_string())
 }
 
-fn io_err(op: &str, path: &Path, err: &std::io::Error) -> StorageError {
-    StorageError::Other(format!("{op} {}: {err}", path.display()))
+fn io_err(op: &'static str, path: &Path, err: std::io::Error) -> StorageError {
+    StorageError::Io { op, path: path.to_path_buf(), source: std::sync::Arc::new(err) }
 }
 
-fn wal_err(err: &WalError) -> StorageError {
-    StorageError::Other(format!("WAL: {err}"))
+fn wal_err(err: WalError) -> StorageError {
+    StorageError::from(err)
 }
 
 /// Replaces `dir/name` with the concatenation of `parts` so that a crash leaves the old
@@ -66,14 +66,14 @@ pub fn write_file_atomic(dir: &Path, name: &str, parts: &[&[u8]]) -> Result<(), 
         .create(true)
         .truncate(true)
         .open(&tmp)
-        .map_err(|e| io_err("create", &tmp, &e))?;
+        .map_err(|e| io_err("create", &tmp, e))?;
     for part in parts {
-        file.write_all(part).map_err(|e| io_err("write", &tmp, &e))?;
+        file.write_all(part).map_err(|e| io_err("write", &tmp, e))?;
     }
-    file.sync_all().map_err(|e| io_err("fsync", &tmp, &e))?;
+    file.sync_all().map_err(|e| io_err("fsync", &tmp, e))?;
     drop(file);
-    fs::rename(&tmp, &path).map_err(|e| io_err("rename", &tmp, &e))?;
-    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| io_err("fsync directory", dir, &e))
+    fs::rename(&tmp, &path).map_err(|e| io_err("rename", &tmp, e))?;
+    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| io_err("fsync directory", dir, e))
 }
 
 /// Frames a body given as consecutive `parts` as `magic, version u16, reserved u16,
@@ -215,7 +215,7 @@ impl WalStorage {
         bootstrap: Option<(ConfState, AckPolicy)>,
     ) -> Result<(WalStorage, RecoveryReport), StorageError> {
         let dir = dir.as_ref().to_path_buf();
-        fs::create_dir_all(&dir).map_err(|e| io_err("create directory", &dir, &e))?;
+        fs::create_dir_all(&dir).map_err(|e| io_err("create directory", &dir, e))?;
         let snap_path = dir.join(SNAPSHOT_FILE);
         let (meta, data) = match fs::read(&snap_path) {
             Ok(bytes) => {
@@ -236,15 +236,15 @@ impl WalStorage {
                 write_snapshot_file(&dir, &snapshot)?;
                 (snapshot.meta, snapshot.data)
             }
-            Err(e) => return Err(io_err("read", &snap_path, &e)),
+            Err(e) => return Err(io_err("read", &snap_path, e)),
         };
         let hs_path = dir.join(HARD_STATE_FILE);
         let mut hard_state = match fs::read(&hs_path) {
             Ok(bytes) => decode_hard_state(&hs_path, &bytes)?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => HardState::default(),
-            Err(e) => return Err(io_err("read", &hs_path, &e)),
+            Err(e) => return Err(io_err("read", &hs_path, e)),
         };
-        let (wal, report) = Wal::open(dir.join("wal"), wal_config).map_err(|e| wal_err(&e))?;
+        let (wal, report) = Wal::open(dir.join("wal"), wal_config).map_err(wal_err)?;
         let terms = reconcile(&wal, &meta)?;
         let last = meta.lsn + terms.len() as Lsn;
         // The commit LSN is persisted lazily (see `set_hard_state`): never below the
@@ -317,7 +317,7 @@ impl WalStorage {
         let Some(first) = self.prepare_append(entries)? else { return Ok(()) };
         let mut lsn = first;
         for chunk in self.chunks(entries) {
-            self.wal.append_at(lsn, &chunk).map_err(|e| wal_err(&e))?;
+            self.wal.append_at(lsn, &chunk).map_err(wal_err)?;
             lsn += chunk.len() as Lsn;
         }
         self.record_terms(entries);
@@ -331,10 +331,10 @@ impl WalStorage {
         let Some(first) = self.prepare_append(entries)? else { return Ok(()) };
         let mut lsn = first;
         for chunk in self.chunks(entries) {
-            self.wal.submit_at_async(lsn, &chunk).await.map_err(|e| wal_err(&e))?;
+            self.wal.submit_at_async(lsn, &chunk).await.map_err(wal_err)?;
             lsn += chunk.len() as Lsn;
         }
-        self.wal.acknowledged_async(lsn - 1).await.map_err(|e| wal_err(&e))?;
+        self.wal.acknowledged_async(lsn - 1).await.map_err(wal_err)?;
         self.record_terms(entries);
         Ok(())
     }
@@ -380,7 +380,7 @@ impl WalStorage {
             return Err(other(format!("appending at LSN {} would leave a gap after {last_lsn}", first.lsn)));
         }
         if first.lsn <= last_lsn {
-            self.wal.truncate_suffix(first.lsn - 1).map_err(|e| wal_err(&e))?;
+            self.wal.truncate_suffix(first.lsn - 1).map_err(wal_err)?;
             let mut inner = self.write();
             let keep = (first.lsn - inner.first_lsn()) as usize;
             inner.terms.truncate(keep);
@@ -411,7 +411,7 @@ impl WalStorage {
             let drop = ((meta.lsn - inner.meta.lsn) as usize).min(inner.terms.len());
             inner.terms.drain(..drop);
         } else {
-            self.wal.restart_at(meta.lsn + 1).map_err(|e| wal_err(&e))?;
+            self.wal.restart_at(meta.lsn + 1).map_err(wal_err)?;
             inner.terms.clear();
         }
         inner.meta = meta.clone();
@@ -419,7 +419,7 @@ impl WalStorage {
         inner.hard_state.commit = inner.hard_state.commit.max(meta.lsn);
         drop(inner);
         if keeps_suffix {
-            self.wal.truncate_prefix(meta.lsn + 1).map_err(|e| wal_err(&e))?;
+            self.wal.truncate_prefix(meta.lsn + 1).map_err(wal_err)?;
         }
         Ok(())
     }
@@ -456,7 +456,7 @@ impl WalStorage {
             inner.meta = snapshot.meta.clone();
             inner.data = snapshot.data.clone();
         }
-        self.wal.truncate_prefix(lsn + 1).map_err(|e| wal_err(&e))?;
+        self.wal.truncate_prefix(lsn + 1).map_err(wal_err)?;
         Ok(())
     }
 
@@ -476,7 +476,7 @@ fn reconcile(wal: &Wal, meta: &SnapshotMeta) -> Result<VecDeque<u64>, StorageErr
     } else if wal.first_lsn() == next {
         true
     } else {
-        wal.read(meta.lsn).map_err(|e| wal_err(&e))?.term == meta.term
+        wal.read(meta.lsn).map_err(wal_err)?.term == meta.term
     };
     if !continues {
         tracing::warn!(
@@ -485,12 +485,12 @@ fn reconcile(wal: &Wal, meta: &SnapshotMeta) -> Result<VecDeque<u64>, StorageErr
             wal_last = wal.last_lsn(),
             "the log does not continue the snapshot; restarting it after the snapshot"
         );
-        wal.restart_at(next).map_err(|e| wal_err(&e))?;
+        wal.restart_at(next).map_err(wal_err)?;
         return Ok(VecDeque::new());
     }
     let mut terms = VecDeque::with_capacity((wal.last_lsn() + 1).saturating_sub(next) as usize);
     for (expected, entry) in (next..).zip(wal.reader(next, 4 << 20)) {
-        let entry = entry.map_err(|e| wal_err(&e))?;
+        let entry = entry.map_err(wal_err)?;
         if entry.lsn != expected {
             return Err(other(format!("the log skips from LSN {} to {}", expected - 1, entry.lsn)));
         }
@@ -524,7 +524,7 @@ impl Storage for WalStorage {
         let mut bytes = 0u64;
         while next < high {
             let budget = usize::try_from(max_bytes.saturating_sub(bytes)).unwrap_or(usize::MAX).max(1);
-            let chunk = self.wal.read_range(next, budget).map_err(|e| wal_err(&e))?;
+            let chunk = self.wal.read_range(next, budget).map_err(wal_err)?;
             if chunk.is_empty() {
                 break;
             }

@@ -3,11 +3,13 @@
 use themis_clock::NodeId;
 use themis_wal::Lsn;
 
-/// Why a log read failed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// Why a log read or write failed. The WAL's and the file system's errors keep their
+/// source (`std::error::Error::source`), so a caller can tell a full disk from a
+/// corrupt record.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
 pub enum StorageError {
     /// The entry was compacted into a snapshot.
-    #[error("LSN {lsn} was compacted; the log starts after LSN {snapshot_lsn}")]
     Compacted {
         /// The LSN asked for.
         lsn: Lsn,
@@ -15,7 +17,6 @@ pub enum StorageError {
         snapshot_lsn: Lsn,
     },
     /// The entry is past the end of the log.
-    #[error("LSN {lsn} is past the last LSN {last_lsn}")]
     Unavailable {
         /// The LSN asked for.
         lsn: Lsn,
@@ -23,12 +24,80 @@ pub enum StorageError {
         last_lsn: Lsn,
     },
     /// A snapshot is being built; ask again later.
-    #[error("the snapshot is temporarily unavailable")]
     SnapshotTemporarilyUnavailable,
-    /// The storage failed (an I/O error in the WAL adapter).
-    #[error("storage failed: {0}")]
+    /// The write-ahead log failed.
+    Wal(std::sync::Arc<themis_wal::WalError>),
+    /// A file beside the log (the hard state, a snapshot) could not be read or written.
+    Io {
+        /// What was being done (`read`, `fsync`, `rename`, ...).
+        op: &'static str,
+        /// The file or directory.
+        path: std::path::PathBuf,
+        /// The operating system's error.
+        source: std::sync::Arc<std::io::Error>,
+    },
+    /// Stored state is not valid (a damaged hard-state or snapshot file, snapshot data
+    /// that does not decode); the message names what and where.
     Other(String),
 }
+
+impl std::fmt::Display for StorageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StorageError::Compacted { lsn, snapshot_lsn } => {
+                write!(f, "LSN {lsn} was compacted; the log starts after LSN {snapshot_lsn}")
+            }
+            StorageError::Unavailable { lsn, last_lsn } => {
+                write!(f, "LSN {lsn} is past the last LSN {last_lsn}")
+            }
+            StorageError::SnapshotTemporarilyUnavailable => {
+                write!(f, "the snapshot is temporarily unavailable")
+            }
+            StorageError::Wal(err) => write!(f, "WAL: {err}"),
+            StorageError::Io { op, path, source } => write!(f, "{op} {}: {source}", path.display()),
+            StorageError::Other(what) => write!(f, "storage failed: {what}"),
+        }
+    }
+}
+
+/// The source is the WAL's or the operating system's own error (not the `Arc` that lets
+/// this error be cloned), so `downcast_ref::<WalError>()` finds it.
+impl std::error::Error for StorageError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            StorageError::Wal(err) => Some(err.as_ref()),
+            StorageError::Io { source, .. } => Some(source.as_ref()),
+            _ => None,
+        }
+    }
+}
+
+impl From<themis_wal::WalError> for StorageError {
+    fn from(err: themis_wal::WalError) -> Self {
+        StorageError::Wal(std::sync::Arc::new(err))
+    }
+}
+
+/// Equal when of the same kind with the same fields; WAL and I/O errors compare by their
+/// message, as their sources do not compare.
+impl PartialEq for StorageError {
+    fn eq(&self, other: &Self) -> bool {
+        use StorageError::{Compacted, Io, Other, SnapshotTemporarilyUnavailable, Unavailable, Wal};
+        match (self, other) {
+            (Compacted { lsn: a, snapshot_lsn: b }, Compacted { lsn: c, snapshot_lsn: d })
+            | (Unavailable { lsn: a, last_lsn: b }, Unavailable { lsn: c, last_lsn: d }) => a == c && b == d,
+            (SnapshotTemporarilyUnavailable, SnapshotTemporarilyUnavailable) => true,
+            (Wal(a), Wal(b)) => a.to_string() == b.to_string(),
+            (Io { op, path, source }, Io { op: other_op, path: other_path, source: other_source }) => {
+                op == other_op && path == other_path && source.kind() == other_source.kind()
+            }
+            (Other(a), Other(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+
+impl Eq for StorageError {}
 
 /// Why a Raft call was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

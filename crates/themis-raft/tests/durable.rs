@@ -238,3 +238,29 @@ fn a_single_voter_raw_node_commits_over_wal_storage_and_restarts_with_it() {
     let data = storage.entries(1, storage.last_lsn().unwrap() + 1, u64::MAX).unwrap();
     assert!(data.iter().any(|e| &e.payload[..] == b"hello"), "the entry is in the log after a restart");
 }
+
+#[test]
+fn wal_and_file_failures_are_typed_and_keep_their_source() {
+    use std::error::Error as _;
+    // A segment whose header is garbage: the WAL refuses it, and says why underneath.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("wal")).unwrap();
+    std::fs::write(dir.path().join("wal").join(themis_wal::segment::file_name(1)), vec![0xAB; 4096]).unwrap();
+    let err = WalStorage::open(dir.path(), config(), Some(bootstrap())).unwrap_err();
+    assert!(matches!(err, StorageError::Wal(_)), "{err:?}");
+    let source = err.source().expect("the WAL's error is the source");
+    assert!(source.downcast_ref::<themis_wal::WalError>().is_some(), "{source:?}");
+    // The hard state is a directory: an I/O error naming the file, with the OS error.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("hard-state")).unwrap();
+    let err = WalStorage::open(dir.path(), config(), Some(bootstrap())).unwrap_err();
+    match &err {
+        StorageError::Io { op, path, .. } => {
+            assert_eq!(*op, "read");
+            assert!(path.ends_with("hard-state"), "{path:?}");
+        }
+        other => panic!("expected an I/O error, got {other:?}"),
+    }
+    assert!(err.source().and_then(|s| s.downcast_ref::<std::io::Error>()).is_some());
+    assert!(err.to_string().contains("hard-state"), "{err}");
+}
