@@ -143,6 +143,7 @@ pub enum Identity {
 
 /// Why a request was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum AuthError {
     /// No credentials, or credentials that do not verify (HTTP 401).
     #[error("unauthenticated: {0}")]

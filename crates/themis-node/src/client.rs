@@ -21,6 +21,7 @@ use crate::protocol::{Consistency, ErrorCode, Request, Response, check_name, rea
 
 /// Why a client call failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum ClientError {
     /// Connecting or TLS failed.
     #[error("connect to {addr}: {reason}")]

@@ -261,6 +261,7 @@ impl ErrorCode {
 
 /// Why a frame could not be read or written.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ProtocolError {
     /// The connection failed or closed.
     #[error("connection: {0}")]

@@ -134,6 +134,7 @@ fn start_tasks(
 
 /// Why a node could not start or stopped.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum NodeError {
     /// A file or socket failed; the message names it.
     #[error("{0}")]

@@ -202,6 +202,7 @@ impl DriverConfig {
 
 /// Why a driver call failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum DriverError {
     /// This node is not the leader; `leader` (with its addresses when known) is.
     #[error("node {node} is not the leader (leader: {leader:?})")]
@@ -1559,7 +1560,8 @@ impl Loop {
                     out.unsend(chunk.offset);
                     return;
                 }
-                Err(SendError::Closed { .. }) => {
+                // Closed, or a failure this driver does not know: the link is redialled.
+                Err(_) => {
                     out.unsend(chunk.offset);
                     close_link(peer, &mut self.counters);
                     peer.retry_at = Some(Instant::now() + LINK_RETRY);
@@ -1853,7 +1855,8 @@ impl Loop {
         match peer.sender.as_ref().map(|s| s.try_send(bytes)) {
             Some(Ok(())) => true,
             Some(Err(SendError::Full { .. })) | None => false,
-            Some(Err(SendError::Closed { .. })) => {
+            // Closed, or a failure this driver does not know: the link is redialled.
+            Some(Err(_)) => {
                 close_link(peer, &mut self.counters);
                 peer.retry_at = Some(Instant::now() + LINK_RETRY);
                 false

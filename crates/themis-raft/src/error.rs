@@ -101,6 +101,7 @@ impl Eq for StorageError {}
 
 /// Why a Raft call was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum RaftError {
     /// A configuration value is invalid.
     #[error("invalid raft config: {key} = {value}: {reason}")]

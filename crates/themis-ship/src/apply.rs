@@ -43,6 +43,7 @@ pub struct Change {
 
 /// Why a task was not applied.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum ApplyError {
     /// An entry's payload is not an op batch.
     #[error("entry {lsn}: {source}")]

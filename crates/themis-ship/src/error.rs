@@ -9,6 +9,7 @@ use crate::codec::Codec;
 
 /// Why bytes are not a valid frame.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum FrameError {
     /// Fewer bytes than the structure needs.
     #[error("truncated: needed {needed} bytes, {available} available")]
@@ -117,6 +118,7 @@ impl RefuseCode {
 
 /// An error of the transport, the shipper or the receiver.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ShipError {
     /// A socket operation failed.
     #[error("{op} {peer}: {source}")]

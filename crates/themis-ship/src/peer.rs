@@ -106,6 +106,7 @@ pub struct PeerStatus {
 
 /// Why a message was not queued.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum SendError {
     /// The queue is at its bound: the peer is slow or unreachable.
     #[error("the queue to node {peer} is full ({msgs} messages, {bytes} bytes)")]

@@ -57,6 +57,7 @@ fn checksum(record: &[u8]) -> u32 {
 
 /// Why bytes at some offset are not a valid record.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum RecordError {
     /// The bytes end inside the record (a torn write when at the end of a file).
     Truncated {
@@ -161,6 +162,7 @@ pub struct CheckedRecords {
 
 /// Why bytes are not a batch of consecutive records; `offset` is within the bytes given.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum BatchError {
     /// No records at all.
     Empty,
