@@ -11,17 +11,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use themis_replication::clock::{Hlc, NodeId};
-use themis_replication::raft::driver::{Driver, DriverConfig, PeerInfo, ReplicationManager};
-use themis_replication::raft::{
-    AckPolicy, ConfState, Config, Ed25519Votes, ReplicationMode, SharedVotes, WalStorage,
-};
-use themis_replication::ship::tls::{CertPem, TlsConfig, generate_ca, issue_node_cert};
-use themis_replication::ship::{
-    ApplyError, Change, Members, Security, StateMachine, Transport, TransportConfig,
-};
-use themis_replication::wal::op::{Op, OpKind, encode_batch};
-use themis_replication::wal::{Lsn, WalConfig};
+// The prelude has what an embedder needs: the driver and its handle, WAL-backed storage,
+// the TLS transport and certificates, the state machine trait and the op codec.
+use themis_replication::prelude::*;
 
 /// Keys to their values and the LSN that wrote each.
 type Entries = BTreeMap<Vec<u8>, (Vec<u8>, Lsn)>;
@@ -183,7 +175,7 @@ async fn start(
         Some((ConfState::with_voters(ids.to_vec()), SEMI_SYNC)),
     )
     .expect("the log opens");
-    let mut config = DriverConfig::new(Config::new(id, "kv-example"), peers);
+    let mut config = DriverConfig::new(RaftConfig::new(id, "kv-example"), peers);
     config.tick = Duration::from_millis(20);
     let kv = Arc::new(Kv::default());
     let hlc = Arc::new(Hlc::new(id));

@@ -44,11 +44,18 @@ pub mod prelude {
         ChangeBatch, LogicalChange, LogicalConfig, LogicalError, LogicalReplicationManager, OutputPlugin,
         SlotConfig, SlotInfo,
     };
-    pub use themis_raft::{AckPolicy, Config as RaftConfig, RawNode, Ready, ReplicationMode};
-    pub use themis_ship::{
-        Applier, Codec, CodecChoice, MemoryStateMachine, ParallelApplier, SerialApplier, ShipConfig,
-        ShipError, StateMachine, Transport, TransportConfig, WalReceiver, WalShipper,
+    pub use themis_raft::driver::{Driver, DriverConfig, PeerInfo, ReplicationManager};
+    pub use themis_raft::{
+        AckPolicy, ConfState, Config as RaftConfig, DriverError, Ed25519Votes, RaftError, RawNode, Ready,
+        ReplicationMode, SharedVotes, StorageError, WalStorage,
     };
+    pub use themis_ship::tls::{CertPem, TlsConfig, generate_ca, issue_node_cert};
+    pub use themis_ship::{
+        Applier, ApplyError, Change, Codec, CodecChoice, Members, MemoryStateMachine, ParallelApplier,
+        Security, SerialApplier, ShipConfig, ShipError, StateMachine, Transport, TransportConfig,
+        WalReceiver, WalShipper,
+    };
+    pub use themis_wal::op::{Op, OpKind, encode_batch};
     pub use themis_wal::{
         Entry, EntryKind, FsyncPolicy, Lsn, NewEntry, RecoveryMode, Wal, WalConfig, WalError,
     };
