@@ -132,15 +132,15 @@ fn replica_config(dir: &Path) -> Result<(NodeConfig, ClusterFile), String> {
         LocalCluster::write(dir, "themis-replica", 1, 0, "async")?;
     }
     let config = NodeConfig::load(&config_path).map_err(|e| format!("{}: {e}", config_path.display()))?;
-    let admin = config.admin_addr.ok_or("the replica's configuration has no admin_addr")?;
+    let admin = config.admin_addr().ok_or("the replica's configuration has no admin_addr")?;
     let file = ClusterFile {
         ca: dir.join("certs").join("ca.pem"),
         mode: "async".into(),
         nodes: vec![NodeEntry {
             id: 1,
             pid: std::process::id(),
-            raft: config.raft_addr,
-            client: config.client_addr,
+            raft: config.raft_addr(),
+            client: config.client_addr(),
             admin,
             config: config_path,
             log: dir.join("subscribe.log"),

@@ -367,8 +367,8 @@ impl ArchiveArgs {
         if let Some(path) = &self.config {
             let config =
                 themis_node::NodeConfig::load(path).map_err(|e| format!("{}: {e}", path.display()))?;
-            let spec = config.archive.ok_or_else(|| format!("{}: no [archive] section", path.display()))?;
-            return spec.open(&config.cluster).map_err(|e| e.to_string());
+            let spec = config.archive().ok_or_else(|| format!("{}: no [archive] section", path.display()))?;
+            return spec.open(config.cluster()).map_err(|e| e.to_string());
         }
         let url = self.archive.ok_or("give --archive URL with --key-file (or --config NODE.toml)")?;
         let mut spec = themis_replication::pitr::ArchiveSpec::new(url, PathBuf::new());
@@ -1034,8 +1034,8 @@ fn archive_cmd(cmd: ArchiveCmd) -> Result<ExitCode, String> {
         ArchiveCmd::Prune { dry_run, config } => {
             let node =
                 themis_node::NodeConfig::load(&config).map_err(|e| format!("{}: {e}", config.display()))?;
-            let spec = node.archive.ok_or_else(|| format!("{}: no [archive] section", config.display()))?;
-            let archive = spec.open(&node.cluster).map_err(|e| e.to_string())?;
+            let spec = node.archive().ok_or_else(|| format!("{}: no [archive] section", config.display()))?;
+            let archive = spec.open(node.cluster()).map_err(|e| e.to_string())?;
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));

@@ -423,78 +423,283 @@ fn default_cluster() -> String {
     "themis".into()
 }
 
-/// A validated node configuration.
+/// A validated node configuration. Only [`NodeConfig::parse`] and [`NodeConfig::load`]
+/// make one, and they check every value, so a `NodeConfig` always holds valid settings;
+/// its fields are read through the methods of the same names.
 #[derive(Debug, Clone)]
 #[allow(clippy::struct_excessive_bools, reason = "each is an independent on/off setting of the file")]
 pub struct NodeConfig {
     /// This node's id (at least 1).
-    pub node_id: u64,
+    pub(crate) node_id: u64,
     /// The cluster name (peers of another cluster are refused).
-    pub cluster: String,
+    pub(crate) cluster: String,
     /// Where the WAL, hard state, snapshot and vote key live.
-    pub data_dir: PathBuf,
+    pub(crate) data_dir: PathBuf,
     /// Raft listen address.
-    pub raft_addr: SocketAddr,
+    pub(crate) raft_addr: SocketAddr,
     /// Client API listen address.
-    pub client_addr: SocketAddr,
+    pub(crate) client_addr: SocketAddr,
     /// HTTP admin API and metrics listen address (none: not served).
-    pub admin_addr: Option<SocketAddr>,
+    pub(crate) admin_addr: Option<SocketAddr>,
     /// Regions by node id, for the topology (this node's `region` and the peers').
-    pub regions: std::collections::BTreeMap<u64, String>,
+    pub(crate) regions: std::collections::BTreeMap<u64, String>,
     /// No TLS anywhere (tests on one machine only; logged as a warning).
-    pub insecure_plaintext: bool,
+    pub(crate) insecure_plaintext: bool,
     /// Start as a learner joining a running cluster (the leader adds it).
-    pub join: bool,
+    pub(crate) join: bool,
     /// Certificates; required unless `insecure_plaintext`.
-    pub tls: Option<TlsFiles>,
+    pub(crate) tls: Option<TlsFiles>,
     /// The acknowledgement policy at bootstrap.
-    pub policy: AckPolicy,
+    pub(crate) policy: AckPolicy,
     /// Heartbeat interval.
-    pub heartbeat: Duration,
+    pub(crate) heartbeat: Duration,
     /// Shortest election timeout.
-    pub election_timeout: Duration,
+    pub(crate) election_timeout: Duration,
     /// Snapshot threshold in entries.
-    pub snapshot_entries: u64,
+    pub(crate) snapshot_entries: u64,
     /// Snapshot threshold in percent of the last snapshot's bytes.
-    pub snapshot_log_percent: u32,
+    pub(crate) snapshot_log_percent: u32,
     /// Snapshot chunk size.
-    pub snapshot_chunk_bytes: usize,
+    pub(crate) snapshot_chunk_bytes: usize,
     /// Applier threads.
-    pub apply_workers: usize,
+    pub(crate) apply_workers: usize,
     /// Whether appends are fsynced.
-    pub fsync: bool,
+    pub(crate) fsync: bool,
     /// Lag alert threshold.
-    pub lag_alert: Duration,
+    pub(crate) lag_alert: Duration,
     /// The bootstrap members (this node included).
-    pub peers: Vec<(u64, SocketAddr, SocketAddr)>,
+    pub(crate) peers: Vec<(u64, SocketAddr, SocketAddr)>,
     /// Authentication (`[auth]`): JWT keys and whether metrics are open. Client
     /// certificates from the cluster CA always authenticate; `insecure_plaintext` turns
     /// authentication off.
-    pub auth: AuthSection,
+    pub(crate) auth: AuthSection,
     /// Change data capture (`[cdc]`).
-    pub cdc: CdcSection,
+    pub(crate) cdc: CdcSection,
     /// `cdc.before_images`, compiled (none: no collection logs before-images).
-    pub before_images: Option<CdcFilter>,
+    pub(crate) before_images: Option<CdcFilter>,
     /// Logical replication (`[logical]`).
-    pub logical: LogicalSection,
+    pub(crate) logical: LogicalSection,
     /// WAL archiving for point-in-time recovery (`[archive]`; none: off).
-    pub archive: Option<themis_replication::pitr::ArchiveSpec>,
+    pub(crate) archive: Option<themis_replication::pitr::ArchiveSpec>,
     /// Lease reads (`replication.read_lease`).
-    pub read_lease: bool,
+    pub(crate) read_lease: bool,
     /// `replication.max_clock_drift_ppm`.
-    pub max_clock_drift_ppm: u32,
+    pub(crate) max_clock_drift_ppm: u32,
     /// This node's region (`region`; `local` when not given).
-    pub region: String,
+    pub(crate) region: String,
     /// Read consistency and sessions (`[geo]`).
-    pub geo: GeoSection,
+    pub(crate) geo: GeoSection,
     /// `geo.default_consistency`, parsed.
-    pub default_consistency: themis_replication::geo::ConsistencyLevel,
+    pub(crate) default_consistency: themis_replication::geo::ConsistencyLevel,
     /// `geo.session_secret_file`'s contents.
-    pub session_secret: Option<Vec<u8>>,
+    pub(crate) session_secret: Option<Vec<u8>>,
     /// Active-active replication between clusters (`[active_active]`).
-    pub active_active: ActiveSection,
+    pub(crate) active_active: ActiveSection,
     /// Lag history and insight thresholds (`[analytics]`).
-    pub analytics: crate::analytics::AnalyticsSection,
+    pub(crate) analytics: crate::analytics::AnalyticsSection,
+}
+
+/// Read access to the validated settings.
+impl NodeConfig {
+    /// This node's id (at least 1).
+    #[must_use]
+    pub fn node_id(&self) -> u64 {
+        self.node_id
+    }
+
+    /// The cluster name (peers of another cluster are refused).
+    #[must_use]
+    pub fn cluster(&self) -> &str {
+        &self.cluster
+    }
+
+    /// Where the WAL, hard state, snapshot and vote key live.
+    #[must_use]
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// Raft listen address.
+    #[must_use]
+    pub fn raft_addr(&self) -> SocketAddr {
+        self.raft_addr
+    }
+
+    /// Client API listen address.
+    #[must_use]
+    pub fn client_addr(&self) -> SocketAddr {
+        self.client_addr
+    }
+
+    /// HTTP admin API and metrics listen address (none: not served).
+    #[must_use]
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
+    /// Regions by node id, for the topology (this node's `region` and the peers').
+    #[must_use]
+    pub fn regions(&self) -> &std::collections::BTreeMap<u64, String> {
+        &self.regions
+    }
+
+    /// No TLS anywhere (tests on one machine only; logged as a warning).
+    #[must_use]
+    pub fn insecure_plaintext(&self) -> bool {
+        self.insecure_plaintext
+    }
+
+    /// Start as a learner joining a running cluster (the leader adds it).
+    #[must_use]
+    pub fn join(&self) -> bool {
+        self.join
+    }
+
+    /// Certificates; required unless `insecure_plaintext`.
+    #[must_use]
+    pub fn tls(&self) -> Option<&TlsFiles> {
+        self.tls.as_ref()
+    }
+
+    /// The acknowledgement policy at bootstrap.
+    #[must_use]
+    pub fn policy(&self) -> AckPolicy {
+        self.policy
+    }
+
+    /// Heartbeat interval.
+    #[must_use]
+    pub fn heartbeat(&self) -> Duration {
+        self.heartbeat
+    }
+
+    /// Shortest election timeout.
+    #[must_use]
+    pub fn election_timeout(&self) -> Duration {
+        self.election_timeout
+    }
+
+    /// Snapshot threshold in entries.
+    #[must_use]
+    pub fn snapshot_entries(&self) -> u64 {
+        self.snapshot_entries
+    }
+
+    /// Snapshot threshold in percent of the last snapshot's bytes.
+    #[must_use]
+    pub fn snapshot_log_percent(&self) -> u32 {
+        self.snapshot_log_percent
+    }
+
+    /// Snapshot chunk size.
+    #[must_use]
+    pub fn snapshot_chunk_bytes(&self) -> usize {
+        self.snapshot_chunk_bytes
+    }
+
+    /// Applier threads.
+    #[must_use]
+    pub fn apply_workers(&self) -> usize {
+        self.apply_workers
+    }
+
+    /// Whether appends are fsynced.
+    #[must_use]
+    pub fn fsync(&self) -> bool {
+        self.fsync
+    }
+
+    /// Lag alert threshold.
+    #[must_use]
+    pub fn lag_alert(&self) -> Duration {
+        self.lag_alert
+    }
+
+    /// The bootstrap members (this node included).
+    #[must_use]
+    pub fn peers(&self) -> &[(u64, SocketAddr, SocketAddr)] {
+        &self.peers
+    }
+
+    /// Authentication (`[auth]`): JWT keys and whether metrics are open. Client
+    /// certificates from the cluster CA always authenticate; `insecure_plaintext` turns
+    /// authentication off.
+    #[must_use]
+    pub fn auth(&self) -> &AuthSection {
+        &self.auth
+    }
+
+    /// Change data capture (`[cdc]`).
+    #[must_use]
+    pub fn cdc(&self) -> &CdcSection {
+        &self.cdc
+    }
+
+    /// `cdc.before_images`, compiled (none: no collection logs before-images).
+    #[must_use]
+    pub fn before_images(&self) -> Option<&CdcFilter> {
+        self.before_images.as_ref()
+    }
+
+    /// Logical replication (`[logical]`).
+    #[must_use]
+    pub fn logical(&self) -> &LogicalSection {
+        &self.logical
+    }
+
+    /// WAL archiving for point-in-time recovery (`[archive]`; none: off).
+    #[must_use]
+    pub fn archive(&self) -> Option<&themis_replication::pitr::ArchiveSpec> {
+        self.archive.as_ref()
+    }
+
+    /// Lease reads (`replication.read_lease`).
+    #[must_use]
+    pub fn read_lease(&self) -> bool {
+        self.read_lease
+    }
+
+    /// `replication.max_clock_drift_ppm`.
+    #[must_use]
+    pub fn max_clock_drift_ppm(&self) -> u32 {
+        self.max_clock_drift_ppm
+    }
+
+    /// This node's region (`region`; `local` when not given).
+    #[must_use]
+    pub fn region(&self) -> &str {
+        &self.region
+    }
+
+    /// Read consistency and sessions (`[geo]`).
+    #[must_use]
+    pub fn geo(&self) -> &GeoSection {
+        &self.geo
+    }
+
+    /// `geo.default_consistency`, parsed.
+    #[must_use]
+    pub fn default_consistency(&self) -> themis_replication::geo::ConsistencyLevel {
+        self.default_consistency
+    }
+
+    /// `geo.session_secret_file`'s contents.
+    #[must_use]
+    pub fn session_secret(&self) -> Option<&Vec<u8>> {
+        self.session_secret.as_ref()
+    }
+
+    /// Active-active replication between clusters (`[active_active]`).
+    #[must_use]
+    pub fn active_active(&self) -> &ActiveSection {
+        &self.active_active
+    }
+
+    /// Lag history and insight thresholds (`[analytics]`).
+    #[must_use]
+    pub fn analytics(&self) -> &crate::analytics::AnalyticsSection {
+        &self.analytics
+    }
 }
 
 fn parse_addr(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
