@@ -2,8 +2,9 @@
 //!
 //! - [`frame`] and [`codec`]: a versioned, CRC-checked frame whose payload is compressed
 //!   with LZ4, Zstd, Snappy, or a codec picked per batch by measured throughput.
-//! - [`tls`] and [`transport`]: TLS 1.3-only mutual TLS between nodes of one cluster CA,
-//!   the node id taken from the certificate, and a hello / welcome handshake.
+//! - `tls` (cargo feature `tls`, on by default) and [`transport`]: TLS 1.3-only mutual TLS
+//!   between nodes of one cluster CA, the node id taken from the certificate, and a hello /
+//!   welcome handshake.
 //! - [`ship`]: [`WalShipper`] streams a WAL to a follower's
 //!   [`WalReceiver`] and resumes after a reconnect with no gap and no
 //!   duplicate.
@@ -63,6 +64,7 @@ pub mod error;
 pub mod frame;
 pub mod peer;
 pub mod ship;
+#[cfg(feature = "tls")]
 pub mod tls;
 pub mod transport;
 

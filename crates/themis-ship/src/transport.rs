@@ -27,6 +27,7 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::codec::Decompressor;
 use crate::error::{FrameError, RefuseCode, ShipError};
 use crate::frame::{self, Frame, FrameHeader, FrameKind, HEADER_LEN, MAGIC};
+#[cfg(feature = "tls")]
 use crate::tls::TlsConfig;
 
 /// The handshake protocol version.
@@ -140,7 +141,9 @@ fn decode_refuse(payload: &Bytes) -> (RefuseCode, String) {
 /// How nodes protect their connections.
 #[derive(Debug, Clone)]
 pub enum Security {
-    /// Mutual TLS 1.3 with the cluster CA (the default and the only safe choice).
+    /// Mutual TLS 1.3 with the cluster CA (the default and the only safe choice; cargo
+    /// feature `tls`).
+    #[cfg(feature = "tls")]
     Tls(TlsConfig),
     /// No encryption and no authentication: `insecure_plaintext = true`, for tests on
     /// one machine only. A warning is logged when a transport starts this way.
@@ -194,6 +197,7 @@ impl TransportConfig {
                 return bad(format!("{name} = 0: must be above zero"));
             }
         }
+        #[cfg(feature = "tls")]
         if let Security::Tls(tls) = &self.security
             && tls.node() != self.node
         {
@@ -236,6 +240,7 @@ type BoxIo = Box<dyn Io>;
 
 /// Maps a socket error, telling TLS failures (wrapped by tokio-rustls) apart.
 fn io_error(op: &'static str, peer: SocketAddr, e: io::Error) -> ShipError {
+    #[cfg(feature = "tls")]
     if let Some(tls) = e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
         return tls_error(peer, tls);
     }
@@ -247,6 +252,7 @@ fn io_error(op: &'static str, peer: SocketAddr, e: io::Error) -> ShipError {
     }
 }
 
+#[cfg(feature = "tls")]
 fn tls_error(peer: SocketAddr, e: &rustls::Error) -> ShipError {
     match e {
         // Records that are not TLS at all: the peer speaks plaintext.
@@ -500,6 +506,7 @@ impl Transport {
         })?;
         timed(c.handshake_timeout, addr, "handshake", async {
             let (io, plaintext): (BoxIo, bool) = match &c.security {
+                #[cfg(feature = "tls")]
                 Security::Tls(tls) => {
                     let stream = tls
                         .connector()
@@ -597,6 +604,10 @@ impl Pending {
 
     /// Runs TLS and reads the hello, checking protocol, cluster, identity and membership.
     /// A refused peer is told why before the error is returned.
+    #[cfg_attr(
+        not(feature = "tls"),
+        allow(clippy::unnecessary_literal_unwrap, reason = "without TLS no certificate names a node")
+    )]
     pub async fn handshake(self) -> Result<Incoming, ShipError> {
         let Pending { tcp, peer, transport } = self;
         let c = Arc::clone(&transport.config);
@@ -604,6 +615,7 @@ impl Pending {
             let (io, certificate, plaintext): (BoxIo, Option<CertificateDer<'static>>, bool) = match &c
                 .security
             {
+                #[cfg(feature = "tls")]
                 Security::Tls(tls) => {
                     let mut first = [0u8; 4];
                     let n = tcp.peek(&mut first).await.map_err(|e| io_error("read", peer, e))?;
@@ -625,12 +637,15 @@ impl Pending {
                 }
                 Security::InsecurePlaintext => (Box::new(tcp), None, true),
             };
+            #[cfg(feature = "tls")]
             let cert_node = match &certificate {
                 Some(cert) => Some(
                     crate::tls::node_id_of(cert).map_err(|reason| ShipError::UnknownNode { peer, reason })?,
                 ),
                 None => None,
             };
+            #[cfg(not(feature = "tls"))]
+            let cert_node: Option<NodeId> = None;
             let mut conn = Connection::new(io, peer, NodeId(0), c.max_frame, plaintext);
             let first = conn.reader.recv().await?;
             if first.kind != FrameKind::Hello {
@@ -748,10 +763,13 @@ mod tests {
         for (config, needle) in bad {
             assert!(config.validate().unwrap_err().to_string().contains(needle), "{needle}");
         }
-        let ca = crate::tls::generate_ca("c").unwrap();
-        let cert = crate::tls::issue_node_cert(&ca, NodeId(2), &[]).unwrap();
-        let tls = TlsConfig::from_pem(&ca.cert, &cert.cert, &cert.key).unwrap();
-        let err = TransportConfig::new("c", NodeId(1), Security::Tls(tls)).validate().unwrap_err();
-        assert!(err.to_string().contains("certificate is for node 2"), "{err}");
+        #[cfg(feature = "tls")]
+        {
+            let ca = crate::tls::generate_ca("c").unwrap();
+            let cert = crate::tls::issue_node_cert(&ca, NodeId(2), &[]).unwrap();
+            let tls = TlsConfig::from_pem(&ca.cert, &cert.cert, &cert.key).unwrap();
+            let err = TransportConfig::new("c", NodeId(1), Security::Tls(tls)).validate().unwrap_err();
+            assert!(err.to_string().contains("certificate is for node 2"), "{err}");
+        }
     }
 }
