@@ -279,7 +279,9 @@ pub async fn run(
             (stop.clone(), acked.clone(), failed.clone(), not_sent.clone()),
         )));
     }
-    for w in 0..spec.clients.min(if spec.rate.is_some() { 0 } else { usize::MAX }) {
+    // Closed loop: one writer per client; the open loop above replaces them.
+    let closed_writers = if spec.rate.is_some() { 0 } else { spec.clients };
+    for w in 0..closed_writers {
         let (stop, acked, failed) = (stop.clone(), acked.clone(), failed.clone());
         let spec = spec.clone();
         let conn = conns[w % conns.len()].clone();

@@ -197,7 +197,12 @@ pub(crate) fn router(state: Arc<AdminState>) -> Router {
         .route("/ui", get(crate::dashboard::index))
         .route("/ui/app.js", get(crate::dashboard::script))
         .route("/ui/app.css", get(crate::dashboard::style))
-        .route("/ui/login", get(crate::dashboard::login_form).post(crate::dashboard::login))
+        .route(
+            "/ui/login",
+            get(crate::dashboard::login_form)
+                .post(crate::dashboard::login)
+                .layer(DefaultBodyLimit::max(crate::dashboard::MAX_LOGIN_BYTES)),
+        )
         .route("/ui/logout", post(crate::dashboard::logout))
         // Runs after routing (so it knows the route) and before any handler or body read.
         .route_layer(axum::middleware::from_fn_with_state(Arc::clone(&state), guard))

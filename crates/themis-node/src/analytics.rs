@@ -35,6 +35,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use themis_replication::raft::DriverStatus;
 
+use crate::stats::percentile;
+
 /// Insights kept (oldest dropped first).
 pub const MAX_INSIGHTS: usize = 1_000;
 /// Points in a history answer at most (each the highest lag of its span).
@@ -248,15 +250,6 @@ pub struct Analytics {
     state: Mutex<State>,
 }
 
-fn percentile(sorted: &[u32], p: f64) -> u64 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "p is in 0..=1")]
-    let rank = (sorted.len() as f64 * p).ceil() as usize;
-    u64::from(sorted[rank.clamp(1, sorted.len()) - 1])
-}
-
 fn clamp_u32(v: u64) -> u32 {
     u32::try_from(v).unwrap_or(u32::MAX)
 }
@@ -319,7 +312,7 @@ impl Analytics {
             };
             let mut rtts: Vec<u32> = track.rtts.iter().copied().collect();
             rtts.sort_unstable();
-            let usual_rtt = (rtts.len() >= MIN_RTT_BASELINE).then(|| percentile(&rtts, 0.5));
+            let usual_rtt = (rtts.len() >= MIN_RTT_BASELINE).then(|| u64::from(percentile(&rtts, 0.5)));
             let rtt_ms = r.rtt_us / 1000;
             self.replica_insights(&mut st, now_ms, r, avg, usual_rtt, rtt_ms);
             let in_episode = st.open.contains_key(&(InsightKind::NetworkIssue, Some(id)));
@@ -598,8 +591,8 @@ impl Analytics {
             resolution_secs: 1,
             samples: lags.len(),
             avg_ms,
-            p95_ms: percentile(&lags, 0.95),
-            p99_ms: percentile(&lags, 0.99),
+            p95_ms: u64::from(percentile(&lags, 0.95)),
+            p99_ms: u64::from(percentile(&lags, 0.99)),
             max_ms: lags.last().map_or(0, |&v| u64::from(v)),
             points,
         })
@@ -640,7 +633,7 @@ impl Analytics {
             let mut rtts: Vec<u32> = track.rtts.iter().copied().collect();
             rtts.sort_unstable();
             #[allow(clippy::cast_precision_loss, reason = "ms figures")]
-            let warn = self.config.rtt_warn_ms.max(3 * percentile(&rtts, 0.5)) as f64;
+            let warn = self.config.rtt_warn_ms.max(3 * u64::from(percentile(&rtts, 0.5))) as f64;
             let severity = BTreeMap::from([("network".to_string(), severity(track.rtt_ms, warn))]);
             #[allow(clippy::cast_precision_loss, reason = "ms figures")]
             let measures = BTreeMap::from([

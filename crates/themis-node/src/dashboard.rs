@@ -13,7 +13,6 @@
 
 use std::sync::Arc;
 
-use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response as HttpResponse};
@@ -100,16 +99,27 @@ pub(crate) async fn login_form() -> HttpResponse {
 }
 
 /// The largest sign-in form body.
-const MAX_LOGIN_BYTES: usize = 16 << 10;
+pub(crate) const MAX_LOGIN_BYTES: usize = 16 << 10;
+
+/// The sign-in form's fields.
+#[derive(Debug, serde::Deserialize)]
+pub(crate) struct LoginForm {
+    token: String,
+}
 
 /// `POST /ui/login` with a form `token=...`: checks the token and sets the session cookie,
 /// or shows the form again with why it was refused.
-pub(crate) async fn login(State(state): State<Arc<AdminState>>, body: Bytes) -> HttpResponse {
-    if body.len() > MAX_LOGIN_BYTES {
-        return login_page(StatusCode::PAYLOAD_TOO_LARGE, "the form is too large");
-    }
-    let token = form_field(&body, "token").unwrap_or_default();
-    let token = token.trim();
+pub(crate) async fn login(
+    State(state): State<Arc<AdminState>>,
+    form: Result<axum::Form<LoginForm>, axum::extract::rejection::FormRejection>,
+) -> HttpResponse {
+    let token = match &form {
+        Ok(axum::Form(form)) => form.token.trim(),
+        Err(axum::extract::rejection::FormRejection::BytesRejection(_)) => {
+            return login_page(StatusCode::PAYLOAD_TOO_LARGE, "the form is too large");
+        }
+        Err(_) => "",
+    };
     if token.is_empty() {
         return login_page(StatusCode::BAD_REQUEST, "enter a token");
     }
@@ -137,41 +147,6 @@ pub(crate) async fn logout() -> HttpResponse {
     out
 }
 
-/// The value of `name` in an `application/x-www-form-urlencoded` body.
-fn form_field(body: &[u8], name: &str) -> Option<String> {
-    let text = std::str::from_utf8(body).ok()?;
-    text.split('&').find_map(|pair| {
-        let (k, v) = pair.split_once('=')?;
-        (k == name).then(|| percent_decode(v))
-    })
-}
-
-fn percent_decode(v: &str) -> String {
-    let bytes = v.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => {
-                match std::str::from_utf8(&bytes[i + 1..i + 3])
-                    .ok()
-                    .and_then(|h| u8::from_str_radix(h, 16).ok())
-                {
-                    Some(b) => {
-                        out.push(b);
-                        i += 2;
-                    }
-                    None => out.push(b'%'),
-                }
-            }
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 /// The session token a request's cookie carries, if any.
 pub(crate) fn cookie_token(headers: &HeaderMap) -> Option<&str> {
     headers.get_all(header::COOKIE).iter().filter_map(|v| v.to_str().ok()).find_map(|line| {
@@ -193,11 +168,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn form_fields_and_cookies_are_read() {
-        assert_eq!(form_field(b"a=1&token=ab%2Ecd+e", "token").as_deref(), Some("ab.cd e"));
-        assert_eq!(form_field(b"token=%zz%4", "token").as_deref(), Some("%zz%4"));
-        assert_eq!(form_field(b"other=1", "token"), None);
-        assert_eq!(form_field(&[0xff, b'='], "token"), None);
+    fn session_cookies_are_read() {
         let mut headers = HeaderMap::new();
         headers.append(header::COOKIE, HeaderValue::from_static("a=b; themis_token=tok.en; c=d"));
         assert_eq!(cookie_token(&headers), Some("tok.en"));

@@ -1,12 +1,11 @@
 //! Latency percentiles and sample documents for the demo, benches and load tools.
 
-use std::time::Duration;
-
-/// The `p` quantile (0.0 to 1.0, nearest rank) of `sorted` (ascending); zero when empty.
+/// The `p` quantile (0.0 to 1.0, nearest rank) of `sorted` (ascending); the default (zero)
+/// when empty.
 #[must_use]
-pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
+pub fn percentile<T: Copy + Default>(sorted: &[T], p: f64) -> T {
     if sorted.is_empty() {
-        return Duration::ZERO;
+        return T::default();
     }
     let p = p.clamp(0.0, 1.0);
     #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "p is clamped to 0..=1")]
@@ -42,6 +41,7 @@ pub fn document(writer: usize, n: u64, bytes: usize) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn documents_are_json_of_the_asked_size() {
@@ -71,6 +71,7 @@ mod tests {
         assert_eq!(percentile(&v, 0.99), Duration::from_millis(99));
         assert_eq!(percentile(&v, 1.0), Duration::from_millis(100));
         assert_eq!(percentile(&v, 0.0), Duration::from_millis(1));
-        assert_eq!(percentile(&[], 0.5), Duration::ZERO);
+        assert_eq!(percentile::<Duration>(&[], 0.5), Duration::ZERO);
+        assert_eq!(percentile(&[3u32, 9, 20], 0.5), 9);
     }
 }

@@ -214,6 +214,26 @@ impl std::fmt::Debug for TlsConfig {
     }
 }
 
+/// TLS 1.3 server settings for the client and admin APIs: `chain` and `key` presented, a
+/// client certificate from `roots` asked for and verified, but not required (clients may
+/// authenticate with a token instead).
+fn api_server(
+    roots: &Arc<RootCertStore>,
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<ServerConfig, ShipError> {
+    let optional = WebPkiClientVerifier::builder_with_provider(Arc::clone(roots), provider())
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| cert_err("client verifier", e))?;
+    ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| cert_err("TLS 1.3", e))?
+        .with_client_cert_verifier(optional)
+        .with_single_cert(chain, key)
+        .map_err(|e| cert_err("certificate and key", e))
+}
+
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
@@ -256,16 +276,7 @@ impl TlsConfig {
             .with_client_cert_verifier(verifier)
             .with_single_cert(chain.clone(), key.clone_key())
             .map_err(|e| cert_err("node certificate and key", e))?;
-        let optional = WebPkiClientVerifier::builder_with_provider(Arc::clone(&roots), provider())
-            .allow_unauthenticated()
-            .build()
-            .map_err(|e| cert_err("client verifier", e))?;
-        let client_api = ServerConfig::builder_with_provider(provider())
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .map_err(|e| cert_err("TLS 1.3", e))?
-            .with_client_cert_verifier(optional)
-            .with_single_cert(chain.clone(), key.clone_key())
-            .map_err(|e| cert_err("node certificate and key", e))?;
+        let client_api = api_server(&roots, chain.clone(), key.clone_key())?;
         let server_verifier = WebPkiServerVerifier::builder_with_provider(Arc::clone(&roots), provider())
             .build()
             .map_err(|e| cert_err("server verifier", e))?;
@@ -338,17 +349,7 @@ impl TlsConfig {
         }
         let key =
             PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| cert_err("private key PEM", e))?;
-        let optional = WebPkiClientVerifier::builder_with_provider(Arc::clone(&self.roots), provider())
-            .allow_unauthenticated()
-            .build()
-            .map_err(|e| cert_err("client verifier", e))?;
-        let config = ServerConfig::builder_with_provider(provider())
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .map_err(|e| cert_err("TLS 1.3", e))?
-            .with_client_cert_verifier(optional)
-            .with_single_cert(chain, key)
-            .map_err(|e| cert_err("certificate and key", e))?;
-        Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+        Ok(tokio_rustls::TlsAcceptor::from(Arc::new(api_server(&self.roots, chain, key)?)))
     }
 
     pub(crate) fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
