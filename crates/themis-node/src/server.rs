@@ -12,10 +12,10 @@ use themis_replication::clock::{Hlc, NodeId};
 use themis_replication::raft::driver::{CommitObserver, Driver, DriverConfig, PeerInfo, ReplicationManager};
 use themis_replication::raft::{
     AckPolicy, ConfState, Config as RaftConfig, DriverError, Ed25519Votes, ReplicationMode, SharedVotes,
-    WalStorage,
+    ShipNetwork, WalStorage,
 };
 use themis_replication::ship::tls::TlsConfig;
-use themis_replication::ship::{Members, Security, Transport, TransportConfig};
+use themis_replication::ship::{Members, PeerConfig, Security, Transport, TransportConfig};
 use themis_replication::wal::{Entry, FsyncPolicy, Lsn, WalConfig};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
@@ -317,9 +317,16 @@ fn driver_config(config: &NodeConfig, id: NodeId) -> Result<DriverConfig, NodeEr
     driver_config.apply_workers = config.apply_workers;
     driver_config.lag_alert = config.lag_alert;
     driver_config.wire.max_record_bytes = MAX_RECORD_BYTES;
-    driver_config.peer.heartbeat_interval = config.heartbeat;
-    driver_config.peer.peer_timeout = config.election_timeout;
     Ok(driver_config)
+}
+
+/// The peer links' settings for `config`.
+fn peer_config(config: &NodeConfig) -> PeerConfig {
+    PeerConfig {
+        heartbeat_interval: config.heartbeat,
+        peer_timeout: config.election_timeout,
+        ..PeerConfig::default()
+    }
 }
 
 /// The node link security and the client API acceptor `config` asks for; the node
@@ -401,10 +408,9 @@ impl Node {
         let votes = SharedVotes::new(signer);
         let store = Arc::new(document_store(config)?);
         let clock = Arc::clone(&hlc);
+        let network = ShipNetwork::new(transport, listener, peer_config(config))?;
         let (manager, driver) =
-            Driver::start(driver_config, storage, transport, listener, store.clone(), votes, move || {
-                clock.now()
-            })?;
+            Driver::start(driver_config, storage, network, store.clone(), votes, move || clock.now())?;
 
         metrics.watch(manager.clone());
         let sinks = crate::sink::stats(&config.cdc.sinks);

@@ -1,9 +1,10 @@
 //! The async driver: the I/O around a [`RawNode`]. It ticks from a timer, persists each
-//! `Ready` in a [`WalStorage`] (entries through the WAL's group commit, the hard state in
-//! its file), sends messages over themis-ship peer links (mutual TLS), applies committed
-//! entries on an applier thread through a themis-ship [`Applier`], answers each write by
-//! the acknowledgement mode's rule, takes snapshots and compacts the log, and watches
-//! replica health.
+//! `Ready` in a [`LogStore`] (the provided one, [`WalStorage`](crate::WalStorage), writes
+//! entries through the WAL's group commit and the hard state to its file), sends messages
+//! over a [`Network`] (the provided one, [`ShipNetwork`](crate::ShipNetwork), over
+//! themis-ship peer links with mutual TLS), applies committed entries on an applier thread
+//! through a themis-ship [`Applier`], answers each write by the acknowledgement mode's
+//! rule, takes snapshots and compacts the log, and watches replica health.
 //!
 //! [`ReplicationManager`] is the handle applications hold: writes, linearizable reads,
 //! elections, the acknowledgement mode, membership and leadership transfer, status,
@@ -24,10 +25,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use themis_clock::{NodeId, Timestamp};
-use themis_ship::{
-    Applier, ApplyError, ParallelApplier, ParallelConfig, PeerConfig, PeerSender, SendError, SerialApplier,
-    StateMachine, Transport, serve_messages,
-};
+use themis_ship::{Applier, ApplyError, ParallelApplier, ParallelConfig, SerialApplier, StateMachine};
 use themis_wal::{Entry, EntryKind, Lsn, record};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -35,13 +33,12 @@ use tokio::task::JoinHandle;
 use crate::cascade::CascadeState;
 use crate::confchange::MemberChange;
 use crate::config::Config;
-use crate::durable::WalStorage;
 use crate::error::{RaftError, StorageError};
+use crate::io::{Link, LinkError, LogStore, Network};
 use crate::message::{Body, Message};
 use crate::progress::ProgressState;
 use crate::raw_node::{RawNode, Ready, Status};
 use crate::signing::SharedVotes;
-use crate::storage::Storage;
 use crate::transfer::{AckOutcome, Outgoing, Received, Receiver};
 use crate::types::{AckPolicy, ConfState, Role, Snapshot, SnapshotMeta};
 use crate::wire::{self, Packet, SnapshotAck, SnapshotChunk, SnapshotId, WireLimits};
@@ -74,8 +71,6 @@ pub struct DriverConfig {
     pub tick: Duration,
     /// The bootstrap members' addresses (this node's own included).
     pub peers: Vec<PeerInfo>,
-    /// Peer link settings.
-    pub peer: PeerConfig,
     /// Bounds on decoded messages.
     pub wire: WireLimits,
     /// Take a snapshot and compact once this many entries follow the last snapshot
@@ -130,7 +125,6 @@ impl DriverConfig {
             raft,
             tick: Duration::from_millis(50),
             peers,
-            peer: PeerConfig::default(),
             wire: WireLimits::default(),
             snapshot_entries: 100_000,
             snapshot_log_percent: 100,
@@ -149,7 +143,6 @@ impl DriverConfig {
     pub fn validate(&self) -> Result<(), DriverError> {
         let bad = |m: String| Err(DriverError::Config(m));
         self.raft.validate()?;
-        self.peer.validate().map_err(|e| DriverError::Config(e.to_string()))?;
         if self.tick < Duration::from_millis(1) || self.tick > Duration::from_secs(10) {
             return bad(format!("tick = {:?}: must be 1 ms to 10 s", self.tick));
         }
@@ -790,12 +783,12 @@ impl ReplicationManager {
 pub const STOPPED_ROLE: &str = "Stopped";
 
 /// The largest entry payload that fits one record of both the WAL and the wire.
-fn max_payload_bytes(config: &DriverConfig, storage: &WalStorage) -> usize {
-    let record = storage.wal().config().max_record_bytes.min(config.wire.max_record_bytes);
+fn max_payload_bytes(config: &DriverConfig, storage: &impl LogStore) -> usize {
+    let record = storage.max_record_bytes().min(config.wire.max_record_bytes);
     record - record::RECORD_HEADER_LEN
 }
 
-/// Refuses a transport frame limit that could not carry one append of the largest record
+/// Refuses a network message limit that could not carry one append of the largest record
 /// or one snapshot chunk: that follower would stall for good.
 fn check_frame(config: &DriverConfig, frame: usize) -> Result<(), DriverError> {
     // An append carries up to `max_msg_bytes` of entries plus one more, each a record;
@@ -803,7 +796,7 @@ fn check_frame(config: &DriverConfig, frame: usize) -> Result<(), DriverError> {
     let needed = config.wire.max_record_bytes + wire::APPEND_HEADER_LEN;
     if frame < needed {
         return Err(DriverError::Config(format!(
-            "transport max_frame = {frame}: below the {needed} bytes one append of the largest record needs"
+            "network max_message_bytes = {frame}: below the {needed} bytes one append of the largest record needs"
         )));
     }
     // A chunk carries the snapshot metadata beside its data (up to 1 MiB, bounded by
@@ -811,7 +804,7 @@ fn check_frame(config: &DriverConfig, frame: usize) -> Result<(), DriverError> {
     let chunk_frame = config.snapshot_chunk_bytes + (1 << 20) + 128;
     if frame < chunk_frame {
         return Err(DriverError::Config(format!(
-            "transport max_frame = {frame}: below the {chunk_frame} bytes a snapshot chunk of \
+            "network max_message_bytes = {frame}: below the {chunk_frame} bytes a snapshot chunk of \
              snapshot_chunk_bytes = {} may need",
             config.snapshot_chunk_bytes
         )));
@@ -824,27 +817,26 @@ fn check_frame(config: &DriverConfig, frame: usize) -> Result<(), DriverError> {
 pub struct Driver;
 
 impl Driver {
-    /// Starts the driver on the current tokio runtime: the loop task, the accept task on
-    /// `listener`, the snapshot receiver thread and the applier thread over `machine`.
-    /// `votes` signs this node's votes and holds its peers' keys: under TLS each peer's is
-    /// bound from its certificate when its link opens (plaintext: the hello's, trusted on
-    /// first use); `clock` stamps entries (an HLC's `now`).
+    /// Starts the driver on the current tokio runtime: the loop task, `network`'s serving
+    /// task, the snapshot receiver thread and the applier thread over `machine`, with the
+    /// log in `storage`. `votes` signs this node's votes and holds its peers' keys (the
+    /// network binds them as it authenticates peers: [`ShipNetwork`](crate::ShipNetwork)
+    /// takes each from its TLS certificate); `clock` stamps entries (an HLC's `now`).
     /// The returned handle ends when the loop stops (storage or apply failure, or every
     /// [`ReplicationManager`] dropped).
-    pub fn start<S: StateMachine>(
-        mut config: DriverConfig,
-        storage: WalStorage,
-        transport: Transport,
-        listener: themis_ship::transport::Listener,
+    pub fn start<S: StateMachine, St: LogStore, N: Network>(
+        config: DriverConfig,
+        storage: St,
+        mut network: N,
         machine: Arc<S>,
         votes: SharedVotes,
         clock: impl Fn() -> Timestamp + Send + Sync + 'static,
     ) -> Result<(ReplicationManager, JoinHandle<Result<(), DriverError>>), DriverError> {
+        let mut config = config;
         config.validate()?;
         let id = config.raft.id;
         let max_payload_bytes = max_payload_bytes(&config, &storage);
-        check_frame(&config, transport.config().max_frame)?;
-        config.peer.hello_extra = Bytes::from(votes.public_key());
+        check_frame(&config, network.max_message_bytes())?;
         let clock: Arc<dyn Fn() -> Timestamp + Send + Sync> = Arc::new(clock);
         // Restore the state machine from the snapshot before the log replays after it.
         let snapshot = storage.snapshot()?;
@@ -869,14 +861,14 @@ impl Driver {
 
         let (chunks_tx, chunks_rx) = mpsc::channel(config.snapshot_window * 2);
         let (reports_tx, reports) = mpsc::channel(config.snapshot_window * 2);
-        let raft_dir = storage.dir().to_path_buf();
+        let staging = storage.snapshot_staging_dir().map(std::path::Path::to_path_buf);
         std::thread::Builder::new()
             .name(format!("themis-snap-{}", id.0))
-            .spawn(move || receiver_thread(id, &raft_dir, chunks_rx, &reports_tx))
+            .spawn(move || receiver_thread(id, staging.as_deref(), chunks_rx, &reports_tx))
             .map_err(|e| DriverError::Apply(format!("spawn the snapshot receiver thread: {e}")))?;
 
         let (inbound_tx, inbound) = mpsc::channel(4096);
-        let accept = tokio::spawn(accept_loop(listener, inbound_tx, config.peer.clone(), votes));
+        let serving = network.serve(inbound_tx, votes)?;
         let (commands_tx, commands) = mpsc::channel(config.max_pending.min(1 << 16));
         let (status_tx, status) = watch::channel(DriverStatus::default());
         let safe_ms = Arc::new(AtomicU64::new(0));
@@ -888,7 +880,7 @@ impl Driver {
             id,
             node,
             storage,
-            transport,
+            network,
             config,
             clock,
             peers,
@@ -925,7 +917,7 @@ impl Driver {
         driver.sync_peers();
         let handle = tokio::spawn(async move {
             let result = driver.run(inbound, commands, reports).await;
-            accept.abort();
+            serving.abort();
             if let Err(err) = &result {
                 // The caller owns the handle and decides what a stop means (the node exits
                 // with one error line); here it is only traced.
@@ -951,74 +943,12 @@ impl Driver {
 
 /// The peers a driver starts with: those its snapshot recorded, then the configured
 /// bootstrap members (a recorded address wins).
-fn initial_peers(restored: Vec<PeerInfo>, configured: &[PeerInfo]) -> BTreeMap<NodeId, Peer> {
+fn initial_peers<L>(restored: Vec<PeerInfo>, configured: &[PeerInfo]) -> BTreeMap<NodeId, Peer<L>> {
     let mut peers = BTreeMap::new();
     for info in restored.into_iter().chain(configured.iter().cloned()) {
         peers.entry(info.id).or_insert(Peer { info, sender: None, retry_at: None });
     }
     peers
-}
-
-async fn accept_loop(
-    listener: themis_ship::transport::Listener,
-    deliver: mpsc::Sender<(NodeId, Bytes)>,
-    config: PeerConfig,
-    votes: SharedVotes,
-) {
-    loop {
-        let pending = match listener.accept().await {
-            Ok(p) => p,
-            Err(err) => {
-                tracing::warn!(error = %err, "accept failed");
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                continue;
-            }
-        };
-        let (deliver, config, votes) = (deliver.clone(), config.clone(), votes.clone());
-        tokio::spawn(async move {
-            let incoming = match pending.handshake().await {
-                Ok(incoming) => incoming,
-                Err(err) => {
-                    tracing::warn!(error = %err, "refused a peer link");
-                    return;
-                }
-            };
-            bind_vote_key(&votes, &incoming);
-            if let Err(err) = serve_messages(incoming, deliver, &config).await {
-                tracing::debug!(error = %err, "peer link ended");
-            }
-        });
-    }
-}
-
-/// Trusts the dialer's vote key before any of its messages is read. Under TLS the key is
-/// the one its certificate certifies (the CA vouches for it; mutual TLS has proved the
-/// dialer holds it and is the node it names), and whatever the hello says is ignored.
-/// Under `InsecurePlaintext` nothing is authenticated: the hello's key is trusted on first
-/// use and a different one later is refused.
-fn bind_vote_key(votes: &SharedVotes, incoming: &themis_ship::transport::Incoming) {
-    let node = incoming.hello.node;
-    match &incoming.certificate {
-        Some(cert) => match themis_ship::tls::ed25519_public_key(cert) {
-            Ok(key) => {
-                if let Err(err) = votes.add_peer(node, &key) {
-                    tracing::warn!(peer = %node, error = %err, "the certificate's vote key is unusable");
-                }
-            }
-            Err(reason) => {
-                tracing::warn!(peer = %node, %reason, "the peer's certificate carries no vote key; its votes will not count");
-            }
-        },
-        None => match votes.learn_peer(node, &incoming.hello.extra) {
-            Ok(true) => {
-                tracing::info!(peer = %node, "trusting the vote key a plaintext peer sent, on first use");
-            }
-            Ok(false) => {}
-            Err(err) => {
-                tracing::warn!(peer = %node, error = %err, "refused a vote key from a plaintext peer");
-            }
-        },
-    }
 }
 
 fn apply_thread<S: StateMachine>(
@@ -1084,9 +1014,9 @@ fn apply_thread<S: StateMachine>(
     }
 }
 
-struct Peer {
+struct Peer<L> {
     info: PeerInfo,
-    sender: Option<PeerSender>,
+    sender: Option<L>,
     /// When a link that ended (a permanent failure, such as a peer that did not admit
     /// this node yet) is started again.
     retry_at: Option<Instant>,
@@ -1143,14 +1073,14 @@ struct Snapshotting {
     reply: oneshot::Receiver<Result<Bytes, DriverError>>,
 }
 
-struct Loop {
+struct Loop<St: LogStore, N: Network> {
     id: NodeId,
-    node: RawNode<WalStorage>,
-    storage: WalStorage,
-    transport: Transport,
+    node: RawNode<St>,
+    storage: St,
+    network: N,
     config: DriverConfig,
     clock: Arc<dyn Fn() -> Timestamp + Send + Sync>,
-    peers: BTreeMap<NodeId, Peer>,
+    peers: BTreeMap<NodeId, Peer<N::Link>>,
     /// Writes waiting for acknowledgement: LSN → (term, reply).
     pending: BTreeMap<Lsn, (u64, Reply<Lsn>)>,
     /// Reads waiting for confirmation, with when each was asked.
@@ -1229,7 +1159,7 @@ type ChunkReport = (u64, Received);
 /// never delays heartbeats. Ends when the loop drops its sender.
 fn receiver_thread(
     me: NodeId,
-    dir: &std::path::Path,
+    dir: Option<&std::path::Path>,
     mut chunks: mpsc::Receiver<SnapshotChunk>,
     reports: &mpsc::Sender<ChunkReport>,
 ) {
@@ -1255,9 +1185,9 @@ fn receiver_thread(
 }
 
 /// Closes a peer's link, keeping what it sent in the totals.
-fn close_link(peer: &mut Peer, counters: &mut DriverCounters) {
+fn close_link<L: Link>(peer: &mut Peer<L>, counters: &mut DriverCounters) {
     if let Some(sender) = peer.sender.take() {
-        let sent = sender.status();
+        let sent = sender.counters();
         counters.sent_msgs += sent.sent_msgs;
         counters.sent_payload_bytes += sent.payload_bytes;
         counters.sent_wire_bytes += sent.wire_bytes;
@@ -1267,7 +1197,7 @@ fn close_link(peer: &mut Peer, counters: &mut DriverCounters) {
 /// Most queued inputs taken per loop turn before the `Ready` is worked through.
 const MAX_BATCH: usize = 4096;
 
-impl Loop {
+impl<St: LogStore, N: Network> Loop<St, N> {
     async fn run(
         &mut self,
         mut inbound: mpsc::Receiver<(NodeId, Bytes)>,
@@ -1556,7 +1486,7 @@ impl Loop {
         {
             match sender.try_send(Bytes::from(wire::encode_chunk(&chunk))) {
                 Ok(()) => self.counters.snapshot_chunks_sent += 1,
-                Err(SendError::Full { .. }) => {
+                Err(LinkError::Full { .. }) => {
                     out.unsend(chunk.offset);
                     return;
                 }
@@ -1751,7 +1681,7 @@ impl Loop {
             self.install(snapshot).await?;
         }
         if !ready.entries.is_empty() {
-            self.storage.append_async(&ready.entries).await?;
+            self.storage.append(&ready.entries).await?;
             self.log_bytes_since_snapshot +=
                 ready.entries.iter().map(|e| e.payload.len() as u64).sum::<u64>();
         }
@@ -1838,7 +1768,7 @@ impl Loop {
     fn repair_links(&mut self) {
         let now = Instant::now();
         for peer in self.peers.values_mut() {
-            if peer.sender.as_ref().is_some_and(PeerSender::is_closed) {
+            if peer.sender.as_ref().is_some_and(Link::is_closed) {
                 close_link(peer, &mut self.counters);
                 peer.retry_at = Some(now + LINK_RETRY);
             }
@@ -1854,7 +1784,7 @@ impl Loop {
         let Some(peer) = self.peers.get_mut(&to) else { return false };
         match peer.sender.as_ref().map(|s| s.try_send(bytes)) {
             Some(Ok(())) => true,
-            Some(Err(SendError::Full { .. })) | None => false,
+            Some(Err(LinkError::Full { .. })) | None => false,
             // Closed, or a failure this driver does not know: the link is redialled.
             Some(Err(_)) => {
                 close_link(peer, &mut self.counters);
@@ -1884,30 +1814,19 @@ impl Loop {
         }
     }
 
-    /// Links to every member (and only members), and admits them at the transport.
+    /// Links to every member (and only members), and admits them at the network.
     fn sync_peers(&mut self) {
         let members = self.node.conf_state().members();
-        let admitted = self.transport.members();
         for (id, peer) in &mut self.peers {
             let member = members.contains(id);
-            if member {
-                admitted.add(*id);
-            } else {
-                admitted.remove(*id);
-            }
+            self.network.admit(*id, member);
             if *id == self.id {
                 continue;
             }
             if member && peer.sender.is_none() && peer.retry_at.is_none_or(|at| at <= Instant::now()) {
                 peer.retry_at = None;
-                match PeerSender::spawn(
-                    self.transport.clone(),
-                    *id,
-                    peer.info.raft_addr,
-                    self.config.peer.clone(),
-                    self.config.raft.seed ^ id.0,
-                ) {
-                    Ok((sender, _task)) => peer.sender = Some(sender),
+                match self.network.connect(&peer.info, self.config.raft.seed ^ id.0) {
+                    Ok(sender) => peer.sender = Some(sender),
                     Err(e) => tracing::warn!(peer = %id, error = %e, "could not start the peer link"),
                 }
             } else if !member {
@@ -2159,7 +2078,7 @@ impl Loop {
     fn totals(&self) -> DriverCounters {
         let mut totals = self.counters;
         for sender in self.peers.values().filter_map(|p| p.sender.as_ref()) {
-            let sent = sender.status();
+            let sent = sender.counters();
             totals.sent_msgs += sent.sent_msgs;
             totals.sent_payload_bytes += sent.payload_bytes;
             totals.sent_wire_bytes += sent.wire_bytes;

@@ -17,6 +17,7 @@
 
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
+use std::future::Future;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
@@ -25,6 +26,7 @@ use bytes::Bytes;
 use themis_wal::{Entry, Lsn, RecoveryReport, Wal, WalConfig, WalError};
 
 use crate::error::StorageError;
+use crate::io::LogStore;
 use crate::storage::{InitialState, Storage};
 use crate::types::{AckPolicy, ConfState, HardState, Snapshot, SnapshotMeta};
 
@@ -571,5 +573,44 @@ impl Storage for WalStorage {
     fn snapshot(&self) -> Result<Snapshot, StorageError> {
         let inner = self.read();
         Ok(Snapshot { meta: inner.meta.clone(), data: inner.data.clone() })
+    }
+}
+
+impl LogStore for WalStorage {
+    fn max_record_bytes(&self) -> usize {
+        self.wal.config().max_record_bytes
+    }
+
+    fn append(&self, entries: &[Entry]) -> impl Future<Output = Result<(), StorageError>> + Send {
+        self.append_async(entries)
+    }
+
+    fn hard_state_needs_write(&self, hs: &HardState) -> bool {
+        WalStorage::hard_state_needs_write(self, hs)
+    }
+
+    fn set_hard_state(&self, hs: HardState) -> Result<(), StorageError> {
+        WalStorage::set_hard_state(self, hs)
+    }
+
+    fn install_snapshot(&self, snapshot: &Snapshot) -> Result<(), StorageError> {
+        WalStorage::install_snapshot(self, snapshot)
+    }
+
+    fn compact(&self, snapshot: &Snapshot) -> Result<(), StorageError> {
+        WalStorage::compact(self, snapshot)
+    }
+
+    fn snapshot_meta(&self) -> SnapshotMeta {
+        WalStorage::snapshot_meta(self)
+    }
+
+    fn entries_since_snapshot(&self) -> u64 {
+        WalStorage::entries_since_snapshot(self)
+    }
+
+    /// The Raft directory: a transfer cut by a restart resumes from its part file.
+    fn snapshot_staging_dir(&self) -> Option<&Path> {
+        Some(&self.dir)
     }
 }

@@ -79,10 +79,12 @@ mod config;
 pub mod driver;
 pub mod durable;
 mod error;
+pub mod io;
 mod log;
 mod message;
 #[cfg(feature = "mutation")]
 pub mod mutation;
+mod net;
 mod progress;
 mod quorum;
 mod raft;
@@ -101,7 +103,9 @@ pub use driver::{
 };
 pub use durable::WalStorage;
 pub use error::{RaftError, StorageError};
+pub use io::{Inbox, Link, LinkCounters, LinkError, LogStore, Network};
 pub use message::{Body, Message};
+pub use net::ShipNetwork;
 pub use progress::ProgressState;
 pub use quorum::{VoteResult, committed_lsn, is_quorum, vote_result};
 pub use raw_node::{Acknowledged, ProgressStatus, RawNode, Ready, Status};

@@ -180,12 +180,21 @@ pub(crate) struct Received {
     pub(crate) resumed: u64,
 }
 
-/// The part file being written.
+/// Where a snapshot being received is held.
+#[derive(Debug)]
+enum Sink {
+    /// The part file (resumable after a restart).
+    File(File),
+    /// Memory, for a store without a staging directory.
+    Memory(Vec<u8>),
+}
+
+/// The snapshot being received.
 #[derive(Debug)]
 struct Part {
     id: SnapshotId,
     meta: SnapshotMeta,
-    file: File,
+    sink: Sink,
     header_len: u64,
     written: u64,
     /// CRC32C of the `written` bytes.
@@ -199,7 +208,8 @@ struct Part {
 #[derive(Debug)]
 pub(crate) struct Receiver {
     me: NodeId,
-    path: PathBuf,
+    /// The part file; `None` holds snapshots in memory.
+    path: Option<PathBuf>,
     part: Option<Part>,
 }
 
@@ -249,27 +259,28 @@ fn read_header(file: &mut File) -> Result<(SnapshotId, SnapshotMeta, u64), Strin
 }
 
 impl Receiver {
-    /// The receiver for node `me` in the Raft directory `dir`, resuming the part file a
+    /// The receiver for node `me` with its part file in `dir`, resuming the part file a
     /// previous run left if it is intact (anything unusable is removed, with a warning).
-    pub(crate) fn open(me: NodeId, dir: &Path) -> Receiver {
-        let path = dir.join(PART_FILE);
-        let mut receiver = Receiver { me, path, part: None };
-        match receiver.load() {
+    /// Without a directory, snapshots are received in memory.
+    pub(crate) fn open(me: NodeId, dir: Option<&Path>) -> Receiver {
+        let mut receiver = Receiver { me, path: dir.map(|d| d.join(PART_FILE)), part: None };
+        let Some(path) = receiver.path.clone() else { return receiver };
+        match Receiver::load(&path) {
             Ok(Some(part)) => {
                 tracing::info!(node = %me, lsn = part.id.lsn, held = part.written, total = part.id.total, "resuming a snapshot transfer from its part file");
                 receiver.part = Some(part);
             }
             Ok(None) => {}
             Err(reason) => {
-                tracing::warn!(node = %me, path = %receiver.path.display(), %reason, "an unusable snapshot part file is removed");
-                let _ = fs::remove_file(&receiver.path);
+                tracing::warn!(node = %me, path = %path.display(), %reason, "an unusable snapshot part file is removed");
+                let _ = fs::remove_file(&path);
             }
         }
         receiver
     }
 
-    fn load(&self) -> Result<Option<Part>, String> {
-        let mut file = match OpenOptions::new().read(true).write(true).open(&self.path) {
+    fn load(path: &Path) -> Result<Option<Part>, String> {
+        let mut file = match OpenOptions::new().read(true).write(true).open(path) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e.to_string()),
@@ -288,7 +299,7 @@ impl Receiver {
             crc = crc32c::crc32c_append(crc, &buf[..n]);
             left -= n as u64;
         }
-        Ok(Some(Part { id, meta, file, header_len, written, crc, loaded: written }))
+        Ok(Some(Part { id, meta, sink: Sink::File(file), header_len, written, crc, loaded: written }))
     }
 
     /// What the receiver holds: the snapshot and its bytes so far.
@@ -299,15 +310,22 @@ impl Receiver {
 
     fn start(&mut self, chunk: &SnapshotChunk) -> io::Result<()> {
         self.part = None;
-        let header = encode_header(&chunk.id, &chunk.meta);
-        let mut file =
-            OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&self.path)?;
-        file.write_all(&header)?;
+        let (sink, header_len) = match &self.path {
+            Some(path) => {
+                let header = encode_header(&chunk.id, &chunk.meta);
+                let mut file =
+                    OpenOptions::new().read(true).write(true).create(true).truncate(true).open(path)?;
+                file.write_all(&header)?;
+                (Sink::File(file), header.len() as u64)
+            }
+            // Grown as chunks arrive: the total is the sender's claim, not yet checked.
+            None => (Sink::Memory(Vec::new()), 0),
+        };
         self.part = Some(Part {
             id: chunk.id,
             meta: chunk.meta.clone(),
-            file,
-            header_len: header.len() as u64,
+            sink,
+            header_len,
             written: 0,
             crc: 0,
             loaded: 0,
@@ -326,8 +344,13 @@ impl Receiver {
         let part = self.part.as_mut().expect("started above");
         let resumed = std::mem::take(&mut part.loaded);
         if chunk.offset == part.written {
-            part.file.seek(SeekFrom::Start(part.header_len + part.written))?;
-            part.file.write_all(&chunk.data)?;
+            match &mut part.sink {
+                Sink::File(file) => {
+                    file.seek(SeekFrom::Start(part.header_len + part.written))?;
+                    file.write_all(&chunk.data)?;
+                }
+                Sink::Memory(held) => held.extend_from_slice(&chunk.data),
+            }
             part.written += chunk.data.len() as u64;
             part.crc = crc32c::crc32c_append(part.crc, &chunk.data);
         }
@@ -342,9 +365,15 @@ impl Receiver {
             self.discard();
             return Ok(Received { ack: ack(0), complete: None, resumed });
         }
-        let mut data = vec![0u8; usize::try_from(id.total).unwrap_or(usize::MAX)];
-        part.file.seek(SeekFrom::Start(part.header_len))?;
-        part.file.read_exact(&mut data)?;
+        let data = match &mut part.sink {
+            Sink::File(file) => {
+                let mut data = vec![0u8; usize::try_from(id.total).unwrap_or(usize::MAX)];
+                file.seek(SeekFrom::Start(part.header_len))?;
+                file.read_exact(&mut data)?;
+                data
+            }
+            Sink::Memory(held) => std::mem::take(held),
+        };
         let meta = part.meta.clone();
         self.discard();
         Ok(Received {
@@ -357,7 +386,9 @@ impl Receiver {
     /// Drops the part file (done with, or damaged).
     pub(crate) fn discard(&mut self) {
         self.part = None;
-        let _ = fs::remove_file(&self.path);
+        if let Some(path) = &self.path {
+            let _ = fs::remove_file(path);
+        }
     }
 }
 
@@ -388,7 +419,7 @@ mod tests {
         let id = snapshot_id(snap);
         let mut now = Instant::now();
         let mut out = Outgoing::new(snap, id, now);
-        let mut rx = Receiver::open(NodeId(2), dir);
+        let mut rx = Receiver::open(NodeId(2), Some(dir));
         for round in 0..100_000u64 {
             now += Duration::from_millis(10);
             while let Some(c) = out.next_chunk(NodeId(1), NodeId(2), 5, chunk, 3) {
@@ -404,7 +435,7 @@ mod tests {
             }
             out.maybe_rewind(now, Duration::from_millis(50));
             if restart(round) {
-                rx = Receiver::open(NodeId(2), dir);
+                rx = Receiver::open(NodeId(2), Some(dir));
             }
         }
         panic!("the transfer never finished");
@@ -439,7 +470,7 @@ mod tests {
         let snap = snapshot(10_000);
         let id = snapshot_id(&snap);
         let mut out = Outgoing::new(&snap, id, Instant::now());
-        let mut rx = Receiver::open(NodeId(2), dir.path());
+        let mut rx = Receiver::open(NodeId(2), Some(dir.path()));
         for _ in 0..3 {
             let c = out.next_chunk(NodeId(1), NodeId(2), 5, 1000, 3).unwrap();
             out.ack(&rx.chunk(&c).unwrap().ack, Instant::now());
@@ -447,7 +478,7 @@ mod tests {
         drop(rx);
         // A restart finds the 3000 bytes; the sender's next chunk (wherever it is) is
         // answered with 3000, and the bytes count as resumed.
-        let mut rx = Receiver::open(NodeId(2), dir.path());
+        let mut rx = Receiver::open(NodeId(2), Some(dir.path()));
         assert_eq!(rx.progress(), Some((id, 3000)));
         let mut fresh = Outgoing::new(&snap, id, Instant::now());
         let c = fresh.next_chunk(NodeId(1), NodeId(2), 5, 1000, 3).unwrap();
@@ -464,7 +495,7 @@ mod tests {
         let at = bytes.len() - 10;
         bytes[at] ^= 0xff;
         fs::write(&path, &bytes).unwrap();
-        let mut rx = Receiver::open(NodeId(2), dir.path());
+        let mut rx = Receiver::open(NodeId(2), Some(dir.path()));
         let mut out = Outgoing::new(&snap, id, Instant::now());
         out.acked = 3000;
         out.next = 3000;
@@ -479,7 +510,7 @@ mod tests {
 
         // A damaged header is removed at open.
         fs::write(&path, b"THSNAPRXgarbage").unwrap();
-        let rx = Receiver::open(NodeId(2), dir.path());
+        let rx = Receiver::open(NodeId(2), Some(dir.path()));
         assert!(rx.progress().is_none() && !path.exists());
     }
 
@@ -488,7 +519,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (a, mut b) = (snapshot(5000), snapshot(6000));
         b.meta.lsn = 50;
-        let mut rx = Receiver::open(NodeId(2), dir.path());
+        let mut rx = Receiver::open(NodeId(2), Some(dir.path()));
         let mut out_a = Outgoing::new(&a, snapshot_id(&a), Instant::now());
         rx.chunk(&out_a.next_chunk(NodeId(1), NodeId(2), 5, 1000, 3).unwrap()).unwrap();
         let mut out_b = Outgoing::new(&b, snapshot_id(&b), Instant::now());

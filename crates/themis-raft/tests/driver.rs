@@ -9,10 +9,11 @@ use bytes::Bytes;
 use themis_clock::{Hlc, NodeId};
 use themis_raft::driver::{Driver, DriverConfig, HealthAlert, PeerInfo, ReplicationManager};
 use themis_raft::{
-    AckPolicy, ConfState, Config, DriverError, Ed25519Votes, ReplicationMode, SharedVotes, WalStorage,
+    AckPolicy, ConfState, Config, DriverError, Ed25519Votes, ReplicationMode, SharedVotes, ShipNetwork,
+    WalStorage,
 };
 use themis_ship::tls::{CertPem, TlsConfig, generate_ca, issue_node_cert};
-use themis_ship::{Members, MemoryStateMachine, Security, Transport, TransportConfig};
+use themis_ship::{Members, MemoryStateMachine, PeerConfig, Security, Transport, TransportConfig};
 use themis_wal::WalConfig;
 use themis_wal::op::{Op, OpKind, encode_batch};
 use tokio::task::JoinHandle;
@@ -102,9 +103,9 @@ fn start_node_with(
     let votes = SharedVotes::new(votes);
     let machine = Arc::new(MemoryStateMachine::new());
     let hlc = Arc::new(Hlc::new(id));
+    let network = ShipNetwork::new(transport, listener, PeerConfig::default()).unwrap();
     let (manager, handle) =
-        Driver::start(config, storage, transport, listener, machine.clone(), votes, move || hlc.now())
-            .unwrap();
+        Driver::start(config, storage, network, machine.clone(), votes, move || hlc.now()).unwrap();
     Node { id, manager: Some(manager), machine, handle: Some(handle), dir, addr }
 }
 

@@ -179,16 +179,10 @@ async fn start(
     config.tick = Duration::from_millis(20);
     let kv = Arc::new(Kv::default());
     let hlc = Arc::new(Hlc::new(id));
-    let (manager, _task) = Driver::start(
-        config,
-        storage,
-        transport,
-        listener,
-        Arc::clone(&kv),
-        SharedVotes::new(votes),
-        move || hlc.now(),
-    )
-    .expect("the driver starts");
+    let network = ShipNetwork::new(transport, listener, PeerConfig::default()).expect("peer links");
+    let (manager, _task) =
+        Driver::start(config, storage, network, Arc::clone(&kv), SharedVotes::new(votes), move || hlc.now())
+            .expect("the driver starts");
     Replica { id, manager, kv, _dir: dir }
 }
 

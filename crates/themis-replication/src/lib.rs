@@ -46,13 +46,14 @@ pub mod prelude {
     };
     pub use themis_raft::driver::{Driver, DriverConfig, PeerInfo, ReplicationManager};
     pub use themis_raft::{
-        AckPolicy, ConfState, Config as RaftConfig, DriverError, Ed25519Votes, RaftError, RawNode, Ready,
-        ReplicationMode, SharedVotes, StorageError, WalStorage,
+        AckPolicy, ConfState, Config as RaftConfig, DriverError, Ed25519Votes, Link, LinkError, LogStore,
+        Network, RaftError, RawNode, Ready, ReplicationMode, SharedVotes, ShipNetwork, Storage, StorageError,
+        WalStorage,
     };
     pub use themis_ship::tls::{CertPem, TlsConfig, generate_ca, issue_node_cert};
     pub use themis_ship::{
         Applier, ApplyError, Change, Codec, CodecChoice, Members, MemoryStateMachine, ParallelApplier,
-        Security, SerialApplier, ShipConfig, ShipError, StateMachine, Transport, TransportConfig,
+        PeerConfig, Security, SerialApplier, ShipConfig, ShipError, StateMachine, Transport, TransportConfig,
         WalReceiver, WalShipper,
     };
     pub use themis_wal::op::{Op, OpKind, encode_batch};

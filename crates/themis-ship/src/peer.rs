@@ -190,6 +190,12 @@ impl PeerSender {
         })
     }
 
+    /// The peer this link goes to.
+    #[must_use]
+    pub fn peer(&self) -> NodeId {
+        self.peer
+    }
+
     /// Whether the link's task has ended (closed, or the peer failed permanently): nothing
     /// sent now would go anywhere.
     #[must_use]
