@@ -17,7 +17,6 @@
 
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
-use std::future::Future;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
@@ -26,7 +25,6 @@ use bytes::Bytes;
 use themis_wal::{Entry, Lsn, RecoveryReport, Wal, WalConfig, WalError};
 
 use crate::error::StorageError;
-use crate::io::LogStore;
 use crate::storage::{InitialState, Storage};
 use crate::types::{AckPolicy, ConfState, HardState, Snapshot, SnapshotMeta};
 
@@ -576,12 +574,16 @@ impl Storage for WalStorage {
     }
 }
 
-impl LogStore for WalStorage {
+#[cfg(feature = "driver")]
+impl crate::io::LogStore for WalStorage {
     fn max_record_bytes(&self) -> usize {
         self.wal.config().max_record_bytes
     }
 
-    fn append(&self, entries: &[Entry]) -> impl Future<Output = Result<(), StorageError>> + Send {
+    fn append(
+        &self,
+        entries: &[Entry],
+    ) -> impl std::future::Future<Output = Result<(), StorageError>> + Send {
         self.append_async(entries)
     }
 

@@ -73,17 +73,21 @@
 //! `docs/raft.md` describes the messages, the roles, how the modes map to acknowledgement
 //! and why the lease is safe.
 
+#[cfg(feature = "driver")]
 pub mod cascade;
 mod confchange;
 mod config;
+#[cfg(feature = "driver")]
 pub mod driver;
 pub mod durable;
 mod error;
+#[cfg(feature = "driver")]
 pub mod io;
 mod log;
 mod message;
 #[cfg(feature = "mutation")]
 pub mod mutation;
+#[cfg(feature = "driver")]
 mod net;
 mod progress;
 mod quorum;
@@ -91,20 +95,24 @@ mod raft;
 mod raw_node;
 mod signing;
 mod storage;
+#[cfg(feature = "driver")]
 pub mod transfer;
 mod types;
 pub mod wire;
 
 pub use confchange::{ConfigChange, MemberChange};
 pub use config::{Config, MAX_CLOCK_DRIFT_PPM};
+#[cfg(feature = "driver")]
 pub use driver::{
     AlertEvent, CommitObserver, Driver, DriverConfig, DriverCounters, DriverError, DriverStatus,
     FailoverEvent, HealthAlert, PeerInfo, Positions, ReplicaStatus, ReplicationManager, STOPPED_ROLE,
 };
 pub use durable::WalStorage;
 pub use error::{RaftError, StorageError};
+#[cfg(feature = "driver")]
 pub use io::{Inbox, Link, LinkCounters, LinkError, LogStore, Network};
 pub use message::{Body, Message};
+#[cfg(feature = "driver")]
 pub use net::ShipNetwork;
 pub use progress::ProgressState;
 pub use quorum::{VoteResult, committed_lsn, is_quorum, vote_result};

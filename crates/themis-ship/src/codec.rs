@@ -1,5 +1,11 @@
 //! Compression codecs and the automatic codec choice.
 //!
+//! Each codec is a cargo feature of its own (`lz4`, `zstd`, `snappy`; all on by default),
+//! so a build pays only for the codecs it uses. [`Codec`] always names all of them (they
+//! are the wire's codec bytes); a codec left out of the build is refused by
+//! [`Codec::validate`] (so a config cannot choose it) and a frame compressed with one is
+//! refused with [`FrameError::CodecNotBuilt`].
+//!
 //! A [`Compressor`] turns a batch of bytes into a frame payload with the configured
 //! [`CodecChoice`]. [`CodecChoice::Auto`] sends small batches uncompressed and otherwise
 //! samples every candidate now and then, keeping the one with the best effective
@@ -56,8 +62,35 @@ impl Codec {
         }
     }
 
-    /// Checks the zstd level.
+    /// The cargo feature of themis-ship that builds this codec (None: always built).
+    #[must_use]
+    pub const fn feature(self) -> Option<&'static str> {
+        match self {
+            Codec::None => None,
+            Codec::Lz4 => Some("lz4"),
+            Codec::Zstd { .. } => Some("zstd"),
+            Codec::Snappy => Some("snappy"),
+        }
+    }
+
+    /// Whether this build holds the codec.
+    #[must_use]
+    pub const fn is_built(self) -> bool {
+        match self {
+            Codec::None => true,
+            Codec::Lz4 => cfg!(feature = "lz4"),
+            Codec::Zstd { .. } => cfg!(feature = "zstd"),
+            Codec::Snappy => cfg!(feature = "snappy"),
+        }
+    }
+
+    /// Checks that this build holds the codec, and the zstd level.
     pub fn validate(self) -> Result<(), String> {
+        if let (false, Some(feature)) = (self.is_built(), self.feature()) {
+            return Err(format!(
+                "codec {self} is left out of this build (enable the cargo feature `{feature}` of themis-ship)"
+            ));
+        }
         match self {
             Codec::Zstd { level } if !ZSTD_LEVELS.contains(&level) => {
                 Err(format!("zstd level {level} is outside {}..={}", ZSTD_LEVELS.start(), ZSTD_LEVELS.end()))
@@ -110,7 +143,8 @@ pub struct AutoConfig {
     /// The link's bandwidth in bytes per second, which prices a byte on the wire against
     /// a nanosecond of compression (default 125 MB/s, a 1 Gbit/s link).
     pub link_bytes_per_sec: u64,
-    /// The codecs tried when sampling (default LZ4, Zstd 1, Snappy).
+    /// The codecs tried when sampling (default LZ4, Zstd 1 and Snappy, those the build
+    /// holds).
     pub candidates: Vec<Codec>,
     /// Sample again after this many compressed batches (default 64).
     pub resample_every: u32,
@@ -121,7 +155,10 @@ impl Default for AutoConfig {
         AutoConfig {
             min_batch_bytes: 1024,
             link_bytes_per_sec: 125_000_000,
-            candidates: vec![Codec::Lz4, Codec::Zstd { level: 1 }, Codec::Snappy],
+            candidates: [Codec::Lz4, Codec::Zstd { level: 1 }, Codec::Snappy]
+                .into_iter()
+                .filter(|c| c.is_built())
+                .collect(),
             resample_every: 64,
         }
     }
@@ -137,8 +174,9 @@ pub enum CodecChoice {
 }
 
 impl Default for CodecChoice {
+    /// LZ4, or no compression in a build without it.
     fn default() -> Self {
-        CodecChoice::Fixed(Codec::Lz4)
+        CodecChoice::Fixed(if Codec::Lz4.is_built() { Codec::Lz4 } else { Codec::None })
     }
 }
 
@@ -221,7 +259,9 @@ pub fn monotonic_nanos() -> NanoClock {
 pub struct Compressor {
     choice: CodecChoice,
     clock: NanoClock,
+    #[cfg(feature = "zstd")]
     zstd: Option<(i32, zstd::bulk::Compressor<'static>)>,
+    #[cfg(feature = "snappy")]
     snappy: snap::raw::Encoder,
     /// The automatic choice in force and the batches left before the next sample.
     chosen: Option<Codec>,
@@ -250,7 +290,9 @@ impl Compressor {
         Ok(Compressor {
             choice,
             clock,
+            #[cfg(feature = "zstd")]
             zstd: None,
+            #[cfg(feature = "snappy")]
             snappy: snap::raw::Encoder::new(),
             chosen: None,
             until_sample: 0,
@@ -271,12 +313,10 @@ impl Compressor {
         let codec = match &self.choice {
             CodecChoice::Fixed(codec) => {
                 let codec = *codec;
-                self.compress_with(codec, input, out);
-                codec
+                self.compress_with(codec, input, out)
             }
             CodecChoice::Auto(auto) if input.len() < auto.min_batch_bytes => {
-                self.compress_with(Codec::None, input, out);
-                Codec::None
+                self.compress_with(Codec::None, input, out)
             }
             CodecChoice::Auto(_) => self.compress_auto(input, out),
         };
@@ -294,8 +334,7 @@ impl Compressor {
         let CodecChoice::Auto(auto) = &self.choice else { unreachable!("compress_auto without Auto") };
         if let Some(codec) = self.chosen.filter(|_| self.until_sample > 0) {
             self.until_sample -= 1;
-            self.compress_with(codec, input, out);
-            return codec;
+            return self.compress_with(codec, input, out);
         }
         // Sample: price sending as is, then every candidate, and keep the cheapest output.
         let candidates = auto.candidates.clone();
@@ -305,7 +344,7 @@ impl Compressor {
         let mut scratch = Vec::new();
         for codec in candidates {
             let start = (self.clock)();
-            self.compress_with(codec, input, &mut scratch);
+            let codec = self.compress_with(codec, input, &mut scratch);
             let cost = price((self.clock)().saturating_sub(start), scratch.len());
             if cost < best.1 {
                 best = (codec, cost);
@@ -313,7 +352,8 @@ impl Compressor {
             }
         }
         if best.0 == Codec::None {
-            self.compress_with(Codec::None, input, out);
+            out.clear();
+            out.extend_from_slice(input);
         }
         let CodecChoice::Auto(auto) = &self.choice else { unreachable!() };
         self.chosen = Some(best.0);
@@ -322,16 +362,21 @@ impl Compressor {
         best.0
     }
 
-    fn compress_with(&mut self, codec: Codec, input: &[u8], out: &mut Vec<u8>) {
+    /// Compresses with `codec`. A codec the build leaves out never gets here (validation
+    /// refuses it); were it to, the input would go as is, under [`Codec::None`].
+    #[cfg_attr(not(any(feature = "zstd", feature = "snappy")), allow(clippy::unused_self))]
+    fn compress_with(&mut self, codec: Codec, input: &[u8], out: &mut Vec<u8>) -> Codec {
         out.clear();
         match codec {
-            Codec::None => out.extend_from_slice(input),
+            #[cfg(feature = "lz4")]
             Codec::Lz4 => {
                 out.resize(lz4_flex::block::get_maximum_output_size(input.len()), 0);
                 let n = lz4_flex::block::compress_into(input, out)
                     .expect("the buffer has the maximum output size");
                 out.truncate(n);
+                codec
             }
+            #[cfg(feature = "zstd")]
             Codec::Zstd { level } => {
                 if self.zstd.as_ref().is_none_or(|(l, _)| *l != level) {
                     let ctx =
@@ -341,11 +386,18 @@ impl Compressor {
                 let (_, ctx) = self.zstd.as_mut().expect("set above");
                 out.reserve(zstd::zstd_safe::compress_bound(input.len()));
                 ctx.compress_to_buffer(input, out).expect("the buffer has the compress bound");
+                codec
             }
+            #[cfg(feature = "snappy")]
             Codec::Snappy => {
                 out.resize(snap::raw::max_compress_len(input.len()), 0);
                 let n = self.snappy.compress(input, out).expect("the buffer has the maximum output size");
                 out.truncate(n);
+                codec
+            }
+            _ => {
+                out.extend_from_slice(input);
+                Codec::None
             }
         }
     }
@@ -353,7 +405,9 @@ impl Compressor {
 
 /// Decompresses frame payloads, reusing contexts between frames.
 pub struct Decompressor {
+    #[cfg(feature = "zstd")]
     zstd: zstd::bulk::Decompressor<'static>,
+    #[cfg(feature = "snappy")]
     snappy: snap::raw::Decoder,
 }
 
@@ -374,7 +428,9 @@ impl Decompressor {
     #[must_use]
     pub fn new() -> Decompressor {
         Decompressor {
+            #[cfg(feature = "zstd")]
             zstd: zstd::bulk::Decompressor::new().expect("a zstd context can be created"),
+            #[cfg(feature = "snappy")]
             snappy: snap::raw::Decoder::new(),
         }
     }
@@ -389,16 +445,19 @@ impl Decompressor {
         out: &mut Vec<u8>,
     ) -> Result<(), FrameError> {
         out.clear();
+        #[cfg_attr(not(any(feature = "lz4", feature = "zstd", feature = "snappy")), allow(unused_variables))]
         let bad = |reason: String| FrameError::Decompress { codec, reason };
         let n = match codec {
             Codec::None => {
                 out.extend_from_slice(input);
                 input.len()
             }
+            #[cfg(feature = "lz4")]
             Codec::Lz4 => {
                 out.resize(raw_len, 0);
                 lz4_flex::block::decompress_into(input, out).map_err(|e| bad(e.to_string()))?
             }
+            #[cfg(feature = "zstd")]
             Codec::Zstd { .. } => {
                 out.reserve(raw_len);
                 let n = self.zstd.decompress_to_buffer(input, out).map_err(|e| bad(e.to_string()))?;
@@ -408,6 +467,7 @@ impl Decompressor {
                 }
                 n
             }
+            #[cfg(feature = "snappy")]
             Codec::Snappy => {
                 let declared = snap::raw::decompress_len(input).map_err(|e| bad(e.to_string()))?;
                 if declared != raw_len {
@@ -415,6 +475,11 @@ impl Decompressor {
                 }
                 out.resize(raw_len, 0);
                 self.snappy.decompress(input, out).map_err(|e| bad(e.to_string()))?
+            }
+            #[allow(unreachable_patterns, reason = "reached only when a codec's feature is off")]
+            _ => {
+                let feature = codec.feature().unwrap_or("none");
+                return Err(FrameError::CodecNotBuilt { codec, feature });
             }
         };
         if n != raw_len {
@@ -427,9 +492,44 @@ impl Decompressor {
 
 #[cfg(test)]
 mod tests {
+    #[cfg(all(feature = "lz4", feature = "zstd", feature = "snappy"))]
     use std::sync::atomic::{AtomicU64, Ordering};
 
     use super::*;
+
+    /// Every build: a codec it holds round-trips; one it leaves out is refused, naming its
+    /// cargo feature, where it is configured and where a frame names it. The default
+    /// choice and the automatic candidates use built codecs only.
+    #[test]
+    fn a_codec_left_out_of_the_build_is_refused_by_name() {
+        let input = json_like(8192);
+        for codec in [Codec::Lz4, Codec::Zstd { level: 3 }, Codec::Snappy] {
+            let feature = codec.feature().expect("a compressing codec has a feature");
+            let mut wire = Vec::new();
+            let mut back = Vec::new();
+            if codec.is_built() {
+                let used = Compressor::new(CodecChoice::Fixed(codec)).unwrap().compress(&input, &mut wire);
+                assert_eq!(used, codec);
+                Decompressor::new().decompress(codec, &wire, input.len(), &mut back).unwrap();
+                assert_eq!(back, input);
+                continue;
+            }
+            let err = Codec::parse(&codec.to_string()).unwrap_err();
+            assert!(err.contains(&format!("`{feature}`")), "{err}");
+            assert!(Compressor::new(CodecChoice::Fixed(codec)).is_err());
+            let err = Decompressor::new().decompress(codec, b"abc", 3, &mut back).unwrap_err();
+            assert_eq!(err, FrameError::CodecNotBuilt { codec, feature });
+            assert!(err.to_string().contains(feature), "{err}");
+        }
+        assert!(AutoConfig::default().candidates.iter().all(|c| c.is_built()));
+        let CodecChoice::Fixed(default) = CodecChoice::default() else { panic!("the default is fixed") };
+        assert!(default.is_built());
+        let mut wire = Vec::new();
+        let used = Compressor::new(CodecChoice::default()).unwrap().compress(&input, &mut wire);
+        let mut back = Vec::new();
+        Decompressor::new().decompress(used, &wire, input.len(), &mut back).unwrap();
+        assert_eq!(back, input);
+    }
 
     fn json_like(n: usize) -> Vec<u8> {
         let mut out = Vec::new();
@@ -442,11 +542,13 @@ mod tests {
         out
     }
 
+    #[cfg(all(feature = "lz4", feature = "zstd", feature = "snappy"))]
     fn noise(n: usize) -> Vec<u8> {
         let mut rng = fastrand::Rng::with_seed(7);
         (0..n).map(|_| rng.u8(..)).collect()
     }
 
+    #[cfg(all(feature = "lz4", feature = "zstd", feature = "snappy"))]
     #[test]
     fn every_codec_round_trips() {
         let input = json_like(64 * 1024);
@@ -465,6 +567,7 @@ mod tests {
         }
     }
 
+    #[cfg(all(feature = "lz4", feature = "zstd", feature = "snappy"))]
     #[test]
     fn a_wrong_declared_length_is_an_error() {
         let input = json_like(4096);
@@ -480,6 +583,7 @@ mod tests {
         }
     }
 
+    #[cfg(all(feature = "lz4", feature = "zstd", feature = "snappy"))]
     #[test]
     fn levels_and_names_are_validated() {
         assert!(Codec::Zstd { level: 0 }.validate().unwrap_err().contains("zstd level 0"));
@@ -496,11 +600,13 @@ mod tests {
 
     /// A clock that advances by `step` on every reading, so compression "costs" the same
     /// for every codec and the choice turns on output size alone.
+    #[cfg(all(feature = "lz4", feature = "zstd", feature = "snappy"))]
     fn stepping(step: u64) -> NanoClock {
         let now = Arc::new(AtomicU64::new(0));
         Arc::new(move || now.fetch_add(step, Ordering::Relaxed))
     }
 
+    #[cfg(all(feature = "lz4", feature = "zstd", feature = "snappy"))]
     #[test]
     fn auto_sends_small_batches_as_is() {
         let mut c = Compressor::with_clock(CodecChoice::Auto(AutoConfig::default()), stepping(1)).unwrap();
@@ -510,6 +616,7 @@ mod tests {
         assert_eq!(c.stats().samples, 0);
     }
 
+    #[cfg(all(feature = "lz4", feature = "zstd", feature = "snappy"))]
     #[test]
     fn auto_compresses_text_and_not_noise() {
         let auto = AutoConfig { resample_every: 2, ..AutoConfig::default() };
@@ -531,6 +638,7 @@ mod tests {
         assert_eq!(stats.by_codec[0], 1);
     }
 
+    #[cfg(all(feature = "lz4", feature = "zstd", feature = "snappy"))]
     #[test]
     fn auto_prefers_not_compressing_on_a_fast_link_when_compression_is_slow() {
         // Every codec "takes" 1 ms for 64 KiB, while the link moves 64 KiB in 6.5 µs.

@@ -53,6 +53,16 @@ pub enum FrameError {
         /// The CRC of the bytes received.
         computed: u32,
     },
+    /// The frame names a codec this build leaves out (a cargo feature of themis-ship).
+    #[error(
+        "the frame is compressed with {codec}, which this build leaves out (cargo feature `{feature}` of themis-ship)"
+    )]
+    CodecNotBuilt {
+        /// The codec named by the header.
+        codec: Codec,
+        /// The cargo feature that builds it.
+        feature: &'static str,
+    },
     /// The payload did not decompress.
     #[error("{codec} payload does not decompress: {reason}")]
     Decompress {

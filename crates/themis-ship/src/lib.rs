@@ -1,7 +1,9 @@
 //! Everything that moves WAL bytes between nodes, and applies them on arrival.
 //!
 //! - [`frame`] and [`codec`]: a versioned, CRC-checked frame whose payload is compressed
-//!   with LZ4, Zstd, Snappy, or a codec picked per batch by measured throughput.
+//!   with LZ4, Zstd, Snappy, or a codec picked per batch by measured throughput. Each codec
+//!   is a cargo feature (`lz4`, `zstd`, `snappy`, on by default); a build pays only for
+//!   the ones it keeps.
 //! - `tls` (cargo feature `tls`, on by default) and [`transport`]: TLS 1.3-only mutual TLS
 //!   between nodes of one cluster CA, the node id taken from the certificate, and a hello /
 //!   welcome handshake.
