@@ -289,6 +289,8 @@ struct Costly {
 }
 
 impl StateMachine for Costly {
+    type Op = Op;
+
     fn apply(&self, lsn: Lsn, ops: &[Op]) -> Result<Vec<Change>, ApplyError> {
         for op in ops {
             if let OpKind::Upsert { value, .. } = &op.kind {
@@ -333,7 +335,7 @@ fn workload(first: Lsn, n: u64) -> Vec<(Lsn, Vec<Op>)> {
         .collect()
 }
 
-fn run_apply(applier: &mut dyn Applier, work: Vec<(Lsn, Vec<Op>)>) -> Duration {
+fn run_apply(applier: &mut dyn Applier<Op = Op>, work: Vec<(Lsn, Vec<Op>)>) -> Duration {
     let start = Instant::now();
     for (lsn, ops) in work {
         applier.submit(lsn, ops).expect("apply");
@@ -357,7 +359,7 @@ fn apply(c: &mut Criterion, comparisons: &mut Vec<(String, String, String)>) {
         // Each applier lives for the whole benchmark, as a follower's does, and every
         // iteration applies the next `n` entries of one log (the store skips LSNs it has
         // seen, so a repeated range would measure nothing). Building the entries is untimed.
-        let timed = |applier: &mut dyn Applier, next: &mut Lsn, iters: u64| -> Duration {
+        let timed = |applier: &mut dyn Applier<Op = Op>, next: &mut Lsn, iters: u64| -> Duration {
             (0..iters)
                 .map(|_| {
                     let work = workload(*next, n);

@@ -614,6 +614,8 @@ fn drop_record(
 }
 
 impl StateMachine for DocStore {
+    type Op = Op;
+
     fn apply(&self, lsn: Lsn, ops: &[Op]) -> Result<Vec<Change>, ApplyError> {
         if ops.iter().any(|op| matches!(op.kind, OpKind::Ddl { .. })) {
             let mut changes = Vec::new();

@@ -8,8 +8,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt};
 use themis_clock::Timestamp;
-use themis_ship::StateMachine;
-use themis_wal::op::decode_batch;
+use themis_ship::{KeyedOp, StateMachine};
 use themis_wal::{EntryKind, Lsn, record};
 
 use crate::archive::Archive;
@@ -266,8 +265,8 @@ pub async fn restore<S: StateMachine + ?Sized>(
                 break 'objects;
             }
             if e.kind == EntryKind::DATA {
-                let ops = decode_batch(&e.payload)
-                    .map_err(|err| damaged(format!("LSN {}: {err}", e.lsn), report.restored_lsn))?;
+                let ops = <S::Op as KeyedOp>::decode(e.lsn, &e.payload)
+                    .map_err(|err| damaged(err.to_string(), report.restored_lsn))?;
                 state
                     .apply(e.lsn, &ops)
                     .map_err(|err| PitrError::Apply { lsn: e.lsn, message: err.to_string() })?;

@@ -958,7 +958,7 @@ fn apply_thread<S: StateMachine>(
     mut rx: mpsc::Receiver<ApplyMsg>,
     published: &watch::Sender<Result<Lsn, String>>,
 ) {
-    let mut queue: Box<dyn Applier> = if workers <= 1 {
+    let mut queue: Box<dyn Applier<Op = S::Op>> = if workers <= 1 {
         Box::new(SerialApplier::new(Arc::clone(machine)))
     } else {
         match ParallelApplier::new(machine, ParallelConfig { workers, ..ParallelConfig::default() }) {

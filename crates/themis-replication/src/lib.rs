@@ -52,9 +52,9 @@ pub mod prelude {
     };
     pub use themis_ship::tls::{CertPem, TlsConfig, generate_ca, issue_node_cert};
     pub use themis_ship::{
-        Applier, ApplyError, Change, Codec, CodecChoice, Members, MemoryStateMachine, ParallelApplier,
-        PeerConfig, Security, SerialApplier, ShipConfig, ShipError, StateMachine, Transport, TransportConfig,
-        WalReceiver, WalShipper,
+        Applier, ApplyError, Change, Codec, CodecChoice, KeyedOp, Members, MemoryStateMachine, OpRole,
+        ParallelApplier, PeerConfig, Security, SerialApplier, ShipConfig, ShipError, StateMachine, Transport,
+        TransportConfig, WalReceiver, WalShipper,
     };
     pub use themis_wal::op::{Op, OpKind, encode_batch};
     pub use themis_wal::{

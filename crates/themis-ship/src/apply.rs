@@ -1,16 +1,22 @@
 //! Applying replicated operations to a state machine, serially or in parallel.
 //!
-//! A data entry's payload is a batch of [`Op`]s (`themis_wal::op::encode_batch`). Each
-//! entry becomes one [`ApplyTask`], applied atomically; a transaction that spans entries
-//! (`Begin` … `Commit` with one `(origin, txn)`) is gathered and applied as one task at its
-//! commit's LSN. [`TxnAssembler`] does that grouping for both appliers, so they see the
-//! same tasks.
+//! The appliers are generic over the operation a [`StateMachine`] applies: any type that
+//! implements [`KeyedOp`], which says how a data entry's payload decodes into ops and, per
+//! op, which key it touches, whether it must run alone, and which transaction it belongs
+//! to. The document op of themis-wal ([`Op`], a batch per entry made by
+//! `themis_wal::op::encode_batch`) is the one the node uses; a store of its own brings its
+//! own.
+//!
+//! Each entry becomes one [`ApplyTask`], applied atomically; a transaction that spans
+//! entries (a begin … commit with one `(origin, txn)`) is gathered and applied as one task
+//! at its commit's LSN. [`TxnAssembler`] does that grouping for both appliers, so they see
+//! the same tasks.
 //!
 //! [`ParallelApplier`] runs tasks on 2 to 64 worker threads. A task waits for every
-//! earlier task that touches one of its `(collection, key)` pairs, so each key sees its
-//! writes in log order; a DDL task is a barrier that waits for everything before it and
-//! holds back everything after it. The result equals [`SerialApplier`]'s, which the
-//! property tests check.
+//! earlier task that touches one of its `(namespace, key)` pairs, so each key sees its
+//! writes in log order; a barrier task (DDL) waits for everything before it and holds back
+//! everything after it. The result equals [`SerialApplier`]'s, which the property tests
+//! check.
 
 use std::collections::hash_map::Entry as MapEntry;
 use std::collections::{HashMap, VecDeque};
@@ -105,14 +111,79 @@ pub enum ApplyError {
     Config(String),
 }
 
+/// What an op is to the appliers' scheduler ([`KeyedOp::role`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum OpRole<'a> {
+    /// Touches one key of one namespace: ops on one key apply in log order, ops on
+    /// different keys may apply at once.
+    Keyed {
+        /// The namespace (a collection, a table).
+        namespace: &'a str,
+        /// The key within it.
+        key: &'a [u8],
+    },
+    /// Touches no key: applies in any order relative to keyed tasks.
+    Unkeyed,
+    /// Must apply alone: after every earlier task, before every later one (a schema
+    /// change).
+    Barrier,
+    /// Opens the transaction [`KeyedOp::transaction`] names: its later ops are held until
+    /// its commit.
+    Begin,
+    /// Commits it: its held ops apply as one task at this entry's LSN.
+    Commit,
+}
+
+/// An operation the appliers decode from data entries and schedule by key.
+pub trait KeyedOp: Sized + Send + Sync + 'static {
+    /// The ops of the data entry at `lsn`, in order. A payload that is not a valid batch
+    /// is an error naming the entry (the applier stops there: it never skips an entry).
+    fn decode(lsn: Lsn, payload: &Bytes) -> Result<Vec<Self>, ApplyError>;
+
+    /// What the op is to the scheduler.
+    fn role(&self) -> OpRole<'_>;
+
+    /// The transaction `(origin, id)` the op belongs to, if any. A begin or commit without
+    /// one is an error.
+    fn transaction(&self) -> Option<(NodeId, u64)>;
+}
+
+/// themis-wal's document op: an entry is a batch (`themis_wal::op::encode_batch`), an op
+/// touches one `(collection, key)`, DDL is a barrier, and `txn != 0` names a transaction.
+impl KeyedOp for Op {
+    fn decode(lsn: Lsn, payload: &Bytes) -> Result<Vec<Op>, ApplyError> {
+        op::decode_batch(payload).map_err(|source| ApplyError::Decode { lsn, source })
+    }
+
+    fn role(&self) -> OpRole<'_> {
+        match &self.kind {
+            OpKind::Insert { collection, key, .. }
+            | OpKind::Update { collection, key, .. }
+            | OpKind::Upsert { collection, key, .. }
+            | OpKind::Delete { collection, key, .. } => OpRole::Keyed { namespace: collection, key },
+            OpKind::Ddl { .. } => OpRole::Barrier,
+            OpKind::Begin => OpRole::Begin,
+            OpKind::Commit => OpRole::Commit,
+        }
+    }
+
+    fn transaction(&self) -> Option<(NodeId, u64)> {
+        (self.txn != 0).then_some((self.origin, self.txn))
+    }
+}
+
 /// What applying means for a store. Implementations are shared by the parallel applier's
 /// workers, which call [`apply`](Self::apply) concurrently for tasks that touch disjoint
 /// keys (never for two tasks that share a key).
 pub trait StateMachine: Send + Sync + 'static {
+    /// The operation it applies ([`Op`] for a document store).
+    type Op: KeyedOp;
+
     /// Applies `ops` atomically as of `lsn` and returns the changes. Idempotent by LSN: an
     /// op on a key that already reflects `lsn` or later changes nothing and reports no
     /// change (a replay after restart is harmless).
-    fn apply(&self, lsn: Lsn, ops: &[Op]) -> Result<Vec<Change>, ApplyError>;
+    fn apply(&self, lsn: Lsn, ops: &[Self::Op]) -> Result<Vec<Change>, ApplyError>;
 
     /// A consistent image of the whole state. Call it when no apply is running (after
     /// `sync`).
@@ -124,52 +195,60 @@ pub trait StateMachine: Send + Sync + 'static {
 
 /// One unit of apply: ops applied atomically at one LSN.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ApplyTask {
+pub struct ApplyTask<O = Op> {
     /// The LSN the task becomes visible at (a transaction's: its commit's).
     pub lsn: Lsn,
     /// The operations, in log order.
-    pub ops: Vec<Op>,
+    pub ops: Vec<O>,
 }
 
-impl ApplyTask {
+impl<O: KeyedOp> ApplyTask<O> {
     /// Whether the task must run alone, after everything before it (DDL).
     #[must_use]
     pub fn is_barrier(&self) -> bool {
-        self.ops.iter().any(|op| matches!(op.kind, OpKind::Ddl { .. }))
+        self.ops.iter().any(|op| op.role() == OpRole::Barrier)
     }
 }
 
 /// Groups entries into [`ApplyTask`]s: ops outside a transaction go with their entry,
 /// a transaction's ops are held from `Begin` to `Commit`.
-#[derive(Debug, Default)]
-pub struct TxnAssembler {
-    open: HashMap<(NodeId, u64), Vec<Op>>,
+#[derive(Debug)]
+pub struct TxnAssembler<O = Op> {
+    open: HashMap<(NodeId, u64), Vec<O>>,
 }
 
-impl TxnAssembler {
+impl<O> Default for TxnAssembler<O> {
+    fn default() -> Self {
+        TxnAssembler { open: HashMap::new() }
+    }
+}
+
+impl<O: KeyedOp> TxnAssembler<O> {
     /// The tasks the entry at `lsn` with `ops` completes, in order.
-    pub fn push(&mut self, lsn: Lsn, ops: Vec<Op>) -> Result<Vec<ApplyTask>, ApplyError> {
+    pub fn push(&mut self, lsn: Lsn, ops: Vec<O>) -> Result<Vec<ApplyTask<O>>, ApplyError> {
         let mut tasks = Vec::new();
         let mut own = Vec::new();
         for op in ops {
-            let id = (op.origin, op.txn);
-            let bad = |reason| ApplyError::Transaction { lsn, origin: id.0.0, txn: id.1, reason };
-            match op.kind {
-                OpKind::Begin => {
-                    if op.txn == 0 {
-                        return Err(bad("begin without a transaction id"));
-                    }
+            let txn = op.transaction();
+            let bad = |reason| {
+                let (origin, txn) = txn.unwrap_or((NodeId(0), 0));
+                ApplyError::Transaction { lsn, origin: origin.0, txn, reason }
+            };
+            match (op.role(), txn) {
+                (OpRole::Begin, None) => return Err(bad("begin without a transaction id")),
+                (OpRole::Begin, Some(id)) => {
                     if self.open.insert(id, Vec::new()).is_some() {
                         return Err(bad("begun twice"));
                     }
                 }
-                OpKind::Commit => {
-                    let ops = self.open.remove(&id).ok_or_else(|| bad("commit without begin"))?;
+                (OpRole::Commit, id) => {
+                    let ops =
+                        id.and_then(|id| self.open.remove(&id)).ok_or_else(|| bad("commit without begin"))?;
                     tasks.push(ApplyTask { lsn, ops });
                 }
-                _ => match self.open.get_mut(&id) {
-                    Some(held) if op.txn != 0 => held.push(op),
-                    _ => own.push(op),
+                (_, id) => match id.and_then(|id| self.open.get_mut(&id)) {
+                    Some(held) => held.push(op),
+                    None => own.push(op),
                 },
             }
         }
@@ -219,30 +298,32 @@ impl ApplyStats {
 
 /// Feeds tasks to a state machine.
 pub trait Applier {
-    /// Submits one WAL entry: a data entry's payload is decoded as an op batch; other
-    /// kinds (no-op, configuration) only advance the applied LSN. Blocks while the queue
-    /// is full.
+    /// The operation applied.
+    type Op: KeyedOp;
+    /// Submits one WAL entry: a data entry's payload is decoded into ops
+    /// ([`KeyedOp::decode`]); other kinds (no-op, configuration) only advance the applied
+    /// LSN. Blocks while the queue is full.
     fn submit_entry(&mut self, entry: &Entry) -> Result<(), ApplyError>;
     /// Submits one entry's ops.
-    fn submit(&mut self, lsn: Lsn, ops: Vec<Op>) -> Result<(), ApplyError>;
+    fn submit(&mut self, lsn: Lsn, ops: Vec<Self::Op>) -> Result<(), ApplyError>;
     /// Waits for everything submitted and returns the counters, or the first error.
     fn sync(&mut self) -> Result<ApplyStats, ApplyError>;
     /// The changes applied since the last call, in completion order (per key: log order).
     fn take_changes(&mut self) -> Vec<Change>;
 }
 
-fn decode_entry(entry: &Entry) -> Result<Option<Vec<Op>>, ApplyError> {
+fn decode_entry<O: KeyedOp>(entry: &Entry) -> Result<Option<Vec<O>>, ApplyError> {
     if entry.kind != EntryKind::DATA {
         return Ok(None);
     }
-    op::decode_batch(&entry.payload).map(Some).map_err(|source| ApplyError::Decode { lsn: entry.lsn, source })
+    O::decode(entry.lsn, &entry.payload).map(Some)
 }
 
 /// Applies tasks one at a time on the caller's thread: the reference the parallel applier
 /// is measured and tested against.
 pub struct SerialApplier<S: StateMachine> {
     machine: Arc<S>,
-    txns: TxnAssembler,
+    txns: TxnAssembler<S::Op>,
     stats: ApplyStats,
     changes: Vec<Change>,
     started: Option<Instant>,
@@ -276,6 +357,8 @@ impl<S: StateMachine> SerialApplier<S> {
 }
 
 impl<S: StateMachine> Applier for SerialApplier<S> {
+    type Op = S::Op;
+
     fn submit_entry(&mut self, entry: &Entry) -> Result<(), ApplyError> {
         if let Some(ops) = decode_entry(entry)? {
             return self.submit(entry.lsn, ops);
@@ -284,7 +367,7 @@ impl<S: StateMachine> Applier for SerialApplier<S> {
         Ok(())
     }
 
-    fn submit(&mut self, lsn: Lsn, ops: Vec<Op>) -> Result<(), ApplyError> {
+    fn submit(&mut self, lsn: Lsn, ops: Vec<S::Op>) -> Result<(), ApplyError> {
         if let Some((lsn, reason)) = &self.failed {
             return Err(ApplyError::Stopped { lsn: *lsn, reason: reason.clone() });
         }
@@ -357,10 +440,10 @@ impl ParallelConfig {
 }
 
 /// A task in the dependency graph.
-struct Node {
+struct Node<O> {
     /// The task's LSN (kept here: the task itself moves to the worker that runs it).
     lsn: Lsn,
-    task: ApplyTask,
+    task: ApplyTask<O>,
     /// Earlier tasks it still waits for.
     waits: usize,
     /// Later tasks waiting for it.
@@ -370,11 +453,11 @@ struct Node {
 }
 
 /// The scheduler's state, under one mutex.
-struct Graph {
+struct Graph<O> {
     /// Incomplete tasks by id: slot `i` holds task `first_id + i`, `None` once completed.
     /// Ids are dense and completed slots leave from the front, so the front is the oldest
     /// incomplete task (the applied watermark) and a lookup is an index.
-    nodes: VecDeque<Option<Node>>,
+    nodes: VecDeque<Option<Node<O>>>,
     /// The id of `nodes[0]`.
     first_id: u64,
     /// The last incomplete task (by id) that touched each key hash; a key leaves when that
@@ -402,7 +485,7 @@ struct Graph {
     shutdown: bool,
 }
 
-impl Graph {
+impl<O> Graph<O> {
     /// Applied watermark: below the oldest incomplete task, or everything submitted.
     fn applied_lsn(&self) -> Lsn {
         match self.nodes.front() {
@@ -411,13 +494,13 @@ impl Graph {
         }
     }
 
-    fn node(&mut self, id: u64) -> Option<&mut Node> {
+    fn node(&mut self, id: u64) -> Option<&mut Node<O>> {
         let index = usize::try_from(id.checked_sub(self.first_id)?).ok()?;
         self.nodes.get_mut(index)?.as_mut()
     }
 
     /// Takes a completed task's node out and drops the completed slots at the front.
-    fn complete(&mut self, id: u64) -> Node {
+    fn complete(&mut self, id: u64) -> Node<O> {
         let index = usize::try_from(id - self.first_id).expect("an incomplete id is in the window");
         let node = self.nodes[index].take().expect("a running task stays in the graph");
         while let Some(None) = self.nodes.front() {
@@ -448,8 +531,8 @@ impl Hasher for KeyHasher {
 
 type KeyHashState = std::hash::BuildHasherDefault<KeyHasher>;
 
-struct Shared {
-    graph: Mutex<Graph>,
+struct Shared<O> {
+    graph: Mutex<Graph<O>>,
     /// Workers wait here for ready tasks.
     work: Condvar,
     /// Submitters wait here for room; `sync` for completion.
@@ -458,7 +541,7 @@ struct Shared {
     max_pending: usize,
 }
 
-fn lock(m: &Mutex<Graph>) -> MutexGuard<'_, Graph> {
+fn lock<O>(m: &Mutex<Graph<O>>) -> MutexGuard<'_, Graph<O>> {
     // A worker that panicked inside a state machine poisons the lock; the graph itself is
     // only changed in short sections that do not panic, so its state stays consistent.
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -466,9 +549,9 @@ fn lock(m: &Mutex<Graph>) -> MutexGuard<'_, Graph> {
 
 /// Applies tasks on worker threads, in log order per key. See the module docs.
 pub struct ParallelApplier<S: StateMachine> {
-    shared: Arc<Shared>,
+    shared: Arc<Shared<S::Op>>,
     workers: Vec<JoinHandle<()>>,
-    txns: TxnAssembler,
+    txns: TxnAssembler<S::Op>,
     hasher: RandomState,
     config: ParallelConfig,
     _machine: std::marker::PhantomData<S>,
@@ -527,12 +610,14 @@ impl<S: StateMachine> ParallelApplier<S> {
         })
     }
 
-    fn schedule(&mut self, task: ApplyTask) -> Result<(), ApplyError> {
+    fn schedule(&mut self, task: ApplyTask<S::Op>) -> Result<(), ApplyError> {
         let mut keys: Vec<u64> = task
             .ops
             .iter()
-            .filter_map(|op| op.kind.target())
-            .map(|(c, k)| key_hash(&self.hasher, c, k))
+            .filter_map(|op| match op.role() {
+                OpRole::Keyed { namespace, key } => Some(key_hash(&self.hasher, namespace, key)),
+                _ => None,
+            })
             .collect();
         keys.sort_unstable();
         keys.dedup();
@@ -613,7 +698,7 @@ fn key_hash(hasher: &RandomState, collection: &str, key: &[u8]) -> u64 {
     h.finish()
 }
 
-fn worker<S: StateMachine>(shared: &Shared, machine: &S) {
+fn worker<S: StateMachine>(shared: &Shared<S::Op>, machine: &S) {
     let mut g = lock(&shared.graph);
     loop {
         let Some(id) = g.ready.pop_front() else {
@@ -691,6 +776,8 @@ fn worker<S: StateMachine>(shared: &Shared, machine: &S) {
 }
 
 impl<S: StateMachine> Applier for ParallelApplier<S> {
+    type Op = S::Op;
+
     fn submit_entry(&mut self, entry: &Entry) -> Result<(), ApplyError> {
         match decode_entry(entry)? {
             Some(ops) => self.submit(entry.lsn, ops),
@@ -698,7 +785,7 @@ impl<S: StateMachine> Applier for ParallelApplier<S> {
         }
     }
 
-    fn submit(&mut self, lsn: Lsn, ops: Vec<Op>) -> Result<(), ApplyError> {
+    fn submit(&mut self, lsn: Lsn, ops: Vec<S::Op>) -> Result<(), ApplyError> {
         for task in self.txns.push(lsn, ops)? {
             self.schedule(task)?;
         }
@@ -823,6 +910,8 @@ impl MemoryStateMachine {
 }
 
 impl StateMachine for MemoryStateMachine {
+    type Op = Op;
+
     fn apply(&self, lsn: Lsn, ops: &[Op]) -> Result<Vec<Change>, ApplyError> {
         // Lock every shard the task touches, in index order (no deadlock), so the task is
         // atomic; check every op first, then write.

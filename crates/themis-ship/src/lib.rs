@@ -71,8 +71,8 @@ pub mod tls;
 pub mod transport;
 
 pub use apply::{
-    Applier, ApplyError, ApplyStats, ApplyTask, Change, DumpRow, MemoryStateMachine, ParallelApplier,
-    ParallelConfig, SerialApplier, StateMachine,
+    Applier, ApplyError, ApplyStats, ApplyTask, Change, DumpRow, KeyedOp, MemoryStateMachine, OpRole,
+    ParallelApplier, ParallelConfig, SerialApplier, StateMachine, TxnAssembler,
 };
 pub use codec::{AutoConfig, Codec, CodecChoice, CodecStats, Compressor, Decompressor};
 pub use error::{FrameError, RefuseCode, ShipError};

@@ -137,7 +137,7 @@ fn replaying_applied_entries_changes_nothing() {
 fn a_failed_apply_stops_the_applier_and_names_the_lsn() {
     for parallel_apply in [false, true] {
         let machine = Arc::new(MemoryStateMachine::new());
-        let mut applier: Box<dyn Applier> = if parallel_apply {
+        let mut applier: Box<dyn Applier<Op = Op>> = if parallel_apply {
             Box::new(parallel(&machine, 2))
         } else {
             Box::new(SerialApplier::new(Arc::clone(&machine)))
@@ -246,6 +246,8 @@ struct Slow {
 }
 
 impl StateMachine for Slow {
+    type Op = Op;
+
     fn apply(&self, lsn: Lsn, ops: &[Op]) -> Result<Vec<Change>, ApplyError> {
         let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
         self.most.fetch_max(now, Ordering::SeqCst);
