@@ -8,6 +8,11 @@
 //! transfer) it computes an acknowledged LSN per [`ReplicationMode`] (SYNC, `SEMI_SYNC`,
 //! ASYNC), changed at run time through the log, and signs every vote with ed25519.
 //!
+//! The async `Driver` (default cargo feature `driver`) runs the core on tokio over a log
+//! store and a network given as traits (`io::LogStore`, `io::Network`): `WalStorage` (a
+//! themis-wal log) and `ShipNetwork` (themis-ship peer links, mutual TLS) are the provided
+//! ones. Without the feature the crate is the core, `WalStorage` and the wire codec.
+//!
 //! A three-node cluster, driven by hand:
 //!
 //! ```
