@@ -26,6 +26,23 @@ impl Default for ArchiverConfig {
     }
 }
 
+impl ArchiverConfig {
+    /// Checks the bounds; the message names the setting and the value. [`Archiver::start`]
+    /// calls it.
+    pub fn validate(&self) -> Result<(), PitrError> {
+        if !(4096..=1 << 30).contains(&self.chunk_bytes) {
+            return Err(PitrError::Config(format!(
+                "chunk_bytes = {}: must be 4 KiB to 1 GiB",
+                self.chunk_bytes
+            )));
+        }
+        if self.max_age < Duration::from_millis(1) || self.max_age > Duration::from_hours(24) {
+            return Err(PitrError::Config(format!("max_age = {:?}: must be 1 ms to 24 h", self.max_age)));
+        }
+        Ok(())
+    }
+}
+
 /// How far behind the archive is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct ArchiveLag {
@@ -51,8 +68,10 @@ pub struct Archiver {
 }
 
 impl Archiver {
-    /// An archiver that goes on where the archive's manifest ends.
+    /// An archiver that goes on where the archive's manifest ends; a bad `config` is
+    /// refused first ([`ArchiverConfig::validate`]).
     pub async fn start(archive: Archive, config: ArchiverConfig) -> Result<Archiver, PitrError> {
+        config.validate()?;
         let manifest = archive.manifest().await?;
         Ok(Archiver {
             position: manifest.archived_through(),

@@ -454,3 +454,16 @@ async fn retention_keeps_base_backups_by_count_and_age_and_the_wal_they_need() {
     assert_eq!(last.base.iter().map(|b| b.last_lsn).collect::<Vec<_>>(), [300]);
     assert_eq!(restore(&archive, RestoreTarget::Latest, &m, 4, |_, _| {}).await.unwrap().restored_lsn, 400);
 }
+
+#[tokio::test]
+async fn an_archiver_with_bad_settings_is_refused_by_name() {
+    for (config, needle) in [
+        (ArchiverConfig { chunk_bytes: 0, ..ArchiverConfig::default() }, "chunk_bytes = 0"),
+        (ArchiverConfig { chunk_bytes: 2 << 30, ..ArchiverConfig::default() }, "chunk_bytes = 2147483648"),
+        (ArchiverConfig { max_age: std::time::Duration::ZERO, ..ArchiverConfig::default() }, "max_age = 0ns"),
+    ] {
+        let (_, archive) = memory_archive("bad", [7; 32]);
+        let err = Archiver::start(archive, config).await.unwrap_err();
+        assert!(matches!(&err, PitrError::Config(m) if m.contains(needle)), "{needle}: {err}");
+    }
+}
