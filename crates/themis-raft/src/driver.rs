@@ -825,14 +825,13 @@ impl Driver {
     /// The returned handle ends when the loop stops (storage or apply failure, or every
     /// [`ReplicationManager`] dropped).
     pub fn start<S: StateMachine, St: LogStore, N: Network>(
-        config: DriverConfig,
+        mut config: DriverConfig,
         storage: St,
         mut network: N,
         machine: Arc<S>,
         votes: SharedVotes,
         clock: impl Fn() -> Timestamp + Send + Sync + 'static,
     ) -> Result<(ReplicationManager, JoinHandle<Result<(), DriverError>>), DriverError> {
-        let mut config = config;
         config.validate()?;
         let id = config.raft.id;
         let max_payload_bytes = max_payload_bytes(&config, &storage);

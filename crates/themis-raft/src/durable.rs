@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
 use bytes::Bytes;
-use themis_wal::{Entry, Lsn, RecoveryReport, Wal, WalConfig, WalError};
+use themis_wal::{Entry, Lsn, RecoveryReport, Wal, WalConfig};
 
 use crate::error::StorageError;
 use crate::storage::{InitialState, Storage};
@@ -48,10 +48,6 @@ fn other(what: impl std::fmt::Display) -> StorageError {
 
 fn io_err(op: &'static str, path: &Path, err: std::io::Error) -> StorageError {
     StorageError::Io { op, path: path.to_path_buf(), source: std::sync::Arc::new(err) }
-}
-
-fn wal_err(err: WalError) -> StorageError {
-    StorageError::from(err)
 }
 
 /// Replaces `dir/name` with the concatenation of `parts` so that a crash leaves the old
@@ -244,7 +240,7 @@ impl WalStorage {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => HardState::default(),
             Err(e) => return Err(io_err("read", &hs_path, e)),
         };
-        let (wal, report) = Wal::open(dir.join("wal"), wal_config).map_err(wal_err)?;
+        let (wal, report) = Wal::open(dir.join("wal"), wal_config).map_err(StorageError::from)?;
         let terms = reconcile(&wal, &meta)?;
         let last = meta.lsn + terms.len() as Lsn;
         // The commit LSN is persisted lazily (see `set_hard_state`): never below the
@@ -317,7 +313,7 @@ impl WalStorage {
         let Some(first) = self.prepare_append(entries)? else { return Ok(()) };
         let mut lsn = first;
         for chunk in self.chunks(entries) {
-            self.wal.append_at(lsn, &chunk).map_err(wal_err)?;
+            self.wal.append_at(lsn, &chunk).map_err(StorageError::from)?;
             lsn += chunk.len() as Lsn;
         }
         self.record_terms(entries);
@@ -331,10 +327,10 @@ impl WalStorage {
         let Some(first) = self.prepare_append(entries)? else { return Ok(()) };
         let mut lsn = first;
         for chunk in self.chunks(entries) {
-            self.wal.submit_at_async(lsn, &chunk).await.map_err(wal_err)?;
+            self.wal.submit_at_async(lsn, &chunk).await.map_err(StorageError::from)?;
             lsn += chunk.len() as Lsn;
         }
-        self.wal.acknowledged_async(lsn - 1).await.map_err(wal_err)?;
+        self.wal.acknowledged_async(lsn - 1).await.map_err(StorageError::from)?;
         self.record_terms(entries);
         Ok(())
     }
@@ -380,7 +376,7 @@ impl WalStorage {
             return Err(other(format!("appending at LSN {} would leave a gap after {last_lsn}", first.lsn)));
         }
         if first.lsn <= last_lsn {
-            self.wal.truncate_suffix(first.lsn - 1).map_err(wal_err)?;
+            self.wal.truncate_suffix(first.lsn - 1).map_err(StorageError::from)?;
             let mut inner = self.write();
             let keep = (first.lsn - inner.first_lsn()) as usize;
             inner.terms.truncate(keep);
@@ -411,7 +407,7 @@ impl WalStorage {
             let drop = ((meta.lsn - inner.meta.lsn) as usize).min(inner.terms.len());
             inner.terms.drain(..drop);
         } else {
-            self.wal.restart_at(meta.lsn + 1).map_err(wal_err)?;
+            self.wal.restart_at(meta.lsn + 1).map_err(StorageError::from)?;
             inner.terms.clear();
         }
         inner.meta = meta.clone();
@@ -419,7 +415,7 @@ impl WalStorage {
         inner.hard_state.commit = inner.hard_state.commit.max(meta.lsn);
         drop(inner);
         if keeps_suffix {
-            self.wal.truncate_prefix(meta.lsn + 1).map_err(wal_err)?;
+            self.wal.truncate_prefix(meta.lsn + 1).map_err(StorageError::from)?;
         }
         Ok(())
     }
@@ -456,7 +452,7 @@ impl WalStorage {
             inner.meta = snapshot.meta.clone();
             inner.data = snapshot.data.clone();
         }
-        self.wal.truncate_prefix(lsn + 1).map_err(wal_err)?;
+        self.wal.truncate_prefix(lsn + 1).map_err(StorageError::from)?;
         Ok(())
     }
 
@@ -476,7 +472,7 @@ fn reconcile(wal: &Wal, meta: &SnapshotMeta) -> Result<VecDeque<u64>, StorageErr
     } else if wal.first_lsn() == next {
         true
     } else {
-        wal.read(meta.lsn).map_err(wal_err)?.term == meta.term
+        wal.read(meta.lsn).map_err(StorageError::from)?.term == meta.term
     };
     if !continues {
         tracing::warn!(
@@ -485,12 +481,12 @@ fn reconcile(wal: &Wal, meta: &SnapshotMeta) -> Result<VecDeque<u64>, StorageErr
             wal_last = wal.last_lsn(),
             "the log does not continue the snapshot; restarting it after the snapshot"
         );
-        wal.restart_at(next).map_err(wal_err)?;
+        wal.restart_at(next).map_err(StorageError::from)?;
         return Ok(VecDeque::new());
     }
     let mut terms = VecDeque::with_capacity((wal.last_lsn() + 1).saturating_sub(next) as usize);
     for (expected, entry) in (next..).zip(wal.reader(next, 4 << 20)) {
-        let entry = entry.map_err(wal_err)?;
+        let entry = entry.map_err(StorageError::from)?;
         if entry.lsn != expected {
             return Err(other(format!("the log skips from LSN {} to {}", expected - 1, entry.lsn)));
         }
@@ -524,7 +520,7 @@ impl Storage for WalStorage {
         let mut bytes = 0u64;
         while next < high {
             let budget = usize::try_from(max_bytes.saturating_sub(bytes)).unwrap_or(usize::MAX).max(1);
-            let chunk = self.wal.read_range(next, budget).map_err(wal_err)?;
+            let chunk = self.wal.read_range(next, budget).map_err(StorageError::from)?;
             if chunk.is_empty() {
                 break;
             }

@@ -410,7 +410,7 @@ mod tests {
     /// Runs a transfer until done, dropping every chunk `lose` says and restarting the
     /// receiver when `restart` says; returns the snapshot received and the rounds taken.
     fn transfer(
-        dir: &Path,
+        dir: Option<&Path>,
         snap: &Snapshot,
         chunk: usize,
         mut lose: impl FnMut(u64) -> bool,
@@ -419,7 +419,7 @@ mod tests {
         let id = snapshot_id(snap);
         let mut now = Instant::now();
         let mut out = Outgoing::new(snap, id, now);
-        let mut rx = Receiver::open(NodeId(2), Some(dir));
+        let mut rx = Receiver::open(NodeId(2), dir);
         for round in 0..100_000u64 {
             now += Duration::from_millis(10);
             while let Some(c) = out.next_chunk(NodeId(1), NodeId(2), 5, chunk, 3) {
@@ -435,7 +435,7 @@ mod tests {
             }
             out.maybe_rewind(now, Duration::from_millis(50));
             if restart(round) {
-                rx = Receiver::open(NodeId(2), Some(dir));
+                rx = Receiver::open(NodeId(2), dir);
             }
         }
         panic!("the transfer never finished");
@@ -446,13 +446,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let snap = snapshot(100_003);
         // Lossless.
-        let (got, _) = transfer(dir.path(), &snap, 4096, |_| false, |_| false);
+        let (got, _) = transfer(Some(dir.path()), &snap, 4096, |_| false, |_| false);
         assert_eq!(got, snap);
         assert!(!dir.path().join(PART_FILE).exists(), "the part file is removed once complete");
         // Every seventh chunk lost, and the receiver restarting every few rounds.
         let mut n = 0;
         let (got, _) = transfer(
-            dir.path(),
+            Some(dir.path()),
             &snap,
             1000,
             |_| {
@@ -512,6 +512,37 @@ mod tests {
         fs::write(&path, b"THSNAPRXgarbage").unwrap();
         let rx = Receiver::open(NodeId(2), Some(dir.path()));
         assert!(rx.progress().is_none() && !path.exists());
+    }
+
+    /// A store without a staging directory receives in memory: whole through lost chunks,
+    /// and a snapshot that fails its checksum starts over, as with a part file.
+    #[test]
+    fn a_snapshot_received_in_memory_arrives_whole_and_a_damaged_one_starts_over() {
+        let snap = snapshot(50_001);
+        let mut n = 0;
+        let lose_every_fifth = |_| {
+            n += 1;
+            n % 5 == 0
+        };
+        let (got, _) = transfer(None, &snap, 1000, lose_every_fifth, |_| false);
+        assert_eq!(got, snap);
+
+        let id = snapshot_id(&snap);
+        let mut out = Outgoing::new(&snap, id, Instant::now());
+        let mut rx = Receiver::open(NodeId(2), None);
+        let mut last = None;
+        while let Some(mut c) = out.next_chunk(NodeId(1), NodeId(2), 5, 4096, 100) {
+            if c.offset == 8192 {
+                let mut data = c.data.to_vec();
+                data[7] ^= 0xff;
+                c.data = Bytes::from(data);
+            }
+            last = Some(rx.chunk(&c).unwrap());
+        }
+        let last = last.unwrap();
+        assert!(last.complete.is_none());
+        assert_eq!(last.ack.received, 0, "a checksum failure starts over");
+        assert!(rx.progress().is_none(), "the damaged snapshot is dropped");
     }
 
     #[test]

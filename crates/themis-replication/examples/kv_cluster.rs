@@ -258,6 +258,14 @@ async fn everywhere(replicas: &[&Replica], key: &str, value: &str) {
     }
 }
 
+/// Writes `k{i} = v{i}` for each `i` in `keys` through `leader`, each committed before
+/// the next.
+async fn write_keys(leader: &Replica, keys: std::ops::Range<usize>) {
+    for i in keys {
+        leader.manager.propose(put(&format!("k{i}"), &format!("v{i}"))).await.expect("a committed write");
+    }
+}
+
 /// Start, write, lose the leader, write again; returns the writes every survivor holds.
 pub(crate) async fn run() -> usize {
     let ca = generate_ca("kv-example").expect("a CA");
@@ -282,13 +290,7 @@ pub(crate) async fn run() -> usize {
     // 1. A leader is elected; writes go to it and are applied on every replica.
     let first = leader(&replicas).await;
     println!("replica {} leads", replicas[first].id);
-    for i in 0..100 {
-        replicas[first]
-            .manager
-            .propose(put(&format!("k{i}"), &format!("v{i}")))
-            .await
-            .expect("a committed write");
-    }
+    write_keys(&replicas[first], 0..100).await;
     everywhere(&replicas.iter().collect::<Vec<_>>(), "k99", "v99").await;
     println!("100 writes on every replica");
     // A delete, and a rewrite of one key: each key sees its writes in log order.
@@ -304,13 +306,7 @@ pub(crate) async fn run() -> usize {
     let lost_at = Instant::now();
     let second = leader(&replicas).await;
     println!("replica {} leads after {:?}", replicas[second].id, lost_at.elapsed());
-    for i in 100..150 {
-        replicas[second]
-            .manager
-            .propose(put(&format!("k{i}"), &format!("v{i}")))
-            .await
-            .expect("a committed write");
-    }
+    write_keys(&replicas[second], 100..150).await;
     let survivors: Vec<&Replica> = replicas.iter().collect();
     everywhere(&survivors, "k149", "v149").await;
     everywhere(&survivors, "k1", "v1-again").await;
